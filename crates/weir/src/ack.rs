@@ -1,0 +1,269 @@
+//! End-to-end acknowledgement: a source learns, exactly once, what became of
+//! an item and of everything derived from it.
+//!
+//! A source attaches an [`Ack`] to an item. Every item the engine derives
+//! from it (a `flat_map` output, a broadcast copy, an aggregate that absorbed
+//! it) holds a fork of the same ack. Each holder settles its fork when its
+//! item is done: committed by a sink, filtered out, dead-lettered, or lost.
+//! When the last fork is gone, the source's callback runs once with the worst
+//! outcome seen: [`AckOutcome::Failed`] beats [`AckOutcome::DeadLettered`]
+//! beats [`AckOutcome::Delivered`].
+//!
+//! A fork that is dropped without being settled counts as `Failed`, so an item
+//! lost to a panic or an abort can never be acknowledged by mistake. The cost
+//! when no source attaches acks is one `None` per item.
+
+use std::fmt;
+
+#[cfg(feature = "loom")]
+use loom::sync::{Arc, Mutex};
+#[cfg(not(feature = "loom"))]
+use std::sync::{Arc, Mutex};
+
+/// What became of a source item and everything derived from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Every derived item was committed by a sink or filtered out on purpose.
+    Delivered,
+    /// At least one derived item went to the dead-letter output (and was
+    /// committed there); none was lost.
+    DeadLettered {
+        /// The stage that dead-lettered the first such item.
+        stage: String,
+        /// Why, as the stage's error said it.
+        reason: String,
+    },
+    /// At least one derived item was not committed anywhere: the pipeline
+    /// aborted, a worker panicked, or a sink failed. The source should
+    /// redeliver the item.
+    Failed {
+        /// Why the item was not committed.
+        reason: String,
+    },
+}
+
+impl AckOutcome {
+    /// True when the item needs no redelivery (delivered or dead-lettered).
+    pub fn is_handled(&self) -> bool {
+        !matches!(self, AckOutcome::Failed { .. })
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            AckOutcome::Delivered => 0,
+            AckOutcome::DeadLettered { .. } => 1,
+            AckOutcome::Failed { .. } => 2,
+        }
+    }
+}
+
+impl fmt::Display for AckOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AckOutcome::Delivered => f.write_str("delivered"),
+            AckOutcome::DeadLettered { stage, reason } => {
+                write!(f, "dead-lettered by {stage}: {reason}")
+            }
+            AckOutcome::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+type Callback = Box<dyn FnOnce(AckOutcome) + Send>;
+
+struct State {
+    /// Worst outcome recorded so far; `None` means all delivered so far.
+    worst: Option<AckOutcome>,
+    callback: Option<Callback>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn record(&self, outcome: AckOutcome) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let better = match &st.worst {
+            None => outcome.rank() > 0,
+            Some(w) => outcome.rank() > w.rank(),
+        };
+        if better {
+            st.worst = Some(outcome);
+        }
+    }
+}
+
+impl Drop for Shared {
+    // The last fork is gone: this runs exactly once, by Arc's guarantee.
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = st.worst.take().unwrap_or(AckOutcome::Delivered);
+        if let Some(cb) = st.callback.take() {
+            drop(st);
+            cb(outcome);
+        }
+    }
+}
+
+/// One outstanding obligation to tell a source what became of its item.
+///
+/// Created by a source with [`Ack::new`]; the engine forks it as items are
+/// derived and settles each fork. Custom components rarely touch it: the
+/// engine settles acks around every stage and sink.
+pub struct Ack {
+    // `None` once settled, so Drop can tell a settled fork from a lost one.
+    shared: Option<Arc<Shared>>,
+}
+
+impl Ack {
+    /// Creates an ack whose `callback` runs exactly once, on the thread that
+    /// settles the last fork, after every derived item is settled.
+    ///
+    /// # Examples
+    /// ```
+    /// use weir::{Ack, AckOutcome};
+    /// use std::sync::{Arc, Mutex};
+    /// let seen = Arc::new(Mutex::new(None));
+    /// let s = seen.clone();
+    /// let ack = Ack::new(move |o| *s.lock().unwrap() = Some(o));
+    /// let copy = ack.fork();
+    /// ack.deliver();
+    /// assert_eq!(*seen.lock().unwrap(), None); // one fork still out
+    /// copy.deliver();
+    /// assert_eq!(*seen.lock().unwrap(), Some(AckOutcome::Delivered));
+    /// ```
+    pub fn new(callback: impl FnOnce(AckOutcome) + Send + 'static) -> Ack {
+        Ack {
+            shared: Some(Arc::new(Shared {
+                state: Mutex::new(State {
+                    worst: None,
+                    callback: Some(Box::new(callback)),
+                }),
+            })),
+        }
+    }
+
+    /// An ack that settles all `parents` with its own outcome: what an
+    /// aggregate carries for the items it absorbed.
+    pub fn merge(parents: Vec<Ack>) -> Ack {
+        Ack::new(move |outcome| {
+            for p in parents {
+                p.settle(outcome.clone());
+            }
+        })
+    }
+
+    /// A new fork for an item derived from this one. The source callback
+    /// waits for it too.
+    pub fn fork(&self) -> Ack {
+        Ack {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// This fork's item was committed by a sink (or filtered on purpose).
+    pub fn deliver(self) {
+        self.settle(AckOutcome::Delivered)
+    }
+
+    /// This fork's item went to the dead-letter output.
+    pub fn dead_letter(self, stage: impl Into<String>, reason: impl Into<String>) {
+        self.settle(AckOutcome::DeadLettered {
+            stage: stage.into(),
+            reason: reason.into(),
+        })
+    }
+
+    /// This fork's item was not committed anywhere.
+    pub fn fail(self, reason: impl Into<String>) {
+        self.settle(AckOutcome::Failed {
+            reason: reason.into(),
+        })
+    }
+
+    /// Settles this fork with `outcome`.
+    pub fn settle(mut self, outcome: AckOutcome) {
+        if let Some(shared) = self.shared.take() {
+            shared.record(outcome);
+        }
+    }
+
+    /// Records `outcome` without settling this fork: used when the item
+    /// travels on (to the dead-letter sink) and is settled there.
+    pub(crate) fn mark(&self, outcome: AckOutcome) {
+        if let Some(shared) = &self.shared {
+            shared.record(outcome);
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.record(AckOutcome::Failed {
+                reason: "item dropped before it was committed".into(),
+            });
+        }
+    }
+}
+
+impl fmt::Debug for Ack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ack")
+            .field("settled", &self.shared.is_none())
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    fn probe() -> (Ack, Arc<StdMutex<Vec<AckOutcome>>>) {
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let s = seen.clone();
+        (Ack::new(move |o| s.lock().unwrap().push(o)), seen)
+    }
+
+    #[test]
+    fn worst_outcome_wins_and_fires_once() {
+        let (ack, seen) = probe();
+        let a = ack.fork();
+        let b = ack.fork();
+        a.dead_letter("v", "bad");
+        ack.deliver();
+        assert!(seen.lock().unwrap().is_empty());
+        b.deliver();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![AckOutcome::DeadLettered {
+                stage: "v".into(),
+                reason: "bad".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn dropped_fork_is_a_failure() {
+        let (ack, seen) = probe();
+        let a = ack.fork();
+        ack.deliver();
+        drop(a);
+        assert!(matches!(
+            seen.lock().unwrap()[0],
+            AckOutcome::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn merge_settles_parents_with_child_outcome() {
+        let (p1, s1) = probe();
+        let (p2, s2) = probe();
+        let child = Ack::merge(vec![p1, p2]);
+        child.deliver();
+        assert_eq!(*s1.lock().unwrap(), vec![AckOutcome::Delivered]);
+        assert_eq!(*s2.lock().unwrap(), vec![AckOutcome::Delivered]);
+    }
+}

@@ -1,0 +1,300 @@
+//! Edges: the bounded channels between stages, and the output side of a
+//! stage that routes each item to one or more of them.
+//!
+//! Items cross edges in batches of [`Envelope`]s so the channel cost is paid
+//! once per batch. Every edge is bounded (in batches); a full edge makes its
+//! producer wait, which is how backpressure travels upstream.
+//!
+//! While a pipeline is built, a stage's output is a [`Slot`]: a place that the
+//! downstream side fills in later with a channel or a fan-out policy. At run
+//! time each worker resolves its slot into a [`Router`] (which leaf or leaves
+//! an item goes to) and an [`Emitter`] with one buffer per leaf.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::ack::Ack;
+use crate::metrics::StageMetrics;
+
+/// An item and its ack fork (if its source attached one).
+pub(crate) struct Envelope<T> {
+    pub value: T,
+    pub ack: Option<Ack>,
+}
+
+impl<T> Envelope<T> {
+    pub fn new(value: T) -> Self {
+        Envelope { value, ack: None }
+    }
+
+    /// The item is done on purpose (filtered, or committed by a sink).
+    pub fn deliver(self) {
+        if let Some(a) = self.ack {
+            a.deliver();
+        }
+    }
+}
+
+/// What crosses an edge.
+pub(crate) type Batch<T> = Vec<Envelope<T>>;
+pub(crate) type Tx<T> = async_channel::Sender<Batch<T>>;
+pub(crate) type Rx<T> = async_channel::Receiver<Batch<T>>;
+
+/// Closes one edge when the run aborts. Holds only a weak handle, so it does
+/// not keep the edge open when its real ends are gone.
+pub(crate) type Closer = Box<dyn Fn() + Send + Sync>;
+
+/// Creates a bounded edge of `cap` batches, registering its closer.
+pub(crate) fn edge<T: Send + 'static>(cap: usize, closers: &mut Vec<Closer>) -> (Tx<T>, Rx<T>) {
+    let (tx, rx) = async_channel::bounded(cap.max(1));
+    let weak = rx.downgrade();
+    closers.push(Box::new(move || {
+        if let Some(r) = weak.upgrade() {
+            r.close();
+        }
+    }));
+    (tx, rx)
+}
+
+type CloneFn<T> = Arc<dyn Fn(&T) -> T + Send + Sync>;
+type HashFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
+type PredFn<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
+
+/// A stage output waiting to be connected.
+pub(crate) type Slot<T> = Arc<Mutex<Option<PortSpec<T>>>>;
+
+pub(crate) fn new_slot<T>() -> Slot<T> {
+    Arc::new(Mutex::new(None))
+}
+
+pub(crate) fn fill<T>(slot: &Slot<T>, spec: PortSpec<T>) {
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec);
+}
+
+/// Where a stage's output goes, as the builder recorded it.
+pub(crate) enum PortSpec<T> {
+    /// One edge.
+    Chan(Tx<T>),
+    /// Every branch gets a copy.
+    Broadcast(CloneFn<T>, Vec<Slot<T>>),
+    /// Branch `hash(key) % n`.
+    Partition(HashFn<T>, Vec<Slot<T>>),
+    /// First branch when the predicate holds, second otherwise.
+    Route(PredFn<T>, Slot<T>, Slot<T>),
+}
+
+/// The routing tree of one stage output, resolved to leaf indices.
+pub(crate) enum Router<T> {
+    Leaf(usize),
+    Broadcast(CloneFn<T>, Vec<Router<T>>),
+    Partition(HashFn<T>, Vec<Router<T>>),
+    Route(PredFn<T>, Box<Router<T>>, Box<Router<T>>),
+}
+
+impl<T> Clone for Router<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Router::Leaf(i) => Router::Leaf(*i),
+            Router::Broadcast(c, v) => Router::Broadcast(c.clone(), v.clone()),
+            Router::Partition(h, v) => Router::Partition(h.clone(), v.clone()),
+            Router::Route(p, a, b) => Router::Route(p.clone(), a.clone(), b.clone()),
+        }
+    }
+}
+
+/// A resolved output: the routing tree and the edges at its leaves.
+pub(crate) struct Port<T> {
+    pub router: Router<T>,
+    pub leaves: Vec<Tx<T>>,
+}
+
+impl<T> Clone for Port<T> {
+    fn clone(&self) -> Self {
+        Port {
+            router: self.router.clone(),
+            leaves: self.leaves.clone(),
+        }
+    }
+}
+
+/// Resolves a slot into a port; `Err` names what was left unconnected.
+pub(crate) fn resolve<T>(slot: &Slot<T>, what: &str) -> Result<Port<T>, String> {
+    let mut leaves = Vec::new();
+    let router = resolve_into(slot, what, &mut leaves)?;
+    Ok(Port { router, leaves })
+}
+
+fn resolve_into<T>(slot: &Slot<T>, what: &str, leaves: &mut Vec<Tx<T>>) -> Result<Router<T>, String> {
+    let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+    let many = |slots: &Vec<Slot<T>>, leaves: &mut Vec<Tx<T>>| -> Result<Vec<Router<T>>, String> {
+        slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| resolve_into(s, &format!("{what}, branch {i}"), leaves))
+            .collect()
+    };
+    match guard.as_ref() {
+        None => Err(format!("{what} is not connected to anything (add a stage or a sink)")),
+        Some(PortSpec::Chan(tx)) => {
+            leaves.push(tx.clone());
+            Ok(Router::Leaf(leaves.len() - 1))
+        }
+        Some(PortSpec::Broadcast(c, slots)) => Ok(Router::Broadcast(c.clone(), many(slots, leaves)?)),
+        Some(PortSpec::Partition(h, slots)) => Ok(Router::Partition(h.clone(), many(slots, leaves)?)),
+        Some(PortSpec::Route(p, a, b)) => Ok(Router::Route(
+            p.clone(),
+            Box::new(resolve_into(a, &format!("{what}, matching branch"), leaves)?),
+            Box::new(resolve_into(b, &format!("{what}, other branch"), leaves)?),
+        )),
+    }
+}
+
+/// The downstream side went away: the run is aborting.
+#[derive(Debug)]
+pub(crate) struct Stopped;
+
+struct Leaf<T> {
+    tx: Tx<T>,
+    buf: Batch<T>,
+}
+
+/// One worker's output: routes items to per-leaf buffers and sends a buffer
+/// when it holds a batch (or when asked to flush everything).
+pub(crate) struct Emitter<T> {
+    router: Router<T>,
+    leaves: Vec<Leaf<T>>,
+    batch_size: usize,
+    metrics: Arc<StageMetrics>,
+}
+
+impl<T> Emitter<T> {
+    pub fn new(port: Port<T>, batch_size: usize, metrics: Arc<StageMetrics>) -> Self {
+        Emitter {
+            router: port.router,
+            leaves: port
+                .leaves
+                .into_iter()
+                .map(|tx| Leaf { tx, buf: Vec::new() })
+                .collect(),
+            batch_size: batch_size.max(1),
+            metrics,
+        }
+    }
+
+    /// Routes one item.
+    pub fn push(&mut self, e: Envelope<T>) {
+        route(&self.router, &mut self.leaves, e);
+    }
+
+    /// Routes a whole batch; a plain edge takes it without copying.
+    pub fn push_batch(&mut self, mut batch: Batch<T>) {
+        if let Router::Leaf(i) = self.router {
+            let buf = &mut self.leaves[i].buf;
+            if buf.is_empty() {
+                *buf = batch;
+            } else {
+                buf.append(&mut batch);
+            }
+        } else {
+            for e in batch {
+                route(&self.router, &mut self.leaves, e);
+            }
+        }
+    }
+
+    /// True when some buffer holds a full batch.
+    pub fn has_full(&self) -> bool {
+        self.leaves.iter().any(|l| l.buf.len() >= self.batch_size)
+    }
+
+    /// Sends full buffers, or every non-empty one when `all`. Waits while an
+    /// edge is full (backpressure); that wait is counted as output wait.
+    ///
+    /// # Errors
+    /// [`Stopped`] when an edge was closed because the run is aborting; the
+    /// items not sent are dropped, so their acks fail.
+    pub async fn flush(&mut self, all: bool) -> Result<(), Stopped> {
+        for leaf in &mut self.leaves {
+            if leaf.buf.is_empty() || (!all && leaf.buf.len() < self.batch_size) {
+                continue;
+            }
+            let batch = std::mem::take(&mut leaf.buf);
+            let n = batch.len();
+            let sent = match leaf.tx.try_send(batch) {
+                Ok(()) => Ok(()),
+                Err(async_channel::TrySendError::Full(batch)) => {
+                    let t = Instant::now();
+                    let r = leaf.tx.send(batch).await;
+                    StageMetrics::time(&self.metrics.wait_output_ns, t.elapsed());
+                    r.map_err(|_| Stopped)
+                }
+                Err(async_channel::TrySendError::Closed(_)) => Err(Stopped),
+            };
+            sent?;
+            StageMetrics::add(&self.metrics.emitted, n);
+        }
+        Ok(())
+    }
+
+    /// Items buffered but not yet sent.
+    pub fn pending(&self) -> usize {
+        self.leaves.iter().map(|l| l.buf.len()).sum()
+    }
+}
+
+fn route<T>(router: &Router<T>, leaves: &mut [Leaf<T>], e: Envelope<T>) {
+    match router {
+        Router::Leaf(i) => leaves[*i].buf.push(e),
+        Router::Broadcast(clone, branches) => {
+            let (last, rest) = branches.split_last().expect("broadcast has branches");
+            for b in rest {
+                let copy = Envelope {
+                    value: clone(&e.value),
+                    ack: e.ack.as_ref().map(Ack::fork),
+                };
+                route(b, leaves, copy);
+            }
+            route(last, leaves, e);
+        }
+        Router::Partition(hash, branches) => {
+            let i = (hash(&e.value) % branches.len() as u64) as usize;
+            route(&branches[i], leaves, e);
+        }
+        Router::Route(pred, yes, no) => {
+            if pred(&e.value) {
+                route(yes, leaves, e)
+            } else {
+                route(no, leaves, e)
+            }
+        }
+    }
+}
+
+/// Waits for the next batch, counting the wait and sampling the queue.
+/// `None` when the edge is closed and empty.
+pub(crate) async fn recv<T>(rx: &Rx<T>, metrics: &StageMetrics) -> Option<Batch<T>> {
+    let batch = match rx.try_recv() {
+        Ok(b) => b,
+        Err(async_channel::TryRecvError::Closed) => return None,
+        Err(async_channel::TryRecvError::Empty) => {
+            let t = Instant::now();
+            let r = rx.recv().await;
+            StageMetrics::time(&metrics.wait_input_ns, t.elapsed());
+            r.ok()?
+        }
+    };
+    metrics.sample_queue(rx.len());
+    StageMetrics::add(&metrics.received, batch.len());
+    Some(batch)
+}
+
+/// Abandons a batch because the run is aborting: the items are counted as
+/// dropped and their acks fail.
+pub(crate) fn abandon<T>(batch: Batch<T>, metrics: &StageMetrics) {
+    StageMetrics::add(&metrics.dropped, batch.len());
+    for e in batch {
+        if let Some(a) = e.ack {
+            a.fail("pipeline aborted before the item was committed");
+        }
+    }
+}

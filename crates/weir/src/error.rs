@@ -1,0 +1,108 @@
+//! Errors: what stage code returns, and what a run returns.
+
+use std::fmt;
+
+use crate::metrics::Report;
+
+/// The error type stage functions and sinks return: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a pipeline could not be built or did not finish.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The graph is not runnable (an output connected to nothing, a
+    /// duplicate stage name, an option out of range). Lists every problem.
+    Build(Vec<String>),
+    /// A stage failed fatally; the pipeline was cancelled.
+    Stage {
+        /// The stage's name.
+        stage: String,
+        /// Its error.
+        source: BoxError,
+    },
+    /// A worker of a stage panicked; the pipeline was cancelled.
+    Panic {
+        /// The stage's name.
+        stage: String,
+        /// The panic message, when it was a string.
+        message: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Build(problems) => {
+                write!(f, "invalid pipeline: {}", problems.join("; "))
+            }
+            Error::Stage { stage, source } => write!(f, "stage '{stage}' failed: {source}"),
+            Error::Panic { stage, message } => {
+                write!(f, "stage '{stage}' panicked: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Stage { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// A failed run: the error that stopped it, and the report of what had
+/// happened by then (counts, dead letters), so nothing goes unaccounted.
+#[derive(Debug)]
+pub struct RunError {
+    /// What stopped the run.
+    pub error: Error,
+    /// Per-stage counts at the moment the run ended.
+    pub report: Box<Report>,
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+/// A sink's failed write: the items it did not write are given back, so the
+/// engine can retry or dead-letter them instead of losing them.
+#[derive(Debug)]
+pub struct WriteError<T> {
+    /// The items not written, in order: a suffix of the batch that was passed
+    /// to `write` (the whole batch when nothing was written).
+    pub unwritten: Vec<T>,
+    /// Why.
+    pub error: BoxError,
+}
+
+impl<T> WriteError<T> {
+    /// Nothing of `items` was written.
+    pub fn all(items: Vec<T>, error: impl Into<BoxError>) -> Self {
+        WriteError {
+            unwritten: items,
+            error: error.into(),
+        }
+    }
+}
+
+/// Turns a panic payload into a message.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,221 @@
+//! Fan-in by aggregation: many items into one per key and window.
+//!
+//! (Plain merging of flows is [`Flow::merge`]; joining the results of
+//! several calls for one item is [`scatter_gather`](Flow::scatter_gather).)
+//!
+//! An aggregate keeps one accumulator per key and emits `(key, acc)` when the
+//! key's window closes. Groups are emitted in the order their keys were
+//! first seen, so output is deterministic. An emitted group carries one ack
+//! that settles the acks of every item it absorbed: a source hears about an
+//! item only once the aggregate that contains it is committed.
+//!
+//! Memory is one accumulator per open key (plus, when sources attach acks,
+//! one ack per absorbed item until the group is emitted).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ack::Ack;
+use crate::channel::{Emitter, Envelope, Rx, abandon, recv, resolve};
+use crate::error::BoxError;
+use crate::metrics::StageMetrics;
+use crate::pipeline::Flow;
+use crate::pool::StageCtx;
+
+/// When an aggregate emits a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// When its key has absorbed this many items (and, for the remainder,
+    /// at the end of input).
+    Count(usize),
+    /// Every period of processing time, all open groups at once (tumbling
+    /// windows), and at the end of input.
+    Tumbling(Duration),
+    /// Once, at the end of input: a whole-input aggregate for finite jobs.
+    All,
+}
+
+struct Group<A> {
+    first_seen: u64,
+    acc: A,
+    count: usize,
+    acks: Vec<Ack>,
+}
+
+impl<T: Send + 'static> Flow<T> {
+    /// Groups items by `key` and folds each group with `fold`, starting
+    /// from `init(key)`; emits `(key, accumulator)` per group per
+    /// [`Window`]. Runs one worker: partition first and merge after to
+    /// aggregate in parallel.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), weir::RunError> {
+    /// use weir::{Pipeline, Window, from_iter, collect};
+    /// let p = Pipeline::new();
+    /// let out = p
+    ///     .source("n", from_iter(0..10u32))
+    ///     .aggregate("by-parity", |x| x % 2, |_| 0u32, |acc, x| *acc += x, Window::All)
+    ///     .sink("out", collect());
+    /// p.run().await?;
+    /// assert_eq!(out.take().unwrap(), vec![(0, 20), (1, 25)]);
+    /// # Ok(()) }
+    /// ```
+    pub fn aggregate<K, A, KF, IF, FF>(self, name: &str, key: KF, init: IF, fold: FF, window: Window) -> Flow<(K, A)>
+    where
+        K: Hash + Eq + Clone + Send + 'static,
+        A: Send + 'static,
+        KF: Fn(&T) -> K + Send + Sync + 'static,
+        IF: Fn(&K) -> A + Send + Sync + 'static,
+        FF: Fn(&mut A, T) + Send + Sync + 'static,
+    {
+        if let Window::Count(0) = window {
+            crate::pipeline::lock(&self.graph)
+                .problems
+                .push(format!("aggregate '{name}': a count window needs at least 1 item"));
+        }
+        self.stage(name, "aggregate", move |rx, out| {
+            Box::new(move |sp, ctx| {
+                let port = resolve(&out, &format!("output of stage '{}'", ctx.name))?;
+                let em = Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
+                let agg = Aggregator {
+                    key,
+                    init,
+                    fold,
+                    window,
+                    groups: HashMap::new(),
+                    seen: 0,
+                };
+                sp.task(agg.run(rx, em, ctx));
+                Ok(())
+            })
+        })
+    }
+
+    /// Folds the whole input into one value, emitted at the end of input.
+    pub fn reduce<A, F>(self, name: &str, init: A, fold: F) -> Flow<A>
+    where
+        A: Clone + Send + Sync + 'static,
+        F: Fn(&mut A, T) + Send + Sync + 'static,
+    {
+        self.aggregate(name, |_| (), move |_| init.clone(), fold, Window::All)
+            .map(&format!("{name}/value"), |(_, a)| a)
+    }
+}
+
+struct Aggregator<K, A, KF, IF, FF> {
+    key: KF,
+    init: IF,
+    fold: FF,
+    window: Window,
+    groups: HashMap<K, Group<A>>,
+    seen: u64,
+}
+
+impl<K, A, KF, IF, FF> Aggregator<K, A, KF, IF, FF>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    A: Send + 'static,
+{
+    async fn run<T>(mut self, rx: Rx<T>, mut em: Emitter<(K, A)>, ctx: Arc<StageCtx>) -> Result<(), BoxError>
+    where
+        T: Send + 'static,
+        KF: Fn(&T) -> K,
+        IF: Fn(&K) -> A,
+        FF: Fn(&mut A, T),
+    {
+        let m = &*ctx.metrics;
+        let period = match self.window {
+            Window::Tumbling(d) => Some(d),
+            _ => None,
+        };
+        let mut tick = period.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
+        loop {
+            let batch = match &mut tick {
+                None => recv(&rx, m).await,
+                Some(t) => tokio::select! {
+                    b = recv(&rx, m) => b,
+                    _ = t.tick() => {
+                        self.emit_all(&mut em);
+                        if em.flush(true).await.is_err() {
+                            return ctx.stopped();
+                        }
+                        continue;
+                    }
+                },
+            };
+            let Some(batch) = batch else { break };
+            if ctx.abort.is_cancelled() {
+                abandon(batch, m);
+                return Ok(());
+            }
+            let t0 = Instant::now();
+            StageMetrics::add(&m.ok, batch.len());
+            for e in batch {
+                self.absorb(e, &mut em);
+            }
+            StageMetrics::time(&m.busy_ns, t0.elapsed());
+            if em.has_full() && em.flush(false).await.is_err() {
+                return ctx.stopped();
+            }
+        }
+        self.emit_all(&mut em);
+        if em.flush(true).await.is_err() {
+            return ctx.stopped();
+        }
+        Ok(())
+    }
+
+    fn absorb<T>(&mut self, e: Envelope<T>, em: &mut Emitter<(K, A)>)
+    where
+        KF: Fn(&T) -> K,
+        IF: Fn(&K) -> A,
+        FF: Fn(&mut A, T),
+    {
+        let k = (self.key)(&e.value);
+        let seen = &mut self.seen;
+        let init = &self.init;
+        let g = self.groups.entry(k.clone()).or_insert_with(|| {
+            *seen += 1;
+            Group {
+                first_seen: *seen,
+                acc: init(&k),
+                count: 0,
+                acks: Vec::new(),
+            }
+        });
+        (self.fold)(&mut g.acc, e.value);
+        g.count += 1;
+        if let Some(a) = e.ack {
+            g.acks.push(a);
+        }
+        if let Window::Count(n) = self.window
+            && g.count >= n
+        {
+            let g = self.groups.remove(&k).expect("group just updated");
+            em.push(group_envelope(k, g));
+        }
+    }
+
+    fn emit_all(&mut self, em: &mut Emitter<(K, A)>) {
+        let mut groups: Vec<(K, Group<A>)> = self.groups.drain().collect();
+        groups.sort_unstable_by_key(|(_, g)| g.first_seen);
+        for (k, g) in groups {
+            em.push(group_envelope(k, g));
+        }
+    }
+}
+
+fn group_envelope<K, A>(k: K, g: Group<A>) -> Envelope<(K, A)> {
+    let ack = if g.acks.is_empty() {
+        None
+    } else {
+        Some(Ack::merge(g.acks))
+    };
+    Envelope {
+        value: (k, g.acc),
+        ack,
+    }
+}

@@ -1,0 +1,187 @@
+//! Per-stage counters and timings, live while the pipeline runs and final in
+//! the [`Report`].
+//!
+//! Counters are relaxed atomics bumped once per batch, not per item, so they
+//! are cheap enough to leave on. Readers (a progress display, the autoscaler
+//! that sizes pools from measured throughput) take [`Metrics::snapshot`] at
+//! any time.
+//!
+//! Every stage balances: `received = ok + filtered + dead_lettered + dropped`.
+//! `emitted` counts outputs, which differ from `ok` for `flat_map` and
+//! aggregates. Along an edge, the producer's `emitted` equals the consumer's
+//! `received` unless the run was aborted.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::dead_letter::DeadLetter;
+
+/// Live counters of one stage.
+#[derive(Debug, Default)]
+pub(crate) struct StageMetrics {
+    pub received: AtomicU64,
+    pub ok: AtomicU64,
+    pub emitted: AtomicU64,
+    pub filtered: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub dropped: AtomicU64,
+    pub retries: AtomicU64,
+    pub busy_ns: AtomicU64,
+    pub wait_input_ns: AtomicU64,
+    pub wait_output_ns: AtomicU64,
+    /// Sum of input queue lengths (in batches) seen at each receive.
+    pub queue_sum: AtomicU64,
+    pub queue_samples: AtomicU64,
+    /// Input queue length (batches) at the last receive.
+    pub queue_now: AtomicU64,
+    pub workers_active: AtomicU64,
+}
+
+impl StageMetrics {
+    pub fn add(c: &AtomicU64, n: usize) {
+        if n > 0 {
+            c.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    pub fn time(c: &AtomicU64, d: Duration) {
+        c.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    pub fn sample_queue(&self, len: usize) {
+        self.queue_sum.fetch_add(len as u64, Relaxed);
+        self.queue_samples.fetch_add(1, Relaxed);
+        self.queue_now.store(len as u64, Relaxed);
+    }
+}
+
+/// Static facts about a stage, fixed when the pipeline is built.
+#[derive(Debug, Clone)]
+pub(crate) struct StageInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub workers: usize,
+    pub capacity: Option<usize>,
+    pub metrics: Arc<StageMetrics>,
+}
+
+/// What one stage did: a snapshot of its counters.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StageReport {
+    /// The stage's name.
+    pub name: String,
+    /// `source`, `map`, `filter`, `sink`, ...
+    pub kind: &'static str,
+    /// Workers configured.
+    pub workers: usize,
+    /// Workers running now (0 once the stage finished).
+    pub workers_active: u64,
+    /// Items taken from the input queue (produced, for a source).
+    pub received: u64,
+    /// Items processed successfully (a sink: committed).
+    pub ok: u64,
+    /// Items sent downstream.
+    pub emitted: u64,
+    /// Items dropped on purpose (a filter said no; `flat_map` gave nothing).
+    pub filtered: u64,
+    /// Items sent to the dead-letter output.
+    pub dead_lettered: u64,
+    /// Items abandoned in flight because the run was aborted.
+    pub dropped: u64,
+    /// Retry attempts made (not counting first attempts).
+    pub retries: u64,
+    /// Time workers spent running stage code, summed over workers.
+    pub busy: Duration,
+    /// Time workers waited for input, summed over workers.
+    pub waiting_for_input: Duration,
+    /// Time workers waited for room downstream (backpressure), summed.
+    pub waiting_for_output: Duration,
+    /// Bound of the input queue in batches (`None` for sources).
+    pub queue_capacity: Option<usize>,
+    /// Input queue length in batches at the last receive.
+    pub queue_len: u64,
+    /// Mean input queue fill in batches, sampled at each receive.
+    pub mean_queue_fill: f64,
+}
+
+impl StageReport {
+    /// True when every received item is accounted for.
+    pub fn is_balanced(&self) -> bool {
+        self.received == self.ok + self.filtered + self.dead_lettered + self.dropped
+    }
+}
+
+impl StageInfo {
+    pub fn snapshot(&self) -> StageReport {
+        let m = &self.metrics;
+        let samples = m.queue_samples.load(Relaxed);
+        StageReport {
+            name: self.name.clone(),
+            kind: self.kind,
+            workers: self.workers,
+            workers_active: m.workers_active.load(Relaxed),
+            received: m.received.load(Relaxed),
+            ok: m.ok.load(Relaxed),
+            emitted: m.emitted.load(Relaxed),
+            filtered: m.filtered.load(Relaxed),
+            dead_lettered: m.dead_lettered.load(Relaxed),
+            dropped: m.dropped.load(Relaxed),
+            retries: m.retries.load(Relaxed),
+            busy: Duration::from_nanos(m.busy_ns.load(Relaxed)),
+            waiting_for_input: Duration::from_nanos(m.wait_input_ns.load(Relaxed)),
+            waiting_for_output: Duration::from_nanos(m.wait_output_ns.load(Relaxed)),
+            queue_capacity: self.capacity,
+            queue_len: m.queue_now.load(Relaxed),
+            mean_queue_fill: if samples == 0 {
+                0.0
+            } else {
+                m.queue_sum.load(Relaxed) as f64 / samples as f64
+            },
+        }
+    }
+}
+
+/// A live view of a pipeline's counters; cheap to clone and to read while
+/// the pipeline runs.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub(crate) stages: Arc<Mutex<Vec<StageInfo>>>,
+}
+
+impl Metrics {
+    /// Counters of every stage, in the order the stages were added.
+    pub fn snapshot(&self) -> Vec<StageReport> {
+        let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        stages.iter().map(StageInfo::snapshot).collect()
+    }
+}
+
+/// What a run did: per-stage counts and timings, and the dead letters kept
+/// by the built-in collector.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Report {
+    /// One entry per stage, in the order they were added.
+    pub stages: Vec<StageReport>,
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
+    /// True when the run stopped early because its cancellation token fired
+    /// (it still drained what was in flight).
+    pub cancelled: bool,
+    /// Dead letters, when no dead-letter sink was set.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl Report {
+    /// The stage named `name`.
+    pub fn stage(&self, name: &str) -> Option<&StageReport> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// Items dead-lettered across all stages.
+    pub fn dead_lettered(&self) -> u64 {
+        self.stages.iter().map(|s| s.dead_lettered).sum()
+    }
+}

@@ -1,0 +1,199 @@
+//! The per-item functions of sync stages (`map`, `filter`, `flat_map` and
+//! their fallible `try_` forms), applied a batch at a time.
+//!
+//! Each op is monomorphised over the user's closure, so the inner loop over a
+//! batch compiles to a plain loop; the worker calls it through one virtual
+//! call per batch. Fallible functions borrow their input, so a failed item is
+//! still there to retry or to dead-letter.
+
+use std::marker::PhantomData;
+
+use crate::ack::Ack;
+use crate::channel::{Batch, Envelope};
+use crate::error::BoxError;
+
+/// Tallies of one batch, added to the stage's metrics once per batch.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub ok: usize,
+    pub filtered: usize,
+}
+
+/// An item whose function failed, with the error.
+pub(crate) type Failure<I> = (Envelope<I>, BoxError);
+
+/// A sync stage function over batches.
+pub(crate) trait ItemOp<I, O>: Send + Sync + 'static {
+    /// Applies the function to every item of `batch`: outputs go to `out`,
+    /// failures to `failed`.
+    fn apply(&self, batch: Batch<I>, out: &mut Batch<O>, failed: &mut Vec<Failure<I>>, t: &mut Tally);
+
+    /// One more attempt at a failed item (only fallible ops fail).
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Result<(), Failure<I>> {
+        let _ = (out, t);
+        Err((e, "this stage cannot retry".into()))
+    }
+}
+
+/// Pushes the outputs of one input, forking its ack per output.
+#[inline]
+fn push_derived<O>(outs: impl IntoIterator<Item = O>, ack: Option<Ack>, out: &mut Batch<O>, t: &mut Tally) {
+    let before = out.len();
+    match ack {
+        None => out.extend(outs.into_iter().map(Envelope::new)),
+        Some(ack) => {
+            out.extend(outs.into_iter().map(|value| Envelope {
+                value,
+                ack: Some(ack.fork()),
+            }));
+            ack.deliver();
+        }
+    }
+    if out.len() == before {
+        t.filtered += 1;
+    } else {
+        t.ok += 1;
+    }
+}
+
+pub(crate) struct Map<F, I, O>(pub F, PhantomData<fn(I) -> O>);
+pub(crate) struct Filter<F, I>(pub F, PhantomData<fn(I)>);
+pub(crate) struct FlatMap<F, I, O>(pub F, PhantomData<fn(I) -> O>);
+pub(crate) struct TryFilter<F, I>(pub F, PhantomData<fn(I)>);
+pub(crate) struct TryFlatMap<F, I, O>(pub F, PhantomData<fn(I) -> O>);
+
+impl<F, I, O> Map<F, I, O> {
+    pub fn new(f: F) -> Self {
+        Map(f, PhantomData)
+    }
+}
+impl<F, I> Filter<F, I> {
+    pub fn new(f: F) -> Self {
+        Filter(f, PhantomData)
+    }
+}
+impl<F, I, O> FlatMap<F, I, O> {
+    pub fn new(f: F) -> Self {
+        FlatMap(f, PhantomData)
+    }
+}
+impl<F, I> TryFilter<F, I> {
+    pub fn new(f: F) -> Self {
+        TryFilter(f, PhantomData)
+    }
+}
+impl<F, I, O> TryFlatMap<F, I, O> {
+    pub fn new(f: F) -> Self {
+        TryFlatMap(f, PhantomData)
+    }
+}
+
+impl<F, I, O> ItemOp<I, O> for Map<F, I, O>
+where
+    F: Fn(I) -> O + Send + Sync + 'static,
+    I: 'static,
+    O: 'static,
+{
+    fn apply(&self, batch: Batch<I>, out: &mut Batch<O>, _: &mut Vec<Failure<I>>, t: &mut Tally) {
+        t.ok += batch.len();
+        let f = &self.0;
+        out.extend(batch.into_iter().map(|e| Envelope {
+            value: f(e.value),
+            ack: e.ack,
+        }));
+    }
+}
+
+impl<F, I> ItemOp<I, I> for Filter<F, I>
+where
+    F: Fn(&I) -> bool + Send + Sync + 'static,
+    I: 'static,
+{
+    fn apply(&self, batch: Batch<I>, out: &mut Batch<I>, _: &mut Vec<Failure<I>>, t: &mut Tally) {
+        let f = &self.0;
+        let before = out.len();
+        let n = batch.len();
+        for e in batch {
+            if f(&e.value) {
+                out.push(e);
+            } else {
+                e.deliver();
+            }
+        }
+        let kept = out.len() - before;
+        t.ok += kept;
+        t.filtered += n - kept;
+    }
+}
+
+impl<F, I, O, It> ItemOp<I, O> for FlatMap<F, I, O>
+where
+    F: Fn(I) -> It + Send + Sync + 'static,
+    It: IntoIterator<Item = O>,
+    I: 'static,
+    O: 'static,
+{
+    fn apply(&self, batch: Batch<I>, out: &mut Batch<O>, _: &mut Vec<Failure<I>>, t: &mut Tally) {
+        for e in batch {
+            push_derived((self.0)(e.value), e.ack, out, t);
+        }
+    }
+}
+
+impl<F, I, E> ItemOp<I, I> for TryFilter<F, I>
+where
+    F: Fn(&I) -> Result<bool, E> + Send + Sync + 'static,
+    E: Into<BoxError>,
+    I: 'static,
+{
+    fn apply(&self, batch: Batch<I>, out: &mut Batch<I>, failed: &mut Vec<Failure<I>>, t: &mut Tally) {
+        for e in batch {
+            if let Err(f) = self.retry(e, out, t) {
+                failed.push(f);
+            }
+        }
+    }
+
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<I>, t: &mut Tally) -> Result<(), Failure<I>> {
+        match (self.0)(&e.value) {
+            Ok(true) => {
+                t.ok += 1;
+                out.push(e);
+                Ok(())
+            }
+            Ok(false) => {
+                t.filtered += 1;
+                e.deliver();
+                Ok(())
+            }
+            Err(err) => Err((e, err.into())),
+        }
+    }
+}
+
+impl<F, I, O, It, E> ItemOp<I, O> for TryFlatMap<F, I, O>
+where
+    F: Fn(&I) -> Result<It, E> + Send + Sync + 'static,
+    It: IntoIterator<Item = O>,
+    E: Into<BoxError>,
+    I: 'static,
+    O: 'static,
+{
+    fn apply(&self, batch: Batch<I>, out: &mut Batch<O>, failed: &mut Vec<Failure<I>>, t: &mut Tally) {
+        for e in batch {
+            if let Err(f) = self.retry(e, out, t) {
+                failed.push(f);
+            }
+        }
+    }
+
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Result<(), Failure<I>> {
+        match (self.0)(&e.value) {
+            Ok(outs) => {
+                push_derived(outs, e.ack, out, t);
+                Ok(())
+            }
+            Err(err) => Err((e, err.into())),
+        }
+    }
+}

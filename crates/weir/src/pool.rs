@@ -1,0 +1,424 @@
+//! Worker pools: the loops that run a stage's workers on a shared queue.
+//!
+//! * Sync stages run `workers` OS threads (from tokio's blocking pool, so CPU
+//!   work never stalls the async reactor), all pulling batches from the
+//!   stage's one input edge: Go's worker-pool pattern. Output order follows
+//!   completion.
+//! * Ordered sync pools number batches as workers take them and a reorder
+//!   task emits them in that order. A semaphore of `window` permits, taken
+//!   before a batch is pulled and returned when it is emitted, bounds how far
+//!   the pool may run ahead of its slowest batch: memory stays at `window`
+//!   batches however slow one item is.
+//! * Async stages run in one task that keeps up to `workers` item futures in
+//!   flight (per item, not per batch, so a pool of 1,000 really has 1,000
+//!   calls outstanding). Ordered mode completes them in input order.
+//!
+//! Every loop applies the stage's [`ErrorPolicy`] the same way, through
+//! [`settle_failures`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::{Ack, AckOutcome};
+use crate::channel::{Batch, Emitter, Envelope, Rx, Tx, abandon, recv};
+use crate::dead_letter::DeadLetter;
+use crate::error::BoxError;
+use crate::metrics::StageMetrics;
+use crate::ops::{Failure, ItemOp, Tally};
+use crate::stage::{ErrorPolicy, StageOptions};
+
+/// What every worker of a stage shares.
+pub(crate) struct StageCtx {
+    pub name: String,
+    pub metrics: Arc<StageMetrics>,
+    /// Fired on a fatal error: stop now, drop what is in flight.
+    pub abort: CancellationToken,
+    /// Fired on cancel or abort: sources stop producing (then the pipeline
+    /// drains).
+    pub stop: CancellationToken,
+    pub dead_letters: Tx<DeadLetter>,
+    pub options: StageOptions,
+    pub batch_size: usize,
+}
+
+impl StageCtx {
+    /// An edge closed under us: normal during an abort, a bug otherwise.
+    pub fn stopped(&self) -> Result<(), BoxError> {
+        if self.abort.is_cancelled() {
+            Ok(())
+        } else {
+            Err("downstream edge closed while the pipeline was running".into())
+        }
+    }
+
+    /// Sends items to the dead-letter output, marking their acks.
+    pub async fn dead_letter(&self, letters: Batch<DeadLetter>) -> Result<(), BoxError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        StageMetrics::add(&self.metrics.dead_lettered, letters.len());
+        if self.dead_letters.send(letters).await.is_err() {
+            return self.stopped();
+        }
+        Ok(())
+    }
+
+    /// Wraps one failed item as a dead letter.
+    pub fn letter<I: Send + 'static>(
+        &self,
+        ack: Option<Ack>,
+        item: I,
+        error: &BoxError,
+        attempts: u32,
+    ) -> Envelope<DeadLetter> {
+        let letter = DeadLetter::new(&self.name, error, attempts, item);
+        if let Some(a) = &ack {
+            a.mark(AckOutcome::DeadLettered {
+                stage: self.name.clone(),
+                reason: letter.error.clone(),
+            });
+        }
+        Envelope { value: letter, ack }
+    }
+
+    /// Sleeps before a retry; false when the run aborted meanwhile.
+    pub async fn backoff(&self, attempt: u32) -> bool {
+        let ErrorPolicy::Retry(r) = &self.options.on_error else {
+            return false;
+        };
+        StageMetrics::add(&self.metrics.retries, 1);
+        tokio::select! {
+            _ = self.abort.cancelled() => false,
+            _ = tokio::time::sleep(r.delay(attempt)) => true,
+        }
+    }
+}
+
+/// Applies the error policy to the failures of one batch: retries them (their
+/// outputs join `out`), then dead-letters what still fails, or returns the
+/// fatal error under [`ErrorPolicy::Fail`].
+async fn settle_failures<I: Send + 'static, O: 'static>(
+    op: &dyn ItemOp<I, O>,
+    failed: &mut Vec<Failure<I>>,
+    out: &mut Batch<O>,
+    t: &mut Tally,
+    ctx: &StageCtx,
+) -> Result<(), BoxError> {
+    let max = ctx.options.max_attempts();
+    let mut letters = Vec::new();
+    'items: for (first, first_err) in failed.drain(..) {
+        let (mut e, mut err) = (first, first_err);
+        let mut attempts = 1;
+        while attempts < max {
+            if !ctx.backoff(attempts).await {
+                return Ok(());
+            }
+            attempts += 1;
+            match op.retry(e, out, t) {
+                Ok(()) => continue 'items,
+                Err((back, why)) => (e, err) = (back, why),
+            }
+        }
+        if matches!(ctx.options.on_error, ErrorPolicy::Fail) {
+            return Err(err);
+        }
+        letters.push(ctx.letter(e.ack, e.value, &err, attempts));
+    }
+    ctx.dead_letter(letters).await
+}
+
+fn tally(m: &StageMetrics, t: Tally) {
+    StageMetrics::add(&m.ok, t.ok);
+    StageMetrics::add(&m.filtered, t.filtered);
+}
+
+/// One worker of an unordered sync pool.
+pub(crate) async fn sync_worker<I: Send + 'static, O: Send + 'static>(
+    rx: Rx<I>,
+    op: Arc<dyn ItemOp<I, O>>,
+    mut em: Emitter<O>,
+    ctx: Arc<StageCtx>,
+) -> Result<(), BoxError> {
+    let m = &*ctx.metrics;
+    let mut failed = Vec::new();
+    loop {
+        // Send a partial batch only when we would otherwise wait for input:
+        // full batches while busy, low latency when idle.
+        if em.pending() > 0 && rx.is_empty() && em.flush(true).await.is_err() {
+            return ctx.stopped();
+        }
+        let Some(batch) = recv(&rx, m).await else { break };
+        if ctx.abort.is_cancelled() {
+            abandon(batch, m);
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut t = Tally::default();
+        op.apply(batch, &mut out, &mut failed, &mut t);
+        if !failed.is_empty() {
+            settle_failures(&*op, &mut failed, &mut out, &mut t, &ctx).await?;
+        }
+        tally(m, t);
+        StageMetrics::time(&m.busy_ns, t0.elapsed());
+        em.push_batch(out);
+        if em.has_full() && em.flush(false).await.is_err() {
+            return ctx.stopped();
+        }
+    }
+    if em.flush(true).await.is_err() {
+        return ctx.stopped();
+    }
+    Ok(())
+}
+
+/// What an ordered pool's workers share.
+pub(crate) struct Sequencer {
+    /// Next sequence number; locked across the receive so numbers follow
+    /// input order.
+    pub next: tokio::sync::Mutex<u64>,
+    /// Reorder window: permits for batches taken but not yet emitted.
+    pub window: Arc<Semaphore>,
+}
+
+/// One worker of an ordered sync pool.
+pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
+    rx: Rx<I>,
+    op: Arc<dyn ItemOp<I, O>>,
+    seq: Arc<Sequencer>,
+    to_reorder: async_channel::Sender<(u64, Batch<O>)>,
+    ctx: Arc<StageCtx>,
+) -> Result<(), BoxError> {
+    let m = &*ctx.metrics;
+    let mut failed = Vec::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = ctx.abort.cancelled() => return Ok(()),
+            p = seq.window.acquire() => p,
+        };
+        let Ok(permit) = permit else { return Ok(()) };
+        // The reorder task gives the permit back when it emits this batch.
+        permit.forget();
+        let (n, batch) = {
+            let mut next = seq.next.lock().await;
+            let Some(batch) = recv(&rx, m).await else { break };
+            let n = *next;
+            *next += 1;
+            (n, batch)
+        };
+        if ctx.abort.is_cancelled() {
+            abandon(batch, m);
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut t = Tally::default();
+        op.apply(batch, &mut out, &mut failed, &mut t);
+        if !failed.is_empty() {
+            settle_failures(&*op, &mut failed, &mut out, &mut t, &ctx).await?;
+        }
+        tally(m, t);
+        StageMetrics::time(&m.busy_ns, t0.elapsed());
+        if to_reorder.send((n, out)).await.is_err() {
+            return ctx.stopped();
+        }
+    }
+    Ok(())
+}
+
+/// Emits an ordered pool's batches in sequence order.
+pub(crate) async fn reorderer<O: Send + 'static>(
+    rx: async_channel::Receiver<(u64, Batch<O>)>,
+    mut em: Emitter<O>,
+    window: Arc<Semaphore>,
+    ctx: Arc<StageCtx>,
+) -> Result<(), BoxError> {
+    let mut next = 0u64;
+    let mut held: BTreeMap<u64, Batch<O>> = BTreeMap::new();
+    while let Ok((n, batch)) = rx.recv().await {
+        held.insert(n, batch);
+        while let Some(batch) = held.remove(&next) {
+            next += 1;
+            em.push_batch(batch);
+            window.add_permits(1);
+            if em.has_full() && em.flush(false).await.is_err() {
+                return ctx.stopped();
+            }
+        }
+        if rx.is_empty() && em.pending() > 0 && em.flush(true).await.is_err() {
+            return ctx.stopped();
+        }
+    }
+    if !held.is_empty() && !ctx.abort.is_cancelled() {
+        return Err(format!("reorder buffer left {} batches behind a gap", held.len()).into());
+    }
+    if em.flush(true).await.is_err() {
+        return ctx.stopped();
+    }
+    Ok(())
+}
+
+/// An async stage function, boxed. `clone` is set when the input type can
+/// be cloned, which retries and dead letters need (the call consumes its
+/// argument).
+pub(crate) struct AsyncFn<I, O> {
+    pub call: Box<dyn Fn(I) -> BoxFut<Result<O, BoxError>> + Send + Sync>,
+    pub clone: Option<fn(&I) -> I>,
+}
+
+pub(crate) type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How one item fared in an async pool.
+struct Done<I, O> {
+    ack: Option<Ack>,
+    result: Result<O, (Option<I>, BoxError, u32)>,
+}
+
+fn item_future<I: Send + 'static, O: Send + 'static>(
+    f: Arc<AsyncFn<I, O>>,
+    e: Envelope<I>,
+    ctx: Arc<StageCtx>,
+) -> BoxFut<Done<I, O>> {
+    Box::pin(async move {
+        let t0 = Instant::now();
+        let max = ctx.options.max_attempts();
+        let keep = !matches!(ctx.options.on_error, ErrorPolicy::Fail);
+        let Envelope { value, ack } = e;
+        let mut value = Some(value);
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let arg = match (keep, f.clone) {
+                (true, Some(clone)) => clone(value.as_ref().expect("kept")),
+                _ => value.take().expect("called once"),
+            };
+            match (f.call)(arg).await {
+                Ok(o) => break Ok(o),
+                Err(err) => {
+                    if attempts < max && value.is_some() && ctx.backoff(attempts).await {
+                        continue;
+                    }
+                    break Err((value.take(), err, attempts));
+                }
+            }
+        };
+        StageMetrics::time(&ctx.metrics.busy_ns, t0.elapsed());
+        Done { ack, result }
+    })
+}
+
+enum InFlight<F: Future> {
+    Unordered(FuturesUnordered<F>),
+    Ordered(FuturesOrdered<F>),
+}
+
+impl<F: Future> InFlight<F> {
+    fn len(&self) -> usize {
+        match self {
+            InFlight::Unordered(f) => f.len(),
+            InFlight::Ordered(f) => f.len(),
+        }
+    }
+
+    fn push(&mut self, fut: F) {
+        match self {
+            InFlight::Unordered(f) => f.push(fut),
+            InFlight::Ordered(f) => f.push_back(fut),
+        }
+    }
+
+    async fn next(&mut self) -> Option<F::Output> {
+        match self {
+            InFlight::Unordered(f) => f.next().await,
+            InFlight::Ordered(f) => f.next().await,
+        }
+    }
+}
+
+/// An async pool: one task with up to `workers` item futures in flight.
+pub(crate) async fn async_pool<I: Send + 'static, O: Send + 'static>(
+    rx: Rx<I>,
+    f: Arc<AsyncFn<I, O>>,
+    mut em: Emitter<O>,
+    ctx: Arc<StageCtx>,
+) -> Result<(), BoxError> {
+    let m = &*ctx.metrics;
+    let limit = ctx.options.workers.max(1);
+    let mut queue: VecDeque<Envelope<I>> = VecDeque::new();
+    let mut inflight = if ctx.options.ordered {
+        InFlight::Ordered(FuturesOrdered::new())
+    } else {
+        InFlight::Unordered(FuturesUnordered::new())
+    };
+    let mut open = true;
+    loop {
+        while inflight.len() < limit {
+            let Some(e) = queue.pop_front() else { break };
+            inflight.push(item_future(f.clone(), e, ctx.clone()));
+        }
+        if !open && queue.is_empty() && inflight.len() == 0 {
+            break;
+        }
+        let want_input = open && queue.is_empty();
+        let busy = inflight.len() > 0;
+        tokio::select! {
+            biased;
+            _ = ctx.abort.cancelled() => {
+                abandon(queue.into_iter().collect(), m);
+                return Ok(());
+            }
+            done = inflight.next(), if busy => {
+                let mut letters = Vec::new();
+                let mut next = done;
+                while let Some(d) = next {
+                    finish_item(d, &mut em, &mut letters, &ctx)?;
+                    next = inflight.next().now_or_never().flatten();
+                }
+                ctx.dead_letter(letters).await?;
+                // Nothing else is ready: send what we have rather than sit on it.
+                if em.pending() > 0 && em.flush(true).await.is_err() {
+                    return ctx.stopped();
+                }
+            }
+            batch = recv(&rx, m), if want_input => match batch {
+                Some(b) => queue.extend(b),
+                None => open = false,
+            },
+        }
+    }
+    if em.flush(true).await.is_err() {
+        return ctx.stopped();
+    }
+    Ok(())
+}
+
+fn finish_item<I: Send + 'static, O>(
+    d: Done<I, O>,
+    em: &mut Emitter<O>,
+    letters: &mut Batch<DeadLetter>,
+    ctx: &StageCtx,
+) -> Result<(), BoxError> {
+    match d.result {
+        Ok(value) => {
+            StageMetrics::add(&ctx.metrics.ok, 1);
+            em.push(Envelope { value, ack: d.ack });
+        }
+        Err((item, err, attempts)) => match (&ctx.options.on_error, item) {
+            (ErrorPolicy::Fail, _) => return Err(err),
+            (_, Some(item)) => letters.push(ctx.letter(d.ack, item, &err, attempts)),
+            // The item was consumed by the call (it cannot be cloned): the
+            // dead letter carries the error alone.
+            (_, None) => letters.push(ctx.letter(d.ack, (), &err, attempts)),
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Running a built graph: spawn every stage, watch them, cancel on the
+//! first fatal error, and join everything before returning.
+//!
+//! Shutdown has two speeds. *Cancel* (the pipeline's token) stops only the
+//! sources; everything downstream drains naturally, because a stage ends when
+//! its input edge is closed and empty, and closes its output when it ends.
+//! *Abort* (a fatal error or a panic) additionally closes every edge, so that
+//! blocked senders and receivers wake at once and drop what they hold; the
+//! acks of dropped items fail. Either way `run` joins every task and thread
+//! before it returns.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::task::{Id, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{Closer, edge};
+use crate::dead_letter::{Collector, DeadLetter};
+use crate::error::{BoxError, Error, RunError, panic_message};
+use crate::metrics::{Metrics, Report, StageMetrics};
+use crate::pipeline::{Graph, SharedGraph, SpawnFn, lock};
+use crate::pool::StageCtx;
+
+/// The name of the dead-letter output in reports.
+pub const DEAD_LETTER_STAGE: &str = "dead-letter";
+
+type TaskOut = (usize, Result<(), BoxError>);
+
+/// Starts a run's tasks and threads and remembers which stage owns each.
+pub(crate) struct Spawner {
+    set: JoinSet<TaskOut>,
+    owners: HashMap<Id, usize>,
+    current: usize,
+    metrics: Arc<StageMetrics>,
+    closers: Vec<Closer>,
+}
+
+/// Counts a worker as active for as long as it lives, panics included.
+struct Active(Arc<StageMetrics>);
+
+impl Active {
+    fn new(m: Arc<StageMetrics>) -> Self {
+        m.workers_active.fetch_add(1, Relaxed);
+        Active(m)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.workers_active.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Spawner {
+    /// Spawns an async worker of the current stage.
+    pub fn task(&mut self, fut: impl Future<Output = Result<(), BoxError>> + Send + 'static) {
+        let idx = self.current;
+        let active = Active::new(self.metrics.clone());
+        let h = self.set.spawn(async move {
+            let _active = active;
+            (idx, fut.await)
+        });
+        self.owners.insert(h.id(), idx);
+    }
+
+    /// Runs a worker of the current stage on a thread of its own (tokio's
+    /// blocking pool), driving its future there so that sync stage code
+    /// never blocks the async reactor.
+    pub fn thread(&mut self, fut: impl Future<Output = Result<(), BoxError>> + Send + 'static) {
+        let idx = self.current;
+        let active = Active::new(self.metrics.clone());
+        let h = self.set.spawn_blocking(move || {
+            let _active = active;
+            (idx, futures::executor::block_on(fut))
+        });
+        self.owners.insert(h.id(), idx);
+    }
+
+    /// Closes this internal channel too when the run aborts.
+    pub fn close_on_abort<T: Send + 'static>(&mut self, rx: &async_channel::Receiver<T>) {
+        let weak = rx.downgrade();
+        self.closers.push(Box::new(move || {
+            if let Some(r) = weak.upgrade() {
+                r.close();
+            }
+        }));
+    }
+}
+
+struct Stage {
+    name: String,
+    spawn: SpawnFn,
+    ctx: Arc<StageCtx>,
+}
+
+pub(crate) async fn run(graph: SharedGraph) -> Result<Report, RunError> {
+    let start = Instant::now();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let abort = CancellationToken::new();
+    let (stages, mut closers, metrics, cancel, problems) = prepare(&graph, &abort, &kept);
+    let finish = |error: Option<Error>| {
+        let report = Report {
+            stages: metrics.snapshot(),
+            elapsed: start.elapsed(),
+            cancelled: cancel.is_cancelled(),
+            dead_letters: std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner())),
+        };
+        match error {
+            None => Ok(report),
+            Some(error) => Err(RunError {
+                error,
+                report: Box::new(report),
+            }),
+        }
+    };
+    if !problems.is_empty() {
+        return finish(Some(Error::Build(problems)));
+    }
+
+    let mut sp = Spawner {
+        set: JoinSet::new(),
+        owners: HashMap::new(),
+        current: 0,
+        metrics: Arc::new(StageMetrics::default()),
+        closers: Vec::new(),
+    };
+    let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+    let mut problems = Vec::new();
+    for (i, s) in stages.into_iter().enumerate() {
+        sp.current = i;
+        sp.metrics = s.ctx.metrics.clone();
+        if let Err(p) = (s.spawn)(&mut sp, s.ctx) {
+            problems.push(p);
+        }
+    }
+    closers.append(&mut sp.closers);
+
+    let abort_all = || {
+        abort.cancel();
+        for c in &closers {
+            c();
+        }
+    };
+    let mut first: Option<Error> = None;
+    if !problems.is_empty() {
+        // Nothing may be left running: stop what did start, then report.
+        first = Some(Error::Build(problems));
+        abort_all();
+    }
+    while let Some(joined) = sp.set.join_next_with_id().await {
+        let failure = match joined {
+            Ok((_, (_, Ok(())))) => None,
+            Ok((_, (idx, Err(source)))) => Some(Error::Stage {
+                stage: names[idx].clone(),
+                source,
+            }),
+            Err(e) => {
+                let stage = sp.owners.get(&e.id()).map_or("?", |&i| &names[i]).to_string();
+                let message = if e.is_panic() {
+                    panic_message(&*e.into_panic())
+                } else {
+                    "worker was cancelled".to_string()
+                };
+                Some(Error::Panic { stage, message })
+            }
+        };
+        if let Some(f) = failure
+            && first.is_none()
+        {
+            first = Some(f);
+            abort_all();
+        }
+    }
+    finish(first)
+}
+
+type Prepared = (Vec<Stage>, Vec<Closer>, Metrics, CancellationToken, Vec<String>);
+
+/// Takes the graph apart into stages ready to spawn, adding the dead-letter
+/// output.
+fn prepare(graph: &SharedGraph, abort: &CancellationToken, kept: &Arc<Mutex<Vec<DeadLetter>>>) -> Prepared {
+    let mut g = lock(graph);
+    let g: &mut Graph = &mut g;
+    let mut problems = std::mem::take(&mut g.problems);
+    if g.ran {
+        problems.push("this pipeline has already run".into());
+    }
+    g.ran = true;
+    if g.nodes.is_empty() {
+        problems.push("the pipeline has no stages".into());
+    }
+    let mut closers = std::mem::take(&mut g.closers);
+    let (dl_tx, dl_rx) = edge::<DeadLetter>(g.options.buffer, &mut closers);
+    let dl_idx = g.add_node(DEAD_LETTER_STAGE, "dead-letter", true, Some(g.options.buffer));
+    let dl_spawn = match g.dead_letter_sink.take() {
+        Some(make) => make(dl_rx),
+        None => {
+            let collector = Collector {
+                limit: g.options.dead_letter_limit,
+                kept: kept.clone(),
+            };
+            crate::pipeline::dead_letter_spawn(dl_rx, collector)
+        }
+    };
+    g.nodes[dl_idx].spawn = Some(dl_spawn);
+    let stop = g.cancel.child_token();
+    let metrics = g.metrics.clone();
+    {
+        let mut infos = metrics.stages.lock().unwrap_or_else(|p| p.into_inner());
+        for n in &g.nodes {
+            infos[n.info].workers = n.options.workers;
+        }
+    }
+    let mut stages = Vec::new();
+    for node in g.nodes.drain(..) {
+        let Some(spawn) = node.spawn else {
+            problems.push(format!("stage '{}' has nothing to run", node.name));
+            continue;
+        };
+        let ctx = Arc::new(StageCtx {
+            name: node.name.clone(),
+            metrics: node.metrics,
+            abort: abort.clone(),
+            stop: stop.clone(),
+            // The dead-letter stage must not hold a sender to its own input,
+            // or that edge would never close; it never dead-letters anyway.
+            dead_letters: if node.name == DEAD_LETTER_STAGE {
+                async_channel::bounded(1).0
+            } else {
+                dl_tx.clone()
+            },
+            options: node.options,
+            batch_size: g.options.batch_size,
+        });
+        stages.push(Stage {
+            name: node.name,
+            spawn,
+            ctx,
+        });
+    }
+    // Abort stops the sources too.
+    let stop2 = stop.clone();
+    let abort2 = abort.clone();
+    closers.push(Box::new(move || {
+        abort2.cancel();
+        stop2.cancel();
+    }));
+    (stages, closers, metrics, g.cancel.clone(), problems)
+}

@@ -1,0 +1,199 @@
+//! Sources: where items enter a pipeline.
+//!
+//! A source is an iterator (run on its own thread, since `next` may block on
+//! a file or a socket) or a stream (run as a task). Either way the engine
+//! batches items and stops pulling when the pipeline is cancelled; items it
+//! already pulled are still delivered (graceful drain).
+//!
+//! Items may carry an [`Ack`] (the `*_acked` constructors) so the source
+//! learns when each one, and all that derived from it, is committed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+
+use crate::ack::Ack;
+use crate::channel::{Emitter, Envelope};
+use crate::error::BoxError;
+use crate::metrics::StageMetrics;
+use crate::pool::{BoxFut, StageCtx};
+
+type Driver<T> = Box<dyn FnOnce(Emitter<T>, Arc<StageCtx>) -> BoxFut<Result<(), BoxError>> + Send>;
+
+/// Items entering a pipeline; build one with [`from_iter`], [`from_stream`]
+/// and friends, then pass it to [`Pipeline::source`](crate::Pipeline::source).
+pub struct Source<T> {
+    pub(crate) driver: Driver<T>,
+    /// Run on a dedicated thread (iterators) rather than as a task (streams).
+    pub(crate) blocking: bool,
+}
+
+/// A source over an iterator. It runs on a thread of its own, so `next` may
+/// block (reading a file, say).
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), weir::RunError> {
+/// use weir::{Pipeline, from_iter, collect};
+/// let p = Pipeline::new();
+/// let out = p.source("n", from_iter(1..=3u32)).sink("all", collect());
+/// p.run().await?;
+/// assert_eq!(out.take().unwrap(), vec![1, 2, 3]);
+/// # Ok(()) }
+/// ```
+pub fn from_iter<I>(iter: I) -> Source<I::Item>
+where
+    I: IntoIterator + Send + 'static,
+    I::IntoIter: Send,
+    I::Item: Send + 'static,
+{
+    iter_source(iter.into_iter().map(|v| Ok(Envelope::new(v))))
+}
+
+/// A source over an iterator of results: an `Err` fails the pipeline, naming
+/// the source.
+pub fn from_try_iter<I, T, E>(iter: I) -> Source<T>
+where
+    I: IntoIterator<Item = Result<T, E>> + Send + 'static,
+    I::IntoIter: Send,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    iter_source(iter.into_iter().map(|r| r.map(Envelope::new).map_err(Into::into)))
+}
+
+/// A source over an iterator of items with their acks.
+pub fn from_acked_iter<I, T>(iter: I) -> Source<T>
+where
+    I: IntoIterator<Item = (T, Ack)> + Send + 'static,
+    I::IntoIter: Send,
+    T: Send + 'static,
+{
+    iter_source(iter.into_iter().map(|(value, ack)| {
+        Ok(Envelope {
+            value,
+            ack: Some(ack),
+        })
+    }))
+}
+
+/// A source over a stream. Items that are ready go out together; the engine
+/// never waits to fill a batch, so a slow stream is not delayed.
+pub fn from_stream<S>(stream: S) -> Source<S::Item>
+where
+    S: Stream + Send + 'static,
+    S::Item: Send + 'static,
+{
+    stream_source(stream.map(|v| Ok(Envelope::new(v))))
+}
+
+/// A source over a stream of results: an `Err` fails the pipeline, naming
+/// the source.
+pub fn from_try_stream<S, T, E>(stream: S) -> Source<T>
+where
+    S: Stream<Item = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    stream_source(stream.map(|r| r.map(Envelope::new).map_err(Into::into)))
+}
+
+/// A source over a stream of items with their acks: the way a broker or a
+/// checkpointing file reader learns what is durable.
+pub fn from_acked_stream<S, T>(stream: S) -> Source<T>
+where
+    S: Stream<Item = (T, Ack)> + Send + 'static,
+    T: Send + 'static,
+{
+    stream_source(stream.map(|(value, ack)| {
+        Ok(Envelope {
+            value,
+            ack: Some(ack),
+        })
+    }))
+}
+
+fn iter_source<T, I>(iter: I) -> Source<T>
+where
+    T: Send + 'static,
+    I: Iterator<Item = Result<Envelope<T>, BoxError>> + Send + 'static,
+{
+    Source {
+        blocking: true,
+        driver: Box::new(move |em, ctx| Box::pin(run_iter(iter, em, ctx))),
+    }
+}
+
+async fn run_iter<T, I>(mut iter: I, mut em: Emitter<T>, ctx: Arc<StageCtx>) -> Result<(), BoxError>
+where
+    I: Iterator<Item = Result<Envelope<T>, BoxError>>,
+{
+    let m = &*ctx.metrics;
+    while !ctx.stop.is_cancelled() {
+        let t0 = Instant::now();
+        let mut batch = Vec::with_capacity(ctx.batch_size);
+        for item in iter.by_ref().take(ctx.batch_size) {
+            batch.push(item?);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        StageMetrics::time(&m.busy_ns, t0.elapsed());
+        StageMetrics::add(&m.received, batch.len());
+        StageMetrics::add(&m.ok, batch.len());
+        em.push_batch(batch);
+        if em.flush(false).await.is_err() {
+            return ctx.stopped();
+        }
+    }
+    if em.flush(true).await.is_err() {
+        return ctx.stopped();
+    }
+    Ok(())
+}
+
+fn stream_source<T, S>(stream: S) -> Source<T>
+where
+    T: Send + 'static,
+    S: Stream<Item = Result<Envelope<T>, BoxError>> + Send + 'static,
+{
+    Source {
+        blocking: false,
+        driver: Box::new(move |em, ctx| Box::pin(run_stream(stream, em, ctx))),
+    }
+}
+
+async fn run_stream<T, S>(stream: S, mut em: Emitter<T>, ctx: Arc<StageCtx>) -> Result<(), BoxError>
+where
+    T: Send + 'static,
+    S: Stream<Item = Result<Envelope<T>, BoxError>> + Send + 'static,
+{
+    let m = &*ctx.metrics;
+    let mut chunks = std::pin::pin!(stream.ready_chunks(ctx.batch_size));
+    loop {
+        let t0 = Instant::now();
+        let chunk = tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => break,
+            c = chunks.next() => c,
+        };
+        StageMetrics::time(&m.wait_input_ns, t0.elapsed());
+        let Some(chunk) = chunk else { break };
+        let mut batch = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            batch.push(item?);
+        }
+        StageMetrics::add(&m.received, batch.len());
+        StageMetrics::add(&m.ok, batch.len());
+        em.push_batch(batch);
+        // A stream says when it has nothing ready, so send now.
+        if em.flush(true).await.is_err() {
+            return ctx.stopped();
+        }
+    }
+    if em.flush(true).await.is_err() {
+        return ctx.stopped();
+    }
+    Ok(())
+}
