@@ -251,10 +251,7 @@ mod tests {
         let a = ack.fork();
         ack.deliver();
         drop(a);
-        assert!(matches!(
-            seen.lock().unwrap()[0],
-            AckOutcome::Failed { .. }
-        ));
+        assert!(matches!(seen.lock().unwrap()[0], AckOutcome::Failed { .. }));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! time each worker resolves its slot into a [`Router`] (which leaf or leaves
 //! an item goes to) and an [`Emitter`] with one buffer per leaf.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -124,7 +125,11 @@ pub(crate) fn resolve<T>(slot: &Slot<T>, what: &str) -> Result<Port<T>, String> 
     Ok(Port { router, leaves })
 }
 
-fn resolve_into<T>(slot: &Slot<T>, what: &str, leaves: &mut Vec<Tx<T>>) -> Result<Router<T>, String> {
+fn resolve_into<T>(
+    slot: &Slot<T>,
+    what: &str,
+    leaves: &mut Vec<Tx<T>>,
+) -> Result<Router<T>, String> {
     let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
     let many = |slots: &Vec<Slot<T>>, leaves: &mut Vec<Tx<T>>| -> Result<Vec<Router<T>>, String> {
         slots
@@ -134,16 +139,26 @@ fn resolve_into<T>(slot: &Slot<T>, what: &str, leaves: &mut Vec<Tx<T>>) -> Resul
             .collect()
     };
     match guard.as_ref() {
-        None => Err(format!("{what} is not connected to anything (add a stage or a sink)")),
+        None => Err(format!(
+            "{what} is not connected to anything (add a stage or a sink)"
+        )),
         Some(PortSpec::Chan(tx)) => {
             leaves.push(tx.clone());
             Ok(Router::Leaf(leaves.len() - 1))
         }
-        Some(PortSpec::Broadcast(c, slots)) => Ok(Router::Broadcast(c.clone(), many(slots, leaves)?)),
-        Some(PortSpec::Partition(h, slots)) => Ok(Router::Partition(h.clone(), many(slots, leaves)?)),
+        Some(PortSpec::Broadcast(c, slots)) => {
+            Ok(Router::Broadcast(c.clone(), many(slots, leaves)?))
+        }
+        Some(PortSpec::Partition(h, slots)) => {
+            Ok(Router::Partition(h.clone(), many(slots, leaves)?))
+        }
         Some(PortSpec::Route(p, a, b)) => Ok(Router::Route(
             p.clone(),
-            Box::new(resolve_into(a, &format!("{what}, matching branch"), leaves)?),
+            Box::new(resolve_into(
+                a,
+                &format!("{what}, matching branch"),
+                leaves,
+            )?),
             Box::new(resolve_into(b, &format!("{what}, other branch"), leaves)?),
         )),
     }
@@ -174,7 +189,10 @@ impl<T> Emitter<T> {
             leaves: port
                 .leaves
                 .into_iter()
-                .map(|tx| Leaf { tx, buf: Vec::new() })
+                .map(|tx| Leaf {
+                    tx,
+                    buf: Vec::new(),
+                })
                 .collect(),
             batch_size: batch_size.max(1),
             metrics,
@@ -224,7 +242,9 @@ impl<T> Emitter<T> {
                 Ok(()) => Ok(()),
                 Err(async_channel::TrySendError::Full(batch)) => {
                     let t = Instant::now();
+                    self.metrics.waiting_output_now.fetch_add(1, Relaxed);
                     let r = leaf.tx.send(batch).await;
+                    self.metrics.waiting_output_now.fetch_sub(1, Relaxed);
                     StageMetrics::time(&self.metrics.wait_output_ns, t.elapsed());
                     r.map_err(|_| Stopped)
                 }
@@ -278,7 +298,9 @@ pub(crate) async fn recv<T>(rx: &Rx<T>, metrics: &StageMetrics) -> Option<Batch<
         Err(async_channel::TryRecvError::Closed) => return None,
         Err(async_channel::TryRecvError::Empty) => {
             let t = Instant::now();
+            metrics.waiting_input_now.fetch_add(1, Relaxed);
             let r = rx.recv().await;
+            metrics.waiting_input_now.fetch_sub(1, Relaxed);
             StageMetrics::time(&metrics.wait_input_ns, t.elapsed());
             r.ok()?
         }

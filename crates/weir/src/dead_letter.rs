@@ -92,12 +92,16 @@ impl Sink<DeadLetter> for Collector {
 
     async fn write(&mut self, items: Vec<DeadLetter>) -> Result<(), WriteError<DeadLetter>> {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() + items.len() > self.limit {
+        let room = self.limit.saturating_sub(kept.len());
+        if items.len() > room {
+            let mut items = items;
+            let rest = items.split_off(room);
+            kept.extend(items);
             let msg = format!(
                 "more than {} dead letters and no dead-letter sink: set one with Pipeline::dead_letter_sink or raise PipelineOptions::dead_letter_limit",
                 self.limit
             );
-            return Err(WriteError::all(items, msg));
+            return Err(WriteError::all(rest, msg));
         }
         kept.extend(items);
         Ok(())

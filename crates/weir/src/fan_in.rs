@@ -63,7 +63,14 @@ impl<T: Send + 'static> Flow<T> {
     /// assert_eq!(out.take().unwrap(), vec![(0, 20), (1, 25)]);
     /// # Ok(()) }
     /// ```
-    pub fn aggregate<K, A, KF, IF, FF>(self, name: &str, key: KF, init: IF, fold: FF, window: Window) -> Flow<(K, A)>
+    pub fn aggregate<K, A, KF, IF, FF>(
+        self,
+        name: &str,
+        key: KF,
+        init: IF,
+        fold: FF,
+        window: Window,
+    ) -> Flow<(K, A)>
     where
         K: Hash + Eq + Clone + Send + 'static,
         A: Send + 'static,
@@ -72,9 +79,9 @@ impl<T: Send + 'static> Flow<T> {
         FF: Fn(&mut A, T) + Send + Sync + 'static,
     {
         if let Window::Count(0) = window {
-            crate::pipeline::lock(&self.graph)
-                .problems
-                .push(format!("aggregate '{name}': a count window needs at least 1 item"));
+            crate::pipeline::lock(&self.graph).problems.push(format!(
+                "aggregate '{name}': a count window needs at least 1 item"
+            ));
         }
         self.stage(name, "aggregate", move |rx, out| {
             Box::new(move |sp, ctx| {
@@ -119,7 +126,12 @@ where
     K: Hash + Eq + Clone + Send + 'static,
     A: Send + 'static,
 {
-    async fn run<T>(mut self, rx: Rx<T>, mut em: Emitter<(K, A)>, ctx: Arc<StageCtx>) -> Result<(), BoxError>
+    async fn run<T>(
+        mut self,
+        rx: Rx<T>,
+        mut em: Emitter<(K, A)>,
+        ctx: Arc<StageCtx>,
+    ) -> Result<(), BoxError>
     where
         T: Send + 'static,
         KF: Fn(&T) -> K,

@@ -83,7 +83,8 @@ impl<T: Send + 'static> Flow<T> {
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
         // A fixed hasher, so a key lands on the same branch in every run.
-        let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let hasher =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
         let hash: Arc<dyn Fn(&T) -> u64 + Send + Sync> = Arc::new(move |x| hasher.hash_one(key(x)));
         self.fan_out(n, |c| PortSpec::Partition(hash.clone(), c))
     }
@@ -95,7 +96,9 @@ impl<T: Send + 'static> Flow<T> {
         F: Fn(&T) -> bool + Send + Sync + 'static,
     {
         let pred: Arc<dyn Fn(&T) -> bool + Send + Sync> = Arc::new(pred);
-        let mut v = self.fan_out(2, |c| PortSpec::Route(pred.clone(), c[0].clone(), c[1].clone()));
+        let mut v = self.fan_out(2, |c| {
+            PortSpec::Route(pred.clone(), c[0].clone(), c[1].clone())
+        });
         let other = v.pop().expect("two branches");
         let matching = v.pop().expect("two branches");
         (matching, other)

@@ -36,6 +36,9 @@ pub(crate) struct StageMetrics {
     /// Input queue length (batches) at the last receive.
     pub queue_now: AtomicU64,
     pub workers_active: AtomicU64,
+    /// Workers blocked right now waiting for input / for room downstream.
+    pub waiting_input_now: AtomicU64,
+    pub waiting_output_now: AtomicU64,
 }
 
 impl StageMetrics {
@@ -98,6 +101,10 @@ pub struct StageReport {
     pub waiting_for_input: Duration,
     /// Time workers waited for room downstream (backpressure), summed.
     pub waiting_for_output: Duration,
+    /// Workers waiting for input right now (starved).
+    pub workers_waiting_for_input: u64,
+    /// Workers waiting for room downstream right now (backpressured).
+    pub workers_waiting_for_output: u64,
     /// Bound of the input queue in batches (`None` for sources).
     pub queue_capacity: Option<usize>,
     /// Input queue length in batches at the last receive.
@@ -132,6 +139,8 @@ impl StageInfo {
             busy: Duration::from_nanos(m.busy_ns.load(Relaxed)),
             waiting_for_input: Duration::from_nanos(m.wait_input_ns.load(Relaxed)),
             waiting_for_output: Duration::from_nanos(m.wait_output_ns.load(Relaxed)),
+            workers_waiting_for_input: m.waiting_input_now.load(Relaxed),
+            workers_waiting_for_output: m.waiting_output_now.load(Relaxed),
             queue_capacity: self.capacity,
             queue_len: m.queue_now.load(Relaxed),
             mean_queue_fill: if samples == 0 {

@@ -26,7 +26,13 @@ pub(crate) type Failure<I> = (Envelope<I>, BoxError);
 pub(crate) trait ItemOp<I, O>: Send + Sync + 'static {
     /// Applies the function to every item of `batch`: outputs go to `out`,
     /// failures to `failed`.
-    fn apply(&self, batch: Batch<I>, out: &mut Batch<O>, failed: &mut Vec<Failure<I>>, t: &mut Tally);
+    fn apply(
+        &self,
+        batch: Batch<I>,
+        out: &mut Batch<O>,
+        failed: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+    );
 
     /// One more attempt at a failed item (only fallible ops fail).
     fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Result<(), Failure<I>> {
@@ -37,7 +43,12 @@ pub(crate) trait ItemOp<I, O>: Send + Sync + 'static {
 
 /// Pushes the outputs of one input, forking its ack per output.
 #[inline]
-fn push_derived<O>(outs: impl IntoIterator<Item = O>, ack: Option<Ack>, out: &mut Batch<O>, t: &mut Tally) {
+fn push_derived<O>(
+    outs: impl IntoIterator<Item = O>,
+    ack: Option<Ack>,
+    out: &mut Batch<O>,
+    t: &mut Tally,
+) {
     let before = out.len();
     match ack {
         None => out.extend(outs.into_iter().map(Envelope::new)),
@@ -146,7 +157,13 @@ where
     E: Into<BoxError>,
     I: 'static,
 {
-    fn apply(&self, batch: Batch<I>, out: &mut Batch<I>, failed: &mut Vec<Failure<I>>, t: &mut Tally) {
+    fn apply(
+        &self,
+        batch: Batch<I>,
+        out: &mut Batch<I>,
+        failed: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+    ) {
         for e in batch {
             if let Err(f) = self.retry(e, out, t) {
                 failed.push(f);
@@ -179,7 +196,13 @@ where
     I: 'static,
     O: 'static,
 {
-    fn apply(&self, batch: Batch<I>, out: &mut Batch<O>, failed: &mut Vec<Failure<I>>, t: &mut Tally) {
+    fn apply(
+        &self,
+        batch: Batch<I>,
+        out: &mut Batch<O>,
+        failed: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+    ) {
         for e in batch {
             if let Err(f) = self.retry(e, out, t) {
                 failed.push(f);

@@ -34,6 +34,8 @@ pub(crate) struct Node {
     pub info: usize,
     pub metrics: Arc<StageMetrics>,
     pub spawn: Option<SpawnFn>,
+    /// Checks, before anything runs, that the stage's output is connected.
+    pub check: Option<Box<dyn Fn() -> Result<(), String> + Send>>,
 }
 
 pub(crate) struct Graph {
@@ -55,17 +57,35 @@ pub(crate) fn lock(g: &SharedGraph) -> std::sync::MutexGuard<'_, Graph> {
 }
 
 impl Graph {
+    /// Records that stage `idx` writes to `slot`, to be checked before the run.
+    pub fn output<T: Send + 'static>(&mut self, idx: usize, slot: &Slot<T>) {
+        let slot = slot.clone();
+        let what = format!("output of stage '{}'", self.nodes[idx].name);
+        self.nodes[idx].check = Some(Box::new(move || resolve(&slot, &what).map(|_| ())));
+    }
+
     /// Registers a stage; returns its index.
-    pub fn add_node(&mut self, name: &str, kind: &'static str, single: bool, capacity: Option<usize>) -> usize {
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        single: bool,
+        capacity: Option<usize>,
+    ) -> usize {
         if name.is_empty() {
             self.problems.push("a stage has an empty name".into());
         } else if name == runtime::DEAD_LETTER_STAGE {
-            self.problems.push(format!("stage name '{name}' is reserved"));
+            self.problems
+                .push(format!("stage name '{name}' is reserved"));
         } else if !self.names.insert(name.to_string()) {
             self.problems.push(format!("two stages are named '{name}'"));
         }
         let metrics = Arc::new(StageMetrics::default());
-        let mut stages = self.metrics.stages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stages = self
+            .metrics
+            .stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         stages.push(StageInfo {
             name: name.to_string(),
             kind,
@@ -82,6 +102,7 @@ impl Graph {
             info,
             metrics,
             spawn: None,
+            check: None,
         });
         self.nodes.len() - 1
     }
@@ -151,6 +172,7 @@ impl Pipeline {
         let idx = g.add_node(name, "source", true, None);
         let out = new_slot::<T>();
         let slot = out.clone();
+        g.output(idx, &out);
         let Source { driver, blocking } = source;
         g.nodes[idx].spawn = Some(Box::new(move |sp, ctx| {
             let port = resolve(&slot, &format!("output of source '{}'", ctx.name))?;
@@ -177,6 +199,7 @@ impl Pipeline {
         SinkHandle {
             result,
             graph: self.graph.clone(),
+            node: None,
         }
     }
 
@@ -247,9 +270,9 @@ impl<T: Send + 'static> Flow<T> {
                     g.problems.push(p);
                 }
             }
-            None => g
-                .problems
-                .push(format!("{what} must directly follow a stage (not a fan-out or merge)")),
+            None => g.problems.push(format!(
+                "{what} must directly follow a stage (not a fan-out or merge)"
+            )),
         }
         drop(g);
         self
@@ -264,7 +287,10 @@ impl<T: Send + 'static> Flow<T> {
             if n == 0 {
                 Err(format!("stage '{}': workers must be at least 1", node.name))
             } else if node.single && n > 1 {
-                Err(format!("stage '{}': sources and sinks run one worker", node.name))
+                Err(format!(
+                    "stage '{}': sources and sinks run one worker",
+                    node.name
+                ))
             } else {
                 node.options.workers = n;
                 Ok(())
@@ -289,7 +315,10 @@ impl<T: Send + 'static> Flow<T> {
     pub fn reorder_window(self, batches: usize) -> Self {
         self.set("reorder_window()", |node| {
             if batches == 0 {
-                return Err(format!("stage '{}': reorder window must be at least 1", node.name));
+                return Err(format!(
+                    "stage '{}': reorder window must be at least 1",
+                    node.name
+                ));
             }
             node.options.window = Some(batches);
             Ok(())
@@ -345,14 +374,22 @@ impl<T: Send + 'static> Flow<T> {
         let rx = self.connect(&mut g);
         let idx = g.add_node(name, kind, false, cap);
         let out = new_slot::<O>();
+        g.output(idx, &out);
         g.nodes[idx].spawn = Some(make(rx, out.clone()));
         drop(g);
         Flow::new(graph, Head::Slots(vec![out]), Some(idx))
     }
 
     /// Adds a sync per-item stage.
-    fn item_stage<O: Send + 'static>(self, name: &str, kind: &'static str, op: Arc<dyn ItemOp<T, O>>) -> Flow<O> {
-        self.stage(name, kind, move |rx, out| Box::new(move |sp, ctx| spawn_item_pool(sp, ctx, rx, out, op)))
+    fn item_stage<O: Send + 'static>(
+        self,
+        name: &str,
+        kind: &'static str,
+        op: Arc<dyn ItemOp<T, O>>,
+    ) -> Flow<O> {
+        self.stage(name, kind, move |rx, out| {
+            Box::new(move |sp, ctx| spawn_item_pool(sp, ctx, rx, out, op))
+        })
     }
 
     /// Transforms each item with `f`, a sync function run on worker threads
@@ -448,13 +485,22 @@ impl<T: Send + 'static> Flow<T> {
             let fut = f(x);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
-        self.async_stage(name, "map_async", AsyncFn {
-            call,
-            clone: Some(T::clone),
-        })
+        self.async_stage(
+            name,
+            "map_async",
+            AsyncFn {
+                call,
+                clone: Some(T::clone),
+            },
+        )
     }
 
-    pub(crate) fn async_stage<O: Send + 'static>(self, name: &str, kind: &'static str, f: AsyncFn<T, O>) -> Flow<O> {
+    pub(crate) fn async_stage<O: Send + 'static>(
+        self,
+        name: &str,
+        kind: &'static str,
+        f: AsyncFn<T, O>,
+    ) -> Flow<O> {
         let f = Arc::new(f);
         self.stage(name, kind, move |rx, out| {
             Box::new(move |sp, ctx| {
@@ -477,7 +523,11 @@ impl<T: Send + 'static> Flow<T> {
         let result = Arc::new(Mutex::new(None));
         g.nodes[idx].spawn = Some(sink_spawn(rx, sink, result.clone()));
         drop(g);
-        SinkHandle { result, graph }
+        SinkHandle {
+            result,
+            graph,
+            node: Some(idx),
+        }
     }
 }
 
@@ -485,7 +535,11 @@ pub(crate) fn dead_letter_spawn<S: Sink<DeadLetter>>(rx: Rx<DeadLetter>, sink: S
     sink_spawn(rx, sink, Arc::new(Mutex::new(None)))
 }
 
-fn sink_spawn<T: Send + 'static, S: Sink<T>>(rx: Rx<T>, sink: S, result: Arc<Mutex<Option<S::Output>>>) -> SpawnFn {
+fn sink_spawn<T: Send + 'static, S: Sink<T>>(
+    rx: Rx<T>,
+    sink: S,
+    result: Arc<Mutex<Option<S::Output>>>,
+) -> SpawnFn {
     Box::new(move |sp, ctx| {
         let blocking = sink.blocking();
         let fut = sink::run_sink(rx, sink, ctx, result);
@@ -517,12 +571,28 @@ fn spawn_item_pool<I: Send + 'static, O: Send + 'static>(
         let (tx, reorder_rx) = async_channel::bounded(window);
         sp.close_on_abort(&reorder_rx);
         for _ in 0..opts.workers {
-            sp.thread(pool::ordered_worker(rx.clone(), op.clone(), seq.clone(), tx.clone(), ctx.clone()));
+            sp.thread(pool::ordered_worker(
+                rx.clone(),
+                op.clone(),
+                seq.clone(),
+                tx.clone(),
+                ctx.clone(),
+            ));
         }
-        sp.task(pool::reorderer(reorder_rx, emitter(port), seq.window.clone(), ctx.clone()));
+        sp.task(pool::reorderer(
+            reorder_rx,
+            emitter(port),
+            seq.window.clone(),
+            ctx.clone(),
+        ));
     } else {
         for _ in 0..opts.workers {
-            sp.thread(pool::sync_worker(rx.clone(), op.clone(), emitter(port.clone()), ctx.clone()));
+            sp.thread(pool::sync_worker(
+                rx.clone(),
+                op.clone(),
+                emitter(port.clone()),
+                ctx.clone(),
+            ));
         }
     }
     Ok(())
@@ -532,9 +602,24 @@ fn spawn_item_pool<I: Send + 'static, O: Send + 'static>(
 pub struct SinkHandle<R> {
     result: Arc<Mutex<Option<R>>>,
     graph: SharedGraph,
+    node: Option<usize>,
 }
 
 impl<R: Send + 'static> SinkHandle<R> {
+    /// What the sink does with a batch it failed to write: fail the run
+    /// (the default), retry the unwritten items, or dead-letter them.
+    pub fn on_error(self, policy: ErrorPolicy) -> Self {
+        let mut g = lock(&self.graph);
+        match self.node {
+            Some(i) => g.nodes[i].options.on_error = policy,
+            None => g.problems.push(
+                "the dead-letter sink cannot dead-letter; its errors are always fatal".into(),
+            ),
+        }
+        drop(g);
+        self
+    }
+
     /// The sink's output: `None` before the run ended or when the sink did
     /// not finish (the run failed).
     pub fn take(&self) -> Option<R> {

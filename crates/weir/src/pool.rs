@@ -155,7 +155,9 @@ pub(crate) async fn sync_worker<I: Send + 'static, O: Send + 'static>(
         if em.pending() > 0 && rx.is_empty() && em.flush(true).await.is_err() {
             return ctx.stopped();
         }
-        let Some(batch) = recv(&rx, m).await else { break };
+        let Some(batch) = recv(&rx, m).await else {
+            break;
+        };
         if ctx.abort.is_cancelled() {
             abandon(batch, m);
             return Ok(());
@@ -210,7 +212,9 @@ pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
         permit.forget();
         let (n, batch) = {
             let mut next = seq.next.lock().await;
-            let Some(batch) = recv(&rx, m).await else { break };
+            let Some(batch) = recv(&rx, m).await else {
+                break;
+            };
             let n = *next;
             *next += 1;
             (n, batch)

@@ -159,7 +159,11 @@ pub(crate) async fn run(graph: SharedGraph) -> Result<Report, RunError> {
                 source,
             }),
             Err(e) => {
-                let stage = sp.owners.get(&e.id()).map_or("?", |&i| &names[i]).to_string();
+                let stage = sp
+                    .owners
+                    .get(&e.id())
+                    .map_or("?", |&i| &names[i])
+                    .to_string();
                 let message = if e.is_panic() {
                     panic_message(&*e.into_panic())
                 } else {
@@ -178,11 +182,21 @@ pub(crate) async fn run(graph: SharedGraph) -> Result<Report, RunError> {
     finish(first)
 }
 
-type Prepared = (Vec<Stage>, Vec<Closer>, Metrics, CancellationToken, Vec<String>);
+type Prepared = (
+    Vec<Stage>,
+    Vec<Closer>,
+    Metrics,
+    CancellationToken,
+    Vec<String>,
+);
 
 /// Takes the graph apart into stages ready to spawn, adding the dead-letter
 /// output.
-fn prepare(graph: &SharedGraph, abort: &CancellationToken, kept: &Arc<Mutex<Vec<DeadLetter>>>) -> Prepared {
+fn prepare(
+    graph: &SharedGraph,
+    abort: &CancellationToken,
+    kept: &Arc<Mutex<Vec<DeadLetter>>>,
+) -> Prepared {
     let mut g = lock(graph);
     let g: &mut Graph = &mut g;
     let mut problems = std::mem::take(&mut g.problems);
@@ -195,7 +209,12 @@ fn prepare(graph: &SharedGraph, abort: &CancellationToken, kept: &Arc<Mutex<Vec<
     }
     let mut closers = std::mem::take(&mut g.closers);
     let (dl_tx, dl_rx) = edge::<DeadLetter>(g.options.buffer, &mut closers);
-    let dl_idx = g.add_node(DEAD_LETTER_STAGE, "dead-letter", true, Some(g.options.buffer));
+    let dl_idx = g.add_node(
+        DEAD_LETTER_STAGE,
+        "dead-letter",
+        true,
+        Some(g.options.buffer),
+    );
     let dl_spawn = match g.dead_letter_sink.take() {
         Some(make) => make(dl_rx),
         None => {
@@ -213,6 +232,11 @@ fn prepare(graph: &SharedGraph, abort: &CancellationToken, kept: &Arc<Mutex<Vec<
         let mut infos = metrics.stages.lock().unwrap_or_else(|p| p.into_inner());
         for n in &g.nodes {
             infos[n.info].workers = n.options.workers;
+        }
+    }
+    for node in &g.nodes {
+        if let Some(Err(p)) = node.check.as_ref().map(|c| c()) {
+            problems.push(p);
         }
     }
     let mut stages = Vec::new();

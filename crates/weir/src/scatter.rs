@@ -162,14 +162,22 @@ impl<T: Clone + Send + Sync + 'static> Flow<T> {
                         .iter()
                         .filter_map(|r| r.as_ref().err().map(ToString::to_string))
                         .collect();
-                    return Err(format!("{ok} of {needed} required branches answered: {}", why.join("; ")).into());
+                    return Err(format!(
+                        "{ok} of {needed} required branches answered: {}",
+                        why.join("; ")
+                    )
+                    .into());
                 }
                 Ok(join(item, results))
             })
         });
-        self.async_stage(name, "scatter_gather", AsyncFn {
-            call,
-            clone: Some(T::clone),
-        })
+        self.async_stage(
+            name,
+            "scatter_gather",
+            AsyncFn {
+                call,
+                clone: Some(T::clone),
+            },
+        )
     }
 }

@@ -161,7 +161,8 @@ pub(crate) async fn run_sink<T: Send + 'static, S: Sink<T>>(
             return Ok(());
         }
         let t0 = Instant::now();
-        let (mut values, mut acks): (Vec<T>, Vec<_>) = batch.into_iter().map(|e| (e.value, e.ack)).unzip();
+        let (mut values, mut acks): (Vec<T>, Vec<_>) =
+            batch.into_iter().map(|e| (e.value, e.ack)).unzip();
         let mut attempts = 1;
         loop {
             let n = values.len();

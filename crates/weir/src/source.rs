@@ -60,7 +60,10 @@ where
     T: Send + 'static,
     E: Into<BoxError>,
 {
-    iter_source(iter.into_iter().map(|r| r.map(Envelope::new).map_err(Into::into)))
+    iter_source(
+        iter.into_iter()
+            .map(|r| r.map(Envelope::new).map_err(Into::into)),
+    )
 }
 
 /// A source over an iterator of items with their acks.

@@ -147,7 +147,10 @@ impl StageOptions {
     /// Reorder window of an ordered pool: enough batches in flight to keep
     /// every worker busy while one batch is slow, and no more.
     pub fn reorder_window(&self) -> usize {
-        self.window.unwrap_or(self.workers * 4).max(self.workers).max(1)
+        self.window
+            .unwrap_or(self.workers * 4)
+            .max(self.workers)
+            .max(1)
     }
 
     pub fn max_attempts(&self) -> u32 {
@@ -169,9 +172,8 @@ mod tests {
             .max_delay(Duration::from_millis(1000));
         for attempt in 1..12 {
             let d = r.delay(attempt);
-            let full = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(
-                Duration::from_millis(1000),
-            );
+            let full = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20)))
+                .min(Duration::from_millis(1000));
             assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
         }
     }
