@@ -16,9 +16,21 @@
 use std::fmt;
 
 #[cfg(feature = "loom")]
-use loom::sync::{Arc, Mutex};
+use loom::sync::{
+    Arc, Mutex,
+    atomic::{
+        AtomicUsize,
+        Ordering::{AcqRel, Acquire},
+    },
+};
 #[cfg(not(feature = "loom"))]
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{
+        AtomicUsize,
+        Ordering::{AcqRel, Acquire},
+    },
+};
 
 /// What became of a source item and everything derived from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +91,12 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Forks made and forks settled. A fork dropped unsettled leaves
+    /// `settled < forks` when the last one goes, which reads as a failure.
+    /// Counting here instead of flagging each fork keeps an `Ack` one
+    /// pointer wide, so `Option<Ack>` costs 8 bytes per item.
+    forks: AtomicUsize,
+    settled: AtomicUsize,
 }
 
 impl Shared {
@@ -97,6 +115,11 @@ impl Shared {
 impl Drop for Shared {
     // The last fork is gone: this runs exactly once, by Arc's guarantee.
     fn drop(&mut self) {
+        if self.settled.load(Acquire) < self.forks.load(Acquire) {
+            self.record(AckOutcome::Failed {
+                reason: "item dropped before it was committed".into(),
+            });
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = st.worst.take().unwrap_or(AckOutcome::Delivered);
         if let Some(cb) = st.callback.take() {
@@ -112,8 +135,7 @@ impl Drop for Shared {
 /// derived and settles each fork. Custom components rarely touch it: the
 /// engine settles acks around every stage and sink.
 pub struct Ack {
-    // `None` once settled, so Drop can tell a settled fork from a lost one.
-    shared: Option<Arc<Shared>>,
+    shared: Arc<Shared>,
 }
 
 impl Ack {
@@ -135,12 +157,14 @@ impl Ack {
     /// ```
     pub fn new(callback: impl FnOnce(AckOutcome) + Send + 'static) -> Ack {
         Ack {
-            shared: Some(Arc::new(Shared {
+            shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     worst: None,
                     callback: Some(Box::new(callback)),
                 }),
-            })),
+                forks: AtomicUsize::new(1),
+                settled: AtomicUsize::new(0),
+            }),
         }
     }
 
@@ -157,6 +181,7 @@ impl Ack {
     /// A new fork for an item derived from this one. The source callback
     /// waits for it too.
     pub fn fork(&self) -> Ack {
+        self.shared.forks.fetch_add(1, AcqRel);
         Ack {
             shared: self.shared.clone(),
         }
@@ -183,36 +208,21 @@ impl Ack {
     }
 
     /// Settles this fork with `outcome`.
-    pub fn settle(mut self, outcome: AckOutcome) {
-        if let Some(shared) = self.shared.take() {
-            shared.record(outcome);
-        }
+    pub fn settle(self, outcome: AckOutcome) {
+        self.shared.record(outcome);
+        self.shared.settled.fetch_add(1, AcqRel);
     }
 
     /// Records `outcome` without settling this fork: used when the item
     /// travels on (to the dead-letter sink) and is settled there.
     pub(crate) fn mark(&self, outcome: AckOutcome) {
-        if let Some(shared) = &self.shared {
-            shared.record(outcome);
-        }
-    }
-}
-
-impl Drop for Ack {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.take() {
-            shared.record(AckOutcome::Failed {
-                reason: "item dropped before it was committed".into(),
-            });
-        }
+        self.shared.record(outcome);
     }
 }
 
 impl fmt::Debug for Ack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ack")
-            .field("settled", &self.shared.is_none())
-            .finish()
+        f.debug_struct("Ack").finish_non_exhaustive()
     }
 }
 

@@ -14,7 +14,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::future::BoxFuture;
+
 use crate::ack::Ack;
+use crate::error::BoxError;
 use crate::metrics::StageMetrics;
 
 /// An item and its ack fork (if its source attached one).
@@ -72,10 +75,44 @@ pub(crate) fn fill<T>(slot: &Slot<T>, spec: PortSpec<T>) {
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec);
 }
 
+/// Why a stage stopped early.
+pub(crate) enum Halt {
+    /// An edge closed: the run is aborting.
+    Stopped,
+    /// A stage failed (fused stages' errors arrive already attributed).
+    Failed(BoxError),
+}
+
+/// A stage fused into its upstream: instead of a channel, the upstream
+/// worker hands it each batch directly, on its own thread. See
+/// ARCHITECTURE.md, "Fusion".
+pub(crate) trait Downstream<T>: Send {
+    /// Processes one batch to completion (including the stage's own output).
+    fn consume(&mut self, batch: Batch<T>) -> BoxFuture<'_, Result<(), Halt>>;
+    /// End of input: flush and finish.
+    fn finish(&mut self) -> BoxFuture<'_, Result<(), Halt>>;
+}
+
+/// Where a fused consumer leaves itself for its producer to pick up.
+pub(crate) type DirectCell<T> = Arc<Mutex<Option<Box<dyn Downstream<T>>>>>;
+
+/// The consuming end of an edge as a stage sees it when it is built.
+pub(crate) struct Input<T> {
+    pub rx: Rx<T>,
+    pub direct: DirectCell<T>,
+}
+
+impl<T> Input<T> {
+    /// Offers this stage to its producer as a fused consumer.
+    pub fn fuse(&self, d: Box<dyn Downstream<T>>) {
+        *self.direct.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+    }
+}
+
 /// Where a stage's output goes, as the builder recorded it.
 pub(crate) enum PortSpec<T> {
-    /// One edge.
-    Chan(Tx<T>),
+    /// One edge (or, when its consumer is fused, a direct call).
+    Chan(Tx<T>, DirectCell<T>),
     /// Every branch gets a copy.
     Broadcast(CloneFn<T>, Vec<Slot<T>>),
     /// Branch `hash(key) % n`.
@@ -92,89 +129,84 @@ pub(crate) enum Router<T> {
     Route(PredFn<T>, Box<Router<T>>, Box<Router<T>>),
 }
 
-impl<T> Clone for Router<T> {
-    fn clone(&self) -> Self {
-        match self {
-            Router::Leaf(i) => Router::Leaf(*i),
-            Router::Broadcast(c, v) => Router::Broadcast(c.clone(), v.clone()),
-            Router::Partition(h, v) => Router::Partition(h.clone(), v.clone()),
-            Router::Route(p, a, b) => Router::Route(p.clone(), a.clone(), b.clone()),
-        }
-    }
+/// Where a leaf's items go.
+pub(crate) enum LeafOut<T> {
+    Chan(Tx<T>),
+    Direct(Box<dyn Downstream<T>>),
 }
 
-/// A resolved output: the routing tree and the edges at its leaves.
+/// A resolved output: the routing tree and what is at its leaves.
 pub(crate) struct Port<T> {
     pub router: Router<T>,
-    pub leaves: Vec<Tx<T>>,
+    pub leaves: Vec<LeafOut<T>>,
 }
 
-impl<T> Clone for Port<T> {
-    fn clone(&self) -> Self {
-        Port {
-            router: self.router.clone(),
-            leaves: self.leaves.clone(),
-        }
-    }
+/// Checks that a slot is connected all the way down; `Err` names what is
+/// not.
+pub(crate) fn check<T>(slot: &Slot<T>, what: &str) -> Result<(), String> {
+    walk(slot, what, &mut Vec::new(), false).map(|_| ())
 }
 
-/// Resolves a slot into a port; `Err` names what was left unconnected.
+/// Resolves a slot into a port for one worker. A fused consumer goes to the
+/// first worker that resolves it (fusion only happens for one-worker
+/// producers).
 pub(crate) fn resolve<T>(slot: &Slot<T>, what: &str) -> Result<Port<T>, String> {
     let mut leaves = Vec::new();
-    let router = resolve_into(slot, what, &mut leaves)?;
+    let router = walk(slot, what, &mut leaves, true)?;
     Ok(Port { router, leaves })
 }
 
-fn resolve_into<T>(
+fn walk<T>(
     slot: &Slot<T>,
     what: &str,
-    leaves: &mut Vec<Tx<T>>,
+    leaves: &mut Vec<LeafOut<T>>,
+    take: bool,
 ) -> Result<Router<T>, String> {
     let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
-    let many = |slots: &Vec<Slot<T>>, leaves: &mut Vec<Tx<T>>| -> Result<Vec<Router<T>>, String> {
+    let mut many = |slots: &Vec<Slot<T>>| -> Result<Vec<Router<T>>, String> {
         slots
             .iter()
             .enumerate()
-            .map(|(i, s)| resolve_into(s, &format!("{what}, branch {i}"), leaves))
+            .map(|(i, s)| walk(s, &format!("{what}, branch {i}"), leaves, take))
             .collect()
     };
-    match guard.as_ref() {
-        None => Err(format!(
-            "{what} is not connected to anything (add a stage or a sink)"
-        )),
-        Some(PortSpec::Chan(tx)) => {
-            leaves.push(tx.clone());
-            Ok(Router::Leaf(leaves.len() - 1))
+    let router = match guard.as_ref() {
+        None => {
+            return Err(format!(
+                "{what} is not connected to anything (add a stage or a sink)"
+            ));
         }
-        Some(PortSpec::Broadcast(c, slots)) => {
-            Ok(Router::Broadcast(c.clone(), many(slots, leaves)?))
+        Some(PortSpec::Chan(tx, direct)) => {
+            let fused = if take {
+                direct.lock().unwrap_or_else(|p| p.into_inner()).take()
+            } else {
+                None
+            };
+            leaves.push(match fused {
+                Some(d) => LeafOut::Direct(d),
+                None => LeafOut::Chan(tx.clone()),
+            });
+            Router::Leaf(leaves.len() - 1)
         }
-        Some(PortSpec::Partition(h, slots)) => {
-            Ok(Router::Partition(h.clone(), many(slots, leaves)?))
+        Some(PortSpec::Broadcast(c, slots)) => Router::Broadcast(c.clone(), many(slots)?),
+        Some(PortSpec::Partition(h, slots)) => Router::Partition(h.clone(), many(slots)?),
+        Some(PortSpec::Route(p, a, b)) => {
+            let yes = walk(a, &format!("{what}, matching branch"), leaves, take)?;
+            let no = walk(b, &format!("{what}, other branch"), leaves, take)?;
+            Router::Route(p.clone(), Box::new(yes), Box::new(no))
         }
-        Some(PortSpec::Route(p, a, b)) => Ok(Router::Route(
-            p.clone(),
-            Box::new(resolve_into(
-                a,
-                &format!("{what}, matching branch"),
-                leaves,
-            )?),
-            Box::new(resolve_into(b, &format!("{what}, other branch"), leaves)?),
-        )),
-    }
+    };
+    Ok(router)
 }
 
-/// The downstream side went away: the run is aborting.
-#[derive(Debug)]
-pub(crate) struct Stopped;
-
 struct Leaf<T> {
-    tx: Tx<T>,
+    out: LeafOut<T>,
     buf: Batch<T>,
 }
 
 /// One worker's output: routes items to per-leaf buffers and sends a buffer
-/// when it holds a batch (or when asked to flush everything).
+/// when it holds a batch (or when asked to flush everything). A fused leaf
+/// gets every buffer at once: handing over costs a call, not a wake-up.
 pub(crate) struct Emitter<T> {
     router: Router<T>,
     leaves: Vec<Leaf<T>>,
@@ -189,8 +221,8 @@ impl<T> Emitter<T> {
             leaves: port
                 .leaves
                 .into_iter()
-                .map(|tx| Leaf {
-                    tx,
+                .map(|out| Leaf {
+                    out,
                     buf: Vec::new(),
                 })
                 .collect(),
@@ -220,38 +252,59 @@ impl<T> Emitter<T> {
         }
     }
 
-    /// True when some buffer holds a full batch.
+    fn ready(&self, leaf: &Leaf<T>, all: bool) -> bool {
+        !leaf.buf.is_empty()
+            && (all || matches!(leaf.out, LeafOut::Direct(_)) || leaf.buf.len() >= self.batch_size)
+    }
+
+    /// True when some buffer should be sent now.
     pub fn has_full(&self) -> bool {
-        self.leaves.iter().any(|l| l.buf.len() >= self.batch_size)
+        self.leaves.iter().any(|l| self.ready(l, false))
     }
 
     /// Sends full buffers, or every non-empty one when `all`. Waits while an
     /// edge is full (backpressure); that wait is counted as output wait.
     ///
     /// # Errors
-    /// [`Stopped`] when an edge was closed because the run is aborting; the
-    /// items not sent are dropped, so their acks fail.
-    pub async fn flush(&mut self, all: bool) -> Result<(), Stopped> {
-        for leaf in &mut self.leaves {
-            if leaf.buf.is_empty() || (!all && leaf.buf.len() < self.batch_size) {
+    /// [`Halt::Stopped`] when an edge was closed because the run is
+    /// aborting (the items not sent are dropped, so their acks fail);
+    /// [`Halt::Failed`] when a fused consumer failed.
+    pub async fn flush(&mut self, all: bool) -> Result<(), Halt> {
+        for i in 0..self.leaves.len() {
+            if !self.ready(&self.leaves[i], all) {
                 continue;
             }
+            let leaf = &mut self.leaves[i];
             let batch = std::mem::take(&mut leaf.buf);
             let n = batch.len();
-            let sent = match leaf.tx.try_send(batch) {
-                Ok(()) => Ok(()),
-                Err(async_channel::TrySendError::Full(batch)) => {
-                    let t = Instant::now();
-                    self.metrics.waiting_output_now.fetch_add(1, Relaxed);
-                    let r = leaf.tx.send(batch).await;
-                    self.metrics.waiting_output_now.fetch_sub(1, Relaxed);
-                    StageMetrics::time(&self.metrics.wait_output_ns, t.elapsed());
-                    r.map_err(|_| Stopped)
-                }
-                Err(async_channel::TrySendError::Closed(_)) => Err(Stopped),
-            };
-            sent?;
+            match &mut leaf.out {
+                LeafOut::Direct(d) => d.consume(batch).await?,
+                LeafOut::Chan(tx) => match tx.try_send(batch) {
+                    Ok(()) => {}
+                    Err(async_channel::TrySendError::Full(batch)) => {
+                        let t = Instant::now();
+                        self.metrics.waiting_output_now.fetch_add(1, Relaxed);
+                        let r = tx.send(batch).await;
+                        self.metrics.waiting_output_now.fetch_sub(1, Relaxed);
+                        StageMetrics::time(&self.metrics.wait_output_ns, t.elapsed());
+                        r.map_err(|_| Halt::Stopped)?;
+                    }
+                    Err(async_channel::TrySendError::Closed(_)) => return Err(Halt::Stopped),
+                },
+            }
             StageMetrics::add(&self.metrics.emitted, n);
+        }
+        Ok(())
+    }
+
+    /// End of this worker's output: sends what is left and finishes fused
+    /// consumers. (Edges close by themselves when their last sender drops.)
+    pub async fn close(&mut self) -> Result<(), Halt> {
+        self.flush(true).await?;
+        for leaf in &mut self.leaves {
+            if let LeafOut::Direct(d) = &mut leaf.out {
+                d.finish().await?;
+            }
         }
         Ok(())
     }

@@ -106,3 +106,71 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "non-string panic payload".to_string()
     }
 }
+
+/// A failure inside a fused stage, carried up through the worker that runs
+/// it so the run can name the right stage.
+#[derive(Debug)]
+pub(crate) struct StageFailure {
+    pub stage: String,
+    /// `Some(message)` when the stage panicked.
+    pub panic: Option<String>,
+    pub error: BoxError,
+}
+
+impl fmt::Display for StageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stage '{}' failed: {}", self.stage, self.error)
+    }
+}
+
+impl std::error::Error for StageFailure {}
+
+impl StageFailure {
+    /// Attributes `error` to `stage`, unless a deeper fused stage already
+    /// claimed it.
+    pub fn attribute(stage: &str, error: BoxError) -> BoxError {
+        if error.is::<StageFailure>() {
+            error
+        } else {
+            Box::new(StageFailure {
+                stage: stage.to_string(),
+                panic: None,
+                error,
+            })
+        }
+    }
+
+    /// Turns a task's error into the run's error, naming `default_stage`
+    /// unless the error names a fused stage.
+    pub fn into_error(error: BoxError, default_stage: &str) -> Error {
+        match error.downcast::<StageFailure>() {
+            Ok(f) => match f.panic {
+                Some(message) => Error::Panic {
+                    stage: f.stage,
+                    message,
+                },
+                None => Error::Stage {
+                    stage: f.stage,
+                    source: f.error,
+                },
+            },
+            Err(source) => Error::Stage {
+                stage: default_stage.to_string(),
+                source,
+            },
+        }
+    }
+}
+
+/// A stage found its downstream edge closed before the run aborted: a
+/// symptom of another stage's failure, reported only if nothing else was.
+#[derive(Debug)]
+pub(crate) struct EdgeClosed;
+
+impl fmt::Display for EdgeClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("downstream edge closed while the pipeline was running")
+    }
+}
+
+impl std::error::Error for EdgeClosed {}

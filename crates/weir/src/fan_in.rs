@@ -83,22 +83,27 @@ impl<T: Send + 'static> Flow<T> {
                 "aggregate '{name}': a count window needs at least 1 item"
             ));
         }
-        self.stage(name, "aggregate", move |rx, out| {
-            Box::new(move |sp, ctx| {
-                let port = resolve(&out, &format!("output of stage '{}'", ctx.name))?;
-                let em = Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
-                let agg = Aggregator {
-                    key,
-                    init,
-                    fold,
-                    window,
-                    groups: HashMap::new(),
-                    seen: 0,
-                };
-                sp.task(agg.run(rx, em, ctx));
-                Ok(())
-            })
-        })
+        self.stage(
+            name,
+            "aggregate",
+            crate::pipeline::Role::Other,
+            move |input, out| {
+                Box::new(move |sp, ctx| {
+                    let port = resolve(&out, &format!("output of stage '{}'", ctx.name))?;
+                    let em = Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
+                    let agg = Aggregator {
+                        key,
+                        init,
+                        fold,
+                        window,
+                        groups: HashMap::new(),
+                        seen: 0,
+                    };
+                    sp.task(agg.run(input.rx, em, ctx));
+                    Ok(())
+                })
+            },
+        )
     }
 
     /// Folds the whole input into one value, emitted at the end of input.
@@ -151,8 +156,8 @@ where
                     b = recv(&rx, m) => b,
                     _ = t.tick() => {
                         self.emit_all(&mut em);
-                        if em.flush(true).await.is_err() {
-                            return ctx.stopped();
+                        if let Err(h) = em.flush(true).await {
+                            return ctx.halted(h);
                         }
                         continue;
                     }
@@ -169,15 +174,17 @@ where
                 self.absorb(e, &mut em);
             }
             StageMetrics::time(&m.busy_ns, t0.elapsed());
-            if em.has_full() && em.flush(false).await.is_err() {
-                return ctx.stopped();
+            if em.has_full()
+                && let Err(h) = em.flush(false).await
+            {
+                return ctx.halted(h);
             }
         }
         self.emit_all(&mut em);
-        if em.flush(true).await.is_err() {
-            return ctx.stopped();
+        match em.close().await {
+            Ok(()) => Ok(()),
+            Err(h) => ctx.halted(h),
         }
-        Ok(())
     }
 
     fn absorb<T>(&mut self, e: Envelope<T>, em: &mut Emitter<(K, A)>)

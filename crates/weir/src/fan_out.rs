@@ -117,7 +117,7 @@ impl<T: Send + 'static> Flow<T> {
         }
         let rx = {
             let mut g = lock(&graph);
-            self.connect(&mut g)
+            self.connect(&mut g).rx
         };
         (0..n)
             .map(|_| Flow::new(graph.clone(), Head::Rx(rx.clone()), None))

@@ -67,6 +67,8 @@ pub(crate) struct StageInfo {
     pub workers: usize,
     pub capacity: Option<usize>,
     pub metrics: Arc<StageMetrics>,
+    /// The stage whose worker runs this one (fusion).
+    pub runs_in: Option<String>,
 }
 
 /// What one stage did: a snapshot of its counters.
@@ -79,6 +81,9 @@ pub struct StageReport {
     pub kind: &'static str,
     /// Workers configured.
     pub workers: usize,
+    /// When the stage is fused: the stage whose worker runs it (it then has
+    /// no queue and no workers of its own).
+    pub runs_in: Option<String>,
     /// Workers running now (0 once the stage finished).
     pub workers_active: u64,
     /// Items taken from the input queue (produced, for a source).
@@ -128,6 +133,7 @@ impl StageInfo {
             name: self.name.clone(),
             kind: self.kind,
             workers: self.workers,
+            runs_in: self.runs_in.clone(),
             workers_active: m.workers_active.load(Relaxed),
             received: m.received.load(Relaxed),
             ok: m.ok.load(Relaxed),

@@ -108,10 +108,16 @@ where
     fn apply(&self, batch: Batch<I>, out: &mut Batch<O>, _: &mut Vec<Failure<I>>, t: &mut Tally) {
         t.ok += batch.len();
         let f = &self.0;
-        out.extend(batch.into_iter().map(|e| Envelope {
+        let mapped = batch.into_iter().map(|e| Envelope {
             value: f(e.value),
             ack: e.ack,
-        }));
+        });
+        if out.is_empty() {
+            // Collecting reuses the input's allocation when the layouts match.
+            *out = mapped.collect();
+        } else {
+            out.extend(mapped);
+        }
     }
 }
 
@@ -120,20 +126,30 @@ where
     F: Fn(&I) -> bool + Send + Sync + 'static,
     I: 'static,
 {
-    fn apply(&self, batch: Batch<I>, out: &mut Batch<I>, _: &mut Vec<Failure<I>>, t: &mut Tally) {
+    fn apply(
+        &self,
+        mut batch: Batch<I>,
+        out: &mut Batch<I>,
+        _: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+    ) {
         let f = &self.0;
-        let before = out.len();
         let n = batch.len();
-        for e in batch {
-            if f(&e.value) {
-                out.push(e);
-            } else {
-                e.deliver();
+        // In place: no allocation, no copy of the kept items.
+        batch.retain_mut(|e| {
+            let keep = f(&e.value);
+            if !keep && let Some(a) = e.ack.take() {
+                a.deliver();
             }
+            keep
+        });
+        t.ok += batch.len();
+        t.filtered += n - batch.len();
+        if out.is_empty() {
+            *out = batch;
+        } else {
+            out.append(&mut batch);
         }
-        let kept = out.len() - before;
-        t.ok += kept;
-        t.filtered += n - kept;
     }
 }
 

@@ -11,12 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::{Closer, PortSpec, Rx, Slot, edge, fill, new_slot, resolve};
+use crate::channel::{
+    Closer, DirectCell, Emitter, Input, PortSpec, Rx, Slot, check, edge, fill, new_slot, resolve,
+};
 use crate::dead_letter::DeadLetter;
 use crate::error::{BoxError, RunError};
 use crate::metrics::{Metrics, Report, StageInfo, StageMetrics};
 use crate::ops::{Filter, FlatMap, ItemOp, Map, TryFilter, TryFlatMap};
-use crate::pool::{self, AsyncFn, Sequencer, StageCtx};
+use crate::pool::{self, AsyncFn, Sequencer, StageCtx, SyncStage};
 use crate::runtime::{self, Spawner};
 use crate::sink::{self, Sink};
 use crate::source::Source;
@@ -26,8 +28,21 @@ use crate::stage::{ErrorPolicy, PipelineOptions, StageOptions};
 /// graph.
 pub(crate) type SpawnFn = Box<dyn FnOnce(&mut Spawner, Arc<StageCtx>) -> Result<(), String> + Send>;
 
+/// What kind of worker a stage runs, which decides what it can fuse with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Source { blocking: bool },
+    SyncOp,
+    Sink,
+    Other,
+}
+
 pub(crate) struct Node {
     pub name: String,
+    pub role: Role,
+    /// The stage feeding this one through a private edge (one producer, no
+    /// fan-out, no explicit buffer): a candidate for fusion.
+    pub fuse_from: Option<usize>,
     pub options: StageOptions,
     /// Sources and sinks run one worker.
     pub single: bool,
@@ -61,7 +76,7 @@ impl Graph {
     pub fn output<T: Send + 'static>(&mut self, idx: usize, slot: &Slot<T>) {
         let slot = slot.clone();
         let what = format!("output of stage '{}'", self.nodes[idx].name);
-        self.nodes[idx].check = Some(Box::new(move || resolve(&slot, &what).map(|_| ())));
+        self.nodes[idx].check = Some(Box::new(move || check(&slot, &what)));
     }
 
     /// Registers a stage; returns its index.
@@ -69,9 +84,10 @@ impl Graph {
         &mut self,
         name: &str,
         kind: &'static str,
-        single: bool,
+        role: Role,
         capacity: Option<usize>,
     ) -> usize {
+        let single = matches!(role, Role::Source { .. } | Role::Sink);
         if name.is_empty() {
             self.problems.push("a stage has an empty name".into());
         } else if name == runtime::DEAD_LETTER_STAGE {
@@ -92,11 +108,14 @@ impl Graph {
             workers: 1,
             capacity,
             metrics: metrics.clone(),
+            runs_in: None,
         });
         let info = stages.len() - 1;
         drop(stages);
         self.nodes.push(Node {
             name: name.to_string(),
+            role,
+            fuse_from: None,
             options: StageOptions::default(),
             single,
             info,
@@ -169,14 +188,14 @@ impl Pipeline {
     /// Adds a source named `name`; returns its output.
     pub fn source<T: Send + 'static>(&self, name: &str, source: Source<T>) -> Flow<T> {
         let mut g = lock(&self.graph);
-        let idx = g.add_node(name, "source", true, None);
+        let Source { driver, blocking } = source;
+        let idx = g.add_node(name, "source", Role::Source { blocking }, None);
         let out = new_slot::<T>();
         let slot = out.clone();
         g.output(idx, &out);
-        let Source { driver, blocking } = source;
         g.nodes[idx].spawn = Some(Box::new(move |sp, ctx| {
             let port = resolve(&slot, &format!("output of source '{}'", ctx.name))?;
-            let em = crate::channel::Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
+            let em = Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
             let fut = driver(em, ctx);
             if blocking {
                 sp.thread(fut);
@@ -195,7 +214,8 @@ impl Pipeline {
     pub fn dead_letter_sink<S: Sink<DeadLetter>>(&self, sink: S) -> SinkHandle<S::Output> {
         let result = Arc::new(Mutex::new(None));
         let r = result.clone();
-        lock(&self.graph).dead_letter_sink = Some(Box::new(move |rx| sink_spawn(rx, sink, r)));
+        lock(&self.graph).dead_letter_sink =
+            Some(Box::new(move |rx| dead_letter_spawn(rx, sink, r)));
         SinkHandle {
             result,
             graph: self.graph.clone(),
@@ -346,17 +366,27 @@ impl<T: Send + 'static> Flow<T> {
     }
 
     /// Connects this flow to a new edge (or hands over its existing one).
-    pub(crate) fn connect(self, g: &mut Graph) -> Rx<T> {
+    pub(crate) fn connect(self, g: &mut Graph) -> Input<T> {
+        let direct: DirectCell<T> = Arc::new(Mutex::new(None));
         match self.head {
-            Head::Rx(rx) => rx,
+            Head::Rx(rx) => Input { rx, direct },
             Head::Slots(slots) => {
                 let cap = self.buffer.unwrap_or(g.options.buffer);
                 let (tx, rx) = edge::<T>(cap, &mut g.closers);
                 for s in &slots {
-                    fill(s, PortSpec::Chan(tx.clone()));
+                    fill(s, PortSpec::Chan(tx.clone(), direct.clone()));
                 }
-                rx
+                Input { rx, direct }
             }
+        }
+    }
+
+    /// The producer this flow could be fused to: exactly one stage, feeding
+    /// it directly, with no buffer asked for in between.
+    fn fusable_producer(&self) -> Option<usize> {
+        match &self.head {
+            Head::Slots(s) if s.len() == 1 && self.buffer.is_none() => self.node,
+            _ => None,
         }
     }
 
@@ -366,16 +396,19 @@ impl<T: Send + 'static> Flow<T> {
         self,
         name: &str,
         kind: &'static str,
-        make: impl FnOnce(Rx<T>, Slot<O>) -> SpawnFn,
+        role: Role,
+        make: impl FnOnce(Input<T>, Slot<O>) -> SpawnFn,
     ) -> Flow<O> {
         let graph = self.graph.clone();
         let mut g = lock(&graph);
         let cap = Some(self.buffer.unwrap_or(g.options.buffer));
-        let rx = self.connect(&mut g);
-        let idx = g.add_node(name, kind, false, cap);
+        let from = self.fusable_producer();
+        let input = self.connect(&mut g);
+        let idx = g.add_node(name, kind, role, cap);
+        g.nodes[idx].fuse_from = from;
         let out = new_slot::<O>();
         g.output(idx, &out);
-        g.nodes[idx].spawn = Some(make(rx, out.clone()));
+        g.nodes[idx].spawn = Some(make(input, out.clone()));
         drop(g);
         Flow::new(graph, Head::Slots(vec![out]), Some(idx))
     }
@@ -387,8 +420,8 @@ impl<T: Send + 'static> Flow<T> {
         kind: &'static str,
         op: Arc<dyn ItemOp<T, O>>,
     ) -> Flow<O> {
-        self.stage(name, kind, move |rx, out| {
-            Box::new(move |sp, ctx| spawn_item_pool(sp, ctx, rx, out, op))
+        self.stage(name, kind, Role::SyncOp, move |input, out| {
+            Box::new(move |sp, ctx| spawn_item_pool(sp, ctx, input, out, op))
         })
     }
 
@@ -502,11 +535,11 @@ impl<T: Send + 'static> Flow<T> {
         f: AsyncFn<T, O>,
     ) -> Flow<O> {
         let f = Arc::new(f);
-        self.stage(name, kind, move |rx, out| {
+        self.stage(name, kind, Role::Other, move |input, out| {
             Box::new(move |sp, ctx| {
                 let port = resolve(&out, &format!("output of stage '{}'", ctx.name))?;
-                let em = crate::channel::Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
-                sp.task(pool::async_pool(rx, f, em, ctx));
+                let em = Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
+                sp.task(pool::async_pool(input.rx, f, em, ctx));
                 Ok(())
             })
         })
@@ -518,10 +551,12 @@ impl<T: Send + 'static> Flow<T> {
         let graph = self.graph.clone();
         let mut g = lock(&graph);
         let cap = Some(self.buffer.unwrap_or(g.options.buffer));
-        let rx = self.connect(&mut g);
-        let idx = g.add_node(name, "sink", true, cap);
+        let from = self.fusable_producer();
+        let input = self.connect(&mut g);
+        let idx = g.add_node(name, "sink", Role::Sink, cap);
+        g.nodes[idx].fuse_from = from;
         let result = Arc::new(Mutex::new(None));
-        g.nodes[idx].spawn = Some(sink_spawn(rx, sink, result.clone()));
+        g.nodes[idx].spawn = Some(sink_spawn(input, sink, result.clone()));
         drop(g);
         SinkHandle {
             result,
@@ -531,22 +566,33 @@ impl<T: Send + 'static> Flow<T> {
     }
 }
 
-pub(crate) fn dead_letter_spawn<S: Sink<DeadLetter>>(rx: Rx<DeadLetter>, sink: S) -> SpawnFn {
-    sink_spawn(rx, sink, Arc::new(Mutex::new(None)))
+pub(crate) fn dead_letter_spawn<S: Sink<DeadLetter>>(
+    rx: Rx<DeadLetter>,
+    sink: S,
+    result: Arc<Mutex<Option<S::Output>>>,
+) -> SpawnFn {
+    let input = Input {
+        rx,
+        direct: Arc::new(Mutex::new(None)),
+    };
+    sink_spawn(input, sink, result)
 }
 
 fn sink_spawn<T: Send + 'static, S: Sink<T>>(
-    rx: Rx<T>,
+    input: Input<T>,
     sink: S,
     result: Arc<Mutex<Option<S::Output>>>,
 ) -> SpawnFn {
     Box::new(move |sp, ctx| {
         let blocking = sink.blocking();
-        let fut = sink::run_sink(rx, sink, ctx, result);
-        if blocking {
-            sp.thread(fut);
+        let fused = ctx.fused;
+        let stage = sink::SinkStage::new(sink, ctx, result);
+        if fused {
+            input.fuse(Box::new(stage));
+        } else if blocking {
+            sp.thread(sink::run_sink(input.rx, stage));
         } else {
-            sp.task(fut);
+            sp.task(sink::run_sink(input.rx, stage));
         }
         Ok(())
     })
@@ -555,14 +601,22 @@ fn sink_spawn<T: Send + 'static, S: Sink<T>>(
 fn spawn_item_pool<I: Send + 'static, O: Send + 'static>(
     sp: &mut Spawner,
     ctx: Arc<StageCtx>,
-    rx: Rx<I>,
+    input: Input<I>,
     out: Slot<O>,
     op: Arc<dyn ItemOp<I, O>>,
 ) -> Result<(), String> {
-    let port = resolve(&out, &format!("output of stage '{}'", ctx.name))?;
+    let what = format!("output of stage '{}'", ctx.name);
+    let emitter = || -> Result<Emitter<O>, String> {
+        Ok(Emitter::new(
+            resolve(&out, &what)?,
+            ctx.batch_size,
+            ctx.metrics.clone(),
+        ))
+    };
     let opts = &ctx.options;
-    let emitter = |port| crate::channel::Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
-    if opts.ordered && opts.workers > 1 {
+    if ctx.fused {
+        input.fuse(Box::new(SyncStage::new(op, emitter()?, ctx.clone())));
+    } else if opts.ordered && opts.workers > 1 {
         let window = opts.reorder_window();
         let seq = Arc::new(Sequencer {
             next: tokio::sync::Mutex::new(0),
@@ -572,7 +626,7 @@ fn spawn_item_pool<I: Send + 'static, O: Send + 'static>(
         sp.close_on_abort(&reorder_rx);
         for _ in 0..opts.workers {
             sp.thread(pool::ordered_worker(
-                rx.clone(),
+                input.rx.clone(),
                 op.clone(),
                 seq.clone(),
                 tx.clone(),
@@ -581,18 +635,14 @@ fn spawn_item_pool<I: Send + 'static, O: Send + 'static>(
         }
         sp.task(pool::reorderer(
             reorder_rx,
-            emitter(port),
+            emitter()?,
             seq.window.clone(),
             ctx.clone(),
         ));
     } else {
         for _ in 0..opts.workers {
-            sp.thread(pool::sync_worker(
-                rx.clone(),
-                op.clone(),
-                emitter(port.clone()),
-                ctx.clone(),
-            ));
+            let stage = SyncStage::new(op.clone(), emitter()?, ctx.clone());
+            sp.thread(pool::sync_worker(input.rx.clone(), stage));
         }
     }
     Ok(())

@@ -22,15 +22,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{Ack, AckOutcome};
-use crate::channel::{Batch, Emitter, Envelope, Rx, Tx, abandon, recv};
+use crate::channel::{Batch, Downstream, Emitter, Envelope, Halt, Rx, Tx, abandon, recv};
 use crate::dead_letter::DeadLetter;
-use crate::error::BoxError;
+use crate::error::{BoxError, StageFailure, panic_message};
 use crate::metrics::StageMetrics;
 use crate::ops::{Failure, ItemOp, Tally};
 use crate::stage::{ErrorPolicy, StageOptions};
@@ -47,15 +48,44 @@ pub(crate) struct StageCtx {
     pub dead_letters: Tx<DeadLetter>,
     pub options: StageOptions,
     pub batch_size: usize,
+    /// Runs inside its producer's worker instead of its own.
+    pub fused: bool,
+}
+
+/// Runs one batch of a fused stage inside its producer's worker, catching a
+/// panic so that it is reported against the fused stage, not the producer.
+pub(crate) async fn fused_step<F>(stage: &str, fut: F) -> Result<(), Halt>
+where
+    F: Future<Output = Result<(), Halt>>,
+{
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(Halt::Stopped)) => Err(Halt::Stopped),
+        Ok(Err(Halt::Failed(e))) => Err(Halt::Failed(StageFailure::attribute(stage, e))),
+        Err(panic) => Err(Halt::Failed(Box::new(StageFailure {
+            stage: stage.to_string(),
+            panic: Some(panic_message(&*panic)),
+            error: "panicked".into(),
+        }))),
+    }
 }
 
 impl StageCtx {
-    /// An edge closed under us: normal during an abort, a bug otherwise.
+    /// Ends a worker that stopped early: an abort is not an error of its own.
+    pub fn halted(&self, h: Halt) -> Result<(), BoxError> {
+        match h {
+            Halt::Stopped => self.stopped(),
+            Halt::Failed(e) => Err(e),
+        }
+    }
+
+    /// An edge closed under us: normal during an abort; otherwise the stage
+    /// downstream died, and its own error is the one to report.
     pub fn stopped(&self) -> Result<(), BoxError> {
         if self.abort.is_cancelled() {
             Ok(())
         } else {
-            Err("downstream edge closed while the pipeline was running".into())
+            Err(Box::new(crate::error::EdgeClosed))
         }
     }
 
@@ -140,46 +170,94 @@ fn tally(m: &StageMetrics, t: Tally) {
     StageMetrics::add(&m.filtered, t.filtered);
 }
 
-/// One worker of an unordered sync pool.
-pub(crate) async fn sync_worker<I: Send + 'static, O: Send + 'static>(
-    rx: Rx<I>,
-    op: Arc<dyn ItemOp<I, O>>,
-    mut em: Emitter<O>,
-    ctx: Arc<StageCtx>,
-) -> Result<(), BoxError> {
-    let m = &*ctx.metrics;
-    let mut failed = Vec::new();
-    loop {
-        // Send a partial batch only when we would otherwise wait for input:
-        // full batches while busy, low latency when idle.
-        if em.pending() > 0 && rx.is_empty() && em.flush(true).await.is_err() {
-            return ctx.stopped();
+/// A sync stage's per-batch work, shared by pool workers and by the fused
+/// form that runs inside its producer.
+pub(crate) struct SyncStage<I, O> {
+    pub op: Arc<dyn ItemOp<I, O>>,
+    pub em: Emitter<O>,
+    pub ctx: Arc<StageCtx>,
+    failed: Vec<Failure<I>>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
+    pub fn new(op: Arc<dyn ItemOp<I, O>>, em: Emitter<O>, ctx: Arc<StageCtx>) -> Self {
+        SyncStage {
+            op,
+            em,
+            ctx,
+            failed: Vec::new(),
         }
-        let Some(batch) = recv(&rx, m).await else {
-            break;
-        };
-        if ctx.abort.is_cancelled() {
+    }
+
+    /// Applies the stage to one batch and hands on what is ready.
+    pub async fn process(&mut self, batch: Batch<I>) -> Result<(), Halt> {
+        let m = &*self.ctx.metrics;
+        if self.ctx.abort.is_cancelled() {
             abandon(batch, m);
-            return Ok(());
+            return Err(Halt::Stopped);
         }
         let t0 = Instant::now();
-        let mut out = Vec::with_capacity(batch.len());
+        let mut out = Vec::new();
         let mut t = Tally::default();
-        op.apply(batch, &mut out, &mut failed, &mut t);
-        if !failed.is_empty() {
-            settle_failures(&*op, &mut failed, &mut out, &mut t, &ctx).await?;
+        self.op.apply(batch, &mut out, &mut self.failed, &mut t);
+        if !self.failed.is_empty() {
+            settle_failures(&*self.op, &mut self.failed, &mut out, &mut t, &self.ctx)
+                .await
+                .map_err(Halt::Failed)?;
         }
         tally(m, t);
         StageMetrics::time(&m.busy_ns, t0.elapsed());
-        em.push_batch(out);
-        if em.has_full() && em.flush(false).await.is_err() {
-            return ctx.stopped();
+        self.em.push_batch(out);
+        if self.em.has_full() {
+            self.em.flush(false).await?;
+        }
+        Ok(())
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Downstream<I> for SyncStage<I, O> {
+    fn consume(&mut self, batch: Batch<I>) -> BoxFuture<'_, Result<(), Halt>> {
+        Box::pin(async move {
+            StageMetrics::add(&self.ctx.metrics.received, batch.len());
+            let ctx = self.ctx.clone();
+            fused_step(&ctx.name, self.process(batch)).await
+        })
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, Result<(), Halt>> {
+        Box::pin(async move {
+            let ctx = self.ctx.clone();
+            fused_step(&ctx.name, self.em.close()).await
+        })
+    }
+}
+
+/// One worker of an unordered sync pool.
+pub(crate) async fn sync_worker<I: Send + 'static, O: Send + 'static>(
+    rx: Rx<I>,
+    mut stage: SyncStage<I, O>,
+) -> Result<(), BoxError> {
+    let ctx = stage.ctx.clone();
+    loop {
+        // Send a partial batch only when we would otherwise wait for input:
+        // full batches while busy, low latency when idle.
+        if stage.em.pending() > 0
+            && rx.is_empty()
+            && let Err(h) = stage.em.flush(true).await
+        {
+            return ctx.halted(h);
+        }
+        let Some(batch) = recv(&rx, &ctx.metrics).await else {
+            break;
+        };
+        if let Err(h) = stage.process(batch).await {
+            return ctx.halted(h);
         }
     }
-    if em.flush(true).await.is_err() {
-        return ctx.stopped();
+    match stage.em.close().await {
+        Ok(()) => Ok(()),
+        Err(h) => ctx.halted(h),
     }
-    Ok(())
 }
 
 /// What an ordered pool's workers share.
@@ -254,21 +332,26 @@ pub(crate) async fn reorderer<O: Send + 'static>(
             next += 1;
             em.push_batch(batch);
             window.add_permits(1);
-            if em.has_full() && em.flush(false).await.is_err() {
-                return ctx.stopped();
+            if em.has_full()
+                && let Err(h) = em.flush(false).await
+            {
+                return ctx.halted(h);
             }
         }
-        if rx.is_empty() && em.pending() > 0 && em.flush(true).await.is_err() {
-            return ctx.stopped();
+        if rx.is_empty()
+            && em.pending() > 0
+            && let Err(h) = em.flush(true).await
+        {
+            return ctx.halted(h);
         }
     }
     if !held.is_empty() && !ctx.abort.is_cancelled() {
         return Err(format!("reorder buffer left {} batches behind a gap", held.len()).into());
     }
-    if em.flush(true).await.is_err() {
-        return ctx.stopped();
+    match em.close().await {
+        Ok(()) => Ok(()),
+        Err(h) => ctx.halted(h),
     }
-    Ok(())
 }
 
 /// An async stage function, boxed. `clone` is set when the input type can
@@ -389,8 +472,10 @@ pub(crate) async fn async_pool<I: Send + 'static, O: Send + 'static>(
                 }
                 ctx.dead_letter(letters).await?;
                 // Nothing else is ready: send what we have rather than sit on it.
-                if em.pending() > 0 && em.flush(true).await.is_err() {
-                    return ctx.stopped();
+                if em.pending() > 0
+                    && let Err(h) = em.flush(true).await
+                {
+                    return ctx.halted(h);
                 }
             }
             batch = recv(&rx, m), if want_input => match batch {
@@ -399,10 +484,10 @@ pub(crate) async fn async_pool<I: Send + 'static, O: Send + 'static>(
             },
         }
     }
-    if em.flush(true).await.is_err() {
-        return ctx.stopped();
+    match em.close().await {
+        Ok(()) => Ok(()),
+        Err(h) => ctx.halted(h),
     }
-    Ok(())
 }
 
 fn finish_item<I: Send + 'static, O>(

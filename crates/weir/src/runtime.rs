@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::{Closer, edge};
 use crate::dead_letter::{Collector, DeadLetter};
-use crate::error::{BoxError, Error, RunError, panic_message};
+use crate::error::{BoxError, EdgeClosed, Error, RunError, StageFailure, panic_message};
 use crate::metrics::{Metrics, Report, StageMetrics};
-use crate::pipeline::{Graph, SharedGraph, SpawnFn, lock};
+use crate::pipeline::{Graph, Role, SharedGraph, SpawnFn, lock};
 use crate::pool::StageCtx;
 
 /// The name of the dead-letter output in reports.
@@ -130,7 +130,9 @@ pub(crate) async fn run(graph: SharedGraph) -> Result<Report, RunError> {
     };
     let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
     let mut problems = Vec::new();
-    for (i, s) in stages.into_iter().enumerate() {
+    // Consumers first: a fused stage must be in place before its producer
+    // resolves its output. Every consumer was added after its producer.
+    for (i, s) in stages.into_iter().enumerate().rev() {
         sp.current = i;
         sp.metrics = s.ctx.metrics.clone();
         if let Err(p) = (s.spawn)(&mut sp, s.ctx) {
@@ -151,13 +153,15 @@ pub(crate) async fn run(graph: SharedGraph) -> Result<Report, RunError> {
         first = Some(Error::Build(problems));
         abort_all();
     }
+    let mut symptom: Option<Error> = None;
     while let Some(joined) = sp.set.join_next_with_id().await {
         let failure = match joined {
             Ok((_, (_, Ok(())))) => None,
-            Ok((_, (idx, Err(source)))) => Some(Error::Stage {
-                stage: names[idx].clone(),
-                source,
-            }),
+            Ok((_, (idx, Err(source)))) if source.is::<EdgeClosed>() => {
+                symptom.get_or_insert(StageFailure::into_error(source, &names[idx]));
+                None
+            }
+            Ok((_, (idx, Err(source)))) => Some(StageFailure::into_error(source, &names[idx])),
             Err(e) => {
                 let stage = sp
                     .owners
@@ -179,7 +183,30 @@ pub(crate) async fn run(graph: SharedGraph) -> Result<Report, RunError> {
             abort_all();
         }
     }
-    finish(first)
+    finish(first.or(symptom))
+}
+
+/// Decides which stages run fused into their producer's worker; returns,
+/// per stage, the stage whose worker hosts it.
+///
+/// A stage is fused when it is a one-worker sync stage or a sink, fed
+/// through a private edge by a one-worker producer that runs on a thread of
+/// its own (an iterator source or a sync stage). Handing a batch over is then
+/// a call instead of a wake-up on another thread. Giving the stage
+/// `workers(n)`, or its input a `buffer(n)`, keeps it separate.
+fn fusion(nodes: &[crate::pipeline::Node]) -> Vec<Option<usize>> {
+    let mut host: Vec<Option<usize>> = vec![None; nodes.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        let Some(from) = n.fuse_from else { continue };
+        let p = &nodes[from];
+        let producer_ok = matches!(p.role, Role::Source { blocking: true } | Role::SyncOp)
+            && p.options.workers == 1;
+        let consumer_ok = matches!(n.role, Role::SyncOp | Role::Sink) && n.options.workers == 1;
+        if producer_ok && consumer_ok {
+            host[i] = Some(host[from].unwrap_or(from));
+        }
+    }
+    host
 }
 
 type Prepared = (
@@ -212,7 +239,7 @@ fn prepare(
     let dl_idx = g.add_node(
         DEAD_LETTER_STAGE,
         "dead-letter",
-        true,
+        Role::Sink,
         Some(g.options.buffer),
     );
     let dl_spawn = match g.dead_letter_sink.take() {
@@ -222,16 +249,18 @@ fn prepare(
                 limit: g.options.dead_letter_limit,
                 kept: kept.clone(),
             };
-            crate::pipeline::dead_letter_spawn(dl_rx, collector)
+            crate::pipeline::dead_letter_spawn(dl_rx, collector, Arc::new(Mutex::new(None)))
         }
     };
     g.nodes[dl_idx].spawn = Some(dl_spawn);
     let stop = g.cancel.child_token();
     let metrics = g.metrics.clone();
+    let fused = fusion(&g.nodes);
     {
         let mut infos = metrics.stages.lock().unwrap_or_else(|p| p.into_inner());
-        for n in &g.nodes {
+        for (i, n) in g.nodes.iter().enumerate() {
             infos[n.info].workers = n.options.workers;
+            infos[n.info].runs_in = fused[i].map(|host| g.nodes[host].name.clone());
         }
     }
     for node in &g.nodes {
@@ -240,7 +269,7 @@ fn prepare(
         }
     }
     let mut stages = Vec::new();
-    for node in g.nodes.drain(..) {
+    for (i, node) in g.nodes.drain(..).enumerate() {
         let Some(spawn) = node.spawn else {
             problems.push(format!("stage '{}' has nothing to run", node.name));
             continue;
@@ -259,6 +288,7 @@ fn prepare(
             },
             options: node.options,
             batch_size: g.options.batch_size,
+            fused: fused[i].is_some(),
         });
         stages.push(Stage {
             name: node.name,

@@ -18,10 +18,12 @@ use crate::error::BoxError;
 use crate::pipeline::Flow;
 use crate::pool::{AsyncFn, BoxFut};
 
+type BranchCall<T, V> = Arc<dyn Fn(&T) -> BoxFut<Result<V, BoxError>> + Send + Sync>;
+
 /// One branch of a scatter: a call made for each item.
 pub struct Branch<T, V> {
     name: String,
-    call: Arc<dyn Fn(&T) -> BoxFut<Result<V, BoxError>> + Send + Sync>,
+    call: BranchCall<T, V>,
 }
 
 impl<T, V> Clone for Branch<T, V> {

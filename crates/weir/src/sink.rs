@@ -6,14 +6,18 @@
 //! under a retry policy, and dead-letters what a sink gave back.
 //! [`fold`], [`for_each`] and [`collect`] cover in-memory results.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::channel::{Batch, Rx, abandon, recv};
+use futures::future::BoxFuture;
+
+use crate::ack::Ack;
+use crate::channel::{Batch, Downstream, Halt, Rx, abandon, recv};
 use crate::error::{BoxError, WriteError};
 use crate::metrics::StageMetrics;
-use crate::pool::StageCtx;
+use crate::pool::{StageCtx, fused_step};
 use crate::stage::ErrorPolicy;
 
 /// A destination for items.
@@ -146,23 +150,49 @@ impl<T: Send + 'static> Sink<T> for Collect<T> {
     }
 }
 
-/// The sink stage's loop: write, settle acks, apply the error policy.
-pub(crate) async fn run_sink<T: Send + 'static, S: Sink<T>>(
-    rx: Rx<T>,
-    mut sink: S,
+/// A sink stage: writes batches, settles acks, applies the error policy.
+/// Runs as its own worker or fused into its producer.
+pub(crate) struct SinkStage<T, S: Sink<T>> {
+    sink: Option<S>,
     ctx: Arc<StageCtx>,
     result: Arc<Mutex<Option<S::Output>>>,
-) -> Result<(), BoxError> {
-    let m = &*ctx.metrics;
-    let max = ctx.options.max_attempts();
-    while let Some(batch) = recv(&rx, m).await {
+    _items: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
+    pub fn new(sink: S, ctx: Arc<StageCtx>, result: Arc<Mutex<Option<S::Output>>>) -> Self {
+        SinkStage {
+            sink: Some(sink),
+            ctx,
+            result,
+            _items: std::marker::PhantomData,
+        }
+    }
+
+    async fn process(&mut self, batch: Batch<T>) -> Result<(), Halt> {
+        let ctx = &*self.ctx;
+        let m = &*ctx.metrics;
         if ctx.abort.is_cancelled() {
             abandon(batch, m);
-            return Ok(());
+            return Err(Halt::Stopped);
         }
+        let sink = self.sink.as_mut().expect("sink present until finish");
         let t0 = Instant::now();
-        let (mut values, mut acks): (Vec<T>, Vec<_>) =
-            batch.into_iter().map(|e| (e.value, e.ack)).unzip();
+        let max = ctx.options.max_attempts();
+        // One pass: values in place, acks (rare) aside with their positions.
+        let mut acks: VecDeque<(usize, Ack)> = VecDeque::new();
+        let mut values: Vec<T> = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if let Some(a) = e.ack {
+                    acks.push_back((i, a));
+                }
+                e.value
+            })
+            .collect();
+        // Position in the original batch of `values[0]`.
+        let mut base = 0;
         let mut attempts = 1;
         loop {
             let n = values.len();
@@ -173,38 +203,88 @@ pub(crate) async fn run_sink<T: Send + 'static, S: Sink<T>>(
             // The written prefix is committed: settle it now.
             let written = n.saturating_sub(unwritten.len());
             StageMetrics::add(&m.ok, written);
-            for a in acks.drain(..written).flatten() {
-                a.deliver();
+            base += written;
+            while acks.front().is_some_and(|(i, _)| *i < base) {
+                if let Some((_, a)) = acks.pop_front() {
+                    a.deliver();
+                }
             }
             let Some(err) = err else { break };
             values = unwritten;
             if values.is_empty() {
                 if matches!(ctx.options.on_error, ErrorPolicy::Fail) {
-                    return Err(err);
+                    return Err(Halt::Failed(err));
                 }
                 break;
             }
             if attempts < max {
                 if !ctx.backoff(attempts).await {
-                    return Ok(());
+                    return Err(Halt::Stopped);
                 }
                 attempts += 1;
                 continue;
             }
             if matches!(ctx.options.on_error, ErrorPolicy::Fail) {
-                return Err(err);
+                return Err(Halt::Failed(err));
             }
             let letters: Batch<_> = values
                 .into_iter()
-                .zip(acks.drain(..))
-                .map(|(v, a)| ctx.letter(a, v, &err, attempts))
+                .enumerate()
+                .map(|(j, v)| {
+                    let ack = if acks.front().is_some_and(|(i, _)| *i == base + j) {
+                        acks.pop_front().map(|(_, a)| a)
+                    } else {
+                        None
+                    };
+                    ctx.letter(ack, v, &err, attempts)
+                })
                 .collect();
-            ctx.dead_letter(letters).await?;
+            ctx.dead_letter(letters).await.map_err(Halt::Failed)?;
             break;
         }
         StageMetrics::time(&m.busy_ns, t0.elapsed());
+        Ok(())
     }
-    let out = sink.finish().await?;
-    *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
-    Ok(())
+
+    async fn finish(&mut self) -> Result<(), Halt> {
+        if let Some(sink) = self.sink.take() {
+            let out = sink.finish().await.map_err(Halt::Failed)?;
+            *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+        }
+        Ok(())
+    }
+}
+
+impl<T: Send + 'static, S: Sink<T>> Downstream<T> for SinkStage<T, S> {
+    fn consume(&mut self, batch: Batch<T>) -> BoxFuture<'_, Result<(), Halt>> {
+        Box::pin(async move {
+            StageMetrics::add(&self.ctx.metrics.received, batch.len());
+            let ctx = self.ctx.clone();
+            fused_step(&ctx.name, self.process(batch)).await
+        })
+    }
+
+    fn finish(&mut self) -> BoxFuture<'_, Result<(), Halt>> {
+        Box::pin(async move {
+            let ctx = self.ctx.clone();
+            fused_step(&ctx.name, SinkStage::finish(self)).await
+        })
+    }
+}
+
+/// The sink stage's own worker.
+pub(crate) async fn run_sink<T: Send + 'static, S: Sink<T>>(
+    rx: Rx<T>,
+    mut stage: SinkStage<T, S>,
+) -> Result<(), BoxError> {
+    let ctx = stage.ctx.clone();
+    while let Some(batch) = recv(&rx, &ctx.metrics).await {
+        if let Err(h) = stage.process(batch).await {
+            return ctx.halted(h);
+        }
+    }
+    match stage.finish().await {
+        Ok(()) => Ok(()),
+        Err(h) => ctx.halted(h),
+    }
 }

@@ -146,14 +146,14 @@ where
         StageMetrics::add(&m.received, batch.len());
         StageMetrics::add(&m.ok, batch.len());
         em.push_batch(batch);
-        if em.flush(false).await.is_err() {
-            return ctx.stopped();
+        if let Err(h) = em.flush(false).await {
+            return ctx.halted(h);
         }
     }
-    if em.flush(true).await.is_err() {
-        return ctx.stopped();
+    match em.close().await {
+        Ok(()) => Ok(()),
+        Err(h) => ctx.halted(h),
     }
-    Ok(())
 }
 
 fn stream_source<T, S>(stream: S) -> Source<T>
@@ -191,12 +191,12 @@ where
         StageMetrics::add(&m.ok, batch.len());
         em.push_batch(batch);
         // A stream says when it has nothing ready, so send now.
-        if em.flush(true).await.is_err() {
-            return ctx.stopped();
+        if let Err(h) = em.flush(true).await {
+            return ctx.halted(h);
         }
     }
-    if em.flush(true).await.is_err() {
-        return ctx.stopped();
+    match em.close().await {
+        Ok(()) => Ok(()),
+        Err(h) => ctx.halted(h),
     }
-    Ok(())
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 ///
 /// Choosing it: larger batches cost less per item but hold more items in
 /// flight (memory per edge is about `buffer * batch_size` items) and add
-/// latency at low rates. 512 keeps the per-item channel cost near 1 ns for
-/// small items while an edge holds at most a few thousand. Sources that wait
+/// latency at low rates. 1024 keeps the per-item channel cost near 1 ns for
+/// small items (measured in B1: 1024 runs 1.6x faster than 512 on this
+/// machine) while an edge holds at most about eight thousand. Sources that wait
 /// for input (streams) send what they have instead of waiting to fill a batch.
-pub const DEFAULT_BATCH_SIZE: usize = 512;
+pub const DEFAULT_BATCH_SIZE: usize = 1024;
 
 /// Default bound of every edge, in batches. See [`DEFAULT_BATCH_SIZE`].
 ///

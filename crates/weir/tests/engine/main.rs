@@ -2,10 +2,14 @@
 //! its own time (see [`util::within`]) so a deadlock fails instead of
 //! hanging.
 
+// `x % n == 0` reads as the arithmetic the tests mean.
+#![allow(clippy::manual_is_multiple_of)]
+
 mod acks;
 mod errors;
 mod fan_in;
 mod fan_out;
+mod fusion;
 mod pipeline;
 mod pools;
 mod props;

@@ -168,6 +168,8 @@ fn metrics_are_readable_while_running() {
         let g = gate.clone();
         let slow = p
             .source("n", from_iter(0..100_000u64))
+            // A real queue between the two (no fusion), so the source shows backpressure.
+            .buffer(8)
             .map("slow", move |x| {
                 while !g.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(1));
@@ -190,5 +192,9 @@ fn metrics_are_readable_while_running() {
         assert!(report.stage("n").unwrap().waiting_for_output > Duration::from_millis(50));
         assert_eq!(out.take().unwrap().len(), 100_000);
         assert!(report.stage("slow").unwrap().mean_queue_fill > 0.0);
+        assert_eq!(
+            report.stage("out").unwrap().runs_in.as_deref(),
+            Some("slow")
+        );
     });
 }
