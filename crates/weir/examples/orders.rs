@@ -26,7 +26,10 @@ fn region(name: &'static str, seed: u64, lines: u64) -> impl Iterator<Item = Str
         match z % 100 {
             0 => format!("{name}-{i},c{customer}"),
             1 => format!("{name}-{i},c{customer},12x4,SE"),
-            _ => format!("{name}-{i},c{customer},{amount},{}", ["SE", "NO", "DK", "FI"][(z % 4) as usize]),
+            _ => format!(
+                "{name}-{i},c{customer},{amount},{}",
+                ["SE", "NO", "DK", "FI"][(z % 4) as usize]
+            ),
         }
     })
 }
@@ -62,7 +65,9 @@ struct Totals {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let p = Pipeline::new();
         // Fan-in: two sources merged into one flow.
@@ -75,7 +80,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .on_error(ErrorPolicy::DeadLetter)
             // Validation: bad records go to the dead-letter output with the reason.
             .try_filter("validate", |o: &Order| {
-                if o.cents == 0 { Err(format!("order {}: amount must be positive", o.id)) } else { Ok(true) }
+                if o.cents == 0 {
+                    Err(format!("order {}: amount must be positive", o.id))
+                } else {
+                    Ok(true)
+                }
             })
             .on_error(ErrorPolicy::DeadLetter)
             // Formatting: normalise the customer id.
@@ -123,14 +132,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         totals.sort_by(|a, b| b.1.cents.cmp(&a.1.cents));
         println!("top customers:");
         for (c, t) in totals.iter().take(5) {
-            println!("  {c:<6} {:>6} orders {:>12.2} total", t.orders, t.cents as f64 / 100.0);
+            println!(
+                "  {c:<6} {:>6} orders {:>12.2} total",
+                t.orders,
+                t.cents as f64 / 100.0
+            );
         }
         println!("\nfirst dead letters:");
         for d in report.dead_letters.iter().take(3) {
             let line = d.item::<String>().map(String::as_str).unwrap_or("?");
             println!("  [{}] {}  <- {line}", d.stage, d.error);
         }
-        let produced: u64 = ["north", "south"].iter().map(|s| report.stage(s).unwrap().emitted).sum();
+        let produced: u64 = ["north", "south"]
+            .iter()
+            .map(|s| report.stage(s).unwrap().emitted)
+            .sum();
         let stored: u64 = totals.iter().map(|(_, t)| t.orders).sum();
         let dead = report.dead_lettered();
         println!("\nin = out + dead-lettered: {produced} = {stored} + {dead}");

@@ -209,10 +209,24 @@ impl std::fmt::Display for Report {
         writeln!(
             f,
             "{:<16} {:<12} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "stage", "kind", "workers", "in", "out", "filtered", "dead", "busy", "starved", "blocked", "runs in"
+            "stage",
+            "kind",
+            "workers",
+            "in",
+            "out",
+            "filtered",
+            "dead",
+            "busy",
+            "starved",
+            "blocked",
+            "runs in"
         )?;
         for s in &self.stages {
-            let workers = if s.runs_in.is_some() { "-".to_string() } else { s.workers.to_string() };
+            let workers = if s.runs_in.is_some() {
+                "-".to_string()
+            } else {
+                s.workers.to_string()
+            };
             writeln!(
                 f,
                 "{:<16} {:<12} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -220,23 +234,40 @@ impl std::fmt::Display for Report {
                 s.kind,
                 workers,
                 s.received,
-                s.emitted.max(if s.kind == "sink" || s.kind == "dead-letter" { s.ok } else { 0 }),
+                s.emitted
+                    .max(if s.kind == "sink" || s.kind == "dead-letter" {
+                        s.ok
+                    } else {
+                        0
+                    }),
                 s.filtered,
                 s.dead_lettered,
                 ms(s.busy),
                 ms(s.waiting_for_input),
                 ms(s.waiting_for_output),
-                s.runs_in.as_deref().map(|r| truncate(r, 9)).unwrap_or_default(),
+                s.runs_in
+                    .as_deref()
+                    .map(|r| truncate(r, 9))
+                    .unwrap_or_default(),
             )?;
         }
         let secs = self.elapsed.as_secs_f64();
-        let produced: u64 = self.stages.iter().filter(|s| s.kind == "source").map(|s| s.emitted).sum();
+        let produced: u64 = self
+            .stages
+            .iter()
+            .filter(|s| s.kind == "source")
+            .map(|s| s.emitted)
+            .sum();
         write!(
             f,
             "{} items from sources in {:.3} s ({:.0} items/s); {} dead-lettered{}",
             produced,
             secs,
-            if secs > 0.0 { produced as f64 / secs } else { 0.0 },
+            if secs > 0.0 {
+                produced as f64 / secs
+            } else {
+                0.0
+            },
             self.dead_lettered(),
             if self.cancelled { "; cancelled" } else { "" }
         )
