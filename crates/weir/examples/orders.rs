@@ -42,7 +42,7 @@ struct Order {
     country: String,
 }
 
-fn parse(line: &String) -> Result<Order, String> {
+fn parse(line: &str) -> Result<Order, String> {
     let f: Vec<&str> = line.split(',').collect();
     let [id, customer, amount, country] = f[..] else {
         return Err(format!("expected 4 fields, found {}", f.len()));
@@ -75,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let south = p.source("south", from_iter(region("south", 2, 200_000)));
         let orders = Flow::merge([north, south])
             // A worker pool: parsing is CPU work, spread over two threads.
-            .try_map("parse", parse)
+            .try_map("parse", |line: &String| parse(line))
             .workers(2)
             .on_error(ErrorPolicy::DeadLetter)
             // Validation: bad records go to the dead-letter output with the reason.
@@ -129,7 +129,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{report}\n");
 
         let mut totals = totals.take().expect("the sink finished");
-        totals.sort_by(|a, b| b.1.cents.cmp(&a.1.cents));
+        totals.sort_by_key(|(_, t)| std::cmp::Reverse(t.cents));
         println!("top customers:");
         for (c, t) in totals.iter().take(5) {
             println!(
