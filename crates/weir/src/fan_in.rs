@@ -15,12 +15,12 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::ack::Ack;
 use crate::channel::{Emitter, Envelope, Rx, abandon, recv, resolve};
 use crate::error::BoxError;
-use crate::metrics::StageMetrics;
+use crate::metrics::{BusyClock, StageMetrics};
 use crate::pipeline::Flow;
 use crate::pool::StageCtx;
 
@@ -148,6 +148,7 @@ where
             Window::Tumbling(d) => Some(d),
             _ => None,
         };
+        let mut clock = BusyClock::default();
         let mut tick = period.map(|d| tokio::time::interval_at(tokio::time::Instant::now() + d, d));
         loop {
             let batch = match &mut tick {
@@ -168,12 +169,12 @@ where
                 abandon(batch, m);
                 return Ok(());
             }
-            let t0 = Instant::now();
+            let t0 = clock.start();
             StageMetrics::add(&m.ok, batch.len());
             for e in batch {
                 self.absorb(e, &mut em);
             }
-            StageMetrics::time(&m.busy_ns, t0.elapsed());
+            BusyClock::stop(m, t0);
             if em.has_full()
                 && let Err(h) = em.flush(false).await
             {

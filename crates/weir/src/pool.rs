@@ -32,7 +32,7 @@ use crate::ack::{Ack, AckOutcome};
 use crate::channel::{Batch, Downstream, Emitter, Envelope, Halt, Rx, Tx, abandon, recv};
 use crate::dead_letter::DeadLetter;
 use crate::error::{BoxError, StageFailure, panic_message};
-use crate::metrics::StageMetrics;
+use crate::metrics::{BusyClock, StageMetrics};
 use crate::ops::{Failure, ItemOp, Tally};
 use crate::stage::{ErrorPolicy, StageOptions};
 
@@ -177,6 +177,7 @@ pub(crate) struct SyncStage<I, O> {
     pub em: Emitter<O>,
     pub ctx: Arc<StageCtx>,
     failed: Vec<Failure<I>>,
+    clock: BusyClock,
 }
 
 impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
@@ -186,6 +187,7 @@ impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
             em,
             ctx,
             failed: Vec::new(),
+            clock: BusyClock::default(),
         }
     }
 
@@ -196,7 +198,7 @@ impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
             abandon(batch, m);
             return Err(Halt::Stopped);
         }
-        let t0 = Instant::now();
+        let t0 = self.clock.start();
         let mut out = Vec::new();
         let mut t = Tally::default();
         self.op.apply(batch, &mut out, &mut self.failed, &mut t);
@@ -206,7 +208,7 @@ impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
                 .map_err(Halt::Failed)?;
         }
         tally(m, t);
-        StageMetrics::time(&m.busy_ns, t0.elapsed());
+        BusyClock::stop(m, t0);
         self.em.push_batch(out);
         if self.em.has_full() {
             self.em.flush(false).await?;
@@ -279,6 +281,7 @@ pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
 ) -> Result<(), BoxError> {
     let m = &*ctx.metrics;
     let mut failed = Vec::new();
+    let mut clock = BusyClock::default();
     loop {
         let permit = tokio::select! {
             biased;
@@ -301,7 +304,7 @@ pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
             abandon(batch, m);
             return Ok(());
         }
-        let t0 = Instant::now();
+        let t0 = clock.start();
         let mut out = Vec::with_capacity(batch.len());
         let mut t = Tally::default();
         op.apply(batch, &mut out, &mut failed, &mut t);
@@ -309,7 +312,7 @@ pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
             settle_failures(&*op, &mut failed, &mut out, &mut t, &ctx).await?;
         }
         tally(m, t);
-        StageMetrics::time(&m.busy_ns, t0.elapsed());
+        BusyClock::stop(m, t0);
         if to_reorder.send((n, out)).await.is_err() {
             return ctx.stopped();
         }
@@ -398,7 +401,7 @@ fn item_future<I: Send + 'static, O: Send + 'static>(
                 }
             }
         };
-        StageMetrics::time(&ctx.metrics.busy_ns, t0.elapsed());
+        ctx.metrics.busy_exact(t0.elapsed());
         Done { ack, result }
     })
 }

@@ -9,14 +9,13 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use futures::future::BoxFuture;
 
 use crate::ack::Ack;
 use crate::channel::{Batch, Downstream, Halt, Rx, abandon, recv};
 use crate::error::{BoxError, WriteError};
-use crate::metrics::StageMetrics;
+use crate::metrics::{BusyClock, StageMetrics};
 use crate::pool::{StageCtx, fused_step};
 use crate::stage::ErrorPolicy;
 
@@ -156,6 +155,7 @@ pub(crate) struct SinkStage<T, S: Sink<T>> {
     sink: Option<S>,
     ctx: Arc<StageCtx>,
     result: Arc<Mutex<Option<S::Output>>>,
+    clock: BusyClock,
     _items: std::marker::PhantomData<fn(T)>,
 }
 
@@ -165,6 +165,7 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
             sink: Some(sink),
             ctx,
             result,
+            clock: BusyClock::default(),
             _items: std::marker::PhantomData,
         }
     }
@@ -177,7 +178,7 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
             return Err(Halt::Stopped);
         }
         let sink = self.sink.as_mut().expect("sink present until finish");
-        let t0 = Instant::now();
+        let t0 = self.clock.start();
         let max = ctx.options.max_attempts();
         // One pass: values in place, acks (rare) aside with their positions.
         let mut acks: VecDeque<(usize, Ack)> = VecDeque::new();
@@ -242,7 +243,7 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
             ctx.dead_letter(letters).await.map_err(Halt::Failed)?;
             break;
         }
-        StageMetrics::time(&m.busy_ns, t0.elapsed());
+        BusyClock::stop(m, t0);
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use futures::{Stream, StreamExt};
 use crate::ack::Ack;
 use crate::channel::{Emitter, Envelope};
 use crate::error::BoxError;
-use crate::metrics::StageMetrics;
+use crate::metrics::{BusyClock, StageMetrics};
 use crate::pool::{BoxFut, StageCtx};
 
 type Driver<T> = Box<dyn FnOnce(Emitter<T>, Arc<StageCtx>) -> BoxFut<Result<(), BoxError>> + Send>;
@@ -133,8 +133,9 @@ where
     I: Iterator<Item = Result<Envelope<T>, BoxError>>,
 {
     let m = &*ctx.metrics;
+    let mut clock = BusyClock::default();
     while !ctx.stop.is_cancelled() {
-        let t0 = Instant::now();
+        let t0 = clock.start();
         let mut batch = Vec::with_capacity(ctx.batch_size);
         for item in iter.by_ref().take(ctx.batch_size) {
             batch.push(item?);
@@ -142,7 +143,7 @@ where
         if batch.is_empty() {
             break;
         }
-        StageMetrics::time(&m.busy_ns, t0.elapsed());
+        BusyClock::stop(m, t0);
         StageMetrics::add(&m.received, batch.len());
         StageMetrics::add(&m.ok, batch.len());
         em.push_batch(batch);
