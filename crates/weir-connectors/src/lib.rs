@@ -1,0 +1,30 @@
+//! The components of weir's declarative (YAML) pipelines.
+//!
+//! Everything here works on one dynamic item type, [`Record`]: a JSON value
+//! plus where it came from ([`Position`]: input, file, line), so that any
+//! error about a record can say where the record was read.
+//!
+//! * [`sources`] read items: `file` (jsonl, csv, lines; gzip), `stdin`,
+//!   `generate`. A source yields [`Raw`] items (text lines, CSV rows) with
+//!   their position; [`sources::decode::Decoder`] turns them into records in
+//!   a stage of its own (in parallel), and a line that does not decode goes
+//!   to the dead-letter output with its position and reason.
+//! * [`processors`] transform records: `jq`, `filter`, `validate`, `dedupe`,
+//!   `aggregate`, `batch`. A processor is a function from one record to zero
+//!   or more records, or an error that dead-letters the record.
+//! * [`sinks`] write records: `sqlite` (the embedded default store), `file`,
+//!   `stdout`.
+//!
+//! Each component's configuration struct is its user documentation: every
+//! field has a `///` doc, unknown keys are rejected, and `weir explain`
+//! prints the JSON schema derived from it.
+
+pub mod error;
+pub mod processors;
+pub mod record;
+pub mod sinks;
+pub mod sources;
+
+pub use error::{ConfigError, ProcessError};
+pub use sources::Raw;
+pub use record::{Position, Record};

@@ -1,0 +1,26 @@
+//! Processors: per-record transformations of declarative pipelines.
+//!
+//! A processor maps one record to zero or more records, or rejects it with
+//! a [`ProcessError`](crate::ProcessError) (the record then goes to the
+//! dead-letter output with that reason). Processors are `Send + Sync` and
+//! stateless unless they say otherwise, so a stage can run them on many
+//! workers.
+
+use crate::error::ProcessError;
+use crate::record::Record;
+
+pub mod aggregate;
+pub mod batch;
+pub mod dedupe;
+pub mod filter;
+pub mod jq;
+pub mod validate;
+
+/// A per-record transformation.
+pub trait Processor: Send + Sync + 'static {
+    /// Pushes the outputs for `record` onto `out` (none: filtered).
+    ///
+    /// # Errors
+    /// The reason the record is rejected.
+    fn process(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), ProcessError>;
+}

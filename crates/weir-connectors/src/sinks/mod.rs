@@ -1,0 +1,7 @@
+//! Sinks: where records leave a declarative pipeline. Each implements
+//! [`weir::Sink<Record>`](weir::Sink): a write returns only when the batch
+//! is durable, so acks (and `--resume` checkpoints) are exact.
+
+pub mod file;
+pub mod sqlite;
+pub mod stdout;
