@@ -77,13 +77,23 @@ impl std::error::Error for RunError {
 
 /// A sink's failed write: the items it did not write are given back, so the
 /// engine can retry or dead-letter them instead of losing them.
+///
+/// Two kinds of failure call for different handling, so the sink says which:
+/// the destination failed ([`WriteError::all`], [`WriteError::partial`]: retry
+/// the unwritten items, then dead-letter them), or one item cannot be written
+/// at all ([`WriteError::bad_item`]: dead-letter that item alone and write the
+/// rest).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct WriteError<T> {
     /// The items not written, in order: a suffix of the batch that was passed
     /// to `write` (the whole batch when nothing was written).
     pub unwritten: Vec<T>,
     /// Why.
     pub error: BoxError,
+    /// The first unwritten item is itself the problem (a value that does not
+    /// fit a column, say); the items after it were not tried.
+    pub first_is_bad: bool,
 }
 
 impl<T> WriteError<T> {
@@ -92,6 +102,23 @@ impl<T> WriteError<T> {
         WriteError {
             unwritten: items,
             error: error.into(),
+            first_is_bad: false,
+        }
+    }
+
+    /// A prefix was written; `unwritten` (a suffix) was not, because the
+    /// destination failed.
+    pub fn partial(unwritten: Vec<T>, error: impl Into<BoxError>) -> Self {
+        WriteError::all(unwritten, error)
+    }
+
+    /// A prefix was written; `unwritten[0]` cannot be written (`error` says
+    /// why) and the rest was not tried.
+    pub fn bad_item(unwritten: Vec<T>, error: impl Into<BoxError>) -> Self {
+        WriteError {
+            unwritten,
+            error: error.into(),
+            first_is_bad: true,
         }
     }
 }

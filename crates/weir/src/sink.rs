@@ -197,26 +197,41 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
         let mut attempts = 1;
         loop {
             let n = values.len();
-            let (unwritten, err) = match sink.write(values).await {
-                Ok(()) => (Vec::new(), None),
-                Err(WriteError { unwritten, error }) => (unwritten, Some(error)),
+            let (unwritten, err, first_is_bad) = match sink.write(values).await {
+                Ok(()) => (Vec::new(), None, false),
+                Err(e) => (e.unwritten, Some(e.error), e.first_is_bad),
             };
             // The written prefix is committed: settle it now.
             let written = n.saturating_sub(unwritten.len());
             StageMetrics::add(&m.ok, written);
             base += written;
-            while acks.front().is_some_and(|(i, _)| *i < base) {
-                if let Some((_, a)) = acks.pop_front() {
-                    a.deliver();
-                }
-            }
+            settle_before(&mut acks, base);
             let Some(err) = err else { break };
             values = unwritten;
+            let fail = matches!(ctx.options.on_error, ErrorPolicy::Fail);
             if values.is_empty() {
-                if matches!(ctx.options.on_error, ErrorPolicy::Fail) {
+                if fail {
                     return Err(Halt::Failed(err));
                 }
                 break;
+            }
+            if first_is_bad {
+                // One item is the problem: retrying cannot help it, and the
+                // items behind it deserve their own attempt.
+                if fail {
+                    return Err(Halt::Failed(err));
+                }
+                let bad = values.remove(0);
+                let ack = take_ack(&mut acks, base);
+                base += 1;
+                ctx.dead_letter(vec![ctx.letter(ack, bad, &err, attempts)])
+                    .await
+                    .map_err(Halt::Failed)?;
+                attempts = 1;
+                if values.is_empty() {
+                    break;
+                }
+                continue;
             }
             if attempts < max {
                 if !ctx.backoff(attempts).await {
@@ -225,20 +240,13 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
                 attempts += 1;
                 continue;
             }
-            if matches!(ctx.options.on_error, ErrorPolicy::Fail) {
+            if fail {
                 return Err(Halt::Failed(err));
             }
             let letters: Batch<_> = values
                 .into_iter()
                 .enumerate()
-                .map(|(j, v)| {
-                    let ack = if acks.front().is_some_and(|(i, _)| *i == base + j) {
-                        acks.pop_front().map(|(_, a)| a)
-                    } else {
-                        None
-                    };
-                    ctx.letter(ack, v, &err, attempts)
-                })
+                .map(|(j, v)| ctx.letter(take_ack(&mut acks, base + j), v, &err, attempts))
                 .collect();
             ctx.dead_letter(letters).await.map_err(Halt::Failed)?;
             break;
@@ -270,6 +278,24 @@ impl<T: Send + 'static, S: Sink<T>> Downstream<T> for SinkStage<T, S> {
             let ctx = self.ctx.clone();
             fused_step(&ctx.name, SinkStage::finish(self)).await
         })
+    }
+}
+
+/// Delivers the acks of items before position `base` (they are committed).
+fn settle_before(acks: &mut VecDeque<(usize, Ack)>, base: usize) {
+    while acks.front().is_some_and(|(i, _)| *i < base) {
+        if let Some((_, a)) = acks.pop_front() {
+            a.deliver();
+        }
+    }
+}
+
+/// The ack of the item at position `at`, if it has one.
+fn take_ack(acks: &mut VecDeque<(usize, Ack)>, at: usize) -> Option<Ack> {
+    if acks.front().is_some_and(|(i, _)| *i == at) {
+        acks.pop_front().map(|(_, a)| a)
+    } else {
+        None
     }
 }
 

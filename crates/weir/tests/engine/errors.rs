@@ -304,3 +304,61 @@ mod dashmap_like {
         }
     }
 }
+
+/// A sink that cannot store multiples of 10 (a value that does not fit).
+struct Picky(Vec<u64>);
+
+impl Sink<u64> for Picky {
+    type Output = Vec<u64>;
+    async fn write(&mut self, mut items: Vec<u64>) -> Result<(), WriteError<u64>> {
+        match items.iter().position(|x| x % 10 == 0) {
+            None => {
+                self.0.append(&mut items);
+                Ok(())
+            }
+            Some(i) => {
+                let rest = items.split_off(i);
+                self.0.append(&mut items);
+                let msg = format!("{} does not fit", rest[0]);
+                Err(WriteError::bad_item(rest, msg))
+            }
+        }
+    }
+    async fn finish(self) -> Result<Vec<u64>, BoxError> {
+        Ok(self.0)
+    }
+}
+
+#[test]
+fn a_sink_rejecting_one_item_dead_letters_that_item_alone() {
+    within(20, async {
+        let p = Pipeline::with_options(PipelineOptions {
+            batch_size: 16,
+            ..Default::default()
+        });
+        let out = p
+            .source("n", from_iter(1..=1_000u64))
+            .sink("db", Picky(Vec::new()))
+            .on_error(ErrorPolicy::DeadLetter);
+        let report = p.run().await.unwrap();
+        let stored = out.take().unwrap();
+        assert_eq!(
+            stored,
+            (1..=1_000u64).filter(|x| x % 10 != 0).collect::<Vec<_>>()
+        );
+        let mut dead: Vec<u64> = report
+            .dead_letters
+            .iter()
+            .map(|d| *d.item::<u64>().unwrap())
+            .collect();
+        dead.sort_unstable();
+        assert_eq!(dead, (1..=100u64).map(|x| x * 10).collect::<Vec<_>>());
+        assert!(
+            report
+                .dead_letters
+                .iter()
+                .all(|d| d.error.ends_with("does not fit"))
+        );
+        assert_balanced(&report);
+    });
+}
