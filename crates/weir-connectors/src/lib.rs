@@ -26,5 +26,5 @@ pub mod sinks;
 pub mod sources;
 
 pub use error::{ConfigError, ProcessError};
-pub use sources::Raw;
 pub use record::{Position, Record};
+pub use sources::Raw;

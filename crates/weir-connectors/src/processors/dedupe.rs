@@ -1,1 +1,211 @@
-//! TODO(helper): dedupe
+//! `dedupe`: drop records whose key was already seen.
+//!
+//! The key is a jq expression; what is remembered is a 64-bit hash of the
+//! key's canonical form, in a set bounded by `capacity` keys (first in,
+//! first out). This is a stateful processor: its set is shared by all the
+//! stage's workers behind a mutex.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::jq::{JqProgram, jq_error};
+use super::{Processor, ProcessorContext};
+use crate::error::{ConfigError, ProcessError};
+use crate::record::Record;
+
+fn default_capacity() -> usize {
+    1_000_000
+}
+
+/// Drop (filter) the records whose key was already seen.
+///
+/// Memory is bounded: the last `capacity` distinct keys are remembered (the
+/// oldest is forgotten first), about 40 bytes each, so a duplicate that
+/// comes more than `capacity` distinct keys after its original is not
+/// caught. Keys are remembered as 64-bit hashes of their canonical JSON
+/// (object keys sorted, `1.0` equal to `1`): two different keys collide
+/// with probability about n²/2⁶⁵ for n keys held (3·10⁻⁸ for a million),
+/// and a collision drops a record that is not a duplicate.
+///
+/// With several workers, which of two duplicates is kept depends on which
+/// worker gets there first; use `workers: 1` when the first one in input
+/// order must win. A runtime error in `key` rejects the record with reason
+/// `jq_error`; a `null` key or no output rejects it with `missing_key`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// A jq expression giving the key that identifies a record, for example
+    /// `.id` or `[.customer, .order_id]`.
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
+    /// How many distinct keys to remember (default 1000000, about 40 MB).
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+}
+
+/// A minimal `dedupe` configuration.
+pub const EXAMPLE: &str = "key: .id\ncapacity: 100000\n";
+
+impl DedupeConfig {
+    /// Compiles the key expression.
+    ///
+    /// # Errors
+    /// The key does not compile, or `capacity` is 0.
+    pub fn build(&self, _ctx: &ProcessorContext) -> Result<Dedupe, ConfigError> {
+        let key = JqProgram::compile_spanned(&self.key, "key")?;
+        if self.capacity == 0 {
+            return Err(ConfigError::new("dedupe capacity must be at least 1"));
+        }
+        Ok(Dedupe {
+            key,
+            capacity: self.capacity,
+            seen: Mutex::new(Seen::default()),
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+/// The `dedupe` processor: see [`DedupeConfig`].
+#[derive(Debug)]
+pub struct Dedupe {
+    key: JqProgram,
+    capacity: usize,
+    seen: Mutex<Seen>,
+}
+
+impl Dedupe {
+    /// Records `hash` as seen; `false` if it already was.
+    fn insert(&self, hash: u64) -> bool {
+        // A panic while holding the lock cannot leave the set inconsistent
+        // in a way that matters (at worst one key is missing from `order`).
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.set.insert(hash) {
+            return false;
+        }
+        seen.order.push_back(hash);
+        if seen.order.len() > self.capacity
+            && let Some(old) = seen.order.pop_front()
+        {
+            seen.set.remove(&old);
+        }
+        true
+    }
+
+    /// How many keys are remembered now.
+    pub fn len(&self) -> usize {
+        self.seen.lock().map_or(0, |s| s.order.len())
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Processor for Dedupe {
+    fn process(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), ProcessError> {
+        let key = self.key.first(&record.value).map_err(jq_error)?;
+        let key = match key {
+            None | Some(Value::Null) => {
+                return Err(ProcessError::new(
+                    "missing_key",
+                    format!("key `{}` is null", self.key.source()),
+                ));
+            }
+            Some(k) => k,
+        };
+        if self.insert(key_hash(&key)) {
+            out.push(record.clone());
+        }
+        Ok(())
+    }
+}
+
+/// A 64-bit hash of `v`'s canonical form: object keys in sorted order,
+/// integral floats equal to integers.
+pub fn key_hash(v: &Value) -> u64 {
+    let mut h = DefaultHasher::new();
+    hash_canonical(v, &mut h);
+    h.finish()
+}
+
+fn hash_canonical(v: &Value, h: &mut DefaultHasher) {
+    match v {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => {
+            1u8.hash(h);
+            b.hash(h);
+        }
+        Value::Number(n) => {
+            2u8.hash(h);
+            if let Some(i) = n.as_i64() {
+                i.hash(h);
+            } else if let Some(u) = n.as_u64() {
+                u.hash(h);
+            } else {
+                let f = n.as_f64().unwrap_or(0.0);
+                if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
+                    (f as i64).hash(h);
+                } else {
+                    f.to_bits().hash(h);
+                }
+            }
+        }
+        Value::String(s) => {
+            3u8.hash(h);
+            s.hash(h);
+        }
+        Value::Array(a) => {
+            4u8.hash(h);
+            a.len().hash(h);
+            for x in a {
+                hash_canonical(x, h);
+            }
+        }
+        Value::Object(o) => {
+            5u8.hash(h);
+            o.len().hash(h);
+            let mut entries: Vec<_> = o.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (k, x) in entries {
+                k.hash(h);
+                hash_canonical(x, h);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn example_parses_and_builds() {
+        let cfg: DedupeConfig = serde_saphyr::from_str(EXAMPLE).unwrap();
+        assert_eq!(cfg.capacity, 100_000);
+        cfg.build(&ProcessorContext::default()).unwrap();
+        let cfg: DedupeConfig = serde_saphyr::from_str("key: .id").unwrap();
+        assert_eq!(cfg.capacity, 1_000_000);
+    }
+
+    #[test]
+    fn canonical_hash() {
+        assert_eq!(
+            key_hash(&json!({"a": 1, "b": [1.0, "x"]})),
+            key_hash(&json!({"b": [1, "x"], "a": 1}))
+        );
+        assert_ne!(key_hash(&json!("1")), key_hash(&json!(1)));
+        assert_ne!(key_hash(&json!([[1], 2])), key_hash(&json!([1, [2]])));
+    }
+}

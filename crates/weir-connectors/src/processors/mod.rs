@@ -16,6 +16,14 @@ pub mod filter;
 pub mod jq;
 pub mod validate;
 
+/// What a processor's `build` may need from its surroundings.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorContext {
+    /// The directory relative paths in the configuration are resolved
+    /// against: the directory of the pipeline file.
+    pub base_dir: std::path::PathBuf,
+}
+
 /// A per-record transformation.
 pub trait Processor: Send + Sync + 'static {
     /// Pushes the outputs for `record` onto `out` (none: filtered).

@@ -2,6 +2,7 @@
 //! [`weir::Sink<Record>`](weir::Sink): a write returns only when the batch
 //! is durable, so acks (and `--resume` checkpoints) are exact.
 
+pub mod dead_letter;
 pub mod file;
 pub mod sqlite;
 pub mod stdout;

@@ -1,1 +1,480 @@
-//! TODO(helper): sqlite
+//! The `sqlite` sink: the embedded default store.
+//!
+//! Each record becomes one row: the columns are the record's top-level
+//! fields of the same name (a missing field is NULL). Each batch the engine
+//! hands over is written in one immediate transaction, so a write that
+//! returns is durable (WAL, `synchronous=NORMAL`) and a batch is all or
+//! nothing. With a `key`, writes are upserts (`INSERT ... ON CONFLICT (key)
+//! DO UPDATE`), so running a pipeline twice over the same input leaves the
+//! same rows.
+//!
+//! # Values that do not fit
+//! An `integer` column takes JSON integers (and floats with no fractional
+//! part), a `real` column any JSON number; anything else in them is an
+//! error. A `text` column takes strings as they are and other values as
+//! JSON text; a `json` column stores any value as JSON text. JSON null is
+//! SQL NULL everywhere.
+//!
+//! A record with a value that does not fit is not written, and neither is
+//! anything after it in the batch: the records before it are committed, and
+//! the write fails with an error naming the record's position and the
+//! column, giving back the rest of the batch (the sink contract only allows
+//! a suffix). The engine then applies the sink's error policy to that rest
+//! (retry, dead-letter, or fail). To keep good records out of the dead
+//! letters, check types upstream (a `validate` processor).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use crate::error::ConfigError;
+use crate::record::Record;
+use crate::sources::BuildContext;
+
+/// The SQL type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SqlType {
+    /// 64-bit integer (`INTEGER`).
+    Integer,
+    /// Floating point (`REAL`).
+    Real,
+    /// Text (`TEXT`); non-string values are stored as JSON text.
+    Text,
+    /// Any JSON value, stored as JSON text (`TEXT`).
+    Json,
+}
+
+impl SqlType {
+    fn sql(self) -> &'static str {
+        match self {
+            SqlType::Integer => "INTEGER",
+            SqlType::Real => "REAL",
+            SqlType::Text | SqlType::Json => "TEXT",
+        }
+    }
+}
+
+/// Columns in the order they were written in the pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Columns(pub Vec<(String, SqlType)>);
+
+impl<'de> serde::Deserialize<'de> for Columns {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Columns;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of column name to integer|real|text|json")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Columns, A::Error> {
+                let mut cols: Vec<(String, SqlType)> = Vec::new();
+                while let Some((name, ty)) = map.next_entry::<String, SqlType>()? {
+                    if cols.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!("duplicate column '{name}'")));
+                    }
+                    cols.push((name, ty));
+                }
+                Ok(Columns(cols))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn default_busy_timeout_ms() -> u64 {
+    5000
+}
+
+/// Writes records as rows of a SQLite table, creating the database file and
+/// the table when they do not exist.
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSink {
+    /// The database file, relative to the pipeline file's directory. It and
+    /// its parent directories are created when missing.
+    #[schemars(with = "String")]
+    pub path: Spanned<String>,
+    /// The table to write to; created when missing.
+    pub table: String,
+    /// The columns, in order: `name: integer|real|text|json`. Each is filled
+    /// from the record's top-level field of the same name (missing: NULL).
+    #[schemars(with = "std::collections::BTreeMap<String, SqlType>")]
+    pub columns: Columns,
+    /// Columns that identify a row (the table's primary key). With a key,
+    /// a record whose key exists updates that row instead of adding one, so
+    /// reruns are idempotent. Default: none (plain inserts).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// How long a write waits for another connection's lock before it
+    /// fails, in milliseconds. Default: 5000.
+    #[serde(default = "default_busy_timeout_ms")]
+    pub busy_timeout_ms: u64,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+impl SqliteSink {
+    /// A minimal configuration.
+    pub const EXAMPLE: &str = "path: out/orders.db\ntable: orders\ncolumns:\n  id: integer\n  user: text\n  amount: real\n  tags: json\nkey: [id]\n";
+
+    /// The `CREATE TABLE IF NOT EXISTS` statement.
+    pub fn create_sql(&self) -> String {
+        let mut cols: Vec<String> = self
+            .columns
+            .0
+            .iter()
+            .map(|(n, t)| format!("{} {}", quote(n), t.sql()))
+            .collect();
+        if !self.key.is_empty() {
+            let key: Vec<String> = self.key.iter().map(|k| quote(k)).collect();
+            cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+        }
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            quote(&self.table),
+            cols.join(", ")
+        )
+    }
+
+    /// The insert (or upsert, with a key) statement.
+    pub fn insert_sql(&self) -> String {
+        let names: Vec<String> = self.columns.0.iter().map(|(n, _)| quote(n)).collect();
+        let params: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            quote(&self.table),
+            names.join(", "),
+            params.join(", ")
+        );
+        if !self.key.is_empty() {
+            let key: Vec<String> = self.key.iter().map(|k| quote(k)).collect();
+            let sets: Vec<String> = self
+                .columns
+                .0
+                .iter()
+                .filter(|(n, _)| !self.key.contains(n))
+                .map(|(n, _)| format!("{0} = excluded.{0}", quote(n)))
+                .collect();
+            if sets.is_empty() {
+                sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", key.join(", ")));
+            } else {
+                sql.push_str(&format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    key.join(", "),
+                    sets.join(", ")
+                ));
+            }
+        }
+        sql
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.table.is_empty() {
+            return Err(ConfigError::new("sqlite sink: 'table' is empty"));
+        }
+        if self.columns.0.is_empty() {
+            return Err(ConfigError::new("sqlite sink: 'columns' is empty"));
+        }
+        for (i, k) in self.key.iter().enumerate() {
+            if !self.columns.0.iter().any(|(n, _)| n == k) {
+                return Err(ConfigError::new(format!(
+                    "sqlite sink: key column '{k}' is not in 'columns'"
+                )));
+            }
+            if self.key[..i].contains(k) {
+                return Err(ConfigError::new(format!(
+                    "sqlite sink: key column '{k}' is listed twice"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens (creating) the database and the table; returns the sink.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] when the options are inconsistent (a key column not
+    /// in `columns`), or the database cannot be created, opened or written
+    /// (read-only, locked, not a database), or the table exists with columns
+    /// or keys that do not match.
+    pub fn build(&self, ctx: &BuildContext) -> Result<SqliteWriter, ConfigError> {
+        self.check()?;
+        let given = self.path.value.as_str();
+        if given.is_empty() {
+            return Err(ConfigError::at("sqlite sink: path is empty", &self.path));
+        }
+        let full = ctx.base_dir.join(given);
+        self.open_at(&full, given)
+            .map_err(|msg| ConfigError::at(msg, &self.path))
+    }
+
+    /// Opens the database at `full` (named `shown` in messages).
+    fn open_at(&self, full: &Path, shown: &str) -> Result<SqliteWriter, String> {
+        if let Some(dir) = full.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!(
+                    "sqlite sink: cannot create directory {}: {e}",
+                    dir.display()
+                )
+            })?;
+        }
+        if let Ok(meta) = std::fs::metadata(full)
+            && meta.permissions().readonly()
+        {
+            return Err(format!("sqlite sink: database file {shown} is read-only"));
+        }
+        let fail = |e: rusqlite::Error| format!("sqlite sink: {}", describe(&e, shown));
+        let conn = Connection::open(full).map_err(fail)?;
+        conn.busy_timeout(Duration::from_millis(self.busy_timeout_ms))
+            .map_err(fail)?;
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+            .map_err(fail)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(fail)?;
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(format!("sqlite sink: database file {shown} is read-only"));
+        }
+        conn.execute_batch(&self.create_sql()).map_err(fail)?;
+        let insert = self.insert_sql();
+        conn.prepare_cached(&insert).map_err(|e| {
+            format!(
+                "sqlite sink: table {} in {shown} does not fit the configuration: {e}",
+                self.table
+            )
+        })?;
+        Ok(SqliteWriter {
+            conn,
+            shown: shown.to_string(),
+            path: full.to_path_buf(),
+            insert,
+            columns: self.columns.0.clone(),
+            rows: 0,
+        })
+    }
+}
+
+/// An open SQLite sink: implements [`weir::Sink<Record>`]; its output is
+/// the number of records written (inserted or updated).
+pub struct SqliteWriter {
+    conn: Connection,
+    shown: String,
+    path: PathBuf,
+    insert: String,
+    columns: Vec<(String, SqlType)>,
+    rows: u64,
+}
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteWriter")
+            .field("path", &self.path)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rusqlite error in words, naming the file.
+fn describe(e: &rusqlite::Error, shown: &str) -> String {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            format!("database {shown} is locked by another connection")
+        }
+        Some(ErrorCode::ReadOnly) => format!("database {shown} is read-only"),
+        Some(ErrorCode::NotADatabase) => format!("{shown} is not a SQLite database"),
+        Some(ErrorCode::CannotOpen) => format!("cannot open database {shown}: {e}"),
+        _ => format!("database {shown}: {e}"),
+    }
+}
+
+/// A short rendering of a value for an error message.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() <= 40 {
+        s
+    } else {
+        let mut end = 40;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+fn to_sql(v: &Value, ty: SqlType) -> Result<SqlValue, &'static str> {
+    Ok(match (v, ty) {
+        (Value::Null, _) => SqlValue::Null,
+        (Value::Number(n), SqlType::Integer) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => SqlValue::Integer(f as i64),
+                _ => return Err("an integer"),
+            },
+        },
+        (_, SqlType::Integer) => return Err("an integer"),
+        (Value::Number(n), SqlType::Real) => match n.as_f64() {
+            Some(f) => SqlValue::Real(f),
+            None => return Err("a number"),
+        },
+        (_, SqlType::Real) => return Err("a number"),
+        (Value::String(s), SqlType::Text) => SqlValue::Text(s.clone()),
+        (other, SqlType::Text | SqlType::Json) => SqlValue::Text(other.to_string()),
+    })
+}
+
+impl SqliteWriter {
+    /// The row for one record.
+    fn row(&self, r: &Record) -> Result<Vec<SqlValue>, String> {
+        let Value::Object(m) = &r.value else {
+            return Err(format!(
+                "record at {} is not an object, cannot write it to table columns",
+                r.pos
+            ));
+        };
+        self.columns
+            .iter()
+            .map(|(name, ty)| match m.get(name) {
+                None => Ok(SqlValue::Null),
+                Some(v) => to_sql(v, *ty).map_err(|want| {
+                    format!(
+                        "record at {}: column {name}: expected {want}, got {}",
+                        r.pos,
+                        short(v)
+                    )
+                }),
+            })
+            .collect()
+    }
+
+    /// Writes rows in one transaction.
+    fn insert(&mut self, rows: &[Vec<SqlValue>]) -> rusqlite::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(&self.insert)?;
+            for row in rows {
+                stmt.execute(rusqlite::params_from_iter(row.iter()))?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Records written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Writes a batch synchronously; see [`weir::Sink::write`].
+    ///
+    /// # Errors
+    /// The items not written: all of them when the transaction failed
+    /// (locked, read-only, disk full), or the suffix from the first record
+    /// whose values do not fit its columns.
+    pub fn write_batch(&mut self, items: Vec<Record>) -> Result<(), weir::WriteError<Record>> {
+        let mut rows = Vec::with_capacity(items.len());
+        let mut bad = None;
+        for (i, r) in items.iter().enumerate() {
+            match self.row(r) {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    bad = Some((i, e));
+                    break;
+                }
+            }
+        }
+        if !rows.is_empty() {
+            if let Err(e) = self.insert(&rows) {
+                let msg = format!("writing to {}", describe(&e, &self.shown));
+                return Err(weir::WriteError::all(items, msg));
+            }
+            self.rows += rows.len() as u64;
+        }
+        match bad {
+            None => Ok(()),
+            Some((i, msg)) => {
+                let mut items = items;
+                let unwritten = items.split_off(i);
+                // The bad record alone is dead-lettered; the rest is retried.
+                Err(weir::WriteError::bad_item(unwritten, msg))
+            }
+        }
+    }
+}
+
+impl weir::Sink<Record> for SqliteWriter {
+    type Output = u64;
+
+    async fn write(&mut self, items: Vec<Record>) -> Result<(), weir::WriteError<Record>> {
+        self.write_batch(items)
+    }
+
+    async fn finish(self) -> Result<u64, weir::BoxError> {
+        let rows = self.rows;
+        let shown = self.shown;
+        self.conn
+            .close()
+            .map_err(|(_, e)| format!("closing {}", describe(&e, &shown)))?;
+        Ok(rows)
+    }
+
+    fn blocking(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: SqliteSink = serde_saphyr::from_str(SqliteSink::EXAMPLE).unwrap();
+        assert_eq!(cfg.columns.0[0], ("id".to_string(), SqlType::Integer));
+        assert_eq!(cfg.columns.0[3], ("tags".to_string(), SqlType::Json));
+        let ctx = BuildContext {
+            input: "db".into(),
+            base_dir: dir.path().to_path_buf(),
+        };
+        let w = cfg.build(&ctx).unwrap();
+        assert_eq!(w.rows(), 0);
+        assert!(dir.path().join("out/orders.db").is_file());
+    }
+
+    #[test]
+    fn sql_text() {
+        let cfg: SqliteSink = serde_saphyr::from_str(SqliteSink::EXAMPLE).unwrap();
+        assert_eq!(
+            cfg.insert_sql(),
+            "INSERT INTO \"orders\" (\"id\", \"user\", \"amount\", \"tags\") VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"user\" = excluded.\"user\", \
+             \"amount\" = excluded.\"amount\", \"tags\" = excluded.\"tags\""
+        );
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(
+            to_sql(&serde_json::json!(3.0), SqlType::Integer),
+            Ok(SqlValue::Integer(3))
+        );
+        assert!(to_sql(&serde_json::json!(3.5), SqlType::Integer).is_err());
+        assert!(to_sql(&serde_json::json!("3"), SqlType::Real).is_err());
+        assert_eq!(
+            to_sql(&serde_json::json!([1]), SqlType::Json),
+            Ok(SqlValue::Text("[1]".into()))
+        );
+        assert_eq!(
+            to_sql(&serde_json::json!(null), SqlType::Json),
+            Ok(SqlValue::Null)
+        );
+    }
+}

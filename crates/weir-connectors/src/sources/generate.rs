@@ -1,1 +1,395 @@
-//! TODO(helper): generate
+//! The `generate` source: synthetic records for tests, demos and
+//! benchmarks, deterministic for a given seed.
+//!
+//! Either a `template` (a mapping whose string values may hold placeholders)
+//! or a `preset` (`events`: the B4 benchmark lines of
+//! [`events`](crate::sources::events), as jsonl text to decode).
+//!
+//! Placeholders, drawn in template order from one splitmix64 generator:
+//!
+//! | placeholder | value |
+//! |---|---|
+//! | `{{seq}}` | the record's 0-based index |
+//! | `{{int:A..B}}` | a uniform integer in `[A, B)` |
+//! | `{{float:A..B}}` | a uniform float in `[A, B)` |
+//! | `{{choice:a\|b\|c}}` | one of the options, uniformly |
+//!
+//! A string that is exactly one placeholder becomes a JSON number for
+//! `seq`, `int` and `float`; placeholders inside longer text are replaced by
+//! their text.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::error::ConfigError;
+use crate::record::{Position, Record};
+use crate::sources::decode::Decoder;
+use crate::sources::events::{SplitMix64, events};
+use crate::sources::{BuildContext, Raw};
+
+/// Ready-made generators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The B4 benchmark events: jsonl lines with `id`, `user`, `ts`, `kind`,
+    /// `amount` and `tags`, about 1% of them invalid (truncated, missing a
+    /// field, negative amount).
+    Events,
+}
+
+fn default_users() -> u64 {
+    10_000
+}
+
+/// Generates `count` synthetic records, from a template or a preset.
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSource {
+    /// How many records to generate.
+    pub count: u64,
+    /// The random seed: the same seed gives the same records. Default: 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// Records per second, paced evenly. Default: as fast as possible.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// The record to generate: a mapping whose string values may contain
+    /// `{{seq}}`, `{{int:A..B}}`, `{{float:A..B}}` and `{{choice:a|b|c}}`
+    /// placeholders. Exactly one of `template` and `preset` is required.
+    #[serde(default)]
+    pub template: Option<Map<String, Value>>,
+    /// A ready-made generator instead of a template: `events` (the B4
+    /// benchmark lines, decoded as jsonl).
+    #[serde(default)]
+    pub preset: Option<Preset>,
+    /// `preset: events` only: the number of distinct users. Default: 10000.
+    #[serde(default = "default_users")]
+    pub users: u64,
+}
+
+impl GenerateSource {
+    /// A minimal configuration.
+    pub const EXAMPLE: &str = "count: 1000\nseed: 7\ntemplate:\n  id: \"{{seq}}\"\n  user: \"u{{int:0..100}}\"\n  amount: \"{{float:0..500}}\"\n  kind: \"{{choice:click|view|buy}}\"\n";
+
+    /// The source and the decoder for its items (jsonl for `preset:
+    /// events`, pass-through for a template).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] when neither or both of `template` and `preset` are
+    /// set, when a placeholder is malformed, or when `rate` is not a
+    /// positive number.
+    pub fn build(&self, ctx: &BuildContext) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        let pacer = match self.rate {
+            None => None,
+            Some(r) if r.is_finite() && r > 0.0 => Some(Pacer::new(r)),
+            Some(r) => {
+                return Err(ConfigError::new(format!(
+                    "generate source: rate must be a positive number of records per second, not {r}"
+                )));
+            }
+        };
+        let input = ctx.input.clone();
+        let pos = move |i: u64| {
+            Arc::new(Position {
+                input: input.clone(),
+                file: None,
+                line: i + 1,
+            })
+        };
+        match (&self.template, self.preset) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "generate source: set either 'template' or 'preset', not both",
+            )),
+            (None, None) => Err(ConfigError::new(
+                "generate source: set 'template' or 'preset'",
+            )),
+            (None, Some(Preset::Events)) => {
+                let iter =
+                    events(self.seed, self.count, self.users)
+                        .enumerate()
+                        .map(move |(i, text)| Raw::Line {
+                            pos: pos(i as u64),
+                            text,
+                        });
+                Ok((weir::from_iter(paced(iter, pacer)), Decoder::jsonl()))
+            }
+            (Some(t), None) => {
+                let template = Template::compile(t)?;
+                let mut rng = SplitMix64::new(self.seed);
+                let iter = (0..self.count)
+                    .map(move |i| Raw::Record(Record::new(template.render(i, &mut rng), pos(i))));
+                Ok((weir::from_iter(paced(iter, pacer)), Decoder::jsonl()))
+            }
+        }
+    }
+}
+
+/// Even pacing: item `k` is not released before `start + k / rate`, so a
+/// slow consumer does not cause a burst later (no credit accumulates beyond
+/// the schedule).
+#[derive(Debug)]
+struct Pacer {
+    interval: Duration,
+    start: Option<Instant>,
+    n: u32,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Self {
+        Pacer {
+            interval: Duration::from_secs_f64(1.0 / rate),
+            start: None,
+            n: 0,
+        }
+    }
+
+    fn wait(&mut self) {
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let due = start + self.interval.saturating_mul(self.n);
+        self.n = self.n.saturating_add(1);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+}
+
+fn paced<I: Iterator + Send>(
+    iter: I,
+    pacer: Option<Pacer>,
+) -> impl Iterator<Item = I::Item> + Send {
+    let mut pacer = pacer;
+    iter.inspect(move |_| {
+        if let Some(p) = pacer.as_mut() {
+            p.wait();
+        }
+    })
+}
+
+/// One generator in a template.
+#[derive(Debug, Clone)]
+enum Gen {
+    Seq,
+    Int(i64, i64),
+    Float(f64, f64),
+    Choice(Vec<String>),
+}
+
+impl Gen {
+    fn parse(spec: &str) -> Result<Gen, String> {
+        let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
+        let range = |arg: &str| -> Result<(String, String), String> {
+            let (a, b) = arg
+                .split_once("..")
+                .ok_or_else(|| format!("expected a range A..B, got '{arg}'"))?;
+            Ok((a.trim().to_string(), b.trim().to_string()))
+        };
+        match kind.trim() {
+            "seq" if arg.is_empty() => Ok(Gen::Seq),
+            "int" => {
+                let (a, b) = range(arg)?;
+                let a: i64 = a.parse().map_err(|_| format!("'{a}' is not an integer"))?;
+                let b: i64 = b.parse().map_err(|_| format!("'{b}' is not an integer"))?;
+                if a >= b {
+                    return Err(format!("empty range {a}..{b}"));
+                }
+                Ok(Gen::Int(a, b))
+            }
+            "float" => {
+                let (a, b) = range(arg)?;
+                let a: f64 = a.parse().map_err(|_| format!("'{a}' is not a number"))?;
+                let b: f64 = b.parse().map_err(|_| format!("'{b}' is not a number"))?;
+                if !(a.is_finite() && b.is_finite() && a < b) {
+                    return Err(format!("empty or infinite range {a}..{b}"));
+                }
+                Ok(Gen::Float(a, b))
+            }
+            "choice" => {
+                let options: Vec<String> = arg.split('|').map(str::to_string).collect();
+                if arg.is_empty() {
+                    return Err("choice needs options, like choice:a|b".into());
+                }
+                Ok(Gen::Choice(options))
+            }
+            other => Err(format!(
+                "unknown placeholder '{other}' (expected seq, int:A..B, float:A..B or choice:a|b)"
+            )),
+        }
+    }
+
+    fn value(&self, seq: u64, rng: &mut SplitMix64) -> Value {
+        match self {
+            Gen::Seq => Value::from(seq),
+            Gen::Int(a, b) => {
+                let span = b.wrapping_sub(*a) as u64;
+                Value::from(a.wrapping_add((rng.next() % span) as i64))
+            }
+            Gen::Float(a, b) => {
+                let x = a + rng.next_unit() * (b - a);
+                // Finite by construction; fall back to `a` if rounding says not.
+                serde_json::Number::from_f64(x.min(*b)).map_or(Value::from(*a), Value::Number)
+            }
+            Gen::Choice(opts) => {
+                let i = (rng.next() % opts.len() as u64) as usize;
+                Value::String(opts[i].clone())
+            }
+        }
+    }
+}
+
+/// A piece of a template string.
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Gen(Gen),
+}
+
+/// A compiled template: constants stay as they are, strings with
+/// placeholders are split once.
+#[derive(Debug, Clone)]
+enum Template {
+    Const(Value),
+    Whole(Gen),
+    Text(Vec<Part>),
+    Array(Vec<Template>),
+    Object(Vec<(String, Template)>),
+}
+
+impl Template {
+    fn compile(t: &Map<String, Value>) -> Result<Template, ConfigError> {
+        Template::compile_value(&Value::Object(t.clone()), "template")
+    }
+
+    fn compile_value(v: &Value, at: &str) -> Result<Template, ConfigError> {
+        Ok(match v {
+            Value::String(s) => {
+                let parts = split_placeholders(s)
+                    .map_err(|e| ConfigError::new(format!("generate source: {at}: '{s}': {e}")))?;
+                match parts.as_slice() {
+                    [] => Template::Const(Value::String(String::new())),
+                    [Part::Text(t)] => Template::Const(Value::String(t.clone())),
+                    [Part::Gen(g)] => Template::Whole(g.clone()),
+                    _ => Template::Text(parts),
+                }
+            }
+            Value::Array(items) => Template::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| Template::compile_value(x, &format!("{at}[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(m) => Template::Object(
+                m.iter()
+                    .map(|(k, x)| {
+                        Ok((k.clone(), Template::compile_value(x, &format!("{at}.{k}"))?))
+                    })
+                    .collect::<Result<_, ConfigError>>()?,
+            ),
+            other => Template::Const(other.clone()),
+        })
+    }
+
+    fn render(&self, seq: u64, rng: &mut SplitMix64) -> Value {
+        match self {
+            Template::Const(v) => v.clone(),
+            Template::Whole(g) => g.value(seq, rng),
+            Template::Text(parts) => {
+                let mut s = String::new();
+                for p in parts {
+                    match p {
+                        Part::Text(t) => s.push_str(t),
+                        Part::Gen(g) => match g.value(seq, rng) {
+                            Value::String(t) => s.push_str(&t),
+                            other => s.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Value::String(s)
+            }
+            Template::Array(items) => {
+                Value::Array(items.iter().map(|t| t.render(seq, rng)).collect())
+            }
+            Template::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.render(seq, rng)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Splits `s` into text and `{{...}}` placeholders.
+fn split_placeholders(s: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            parts.push(Part::Text(rest[..open].to_string()));
+        }
+        let after = &rest[open + 2..];
+        let close = after
+            .find("}}")
+            .ok_or_else(|| "unterminated placeholder: '{{' without '}}'".to_string())?;
+        parts.push(Part::Gen(Gen::parse(&after[..close])?));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_string()));
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> BuildContext {
+        BuildContext {
+            input: "gen".into(),
+            base_dir: ".".into(),
+        }
+    }
+
+    #[test]
+    fn example_builds() {
+        let cfg: GenerateSource = serde_saphyr::from_str(GenerateSource::EXAMPLE).unwrap();
+        cfg.build(&ctx()).unwrap();
+    }
+
+    #[test]
+    fn template_values() {
+        let cfg: GenerateSource = serde_saphyr::from_str(GenerateSource::EXAMPLE).unwrap();
+        let t = Template::compile(cfg.template.as_ref().unwrap()).unwrap();
+        let mut rng = SplitMix64::new(7);
+        for i in 0..200 {
+            let v = t.render(i, &mut rng);
+            assert_eq!(v["id"], Value::from(i));
+            let user = v["user"].as_str().unwrap();
+            let n: i64 = user.strip_prefix('u').unwrap().parse().unwrap();
+            assert!((0..100).contains(&n));
+            let a = v["amount"].as_f64().unwrap();
+            assert!((0.0..=500.0).contains(&a));
+            assert!(["click", "view", "buy"].contains(&v["kind"].as_str().unwrap()));
+        }
+    }
+
+    #[test]
+    fn bad_placeholders() {
+        for bad in [
+            "{{int:5..3}}",
+            "{{nope}}",
+            "x{{seq",
+            "{{float:a..b}}",
+            "{{choice:}}",
+        ] {
+            let m: Map<String, Value> =
+                serde_json::from_value(serde_json::json!({ "f": bad })).unwrap();
+            let e = Template::compile(&m).unwrap_err();
+            assert!(e.message.contains("template.f"), "{e}");
+        }
+    }
+}

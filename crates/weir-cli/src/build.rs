@@ -1,0 +1,334 @@
+//! From a checked pipeline file to a runnable weir pipeline.
+//!
+//! Every input becomes a source stage followed by a decode stage (lines are
+//! read in order, decoded in parallel; a line that does not decode is a dead
+//! letter of `<input>/decode`). Each stage entry becomes one engine stage
+//! (aggregates become three: extract, aggregate, emit). A producer read by
+//! several entries is broadcast; an entry reading several producers merges
+//! them. Every component is built here, so `weir check` finds what a run
+//! would find before it starts: jq programs that do not compile, schemas
+//! that do not load, files that do not exist.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use weir::{ErrorPolicy, Flow, Pipeline, PipelineOptions};
+use weir_connectors::processors::{Processor, ProcessorContext};
+use weir_connectors::sources::BuildContext;
+use weir_connectors::{Raw, Record};
+
+use crate::config::{OnError, PipelineFile, StageEntry};
+use crate::diag::Diagnostic;
+use crate::graph::Wiring;
+
+/// A pipeline ready to run.
+pub struct Built {
+    pub pipeline: Pipeline,
+    /// The file's `description`.
+    pub description: Option<String>,
+    /// Where dead letters are written.
+    pub dead_letter_path: std::path::PathBuf,
+}
+
+/// Decode workers per input when not set: parsing is the heavy part of
+/// reading, and this machine class has two cores.
+const DEFAULT_DECODE_WORKERS: usize = 2;
+
+pub fn build(
+    file: &PipelineFile,
+    wiring: &Wiring,
+    base_dir: &Path,
+) -> Result<Built, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let p = Pipeline::with_options(PipelineOptions {
+        batch_size: file.settings.batch_size.max(1),
+        buffer: file.settings.buffer.max(1),
+        ..Default::default()
+    });
+    // Flows waiting for their readers, by producer name.
+    let mut flows: HashMap<String, VecDeque<Flow<Record>>> = HashMap::new();
+    let offer =
+        |name: &str, flow: Flow<Record>, flows: &mut HashMap<String, VecDeque<Flow<Record>>>| {
+            let readers = wiring.readers.get(name).copied().unwrap_or(0);
+            let out: VecDeque<Flow<Record>> = if readers > 1 {
+                flow.broadcast(readers).into()
+            } else {
+                VecDeque::from([flow])
+            };
+            flows.insert(name.to_string(), out);
+        };
+
+    for input in &file.inputs {
+        let e = &input.value;
+        let name = e.name.value.as_str();
+        let ctx = BuildContext {
+            input: Arc::from(name),
+            base_dir: base_dir.to_path_buf(),
+        };
+        let count = [e.file.is_some(), e.stdin.is_some(), e.generate.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if count != 1 {
+            diags.push(Diagnostic::at(format!("input '{name}' must have exactly one of `file`, `stdin`, `generate` (found {count})"), &e.name));
+            continue;
+        }
+        let built = if let Some(c) = &e.file {
+            c.build(&ctx)
+        } else if let Some(c) = &e.stdin {
+            c.build(&ctx)
+        } else if let Some(c) = &e.generate {
+            c.build(&ctx)
+        } else {
+            unreachable!("one component is set")
+        };
+        let (source, decoder) = match built {
+            Ok(b) => b,
+            Err(err) => {
+                diags.push(err.into());
+                continue;
+            }
+        };
+        let workers = e
+            .decode_workers
+            .as_ref()
+            .map_or(DEFAULT_DECODE_WORKERS, |w| w.value);
+        if workers == 0 {
+            diags.push(Diagnostic::at(
+                "decode_workers must be at least 1",
+                e.decode_workers.as_ref().expect("set"),
+            ));
+            continue;
+        }
+        let decoder = Arc::new(decoder);
+        let flow = p
+            .source(name, source)
+            .try_map(&format!("{name}/decode"), move |raw: &Raw| {
+                decoder.decode(raw)
+            })
+            .workers(workers)
+            .on_error(ErrorPolicy::DeadLetter);
+        offer(name, flow, &mut flows);
+    }
+
+    let pctx = ProcessorContext {
+        base_dir: base_dir.to_path_buf(),
+    };
+    for &i in &wiring.stage_order {
+        let e = &file.stages[i].value;
+        let name = e.name.value.clone();
+        let Some(input) = take_inputs(&name, wiring, &mut flows) else {
+            // An upstream failed to build; its own error is reported.
+            continue;
+        };
+        match stage(e, input, &pctx) {
+            Ok(flow) => offer(&name, flow, &mut flows),
+            Err(d) => diags.extend(d),
+        }
+    }
+
+    for o in &file.outputs {
+        let e = &o.value;
+        let name = e.name.value.clone();
+        let count = [e.sqlite.is_some(), e.file.is_some(), e.stdout.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if count != 1 {
+            diags.push(Diagnostic::at(format!("output '{name}' must have exactly one of `sqlite`, `file`, `stdout` (found {count})"), &e.name));
+            continue;
+        }
+        let Some(input) = take_inputs(&name, wiring, &mut flows) else {
+            continue;
+        };
+        let policy = e
+            .on_error
+            .as_ref()
+            .map_or(ErrorPolicy::Fail, OnError::policy);
+        let ctx = BuildContext {
+            input: Arc::from(name.as_str()),
+            base_dir: base_dir.to_path_buf(),
+        };
+        let handle = if let Some(c) = &e.sqlite {
+            c.build(&ctx).map(|s| input.sink(&name, s))
+        } else if let Some(c) = &e.file {
+            c.build(&ctx).map(|s| input.sink(&name, s))
+        } else if let Some(c) = &e.stdout {
+            c.build(&ctx).map(|s| input.sink(&name, s))
+        } else {
+            unreachable!("one component is set")
+        };
+        match handle {
+            Ok(h) => {
+                h.on_error(policy);
+            }
+            Err(err) => diags.push(err.into()),
+        }
+    }
+
+    let dl_path = match &file.dead_letter {
+        Some(d) => base_dir.join(&d.path.value),
+        None => base_dir.join("dead-letters.jsonl"),
+    };
+    match weir_connectors::sinks::dead_letter::DeadLetterFile::create(&dl_path) {
+        Ok(sink) => {
+            p.dead_letter_sink(sink);
+        }
+        Err(err) => {
+            diags.push(err.into());
+            return Err(diags);
+        }
+    };
+    if diags.is_empty() {
+        Ok(Built {
+            pipeline: p,
+            description: file.description.clone(),
+            dead_letter_path: dl_path,
+        })
+    } else {
+        Err(diags)
+    }
+}
+
+/// The flows `name` reads, merged into one.
+fn take_inputs(
+    name: &str,
+    wiring: &Wiring,
+    flows: &mut HashMap<String, VecDeque<Flow<Record>>>,
+) -> Option<Flow<Record>> {
+    let mut got = Vec::new();
+    for f in wiring.from.get(name)? {
+        got.push(flows.get_mut(f)?.pop_front()?);
+    }
+    if got.len() == 1 {
+        got.pop()
+    } else {
+        Some(Flow::merge(got))
+    }
+}
+
+/// Applies a stage entry's component to its input flow.
+fn stage(
+    e: &StageEntry,
+    input: Flow<Record>,
+    ctx: &ProcessorContext,
+) -> Result<Flow<Record>, Vec<Diagnostic>> {
+    let name = e.name.value.as_str();
+    let set = [
+        e.jq.is_some(),
+        e.filter.is_some(),
+        e.validate.is_some(),
+        e.dedupe.is_some(),
+        e.aggregate.is_some(),
+        e.batch.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if set != 1 {
+        return Err(vec![Diagnostic::at(
+            format!(
+                "stage '{name}' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch` (found {set})"
+            ),
+            &e.name,
+        )]);
+    }
+    let workers = match &e.workers {
+        Some(w) if w.value == 0 => {
+            return Err(vec![Diagnostic::at("workers must be at least 1", w)]);
+        }
+        Some(w) => w.value,
+        None => 1,
+    };
+    let policy = e
+        .on_error
+        .as_ref()
+        .map_or(ErrorPolicy::DeadLetter, OnError::policy);
+    let err = |e: weir_connectors::ConfigError| vec![Diagnostic::from(e)];
+    let processor: Arc<dyn Processor> = if let Some(c) = &e.jq {
+        Arc::new(c.build(ctx).map_err(err)?)
+    } else if let Some(c) = &e.filter {
+        Arc::new(c.build(ctx).map_err(err)?)
+    } else if let Some(c) = &e.validate {
+        Arc::new(c.build(ctx).map_err(err)?)
+    } else if let Some(c) = &e.dedupe {
+        Arc::new(c.build(ctx).map_err(err)?)
+    } else if let Some(c) = &e.aggregate {
+        let agg = Arc::new(c.build(ctx).map_err(err)?);
+        let (a1, a2, a3) = (agg.clone(), agg.clone(), agg.clone());
+        let window = agg.window();
+        let extracted = input
+            .try_map(&format!("{name}/extract"), move |r: &Record| a1.extract(r))
+            .workers(workers)
+            .on_error(policy);
+        let flow = extracted
+            .aggregate(
+                name,
+                |x| x.key.clone(),
+                move |_| a2.init(),
+                move |acc, x| agg.fold(acc, x),
+                window,
+            )
+            .map(&format!("{name}/emit"), move |(key, acc)| {
+                let pos = acc.first_pos();
+                a3.finish(&key, acc, pos)
+            });
+        return Ok(flow);
+    } else if let Some(c) = &e.batch {
+        let b = Arc::new(c.build(ctx).map_err(err)?);
+        let (b1, b2, b3) = (b.clone(), b.clone(), b.clone());
+        let window = b.window();
+        let flow = input
+            .aggregate(
+                name,
+                move |r| b1.key(r),
+                move |_| b2.init(),
+                move |acc, r| b3.fold(acc, r),
+                window,
+            )
+            .map(&format!("{name}/emit"), move |(_, acc)| b.finish(acc));
+        return Ok(flow);
+    } else {
+        unreachable!("one component is set")
+    };
+    let flow = input
+        .try_flat_map(name, move |r: &Record| {
+            let mut out = Vec::new();
+            processor.process(r, &mut out).map(|()| out)
+        })
+        .workers(workers)
+        .on_error(policy);
+    Ok(if e.ordered { flow.ordered() } else { flow })
+}
+
+/// Runs a built pipeline: Ctrl-C once drains, twice aborts the process.
+pub async fn run(built: Built, live: bool) -> Result<weir::Report, weir::RunError> {
+    let Built { pipeline, .. } = built;
+    let token = pipeline.cancel_token();
+    let metrics = pipeline.metrics();
+    let signals = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupted: draining in-flight records (Ctrl-C again to abort)");
+            token.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("aborted");
+                std::process::exit(130);
+            }
+        }
+    });
+    let done = weir::CancellationToken::new();
+    let view = live.then(|| {
+        tokio::spawn(crate::progress::live(
+            metrics,
+            crate::progress::tokio_util_like::Done(done.clone()),
+        ))
+    });
+    let result = pipeline.run().await;
+    done.cancel();
+    if let Some(v) = view {
+        let _ = v.await;
+    }
+    signals.abort();
+    result
+}

@@ -1,0 +1,235 @@
+//! Every component, in one explicit list, with its documentation generated
+//! from its configuration type (the same type that parses the YAML), so the
+//! docs cannot drift from the code.
+
+use anyhow::{Result, bail};
+use schemars::{JsonSchema, Schema, schema_for};
+use serde_json::Value;
+
+use weir_connectors::processors::{aggregate, batch, dedupe, filter, jq, validate};
+use weir_connectors::sinks::{file as file_sink, sqlite, stdout};
+use weir_connectors::sources::{file, generate, stdin};
+
+/// One component: its name in pipeline files, its kind, its options' schema
+/// and a minimal example of its options.
+pub struct Component {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub schema: fn() -> Schema,
+    pub example: &'static str,
+}
+
+fn schema<T: JsonSchema>() -> Schema {
+    schema_for!(T)
+}
+
+/// The list.
+pub fn components() -> Vec<Component> {
+    vec![
+        Component {
+            name: "file",
+            kind: "source",
+            schema: schema::<file::FileSource>,
+            example: file::FileSource::EXAMPLE,
+        },
+        Component {
+            name: "stdin",
+            kind: "source",
+            schema: schema::<stdin::StdinSource>,
+            example: stdin::StdinSource::EXAMPLE,
+        },
+        Component {
+            name: "generate",
+            kind: "source",
+            schema: schema::<generate::GenerateSource>,
+            example: generate::GenerateSource::EXAMPLE,
+        },
+        Component {
+            name: "jq",
+            kind: "processor",
+            schema: schema::<jq::JqConfig>,
+            example: jq::EXAMPLE,
+        },
+        Component {
+            name: "filter",
+            kind: "processor",
+            schema: schema::<filter::FilterConfig>,
+            example: filter::EXAMPLE,
+        },
+        Component {
+            name: "validate",
+            kind: "processor",
+            schema: schema::<validate::ValidateConfig>,
+            example: validate::EXAMPLE,
+        },
+        Component {
+            name: "dedupe",
+            kind: "processor",
+            schema: schema::<dedupe::DedupeConfig>,
+            example: dedupe::EXAMPLE,
+        },
+        Component {
+            name: "aggregate",
+            kind: "processor",
+            schema: schema::<aggregate::AggregateConfig>,
+            example: aggregate::EXAMPLE,
+        },
+        Component {
+            name: "batch",
+            kind: "processor",
+            schema: schema::<batch::BatchConfig>,
+            example: batch::EXAMPLE,
+        },
+        Component {
+            name: "sqlite",
+            kind: "sink",
+            schema: schema::<sqlite::SqliteSink>,
+            example: sqlite::SqliteSink::EXAMPLE,
+        },
+        Component {
+            name: "file",
+            kind: "sink",
+            schema: schema::<file_sink::FileSink>,
+            example: file_sink::FileSink::EXAMPLE,
+        },
+        Component {
+            name: "stdout",
+            kind: "sink",
+            schema: schema::<stdout::StdoutSink>,
+            example: stdout::StdoutSink::EXAMPLE,
+        },
+    ]
+}
+
+fn summary(s: &Schema) -> String {
+    s.get("description")
+        .and_then(Value::as_str)
+        .and_then(|d| d.lines().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+pub fn list(kind: Option<&str>) -> Result<()> {
+    if let Some(k) = kind
+        && !["source", "processor", "sink"].contains(&k)
+    {
+        bail!("unknown kind '{k}': expected source, processor or sink");
+    }
+    for c in components()
+        .iter()
+        .filter(|c| kind.is_none_or(|k| k == c.kind))
+    {
+        println!("{:<10} {:<10} {}", c.kind, c.name, summary(&(c.schema)()));
+    }
+    Ok(())
+}
+
+pub fn explain(name: &str) -> Result<()> {
+    let all = components();
+    let found: Vec<&Component> = all.iter().filter(|c| c.name == name).collect();
+    if found.is_empty() {
+        let names: Vec<&str> = all.iter().map(|c| c.name).collect();
+        bail!(
+            "unknown component '{name}'; components: {}",
+            names.join(", ")
+        );
+    }
+    for c in found {
+        print!("{}", describe(c));
+    }
+    Ok(())
+}
+
+/// The text `weir explain` prints for one component.
+pub fn describe(c: &Component) -> String {
+    use std::fmt::Write as _;
+    let s = (c.schema)();
+    let mut out = String::new();
+    let _ = writeln!(out, "{} ({})", c.name, c.kind);
+    if let Some(d) = s.get("description").and_then(Value::as_str) {
+        let _ = writeln!(out, "\n{d}");
+    }
+    let required: Vec<&str> = s
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if let Some(props) = s.get("properties").and_then(Value::as_object) {
+        let _ = writeln!(out, "\noptions:");
+        for (name, p) in props {
+            let ty = type_name(p);
+            let req = if required.contains(&name.as_str()) {
+                " (required)"
+            } else {
+                ""
+            };
+            let default = p
+                .get("default")
+                .map(|d| format!(" [default: {d}]"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {name}: {ty}{req}{default}");
+            if let Some(d) = p.get("description").and_then(Value::as_str) {
+                for line in d.lines() {
+                    let _ = writeln!(out, "      {line}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "\nexample:");
+    for line in c.example.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+fn type_name(p: &Value) -> String {
+    if let Some(t) = p.get("type") {
+        return match t {
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" | "),
+            _ => "value".into(),
+        };
+    }
+    if let Some(e) = p.get("enum").and_then(Value::as_array) {
+        return e
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(" | ");
+    }
+    if let Some(r) = p.get("$ref").and_then(Value::as_str) {
+        return r.rsplit('/').next().unwrap_or("value").to_string();
+    }
+    if p.get("anyOf").is_some() || p.get("oneOf").is_some() {
+        return "one of several forms".into();
+    }
+    "value".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_component_documents_every_option_and_its_example_parses() {
+        for c in components() {
+            let s = (c.schema)();
+            assert!(!summary(&s).is_empty(), "{} has no description", c.name);
+            if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                for (name, p) in props {
+                    assert!(
+                        p.get("description").is_some(),
+                        "{}.{name} has no doc",
+                        c.name
+                    );
+                }
+            }
+            let text = describe(&c);
+            assert!(text.contains("example:"));
+        }
+    }
+}
