@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use weir::{ErrorPolicy, Flow, Pipeline, PipelineOptions};
+use weir_connectors::checkpoint::Checkpoint;
 use weir_connectors::processors::{Processor, ProcessorContext};
 use weir_connectors::sources::BuildContext;
 use weir_connectors::{Raw, Record};
@@ -29,18 +30,105 @@ pub struct Built {
     pub description: Option<String>,
     /// Where dead letters are written.
     pub dead_letter_path: std::path::PathBuf,
+    /// Progress of the file inputs, when kept.
+    pub checkpoint: Option<Arc<Checkpoint>>,
+}
+
+/// Opens the checkpoint for a run, refusing `--resume` where resuming could
+/// lose or duplicate output.
+fn open_checkpoint(
+    file: &PipelineFile,
+    pipeline_path: &Path,
+    base_dir: &Path,
+    mode: &Mode,
+) -> Result<(Option<Arc<Checkpoint>>, bool), Vec<Diagnostic>> {
+    let Mode::Run {
+        resume,
+        checkpoint,
+        state_dir,
+    } = mode
+    else {
+        return Ok((None, false));
+    };
+    let mut diags = Vec::new();
+    if *resume {
+        for i in &file.inputs {
+            if i.value.file.is_none() {
+                diags.push(Diagnostic::at(
+                    format!(
+                        "--resume: input '{}' is not a file input; only file inputs can be resumed",
+                        i.value.name.value
+                    ),
+                    &i.value.name,
+                ));
+            }
+        }
+        for o in &file.outputs {
+            if o.value.file.is_some() {
+                diags.push(Diagnostic::at(
+                    format!("--resume: output '{}' writes a file from the start, which would lose what the first run wrote; resume works with sqlite outputs", o.value.name.value),
+                    &o.value.name,
+                ));
+            }
+            if let Some(s) = &o.value.sqlite
+                && s.key.is_empty()
+            {
+                eprintln!(
+                    "warning: --resume: output '{}' has no `key`; rows written after the last checkpoint may be written twice",
+                    o.value.name.value
+                );
+            }
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let has_files = file.inputs.iter().any(|i| i.value.file.is_some());
+    if !checkpoint || !has_files {
+        return Ok((None, *resume));
+    }
+    let dir = state_dir.clone().unwrap_or_else(|| base_dir.join(".weir"));
+    let key = std::fs::canonicalize(pipeline_path)
+        .unwrap_or_else(|_| pipeline_path.to_path_buf())
+        .display()
+        .to_string();
+    match Checkpoint::open(&dir.join("checkpoints.db"), &key, *resume) {
+        Ok(cp) => Ok((Some(cp), *resume)),
+        Err(e) => Err(vec![e.into()]),
+    }
 }
 
 /// Decode workers per input when not set: parsing is the heavy part of
 /// reading, and this machine class has two cores.
 const DEFAULT_DECODE_WORKERS: usize = 2;
 
+/// What the pipeline is built for.
+pub enum Mode {
+    /// `weir check`: build every component, keep no state.
+    Check,
+    /// `weir run`.
+    Run {
+        /// Skip what an earlier run finished.
+        resume: bool,
+        /// Record progress so that this run can be resumed.
+        checkpoint: bool,
+        /// Where the checkpoint database lives.
+        state_dir: Option<std::path::PathBuf>,
+    },
+}
+
 pub fn build(
     file: &PipelineFile,
     wiring: &Wiring,
+    pipeline_path: &Path,
     base_dir: &Path,
+    mode: Mode,
 ) -> Result<Built, Vec<Diagnostic>> {
     let mut diags = Vec::new();
+    let (checkpoint, resume) = match open_checkpoint(file, pipeline_path, base_dir, &mode) {
+        Ok(c) => c,
+        Err(d) => return Err(d),
+    };
     let p = Pipeline::with_options(PipelineOptions {
         batch_size: file.settings.batch_size.max(1),
         buffer: file.settings.buffer.max(1),
@@ -75,7 +163,10 @@ pub fn build(
             continue;
         }
         let built = if let Some(c) = &e.file {
-            c.build(&ctx)
+            match &checkpoint {
+                Some(cp) => c.build_resumable(&ctx, cp.clone()),
+                None => c.build(&ctx),
+            }
         } else if let Some(c) = &e.stdin {
             c.build(&ctx)
         } else if let Some(c) = &e.generate {
@@ -171,7 +262,12 @@ pub fn build(
         Some(d) => base_dir.join(&d.path.value),
         None => base_dir.join("dead-letters.jsonl"),
     };
-    match weir_connectors::sinks::dead_letter::DeadLetterFile::create(&dl_path) {
+    let dead_letter_file = if resume {
+        weir_connectors::sinks::dead_letter::DeadLetterFile::append(&dl_path)
+    } else {
+        weir_connectors::sinks::dead_letter::DeadLetterFile::create(&dl_path)
+    };
+    match dead_letter_file {
         Ok(sink) => {
             p.dead_letter_sink(sink);
         }
@@ -185,6 +281,7 @@ pub fn build(
             pipeline: p,
             description: file.description.clone(),
             dead_letter_path: dl_path,
+            checkpoint,
         })
     } else {
         Err(diags)
@@ -304,7 +401,11 @@ fn stage(
 
 /// Runs a built pipeline: Ctrl-C once drains, twice aborts the process.
 pub async fn run(built: Built, live: bool) -> Result<weir::Report, weir::RunError> {
-    let Built { pipeline, .. } = built;
+    let Built {
+        pipeline,
+        checkpoint,
+        ..
+    } = built;
     let token = pipeline.cancel_token();
     let metrics = pipeline.metrics();
     let signals = tokio::spawn(async move {
@@ -330,5 +431,12 @@ pub async fn run(built: Built, live: bool) -> Result<weir::Report, weir::RunErro
         let _ = v.await;
     }
     signals.abort();
+    // Whatever happened, record how far the inputs got: a failed or
+    // interrupted run can be resumed from there.
+    if let Some(cp) = checkpoint
+        && let Err(e) = cp.save()
+    {
+        eprintln!("warning: could not save the checkpoint: {e}");
+    }
     result
 }

@@ -49,6 +49,16 @@ enum Command {
         /// Never draw the live view (it is off anyway when stderr is not a terminal).
         #[arg(long)]
         quiet: bool,
+        /// Resume a run that was stopped or killed: skip the input lines it
+        /// had finished (see README, "Resume").
+        #[arg(long)]
+        resume: bool,
+        /// Keep no checkpoint (slightly faster; such a run cannot be resumed).
+        #[arg(long, conflicts_with = "resume")]
+        no_checkpoint: bool,
+        /// Where checkpoints are kept (default: `.weir/` beside the pipeline file).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Check a pipeline file without running it: reports every problem with its line and column.
     Check {
@@ -100,7 +110,17 @@ fn main() -> ExitCode {
             pipeline,
             report,
             quiet,
-        } => run(&pipeline, report, quiet),
+            resume,
+            no_checkpoint,
+            state_dir,
+        } => {
+            let mode = build::Mode::Run {
+                resume,
+                checkpoint: !no_checkpoint,
+                state_dir,
+            };
+            run(&pipeline, report, quiet, mode)
+        }
         Command::Check { pipeline } => check(&pipeline),
         Command::List { kind } => registry::list(kind.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Explain { component } => registry::explain(&component).map(|()| ExitCode::SUCCESS),
@@ -116,7 +136,7 @@ fn main() -> ExitCode {
 }
 
 /// Reads and checks a pipeline file: `Err` carries the rendered diagnostics.
-fn load(path: &Path) -> Result<std::result::Result<build::Built, String>> {
+fn load(path: &Path, mode: build::Mode) -> Result<std::result::Result<build::Built, String>> {
     let source =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
@@ -129,12 +149,12 @@ fn load(path: &Path) -> Result<std::result::Result<build::Built, String>> {
         Ok(w) => w,
         Err(diags) => return Ok(Err(diag::render(&name, &source, &diags))),
     };
-    Ok(build::build(&file, &wiring, &base_dir)
+    Ok(build::build(&file, &wiring, path, &base_dir, mode)
         .map_err(|diags| diag::render(&name, &source, &diags)))
 }
 
 fn check(path: &Path) -> Result<ExitCode> {
-    match load(path)? {
+    match load(path, build::Mode::Check)? {
         Ok(built) => {
             match &built.description {
                 Some(d) => println!("{}: ok ({d})", path.display()),
@@ -149,8 +169,13 @@ fn check(path: &Path) -> Result<ExitCode> {
     }
 }
 
-fn run(path: &Path, format: Option<ReportFormat>, quiet: bool) -> Result<ExitCode> {
-    let built = match load(path)? {
+fn run(
+    path: &Path,
+    format: Option<ReportFormat>,
+    quiet: bool,
+    mode: build::Mode,
+) -> Result<ExitCode> {
+    let built = match load(path, mode)? {
         Ok(b) => b,
         Err(text) => {
             eprintln!("{text}");

@@ -19,6 +19,7 @@
 //! field has a `///` doc, unknown keys are rejected, and `weir explain`
 //! prints the JSON schema derived from it.
 
+pub mod checkpoint;
 pub mod error;
 pub mod processors;
 pub mod record;

@@ -80,8 +80,8 @@ pub use runtime::DEAD_LETTER_STAGE;
 pub use scatter::{Branch, BranchError, Gather, branch};
 pub use sink::{Collect, Fold, ForEach, Sink, collect, fold, for_each};
 pub use source::{
-    Source, from_acked_iter, from_acked_stream, from_iter, from_stream, from_try_iter,
-    from_try_stream,
+    Source, from_acked_iter, from_acked_stream, from_iter, from_stream, from_try_acked_iter,
+    from_try_iter, from_try_stream,
 };
 pub use stage::{DEFAULT_BATCH_SIZE, DEFAULT_BUFFER, ErrorPolicy, PipelineOptions, Retry};
 pub use tokio_util::sync::CancellationToken;

@@ -81,6 +81,24 @@ where
     }))
 }
 
+/// A source over an iterator of results of items with their acks: what a
+/// checkpointing file reader yields (an `Err` fails the pipeline).
+pub fn from_try_acked_iter<I, T, E>(iter: I) -> Source<T>
+where
+    I: IntoIterator<Item = Result<(T, Ack), E>> + Send + 'static,
+    I::IntoIter: Send,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    iter_source(iter.into_iter().map(|r| {
+        r.map(|(value, ack)| Envelope {
+            value,
+            ack: Some(ack),
+        })
+        .map_err(Into::into)
+    }))
+}
+
 /// A source over a stream. Items that are ready go out together; the engine
 /// never waits to fill a batch, so a slow stream is not delayed.
 pub fn from_stream<S>(stream: S) -> Source<S::Item>

@@ -77,6 +77,35 @@ impl DeadLetterFile {
         DeadLetterFile::open(path, &path.display().to_string()).map_err(ConfigError::new)
     }
 
+    /// Opens the file at `path` for appending (creating it and its parent
+    /// directories): a resumed run keeps the dead letters of the run it
+    /// resumes.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] (without location) when the file cannot be opened.
+    pub fn append(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let full = path.as_ref();
+        let shown = full.display().to_string();
+        if let Some(dir) = full.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ConfigError::new(format!(
+                    "dead-letter file: cannot create directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(full)
+            .map_err(|e| ConfigError::new(format!("dead-letter file: cannot open {shown}: {e}")))?;
+        Ok(DeadLetterFile {
+            shown,
+            out: BufWriter::with_capacity(64 * 1024, file),
+            written: 0,
+        })
+    }
+
     fn open(full: &Path, shown: &str) -> Result<Self, String> {
         let file = create(full, shown).map_err(|m| format!("dead-letter file: {m}"))?;
         Ok(DeadLetterFile {

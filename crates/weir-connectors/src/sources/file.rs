@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
+use crate::checkpoint::Checkpoint;
 use crate::error::ConfigError;
 use crate::record::Position;
 use crate::sources::decode::{ColumnType, Decoder, Format};
@@ -110,6 +111,65 @@ impl FileSource {
         };
         let decoder = Decoder::new(format, self.columns.clone());
         Ok((weir::from_try_iter(reader), decoder))
+    }
+
+    /// Like [`build`](Self::build), with progress kept in `checkpoint`: each
+    /// line carries an ack that marks it done once its records are committed,
+    /// and lines an earlier run finished are skipped (`weir run --resume`).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_resumable(
+        &self,
+        ctx: &BuildContext,
+        checkpoint: Arc<Checkpoint>,
+    ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        let (_, decoder) = self.build(ctx)?;
+        let reader = self.reader(ctx)?;
+        let input = ctx.input.clone();
+        // The resume point of the file being read, looked up once per file.
+        let mut current: Option<(Arc<str>, u64)> = None;
+        let items = reader.filter_map(move |item| match item {
+            Err(e) => Some(Err(e)),
+            Ok(raw) => {
+                let pos = raw.pos().clone();
+                let file = pos.file.clone().unwrap_or_else(|| Arc::from(""));
+                let skip_to = match &current {
+                    Some((f, n)) if Arc::ptr_eq(f, &file) => *n,
+                    _ => {
+                        let n = checkpoint.resume_after(&input, &file);
+                        current = Some((file.clone(), n));
+                        n
+                    }
+                };
+                if pos.line <= skip_to {
+                    return None;
+                }
+                let ack = checkpoint.emit(&input, &file, pos.line);
+                Some(Ok((raw, ack)))
+            }
+        });
+        Ok((weir::from_try_acked_iter(items), decoder))
+    }
+
+    /// The line reader over the resolved files.
+    fn reader(&self, ctx: &BuildContext) -> Result<FileReader, ConfigError> {
+        let files = resolve(&self.path, &ctx.base_dir)?;
+        let format = match self.format {
+            Some(f) => f,
+            None => infer_format(&files, &self.path)?,
+        };
+        let delimiter = match self.delimiter {
+            Some(c) if c.is_ascii() => c as u8,
+            _ => b',',
+        };
+        Ok(FileReader {
+            input: ctx.input.clone(),
+            format,
+            delimiter,
+            files: files.into(),
+            current: None,
+        })
     }
 }
 
