@@ -241,6 +241,21 @@ pub fn build(
             input: Arc::from(name.as_str()),
             base_dir: base_dir.to_path_buf(),
         };
+        if matches!(mode, Mode::Check) {
+            // Check the options; create nothing (a check must not truncate
+            // an output file or create a database).
+            let checked = if let Some(c) = &e.sqlite {
+                c.check()
+            } else if let Some(c) = &e.file {
+                c.check().map(|_| ())
+            } else {
+                Ok(())
+            };
+            if let Err(err) = checked {
+                diags.push(err.into());
+            }
+            continue;
+        }
         let handle = if let Some(c) = &e.sqlite {
             c.build(&ctx).map(|s| input.sink(&name, s))
         } else if let Some(c) = &e.file {
@@ -262,6 +277,18 @@ pub fn build(
         Some(d) => base_dir.join(&d.path.value),
         None => base_dir.join("dead-letters.jsonl"),
     };
+    if matches!(mode, Mode::Check) {
+        return if diags.is_empty() {
+            Ok(Built {
+                pipeline: p,
+                description: file.description.clone(),
+                dead_letter_path: dl_path,
+                checkpoint: None,
+            })
+        } else {
+            Err(diags)
+        };
+    }
     let dead_letter_file = if resume {
         weir_connectors::sinks::dead_letter::DeadLetterFile::append(&dl_path)
     } else {

@@ -56,12 +56,12 @@ impl FileSink {
     /// A minimal configuration.
     pub const EXAMPLE: &str = "path: out/orders.csv\nformat: csv\ncolumns: [id, user, amount]\n";
 
-    /// Creates (truncates) the file; returns the sink.
+    /// Checks the options without touching the file (`weir check`);
+    /// returns the format.
     ///
     /// # Errors
-    /// A [`ConfigError`] at `path` when the file cannot be created, or
-    /// when `columns` is set for jsonl or `path` ends in `.gz`.
-    pub fn build(&self, ctx: &BuildContext) -> Result<FileWriter, ConfigError> {
+    /// As [`build`](Self::build), except for opening the file.
+    pub fn check(&self) -> Result<SinkFormat, ConfigError> {
         let given = self.path.value.as_str();
         if given.is_empty() {
             return Err(ConfigError::at("file sink: path is empty", &self.path));
@@ -84,6 +84,17 @@ impl FileSink {
                 "file sink: 'columns' applies to csv only, the format is jsonl",
             ));
         }
+        Ok(format)
+    }
+
+    /// Creates (truncates) the file; returns the sink.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] at `path` when the file cannot be created, or
+    /// when `columns` is set for jsonl or `path` ends in `.gz`.
+    pub fn build(&self, ctx: &BuildContext) -> Result<FileWriter, ConfigError> {
+        let format = self.check()?;
+        let given = self.path.value.as_str();
         let file = create(&ctx.base_dir.join(given), given)
             .map_err(|msg| ConfigError::at(format!("file sink: {msg}"), &self.path))?;
         Ok(FileWriter {

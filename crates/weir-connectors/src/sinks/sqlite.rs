@@ -176,7 +176,11 @@ impl SqliteSink {
         sql
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Checks the options without opening the database (`weir check`).
+    ///
+    /// # Errors
+    /// An empty table name, a key that is not a column, and the like.
+    pub fn check(&self) -> Result<(), ConfigError> {
         if self.table.is_empty() {
             return Err(ConfigError::new("sqlite sink: 'table' is empty"));
         }
