@@ -125,10 +125,7 @@ pub fn build(
     mode: Mode,
 ) -> Result<Built, Vec<Diagnostic>> {
     let mut diags = Vec::new();
-    let (checkpoint, resume) = match open_checkpoint(file, pipeline_path, base_dir, &mode) {
-        Ok(c) => c,
-        Err(d) => return Err(d),
-    };
+    let (checkpoint, resume) = open_checkpoint(file, pipeline_path, base_dir, &mode)?;
     let p = Pipeline::with_options(PipelineOptions {
         batch_size: file.settings.batch_size.max(1),
         buffer: file.settings.buffer.max(1),
@@ -177,7 +174,7 @@ pub fn build(
         let (source, decoder) = match built {
             Ok(b) => b,
             Err(err) => {
-                diags.push(err.into());
+                diags.push(located(err, &e.name));
                 continue;
             }
         };
@@ -209,13 +206,14 @@ pub fn build(
     for &i in &wiring.stage_order {
         let e = &file.stages[i].value;
         let name = e.name.value.clone();
-        let Some(input) = take_inputs(&name, wiring, &mut flows) else {
+        let input = take_inputs(&name, wiring, &mut flows);
+        match (component(e, &pctx), input) {
+            (Ok((c, workers)), Some(input)) => {
+                offer(&name, attach(e, c, workers, input), &mut flows)
+            }
+            (Err(d), _) => diags.extend(d),
             // An upstream failed to build; its own error is reported.
-            continue;
-        };
-        match stage(e, input, &pctx) {
-            Ok(flow) => offer(&name, flow, &mut flows),
-            Err(d) => diags.extend(d),
+            (Ok(_), None) => {}
         }
     }
 
@@ -230,9 +228,7 @@ pub fn build(
             diags.push(Diagnostic::at(format!("output '{name}' must have exactly one of `sqlite`, `file`, `stdout` (found {count})"), &e.name));
             continue;
         }
-        let Some(input) = take_inputs(&name, wiring, &mut flows) else {
-            continue;
-        };
+        let input = take_inputs(&name, wiring, &mut flows);
         let policy = e
             .on_error
             .as_ref()
@@ -241,9 +237,9 @@ pub fn build(
             input: Arc::from(name.as_str()),
             base_dir: base_dir.to_path_buf(),
         };
-        if matches!(mode, Mode::Check) {
-            // Check the options; create nothing (a check must not truncate
-            // an output file or create a database).
+        let Some(input) = input.filter(|_| !matches!(mode, Mode::Check)) else {
+            // Checking (or an upstream failed): check the options, create
+            // nothing (a check must not truncate an output file).
             let checked = if let Some(c) = &e.sqlite {
                 c.check()
             } else if let Some(c) = &e.file {
@@ -252,10 +248,10 @@ pub fn build(
                 Ok(())
             };
             if let Err(err) = checked {
-                diags.push(err.into());
+                diags.push(located(err, &e.name));
             }
             continue;
-        }
+        };
         let handle = if let Some(c) = &e.sqlite {
             c.build(&ctx).map(|s| input.sink(&name, s))
         } else if let Some(c) = &e.file {
@@ -269,7 +265,7 @@ pub fn build(
             Ok(h) => {
                 h.on_error(policy);
             }
-            Err(err) => diags.push(err.into()),
+            Err(err) => diags.push(located(err, &e.name)),
         }
     }
 
@@ -332,12 +328,27 @@ fn take_inputs(
     }
 }
 
-/// Applies a stage entry's component to its input flow.
-fn stage(
+/// A stage entry's component, built (compiled, loaded, checked).
+enum Component {
+    Processor(Arc<dyn Processor>),
+    Aggregate(Arc<weir_connectors::processors::aggregate::Aggregator>),
+    Batch(Arc<weir_connectors::processors::batch::Batcher>),
+}
+
+/// A component's error, at its own YAML location or else at the entry's name.
+fn located(e: weir_connectors::ConfigError, entry: &serde_saphyr::Spanned<String>) -> Diagnostic {
+    match e.at {
+        Some(_) => Diagnostic::from(e),
+        None => Diagnostic::at(format!("'{}': {}", entry.value, e.message), entry),
+    }
+}
+
+/// Builds a stage entry's component (whether or not its input could be
+/// built, so that every error is reported).
+fn component(
     e: &StageEntry,
-    input: Flow<Record>,
     ctx: &ProcessorContext,
-) -> Result<Flow<Record>, Vec<Diagnostic>> {
+) -> Result<(Component, usize), Vec<Diagnostic>> {
     let name = e.name.value.as_str();
     let set = [
         e.jq.is_some(),
@@ -365,65 +376,81 @@ fn stage(
         Some(w) => w.value,
         None => 1,
     };
+    let err = |err: weir_connectors::ConfigError| vec![located(err, &e.name)];
+    let component = if let Some(c) = &e.jq {
+        Component::Processor(Arc::new(c.build(ctx).map_err(err)?))
+    } else if let Some(c) = &e.filter {
+        Component::Processor(Arc::new(c.build(ctx).map_err(err)?))
+    } else if let Some(c) = &e.validate {
+        Component::Processor(Arc::new(c.build(ctx).map_err(err)?))
+    } else if let Some(c) = &e.dedupe {
+        Component::Processor(Arc::new(c.build(ctx).map_err(err)?))
+    } else if let Some(c) = &e.aggregate {
+        Component::Aggregate(Arc::new(c.build(ctx).map_err(err)?))
+    } else if let Some(c) = &e.batch {
+        Component::Batch(Arc::new(c.build(ctx).map_err(err)?))
+    } else {
+        unreachable!("one component is set")
+    };
+    Ok((component, workers))
+}
+
+/// Applies a built component to its input flow.
+fn attach(
+    e: &StageEntry,
+    component: Component,
+    workers: usize,
+    input: Flow<Record>,
+) -> Flow<Record> {
+    let name = e.name.value.as_str();
     let policy = e
         .on_error
         .as_ref()
         .map_or(ErrorPolicy::DeadLetter, OnError::policy);
-    let err = |e: weir_connectors::ConfigError| vec![Diagnostic::from(e)];
-    let processor: Arc<dyn Processor> = if let Some(c) = &e.jq {
-        Arc::new(c.build(ctx).map_err(err)?)
-    } else if let Some(c) = &e.filter {
-        Arc::new(c.build(ctx).map_err(err)?)
-    } else if let Some(c) = &e.validate {
-        Arc::new(c.build(ctx).map_err(err)?)
-    } else if let Some(c) = &e.dedupe {
-        Arc::new(c.build(ctx).map_err(err)?)
-    } else if let Some(c) = &e.aggregate {
-        let agg = Arc::new(c.build(ctx).map_err(err)?);
-        let (a1, a2, a3) = (agg.clone(), agg.clone(), agg.clone());
-        let window = agg.window();
-        let extracted = input
-            .try_map(&format!("{name}/extract"), move |r: &Record| a1.extract(r))
-            .workers(workers)
-            .on_error(policy);
-        let flow = extracted
-            .aggregate(
-                name,
-                |x| x.key.clone(),
-                move |_| a2.init(),
-                move |acc, x| agg.fold(acc, x),
-                window,
-            )
-            .map(&format!("{name}/emit"), move |(key, acc)| {
-                let pos = acc.first_pos();
-                a3.finish(&key, acc, pos)
-            });
-        return Ok(flow);
-    } else if let Some(c) = &e.batch {
-        let b = Arc::new(c.build(ctx).map_err(err)?);
-        let (b1, b2, b3) = (b.clone(), b.clone(), b.clone());
-        let window = b.window();
-        let flow = input
-            .aggregate(
-                name,
-                move |r| b1.key(r),
-                move |_| b2.init(),
-                move |acc, r| b3.fold(acc, r),
-                window,
-            )
-            .map(&format!("{name}/emit"), move |(_, acc)| b.finish(acc));
-        return Ok(flow);
-    } else {
-        unreachable!("one component is set")
-    };
-    let flow = input
-        .try_flat_map(name, move |r: &Record| {
-            let mut out = Vec::new();
-            processor.process(r, &mut out).map(|()| out)
-        })
-        .workers(workers)
-        .on_error(policy);
-    Ok(if e.ordered { flow.ordered() } else { flow })
+    match component {
+        Component::Processor(processor) => {
+            let flow = input
+                .try_flat_map(name, move |r: &Record| {
+                    let mut out = Vec::new();
+                    processor.process(r, &mut out).map(|()| out)
+                })
+                .workers(workers)
+                .on_error(policy);
+            if e.ordered { flow.ordered() } else { flow }
+        }
+        Component::Aggregate(agg) => {
+            let (a1, a2, a3) = (agg.clone(), agg.clone(), agg.clone());
+            let window = agg.window();
+            input
+                .try_map(&format!("{name}/extract"), move |r: &Record| a1.extract(r))
+                .workers(workers)
+                .on_error(policy)
+                .aggregate(
+                    name,
+                    |x| x.key.clone(),
+                    move |_| a2.init(),
+                    move |acc, x| agg.fold(acc, x),
+                    window,
+                )
+                .map(&format!("{name}/emit"), move |(key, acc)| {
+                    let pos = acc.first_pos();
+                    a3.finish(&key, acc, pos)
+                })
+        }
+        Component::Batch(b) => {
+            let (b1, b2, b3) = (b.clone(), b.clone(), b.clone());
+            let window = b.window();
+            input
+                .aggregate(
+                    name,
+                    move |r| b1.key(r),
+                    move |_| b2.init(),
+                    move |acc, r| b3.fold(acc, r),
+                    window,
+                )
+                .map(&format!("{name}/emit"), move |(_, acc)| b.finish(acc))
+        }
+    }
 }
 
 /// Runs a built pipeline: Ctrl-C once drains, twice aborts the process.

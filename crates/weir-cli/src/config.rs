@@ -58,11 +58,35 @@ pub struct PipelineFile {
 }
 
 /// `from: a` or `from: [a, b]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum From {
     One(String),
     Many(Vec<String>),
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose error ("data did not
+/// match any variant of untagged enum From") names a Rust type.
+impl<'de> Deserialize<'de> for From {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = From;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<From, E> {
+                Ok(From::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<From, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = seq.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(From::Many(names))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl From {
@@ -74,9 +98,9 @@ impl From {
     }
 }
 
-/// What a stage does with a record its component rejects.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// What a stage does with a record its component rejects: `dead_letter`,
+/// `fail`, or `{retry: {attempts: N, initial_ms: M}}`.
+#[derive(Debug, Clone)]
 pub enum OnError {
     /// Send it to the dead-letter output (the default).
     DeadLetter,
@@ -87,9 +111,78 @@ pub enum OnError {
         /// Attempts in all.
         attempts: u32,
         /// First delay in milliseconds (default 10).
-        #[serde(default = "default_initial_ms")]
         initial_ms: u64,
     },
+}
+
+/// The options of `retry`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryOptions {
+    attempts: u32,
+    #[serde(default = "default_initial_ms")]
+    initial_ms: u64,
+}
+
+/// A custom error rather than `unknown_variant`, which the parser places
+/// at the key instead of the value.
+fn unknown_policy(name: &str) -> String {
+    format!("unknown policy `{name}`, expected dead_letter, fail or {{retry: {{attempts: N}}}}")
+}
+
+/// By hand rather than derived: the derived form reports `on_error: retry`
+/// (options missing) as "expected mapping start" at the next line.
+impl<'de> Deserialize<'de> for OnError {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OnError;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("dead_letter, fail or {retry: {attempts: N}}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OnError, E> {
+                match v {
+                    "dead_letter" => Ok(OnError::DeadLetter),
+                    "fail" => Ok(OnError::Fail),
+                    "retry" => Err(E::custom(
+                        "`retry` needs its number of attempts: `on_error: {retry: {attempts: 3}}`",
+                    )),
+                    other => Err(E::custom(unknown_policy(other))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OnError, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom(
+                        "expected dead_letter, fail or {retry: {attempts: N}}",
+                    ));
+                };
+                let policy = match key.as_str() {
+                    "retry" => {
+                        let o: RetryOptions = map.next_value()?;
+                        OnError::Retry {
+                            attempts: o.attempts,
+                            initial_ms: o.initial_ms,
+                        }
+                    }
+                    "dead_letter" | "fail" => {
+                        return Err(A::Error::custom(format!(
+                            "`{key}` takes no options: write `on_error: {key}`"
+                        )));
+                    }
+                    other => return Err(A::Error::custom(unknown_policy(other))),
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom("on_error takes one policy"));
+                }
+                Ok(policy)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn default_initial_ms() -> u64 {
@@ -241,12 +334,54 @@ pub fn parse(source: &str) -> Result<PipelineFile, Diagnostic> {
             max_total_scalar_bytes: 16 << 20,
         },
         alias_limits: serde_saphyr::alias_limits! { max_total_replayed_events: 100_000 },
+        // YAML 1.2 booleans only: with YAML 1.1's `y`, `n`, `yes`, `no`,
+        // `on` and `off`, `required: [id, n]` in an inline schema would hold
+        // `false`.
+        strict_booleans: true,
         with_snippet: false,
     };
     serde_saphyr::from_str_with_options::<PipelineFile>(source, options).map_err(|e| {
         let at = e.location().map(|l| (l.line(), l.column()));
-        Diagnostic::new(strip_location(&e.to_string()), at)
+        let message = match &e {
+            serde_saphyr::Error::InvalidScalar { ty, .. } => invalid_scalar(source, at, ty),
+            serde_saphyr::Error::InvalidBooleanStrict { .. } => invalid_scalar(source, at, "bool"),
+            _ => None,
+        };
+        Diagnostic::new(
+            message.unwrap_or_else(|| strip_location(&e.to_string())),
+            at,
+        )
     })
+}
+
+/// "invalid value `many`: expected a whole number" for the parser's terse
+/// "invalid u64", quoting the scalar at `at`.
+fn invalid_scalar(source: &str, at: Option<(u64, u64)>, ty: &str) -> Option<String> {
+    let expected = match ty {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "bool" => "true or false",
+        "char" => "one character",
+        _ => return None,
+    };
+    let (line, col) = at?;
+    let text = source
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let rest: String = text
+        .chars()
+        .skip(usize::try_from(col).ok()?.saturating_sub(1))
+        .collect();
+    let value = match rest.chars().next() {
+        Some(q @ ('\'' | '"')) => rest[1..].split(q).next().unwrap_or(""),
+        _ => rest
+            .split([',', '}', ']', '#'])
+            .next()
+            .unwrap_or("")
+            .trim_end(),
+    };
+    Some(format!("invalid value `{value}`: expected {expected}"))
 }
 
 /// The parser appends " at line L, column C" to its messages; the

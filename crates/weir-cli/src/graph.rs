@@ -107,27 +107,29 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
             }
         }
     };
+    // What each stage and output reads, by position in the file: with a
+    // name used twice, a map by name would mix the two entries up.
     let mut previous: Option<String> = None;
+    let mut stage_from: Vec<Vec<String>> = Vec::with_capacity(file.stages.len());
     for s in &file.stages {
         let name = s.value.name.value.clone();
         let default = previous
             .clone()
             .map(|p| vec![p])
             .unwrap_or_else(|| inputs.clone());
-        let from = refs(&name, &s.value.from, default, &mut diags);
-        w.from.insert(name.clone(), from);
+        stage_from.push(refs(&name, &s.value.from, default, &mut diags));
         previous = Some(name);
     }
+    let mut output_from: Vec<Vec<String>> = Vec::with_capacity(file.outputs.len());
     for o in &file.outputs {
         let name = o.value.name.value.clone();
         let default = previous
             .clone()
             .map(|p| vec![p])
             .unwrap_or_else(|| inputs.clone());
-        let from = refs(&name, &o.value.from, default, &mut diags);
-        w.from.insert(name, from);
+        output_from.push(refs(&name, &o.value.from, default, &mut diags));
     }
-    for from in w.from.values() {
+    for from in stage_from.iter().chain(&output_from) {
         for f in from {
             *w.readers.entry(f.clone()).or_default() += 1;
         }
@@ -157,61 +159,97 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
         }
     }
 
-    // Order stages so each comes after its upstream stages (Kahn); what is
-    // left over is on a cycle.
-    let index: HashMap<&str, usize> = file
-        .stages
+    // Order stages so each comes after its upstream stages (Kahn). A name
+    // refers to the first stage of that name (a second one is reported
+    // above). A self-reference is reported above too, so it is left out.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in file.stages.iter().enumerate() {
+        index.entry(s.value.name.value.as_str()).or_insert(i);
+    }
+    let upstream: Vec<Vec<usize>> = stage_from
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.value.name.value.as_str(), i))
-        .collect();
-    let mut pending: Vec<usize> = file
-        .stages
-        .iter()
-        .map(|s| {
-            w.from.get(&s.value.name.value).map_or(0, |f| {
-                f.iter().filter(|n| index.contains_key(n.as_str())).count()
-            })
+        .map(|(i, from)| {
+            let mut up: Vec<usize> = from
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .filter(|&j| j != i)
+                .collect();
+            up.sort_unstable();
+            up.dedup();
+            up
         })
         .collect();
+    let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); file.stages.len()];
+    for (i, up) in upstream.iter().enumerate() {
+        for &j in up {
+            downstream[j].push(i);
+        }
+    }
+    let mut pending: Vec<usize> = upstream.iter().map(Vec::len).collect();
     let mut ready: VecDeque<usize> = (0..file.stages.len())
         .filter(|&i| pending[i] == 0)
         .collect();
     while let Some(i) = ready.pop_front() {
         w.stage_order.push(i);
-        let name = &file.stages[i].value.name.value;
-        for (j, s) in file.stages.iter().enumerate() {
-            if w.from
-                .get(&s.value.name.value)
-                .is_some_and(|f| f.contains(name))
-            {
-                pending[j] -= 1;
-                if pending[j] == 0 {
-                    ready.push_back(j);
-                }
+        for &j in &downstream[i] {
+            pending[j] -= 1;
+            if pending[j] == 0 {
+                ready.push_back(j);
             }
         }
     }
+    // What is left is on a cycle or downstream of one: report each cycle
+    // (a strongly connected group of two or more stages) once, naming only
+    // its stages.
     if w.stage_order.len() < file.stages.len() {
         let placed: HashSet<usize> = w.stage_order.iter().copied().collect();
-        let cycle: Vec<&str> = (0..file.stages.len())
+        let left: Vec<usize> = (0..file.stages.len())
             .filter(|i| !placed.contains(i))
-            .map(|i| file.stages[i].value.name.value.as_str())
             .collect();
-        let first = (0..file.stages.len())
-            .find(|i| !placed.contains(i))
-            .expect("a stage is left");
-        diags.push(Diagnostic::at(
-            format!(
-                "stages {} read from each other in a cycle",
-                cycle
-                    .iter()
-                    .map(|c| format!("'{c}'"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            &file.stages[first].value.name,
-        ));
+        let reach = |from: usize, edges: &[Vec<usize>]| -> HashSet<usize> {
+            let mut seen = HashSet::from([from]);
+            let mut todo = vec![from];
+            while let Some(k) = todo.pop() {
+                for &n in &edges[k] {
+                    if !placed.contains(&n) && seen.insert(n) {
+                        todo.push(n);
+                    }
+                }
+            }
+            seen
+        };
+        let mut reported: HashSet<usize> = HashSet::new();
+        for &i in &left {
+            if reported.contains(&i) {
+                continue;
+            }
+            let down = reach(i, &downstream);
+            let up = reach(i, &upstream);
+            let mut cycle: Vec<usize> = down.intersection(&up).copied().collect();
+            if cycle.len() < 2 {
+                continue;
+            }
+            cycle.sort_unstable();
+            reported.extend(&cycle);
+            diags.push(Diagnostic::at(
+                format!(
+                    "stages {} read from each other in a cycle",
+                    cycle
+                        .iter()
+                        .map(|&c| format!("'{}'", file.stages[c].value.name.value))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                &file.stages[cycle[0]].value.name,
+            ));
+        }
+    }
+    for (s, from) in file.stages.iter().zip(stage_from) {
+        w.from.entry(s.value.name.value.clone()).or_insert(from);
+    }
+    for (o, from) in file.outputs.iter().zip(output_from) {
+        w.from.entry(o.value.name.value.clone()).or_insert(from);
     }
     if diags.is_empty() { Ok(w) } else { Err(diags) }
 }

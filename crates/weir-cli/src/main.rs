@@ -140,6 +140,8 @@ fn load(path: &Path, mode: build::Mode) -> Result<std::result::Result<build::Bui
     let source =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
+    // Empty for a file in the current directory, so that paths shown to
+    // the user stay as they wrote them.
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let file = match config::parse(&source) {
         Ok(f) => f,

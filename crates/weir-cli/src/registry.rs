@@ -101,12 +101,16 @@ pub fn components() -> Vec<Component> {
     ]
 }
 
+/// The first sentence of the description (its first paragraph when that
+/// has no full stop), on one line.
 fn summary(s: &Schema) -> String {
-    s.get("description")
-        .and_then(Value::as_str)
-        .and_then(|d| d.lines().next())
-        .unwrap_or("")
-        .to_string()
+    let d = s.get("description").and_then(Value::as_str).unwrap_or("");
+    let paragraph = d.split("\n\n").next().unwrap_or("");
+    let text = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.find(". ") {
+        Some(i) => text[..=i].to_string(),
+        None => text,
+    }
 }
 
 pub fn list(kind: Option<&str>) -> Result<()> {
@@ -128,15 +132,22 @@ pub fn explain(name: &str) -> Result<()> {
     let all = components();
     let found: Vec<&Component> = all.iter().filter(|c| c.name == name).collect();
     if found.is_empty() {
-        let names: Vec<&str> = all.iter().map(|c| c.name).collect();
+        let names = |kind: &str| {
+            all.iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         bail!(
-            "unknown component '{name}'; components: {}",
-            names.join(", ")
+            "unknown component '{name}'; sources: {}; processors: {}; sinks: {}",
+            names("source"),
+            names("processor"),
+            names("sink")
         );
     }
-    for c in found {
-        print!("{}", describe(c));
-    }
+    let texts: Vec<String> = found.into_iter().map(describe).collect();
+    print!("{}", texts.join("\n"));
     Ok(())
 }
 
@@ -157,7 +168,7 @@ pub fn describe(c: &Component) -> String {
     if let Some(props) = s.get("properties").and_then(Value::as_object) {
         let _ = writeln!(out, "\noptions:");
         for (name, p) in props {
-            let ty = type_name(p);
+            let ty = type_name(&s, p, 0);
             let req = if required.contains(&name.as_str()) {
                 " (required)"
             } else {
@@ -182,17 +193,15 @@ pub fn describe(c: &Component) -> String {
     out
 }
 
-fn type_name(p: &Value) -> String {
-    if let Some(t) = p.get("type") {
-        return match t {
-            Value::String(s) => s.clone(),
-            Value::Array(a) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(" | "),
-            _ => "value".into(),
-        };
+/// How an option's type reads in `weir explain`: `string`, `integer`,
+/// `"jsonl" | "csv" | null`, `"all" | {count: integer} | ...`; references
+/// into the schema's `$defs` are followed.
+fn type_name(root: &Schema, p: &Value, depth: usize) -> String {
+    if depth > 8 {
+        return "value".into();
+    }
+    if let Some(c) = p.get("const") {
+        return c.to_string();
     }
     if let Some(e) = p.get("enum").and_then(Value::as_array) {
         return e
@@ -202,10 +211,47 @@ fn type_name(p: &Value) -> String {
             .join(" | ");
     }
     if let Some(r) = p.get("$ref").and_then(Value::as_str) {
-        return r.rsplit('/').next().unwrap_or("value").to_string();
+        let name = r.rsplit('/').next().unwrap_or("");
+        return match root
+            .get("$defs")
+            .or_else(|| root.get("definitions"))
+            .and_then(|d| d.get(name))
+        {
+            Some(def) => type_name(root, def, depth + 1),
+            None => "value".into(),
+        };
     }
-    if p.get("anyOf").is_some() || p.get("oneOf").is_some() {
-        return "one of several forms".into();
+    for key in ["anyOf", "oneOf"] {
+        if let Some(alts) = p.get(key).and_then(Value::as_array) {
+            let mut names: Vec<String> = Vec::new();
+            for a in alts {
+                let n = type_name(root, a, depth + 1);
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+            return names.join(" | ");
+        }
+    }
+    if let Some(t) = p.get("type") {
+        // An externally tagged enum variant with options: `{count: integer}`.
+        if t == "object"
+            && let Some(props) = p.get("properties").and_then(Value::as_object)
+            && props.len() == 1
+            && p.get("required").and_then(Value::as_array).map(Vec::len) == Some(1)
+        {
+            let (k, v) = props.iter().next().expect("one property");
+            return format!("{{{k}: {}}}", type_name(root, v, depth + 1));
+        }
+        return match t {
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" | "),
+            _ => "value".into(),
+        };
     }
     "value".into()
 }

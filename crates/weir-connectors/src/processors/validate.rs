@@ -103,7 +103,10 @@ fn load_schema(base_dir: &Path, path: &Spanned<String>) -> Result<Value, ConfigE
         Some("yaml" | "yml")
     );
     let parsed = if yaml {
-        serde_saphyr::from_str::<Value>(&text).map_err(|e| e.to_string())
+        // YAML 1.2 booleans only: `n` and `no` stay strings (a `required:
+        // [id, n]` list must not turn into `false`).
+        let options = serde_saphyr::options! { strict_booleans: true };
+        serde_saphyr::from_str_with_options::<Value>(&text, options).map_err(|e| e.to_string())
     } else {
         serde_json::from_str::<Value>(&text).map_err(|e| e.to_string())
     };

@@ -269,7 +269,11 @@ fn resolve(path: &Spanned<String>, base: &Path) -> Result<Vec<FileEntry>, Config
         return Err(ConfigError::at(
             format!(
                 "file source: no file matches '{pattern}' (in {})",
-                base.display()
+                if base.as_os_str().is_empty() {
+                    std::borrow::Cow::Borrowed(".")
+                } else {
+                    base.to_string_lossy()
+                }
             ),
             path,
         ));

@@ -1,0 +1,26 @@
+//! Behaviour of the `weir` binary, end to end: each test writes a pipeline
+//! and its inputs into a temporary directory, runs `weir` there (bounded in
+//! time) and checks what it printed, its exit code and the files it wrote.
+//!
+//! * [`check`]: `weir check` diagnostics, pinned to the exact text;
+//! * [`run`]: every component in a real run, outputs and report counts;
+//! * [`dead_letter`]: what reaches the dead-letter file, and its count;
+//! * [`example`]: the bundled `examples/pipelines/orders.yaml`;
+//! * [`commands`]: `weir list`, `weir explain`, `--report json` on failure;
+//! * [`fuzz`]: mutated pipeline files never crash `weir check`.
+
+#[path = "cli/util.rs"]
+mod util;
+
+#[path = "cli/check.rs"]
+mod check;
+#[path = "cli/commands.rs"]
+mod commands;
+#[path = "cli/dead_letter.rs"]
+mod dead_letter;
+#[path = "cli/example.rs"]
+mod example;
+#[path = "cli/fuzz.rs"]
+mod fuzz;
+#[path = "cli/run.rs"]
+mod run;
