@@ -178,3 +178,46 @@ fn resume_refuses_outputs_it_cannot_resume() {
     assert!(err.contains("--resume: output 'o' writes a file"), "{err}");
     assert!(err.contains("p.yaml:5:11"), "{err}");
 }
+
+#[test]
+fn ctrl_c_drains_what_is_in_flight_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let child = weir()
+        .current_dir(dir.path())
+        .args(["run", "p.yaml", "--quiet", "--report", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoint_line(dir.path()) == 0 {
+        assert!(Instant::now() < deadline, "no progress within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted: draining"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["cancelled"], true);
+    let read = stage_in(&report, "events");
+    assert!(read < LINES, "the run was not stopped early");
+    // Drained: everything read was decoded and written or dead-lettered.
+    let written = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "db")
+        .unwrap()["ok"]
+        .as_u64()
+        .unwrap();
+    let dead = report["dead_lettered"].as_u64().unwrap();
+    assert_eq!(read, written + dead);
+    assert_eq!(table(&dir.path().join("out/e.db")).len() as u64, written);
+}
