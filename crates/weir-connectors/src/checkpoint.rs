@@ -1,9 +1,10 @@
 //! Checkpoints for `weir run --resume`: which lines of which input files
 //! are done, kept in SQLite.
 //!
-//! Every line a file source emits carries a [`weir::Ack`]. When the ack
-//! settles as handled (every record derived from the line committed by its
-//! sinks, or dead-lettered), the line is done. Per file, the checkpoint is
+//! Every line a file source emits carries a fork of its chunk's
+//! [`weir::Ack`] (a chunk is up to [`CHUNK_LINES`] consecutive lines). When
+//! the chunk's ack settles as handled (every record derived from its lines
+//! committed by the sinks, or dead-lettered), its lines are done. Per file, the checkpoint is
 //! the *watermark*: the highest line such that every emitted line up to it
 //! is done. A resumed run skips the lines up to the watermark.
 //!
@@ -28,6 +29,10 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::error::ConfigError;
+
+/// Lines per chunk: one ack, and one entry in a whole-input aggregate,
+/// per this many lines.
+pub const CHUNK_LINES: usize = 1024;
 
 /// How often completed progress is written to the database at most.
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
@@ -55,19 +60,22 @@ impl Track {
         self.last_emitted = self.last_emitted.max(line);
     }
 
-    fn done(&mut self, line: u64) {
-        let Some((&start, &end)) = self.pending.range(..=line).next_back() else {
-            return;
-        };
-        if line > end {
-            return;
-        }
-        self.pending.remove(&start);
-        if start < line {
-            self.pending.insert(start, line - 1);
-        }
-        if line < end {
-            self.pending.insert(line + 1, end);
+    /// Every pending line in `first..=last` is done.
+    fn done_range(&mut self, first: u64, last: u64) {
+        let overlapping: Vec<(u64, u64)> = self
+            .pending
+            .range(..=last)
+            .filter(|(_, end)| **end >= first)
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        for (start, end) in overlapping {
+            self.pending.remove(&start);
+            if start < first {
+                self.pending.insert(start, first - 1);
+            }
+            if end > last {
+                self.pending.insert(last + 1, end);
+            }
         }
     }
 
@@ -80,6 +88,53 @@ impl Track {
 }
 
 type Key = (Arc<str>, Arc<str>);
+
+/// Consecutive lines of one file sharing one ack; see [`Checkpoint::chunk`].
+pub struct Chunk {
+    cp: Arc<Checkpoint>,
+    key: Key,
+    /// The chunk's own fork, settled by [`close`](Chunk::close): until then
+    /// the chunk's callback cannot run, so its line range is final when it
+    /// does.
+    ack: weir::Ack,
+    first: Arc<std::sync::atomic::AtomicU64>,
+    last: Arc<std::sync::atomic::AtomicU64>,
+    lines: usize,
+}
+
+impl Chunk {
+    /// Adds `line` (lines come in increasing order); returns its ack.
+    pub fn add(&mut self, line: u64) -> weir::Ack {
+        use std::sync::atomic::Ordering::Release;
+        self.cp.register(&self.key, line);
+        if self.lines == 0 {
+            self.first.store(line, Release);
+        }
+        self.last.store(line, Release);
+        self.lines += 1;
+        self.ack.fork()
+    }
+
+    /// Lines added so far.
+    pub fn len(&self) -> usize {
+        self.lines
+    }
+
+    /// True when no line was added.
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    /// The file the chunk belongs to.
+    pub fn file(&self) -> &Arc<str> {
+        &self.key.1
+    }
+
+    /// No more lines: the chunk is done once its lines are.
+    pub fn close(self) {
+        self.ack.deliver();
+    }
+}
 
 /// The progress of one pipeline's file inputs.
 pub struct Checkpoint {
@@ -166,38 +221,51 @@ impl Checkpoint {
             .unwrap_or(0)
     }
 
-    /// Registers `line` of `file` as emitted and returns the ack that marks
-    /// it done when it settles as handled.
-    pub fn emit(self: &Arc<Self>, input: &Arc<str>, file: &Arc<str>, line: u64) -> weir::Ack {
+    /// Starts a chunk of lines of `file` that will share one ack: the
+    /// checkpoint then costs one ack per chunk, not per line (what a
+    /// whole-input aggregate holds until the end is one ack per chunk).
+    pub fn chunk(self: &Arc<Self>, input: &Arc<str>, file: &Arc<str>) -> Chunk {
         let key: Key = (input.clone(), file.clone());
-        {
-            let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
-            let t = tracks.entry(key.clone()).or_insert_with(|| {
-                let base = self.resume_after(input, file);
-                Track {
-                    last_emitted: base,
-                    saved: base,
-                    ..Track::default()
-                }
-            });
-            t.emit(line);
-        }
-        let me = self.clone();
-        weir::Ack::new(move |outcome| {
+        let first = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (me, k, f, l) = (self.clone(), key.clone(), first.clone(), last.clone());
+        let ack = weir::Ack::new(move |outcome| {
             if outcome.is_handled() {
-                me.done(&key, line);
+                use std::sync::atomic::Ordering::Acquire;
+                me.done(&k, f.load(Acquire), l.load(Acquire));
             }
-        })
+        });
+        Chunk {
+            cp: self.clone(),
+            key,
+            ack,
+            first,
+            last,
+            lines: 0,
+        }
     }
 
-    fn done(&self, key: &Key, line: u64) {
+    fn register(&self, key: &Key, line: u64) {
+        let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        let t = tracks.entry(key.clone()).or_insert_with(|| {
+            let base = self.resume_after(&key.0, &key.1);
+            Track {
+                last_emitted: base,
+                saved: base,
+                ..Track::default()
+            }
+        });
+        t.emit(line);
+    }
+
+    fn done(&self, key: &Key, first: u64, last: u64) {
         {
             let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(t) = tracks.get_mut(key) {
-                t.done(line);
+                t.done_range(first, last);
             }
         }
-        // Save now and then, from whichever thread finishes a line; never
+        // Save now and then, from whichever thread finishes a chunk; never
         // wait for another thread that is saving.
         let due = match self.last_save.try_lock() {
             Ok(mut last) if last.elapsed() >= SAVE_EVERY => {
@@ -257,18 +325,26 @@ mod tests {
             t.emit(l);
         }
         assert_eq!(t.watermark(), 0);
-        t.done(2);
+        t.done_range(2, 2);
         assert_eq!(t.watermark(), 0);
-        t.done(1);
+        t.done_range(1, 1);
         assert_eq!(t.watermark(), 2);
-        t.done(5);
-        t.done(3);
+        t.done_range(5, 5);
+        t.done_range(3, 3);
         assert_eq!(t.watermark(), 5, "line 4 was never emitted (blank)");
-        t.done(9);
+        t.done_range(9, 9);
         assert_eq!(t.watermark(), 5);
-        t.done(6);
+        t.done_range(6, 6);
         assert_eq!(t.watermark(), 9);
         assert!(t.pending.is_empty());
+        for l in 10..=20 {
+            t.emit(l);
+        }
+        t.done_range(14, 16);
+        t.done_range(10, 13);
+        assert_eq!(t.watermark(), 16);
+        t.done_range(17, 25);
+        assert_eq!(t.watermark(), 20);
     }
 
     #[test]
@@ -279,7 +355,17 @@ mod tests {
         let file: Arc<str> = Arc::from("a.jsonl");
         {
             let cp = Checkpoint::open(&db, "p", false).unwrap();
-            let acks: Vec<_> = (1..=10).map(|l| cp.emit(&input, &file, l)).collect();
+            // Chunks of 3 lines: 1-3, 4-6, 7-9, 10.
+            let mut acks = Vec::new();
+            let mut chunk = cp.chunk(&input, &file);
+            for l in 1..=10 {
+                if chunk.len() == 3 {
+                    chunk.close();
+                    chunk = cp.chunk(&input, &file);
+                }
+                acks.push(chunk.add(l));
+            }
+            chunk.close();
             for (i, a) in acks.into_iter().enumerate() {
                 if i == 7 {
                     a.fail("aborted");
@@ -290,7 +376,8 @@ mod tests {
             cp.save().unwrap();
         }
         let cp = Checkpoint::open(&db, "p", true).unwrap();
-        assert_eq!(cp.resume_after("in", "a.jsonl"), 7);
+        // Line 8 failed, so its chunk (7-9) is not done: resume after 6.
+        assert_eq!(cp.resume_after("in", "a.jsonl"), 6);
         let fresh = Checkpoint::open(&db, "p", false).unwrap();
         assert_eq!(fresh.resume_after("in", "a.jsonl"), 0);
     }

@@ -187,6 +187,24 @@ impl Ack {
         }
     }
 
+    /// Folds `other` into this fork when both are forks of the same ack
+    /// (they then settle as one); gives `other` back otherwise.
+    ///
+    /// A stage that holds many items' acks at once (an aggregate over its
+    /// whole input) keeps one per source ack instead of one per item this
+    /// way: sources that share one ack among a batch of items cost memory
+    /// per batch, not per item.
+    pub fn coalesce(&self, other: Ack) -> Option<Ack> {
+        if Arc::ptr_eq(&self.shared, &other.shared) {
+            // Two outstanding forks become one: nothing was settled.
+            self.shared.forks.fetch_sub(1, AcqRel);
+            drop(other);
+            None
+        } else {
+            Some(other)
+        }
+    }
+
     /// This fork's item was committed by a sink (or filtered on purpose).
     pub fn deliver(self) {
         self.settle(AckOutcome::Delivered)
@@ -262,6 +280,23 @@ mod tests {
         ack.deliver();
         drop(a);
         assert!(matches!(seen.lock().unwrap()[0], AckOutcome::Failed { .. }));
+    }
+
+    #[test]
+    fn coalesced_forks_settle_once_as_one() {
+        let (ack, seen) = probe();
+        let a = ack.fork();
+        let b = ack.fork();
+        assert!(a.coalesce(b).is_none());
+        ack.deliver();
+        assert!(seen.lock().unwrap().is_empty());
+        a.deliver();
+        assert_eq!(*seen.lock().unwrap(), vec![AckOutcome::Delivered]);
+        let (x, _) = probe();
+        let (y, _) = probe();
+        let y = x.coalesce(y).expect("different acks stay apart");
+        x.deliver();
+        y.deliver();
     }
 
     #[test]

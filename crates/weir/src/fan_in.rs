@@ -9,8 +9,10 @@
 //! that settles the acks of every item it absorbed: a source hears about an
 //! item only once the aggregate that contains it is committed.
 //!
-//! Memory is one accumulator per open key (plus, when sources attach acks,
-//! one ack per absorbed item until the group is emitted).
+//! Memory is one accumulator per open key, plus, when sources attach acks,
+//! the acks of the absorbed items until their group is emitted: one per
+//! source ack, not per item, when a source shares an ack among a batch of
+//! items (forks of the same ack arriving one after another coalesce).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -41,7 +43,20 @@ struct Group<A> {
     first_seen: u64,
     acc: A,
     count: usize,
+    /// Acks of the absorbed items (count and tumbling windows).
     acks: Vec<Ack>,
+}
+
+/// Keeps `a` unless it is a fork of the last ack kept (then they coalesce):
+/// consecutive items of one source batch cost one entry.
+fn keep_ack(acks: &mut Vec<Ack>, a: Ack) {
+    let a = match acks.last() {
+        Some(last) => last.coalesce(a),
+        None => Some(a),
+    };
+    if let Some(a) = a {
+        acks.push(a);
+    }
 }
 
 impl<T: Send + 'static> Flow<T> {
@@ -98,6 +113,7 @@ impl<T: Send + 'static> Flow<T> {
                         window,
                         groups: HashMap::new(),
                         seen: 0,
+                        all_acks: Vec::new(),
                     };
                     sp.task(agg.run(input.rx, em, ctx));
                     Ok(())
@@ -124,6 +140,10 @@ struct Aggregator<K, A, KF, IF, FF> {
     window: Window,
     groups: HashMap<K, Group<A>>,
     seen: u64,
+    /// For `Window::All`: the acks of every absorbed item, in arrival order
+    /// (so forks of one source batch coalesce); all groups are emitted
+    /// together at the end and share them.
+    all_acks: Vec<Ack>,
 }
 
 impl<K, A, KF, IF, FF> Aggregator<K, A, KF, IF, FF>
@@ -209,7 +229,11 @@ where
         (self.fold)(&mut g.acc, e.value);
         g.count += 1;
         if let Some(a) = e.ack {
-            g.acks.push(a);
+            if self.window == Window::All {
+                keep_ack(&mut self.all_acks, a);
+            } else {
+                keep_ack(&mut g.acks, a);
+            }
         }
         if let Window::Count(n) = self.window
             && g.count >= n
@@ -222,8 +246,19 @@ where
     fn emit_all(&mut self, em: &mut Emitter<(K, A)>) {
         let mut groups: Vec<(K, Group<A>)> = self.groups.drain().collect();
         groups.sort_unstable_by_key(|(_, g)| g.first_seen);
+        // A whole-input aggregate: every group carries a fork of one ack
+        // over all inputs (the inputs are done when all groups are).
+        let shared =
+            (!self.all_acks.is_empty()).then(|| Ack::merge(std::mem::take(&mut self.all_acks)));
         for (k, g) in groups {
-            em.push(group_envelope(k, g));
+            let mut env = group_envelope(k, g);
+            if let Some(s) = &shared {
+                env.ack = Some(s.fork());
+            }
+            em.push(env);
+        }
+        if let Some(s) = shared {
+            s.deliver();
         }
     }
 }

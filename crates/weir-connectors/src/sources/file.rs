@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{CHUNK_LINES, Checkpoint, Chunk};
 use crate::error::ConfigError;
 use crate::record::Position;
 use crate::sources::decode::{ColumnType, Decoder, Format};
@@ -126,29 +126,13 @@ impl FileSource {
     ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         let (_, decoder) = self.build(ctx)?;
         let reader = self.reader(ctx)?;
-        let input = ctx.input.clone();
-        // The resume point of the file being read, looked up once per file.
-        let mut current: Option<(Arc<str>, u64)> = None;
-        let items = reader.filter_map(move |item| match item {
-            Err(e) => Some(Err(e)),
-            Ok(raw) => {
-                let pos = raw.pos().clone();
-                let file = pos.file.clone().unwrap_or_else(|| Arc::from(""));
-                let skip_to = match &current {
-                    Some((f, n)) if Arc::ptr_eq(f, &file) => *n,
-                    _ => {
-                        let n = checkpoint.resume_after(&input, &file);
-                        current = Some((file.clone(), n));
-                        n
-                    }
-                };
-                if pos.line <= skip_to {
-                    return None;
-                }
-                let ack = checkpoint.emit(&input, &file, pos.line);
-                Some(Ok((raw, ack)))
-            }
-        });
+        let items = Resumable {
+            reader,
+            input: ctx.input.clone(),
+            checkpoint,
+            current: None,
+            chunk: None,
+        };
         Ok((weir::from_try_acked_iter(items), decoder))
     }
 
@@ -170,6 +154,61 @@ impl FileSource {
             files: files.into(),
             current: None,
         })
+    }
+}
+
+/// A [`FileReader`] that skips what a checkpoint says is done and gives
+/// every line a fork of its chunk's ack.
+struct Resumable {
+    reader: FileReader,
+    input: Arc<str>,
+    checkpoint: Arc<Checkpoint>,
+    /// The file being read and its resume point, looked up once per file.
+    current: Option<(Arc<str>, u64)>,
+    chunk: Option<Chunk>,
+}
+
+impl Iterator for Resumable {
+    type Item = Result<(Raw, weir::Ack), ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let raw = match self.reader.next() {
+                None => {
+                    if let Some(c) = self.chunk.take() {
+                        c.close();
+                    }
+                    return None;
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(raw)) => raw,
+            };
+            let pos = raw.pos().clone();
+            let file = pos.file.clone().unwrap_or_else(|| Arc::from(""));
+            let skip_to = match &self.current {
+                Some((f, n)) if Arc::ptr_eq(f, &file) => *n,
+                _ => {
+                    let n = self.checkpoint.resume_after(&self.input, &file);
+                    self.current = Some((file.clone(), n));
+                    n
+                }
+            };
+            if pos.line <= skip_to {
+                continue;
+            }
+            let full = self
+                .chunk
+                .as_ref()
+                .is_some_and(|c| c.len() >= CHUNK_LINES || !Arc::ptr_eq(c.file(), &file));
+            if full && let Some(c) = self.chunk.take() {
+                c.close();
+            }
+            let chunk = self
+                .chunk
+                .get_or_insert_with(|| self.checkpoint.chunk(&self.input, &file));
+            let ack = chunk.add(pos.line);
+            return Some(Ok((raw, ack)));
+        }
     }
 }
 

@@ -288,3 +288,64 @@ fn abort_fails_the_acks_of_everything_not_committed_and_acks_nothing_twice() {
         assert_eq!(*violations.lock().unwrap(), Vec::<String>::new());
     });
 }
+
+#[test]
+fn a_whole_input_aggregate_keeps_one_ack_per_source_batch_and_fires_after_commit() {
+    within(30, async {
+        // Every 100 items share one ack (forks of it), as a checkpointing
+        // source does for a chunk of lines.
+        let log = AckLog::default();
+        let committed = Arc::new(Mutex::new(false));
+        let c = committed.clone();
+        let violations = Arc::new(Mutex::new(0u32));
+        let v = violations.clone();
+        let mut items = Vec::new();
+        for chunk in 0..50u64 {
+            let inner = log.ack(chunk);
+            let (c, v) = (c.clone(), v.clone());
+            let root = Ack::new(move |o| {
+                if !*c.lock().unwrap() {
+                    *v.lock().unwrap() += 1;
+                }
+                inner.settle(o);
+            });
+            for i in 0..100u64 {
+                items.push((chunk * 100 + i, root.fork()));
+            }
+            root.deliver();
+        }
+        struct Flag(Arc<Mutex<bool>>, Vec<(u64, u64)>);
+        impl Sink<(u64, u64)> for Flag {
+            type Output = Vec<(u64, u64)>;
+            async fn write(
+                &mut self,
+                mut items: Vec<(u64, u64)>,
+            ) -> Result<(), WriteError<(u64, u64)>> {
+                self.1.append(&mut items);
+                *self.0.lock().unwrap() = true;
+                Ok(())
+            }
+            async fn finish(self) -> Result<Vec<(u64, u64)>, weir::BoxError> {
+                Ok(self.1)
+            }
+        }
+        let p = Pipeline::new();
+        let out = p
+            .source("src", from_acked_iter(items))
+            .aggregate("sum", |x| x % 7, |_| 0u64, |a, x| *a += x, Window::All)
+            .sink("out", Flag(committed.clone(), Vec::new()));
+        p.run().await.unwrap();
+        let got = out.take().unwrap();
+        assert_eq!(
+            got.iter().map(|(_, s)| s).sum::<u64>(),
+            (0..5_000u64).sum::<u64>()
+        );
+        let outcomes = assert_once_each(&log, 50);
+        assert!(outcomes.values().all(|o| *o == AckOutcome::Delivered));
+        assert_eq!(
+            *violations.lock().unwrap(),
+            0,
+            "an ack fired before the aggregate was committed"
+        );
+    });
+}
