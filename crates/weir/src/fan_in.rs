@@ -215,30 +215,38 @@ where
         FF: Fn(&mut A, T),
     {
         let k = (self.key)(&e.value);
-        let seen = &mut self.seen;
-        let init = &self.init;
-        let g = self.groups.entry(k.clone()).or_insert_with(|| {
-            *seen += 1;
-            Group {
-                first_seen: *seen,
-                acc: init(&k),
-                count: 0,
-                acks: Vec::new(),
+        let Envelope { value, ack } = e;
+        let all = self.window == Window::All;
+        // Look up before inserting: the key is cloned only for a new group.
+        let count = match self.groups.get_mut(&k) {
+            Some(g) => {
+                (self.fold)(&mut g.acc, value);
+                g.count += 1;
+                if let Some(a) = ack {
+                    keep_ack(if all { &mut self.all_acks } else { &mut g.acks }, a);
+                }
+                g.count
             }
-        });
-        (self.fold)(&mut g.acc, e.value);
-        g.count += 1;
-        if let Some(a) = e.ack {
-            if self.window == Window::All {
-                keep_ack(&mut self.all_acks, a);
-            } else {
-                keep_ack(&mut g.acks, a);
+            None => {
+                self.seen += 1;
+                let mut g = Group {
+                    first_seen: self.seen,
+                    acc: (self.init)(&k),
+                    count: 1,
+                    acks: Vec::new(),
+                };
+                (self.fold)(&mut g.acc, value);
+                if let Some(a) = ack {
+                    keep_ack(if all { &mut self.all_acks } else { &mut g.acks }, a);
+                }
+                self.groups.insert(k.clone(), g);
+                1
             }
-        }
+        };
         if let Window::Count(n) = self.window
-            && g.count >= n
+            && count >= n
+            && let Some(g) = self.groups.remove(&k)
         {
-            let g = self.groups.remove(&k).expect("group just updated");
             em.push(group_envelope(k, g));
         }
     }
