@@ -209,7 +209,9 @@ pub fn build(
         let input = take_inputs(&name, wiring, &mut flows);
         match (component(e, &pctx), input) {
             (Ok((c, workers)), Some(input)) => {
-                offer(&name, attach(e, c, workers, input), &mut flows)
+                for (n, flow) in attach(e, c, workers, input) {
+                    offer(&n, flow, &mut flows);
+                }
             }
             (Err(d), _) => diags.extend(d),
             // An upstream failed to build; its own error is reported.
@@ -333,6 +335,7 @@ enum Component {
     Processor(Arc<dyn Processor>),
     Aggregate(Arc<weir_connectors::processors::aggregate::Aggregator>),
     Batch(Arc<weir_connectors::processors::batch::Batcher>),
+    Switch(Arc<weir_connectors::processors::switch::Switch>),
 }
 
 /// A component's error, at its own YAML location or else at the entry's name.
@@ -357,6 +360,7 @@ fn component(
         e.dedupe.is_some(),
         e.aggregate.is_some(),
         e.batch.is_some(),
+        e.switch.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -364,7 +368,7 @@ fn component(
     if set != 1 {
         return Err(vec![Diagnostic::at(
             format!(
-                "stage '{name}' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch` (found {set})"
+                "stage '{name}' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch` (found {set})"
             ),
             &e.name,
         )]);
@@ -389,14 +393,57 @@ fn component(
         Component::Aggregate(Arc::new(c.build(ctx).map_err(err)?))
     } else if let Some(c) = &e.batch {
         Component::Batch(Arc::new(c.build(ctx).map_err(err)?))
+    } else if let Some(c) = &e.switch {
+        Component::Switch(Arc::new(c.build(ctx).map_err(err)?))
     } else {
         unreachable!("one component is set")
     };
     Ok((component, workers))
 }
 
-/// Applies a built component to its input flow.
+/// Applies a built component to its input flow; returns the flows it
+/// offers downstream, by the name readers use (a switch offers one per
+/// branch).
 fn attach(
+    e: &StageEntry,
+    component: Component,
+    workers: usize,
+    input: Flow<Record>,
+) -> Vec<(String, Flow<Record>)> {
+    let name = e.name.value.as_str();
+    if let Component::Switch(sw) = component {
+        let policy = e
+            .on_error
+            .as_ref()
+            .map_or(ErrorPolicy::DeadLetter, OnError::policy);
+        let router = sw.clone();
+        let tagged = input
+            .try_flat_map(name, move |r: &Record| {
+                router.route(r).map(|b| b.map(|i| (i, r.clone())))
+            })
+            .workers(workers)
+            .on_error(policy);
+        let tagged = if e.ordered { tagged.ordered() } else { tagged };
+        let mut out = Vec::new();
+        let mut rest = tagged;
+        let n = sw.branches().len();
+        for (i, b) in sw.branches().iter().enumerate() {
+            let full = format!("{name}/{b}");
+            if i + 1 == n {
+                out.push((full.clone(), rest.map(&full, |(_, r)| r)));
+                break;
+            }
+            let (this, others) = rest.route(move |(t, _): &(usize, Record)| *t == i);
+            out.push((full.clone(), this.map(&full, |(_, r)| r)));
+            rest = others;
+        }
+        return out;
+    }
+    vec![(name.to_string(), attach_one(e, component, workers, input))]
+}
+
+/// [`attach`] for the components with one output.
+fn attach_one(
     e: &StageEntry,
     component: Component,
     workers: usize,
@@ -450,6 +497,7 @@ fn attach(
                 )
                 .map(&format!("{name}/emit"), move |(_, acc)| b.finish(acc))
         }
+        Component::Switch(_) => unreachable!("attach handles switches"),
     }
 }
 

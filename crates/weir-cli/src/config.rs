@@ -261,6 +261,9 @@ pub struct StageEntry {
     /// Group records into batches.
     #[serde(default)]
     pub batch: Option<BatchConfig>,
+    /// Route records to named branches (read as `<name>/<branch>`).
+    #[serde(default)]
+    pub switch: Option<weir_connectors::processors::switch::SwitchConfig>,
 }
 
 /// One output.

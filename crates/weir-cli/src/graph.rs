@@ -11,6 +11,8 @@ use crate::diag::Diagnostic;
 pub enum NodeKind {
     Input,
     Stage,
+    /// A `switch` stage: read through its branches, `<name>/<branch>`.
+    Switch,
     Output,
 }
 
@@ -22,6 +24,25 @@ pub struct Wiring {
     pub from: HashMap<String, Vec<String>>,
     pub readers: HashMap<String, usize>,
     pub stage_order: Vec<usize>,
+}
+
+/// An entry without `from` reads the entry above it, which must not be a
+/// switch (a switch is read through its branches).
+fn switch_above(
+    kinds: &HashMap<String, NodeKind>,
+    who: &str,
+    default: &[String],
+    at: &serde_saphyr::Spanned<String>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for n in default {
+        if kinds.get(n) == Some(&NodeKind::Switch) {
+            diags.push(Diagnostic::at(
+                format!("'{who}' has no `from` and the entry above it is switch '{n}': name a branch, as `from: {n}/<branch>`"),
+                at,
+            ));
+        }
+    }
 }
 
 pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
@@ -56,10 +77,26 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
         declare(&i.value.name, NodeKind::Input, &mut diags);
     }
     for s in &file.stages {
-        declare(&s.value.name, NodeKind::Stage, &mut diags);
+        let kind = if s.value.switch.is_some() {
+            NodeKind::Switch
+        } else {
+            NodeKind::Stage
+        };
+        declare(&s.value.name, kind, &mut diags);
     }
     for o in &file.outputs {
         declare(&o.value.name, NodeKind::Output, &mut diags);
+    }
+    // A switch's branches are readable names of their own.
+    let mut branches: Vec<(usize, String)> = Vec::new();
+    for (i, s) in file.stages.iter().enumerate() {
+        if let Some(sw) = &s.value.switch {
+            for b in sw.branches() {
+                let full = format!("{}/{b}", s.value.name.value);
+                kinds.entry(full.clone()).or_insert(NodeKind::Stage);
+                branches.push((i, full));
+            }
+        }
     }
 
     let inputs: Vec<String> = file
@@ -90,6 +127,10 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
                             format!("'{who}' reads from '{n}', which is an output"),
                             f,
                         )),
+                        Some(NodeKind::Switch) => diags.push(Diagnostic::at(
+                            format!("'{who}' reads from switch '{n}': read one of its branches, as '{n}/<branch>'"),
+                            f,
+                        )),
                         Some(_) if n == who => {
                             diags.push(Diagnostic::at(format!("'{who}' reads from itself"), f))
                         }
@@ -117,6 +158,9 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
             .clone()
             .map(|p| vec![p])
             .unwrap_or_else(|| inputs.clone());
+        if s.value.from.is_none() {
+            switch_above(&kinds, &name, &default, &s.value.name, &mut diags);
+        }
         stage_from.push(refs(&name, &s.value.from, default, &mut diags));
         previous = Some(name);
     }
@@ -127,6 +171,9 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
             .clone()
             .map(|p| vec![p])
             .unwrap_or_else(|| inputs.clone());
+        if o.value.from.is_none() {
+            switch_above(&kinds, &name, &default, &o.value.name, &mut diags);
+        }
         output_from.push(refs(&name, &o.value.from, default, &mut diags));
     }
     for from in stage_from.iter().chain(&output_from) {
@@ -147,7 +194,19 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
             ));
         }
     }
+    for (_, b) in &branches {
+        if !w.readers.contains_key(b) {
+            let (i, _) = branches.iter().find(|(_, x)| x == b).expect("listed");
+            diags.push(Diagnostic::at(
+                format!("the records of branch '{b}' go nowhere: no stage or output reads from it"),
+                &file.stages[*i].value.name,
+            ));
+        }
+    }
     for s in &file.stages {
+        if s.value.switch.is_some() {
+            continue;
+        }
         if !w.readers.contains_key(&s.value.name.value) {
             diags.push(Diagnostic::at(
                 format!(
@@ -165,6 +224,9 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (i, s) in file.stages.iter().enumerate() {
         index.entry(s.value.name.value.as_str()).or_insert(i);
+    }
+    for (i, b) in &branches {
+        index.entry(b.as_str()).or_insert(*i);
     }
     let upstream: Vec<Vec<usize>> = stage_from
         .iter()

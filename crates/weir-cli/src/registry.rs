@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use schemars::{JsonSchema, Schema, schema_for};
 use serde_json::Value;
 
-use weir_connectors::processors::{aggregate, batch, dedupe, filter, jq, validate};
+use weir_connectors::processors::{aggregate, batch, dedupe, filter, jq, switch, validate};
 use weir_connectors::sinks::{file as file_sink, sqlite, stdout};
 use weir_connectors::sources::{file, generate, stdin};
 
@@ -79,6 +79,12 @@ pub fn components() -> Vec<Component> {
             kind: "processor",
             schema: schema::<batch::BatchConfig>,
             example: batch::EXAMPLE,
+        },
+        Component {
+            name: "switch",
+            kind: "processor",
+            schema: schema::<switch::SwitchConfig>,
+            example: switch::EXAMPLE,
         },
         Component {
             name: "sqlite",

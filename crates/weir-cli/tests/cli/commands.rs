@@ -2,7 +2,7 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 12] = [
+const ALL: [(&str, &str); 13] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),
@@ -12,6 +12,7 @@ const ALL: [(&str, &str); 12] = [
     ("processor", "dedupe"),
     ("processor", "aggregate"),
     ("processor", "batch"),
+    ("processor", "switch"),
     ("sink", "sqlite"),
     ("sink", "file"),
     ("sink", "stdout"),
@@ -101,7 +102,7 @@ fn explain_unknown_lists_the_components() {
     assert_eq!(
         text(&out.stderr),
         "error: unknown component 'nope'; sources: file, stdin, generate; \
-         processors: jq, filter, validate, dedupe, aggregate, batch; \
+         processors: jq, filter, validate, dedupe, aggregate, batch, switch; \
          sinks: sqlite, file, stdout\n"
     );
 }

@@ -499,3 +499,74 @@ outputs:
     d.run_ok("p.yaml");
     assert_eq!(rows(), expected, "a second run leaves the same rows");
 }
+
+#[test]
+fn switch_routes_by_condition_and_rejects_on_runtime_errors() {
+    let d = Dir::new();
+    d.file(
+        "in.jsonl",
+        "{\"id\":1,\"amount\":500}\n{\"id\":2,\"amount\":5}\n{\"id\":3,\"amount\":{}}\n{\"id\":4,\"amount\":150}\n{\"id\":5}\n",
+    );
+    d.file(
+        "p.yaml",
+        r#"
+inputs:
+  - name: in
+    file: { path: in.jsonl }
+stages:
+  - name: split
+    switch:
+      cases:
+        - { name: large, when: '.amount > 100 and (.amount | type) == "number"' }
+        - { name: missing, when: '.amount == null' }
+      default: small
+  - name: tag
+    from: split/small
+    jq: { program: '. + {size: "small"}' }
+outputs:
+  - name: big
+    from: split/large
+    file: { path: out/large.jsonl }
+  - name: small
+    from: tag
+    file: { path: out/small.jsonl }
+  - name: none
+    from: split/missing
+    file: { path: out/missing.jsonl }
+"#,
+    );
+    let report = d.run_ok("p.yaml");
+    assert_accounting(&report);
+    let ids = |f: &str| -> Vec<u64> {
+        d.jsonl(f)
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids("out/large.jsonl"), vec![1, 4]);
+    assert_eq!(ids("out/missing.jsonl"), vec![5]);
+    // An object compares greater than numbers in jq, but is no number: small.
+    assert_eq!(ids("out/small.jsonl"), vec![2, 3]);
+    assert_eq!(d.jsonl("out/small.jsonl")[0]["size"], "small");
+    assert_eq!(n(&report, "split", "in"), 5);
+}
+
+#[test]
+fn a_switch_is_read_through_its_branches() {
+    let d = Dir::new();
+    d.file("in.jsonl", "{}\n");
+    d.file(
+        "p.yaml",
+        "inputs:\n  - name: in\n    file: { path: in.jsonl }\nstages:\n  - name: s\n    switch: { cases: [{ name: a, when: .x }] }\noutputs:\n  - name: o\n    stdout: {}\n",
+    );
+    let (code, _, stderr) = d.check("p.yaml");
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("'o' has no `from` and the entry above it is switch 's': name a branch, as `from: s/<branch>`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the records of branch 's/a' go nowhere"),
+        "{stderr}"
+    );
+}

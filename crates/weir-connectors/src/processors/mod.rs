@@ -14,6 +14,7 @@ pub mod batch;
 pub mod dedupe;
 pub mod filter;
 pub mod jq;
+pub mod switch;
 pub mod validate;
 
 /// What a processor's `build` may need from its surroundings.
