@@ -431,17 +431,23 @@ impl Aggregator {
     /// output) or `aggregate_type` (a `sum`/`min`/`max`/`avg` expression
     /// gave something other than a number), naming the field.
     pub fn extract(&self, r: &Record) -> Result<Extracted, ProcessError> {
-        let input = to_val(&r.value);
-        let key = self
-            .group_by
-            .first_val(input.clone())
-            .map_err(|e| jq_error(format!("group_by: {e}")))?
-            .ok_or_else(|| {
-                ProcessError::new(
-                    "missing_key",
-                    format!("group_by `{}` gave no value", self.group_by.source()),
-                )
-            })?;
+        // Convert the record to jq's value type only if some expression
+        // needs it: plain paths (`.user`, `.cents`) read the JSON directly.
+        let mut converted: Option<jaq_json::Val> = None;
+        let mut input = || converted.get_or_insert_with(|| to_val(&r.value)).clone();
+        let key = match self.group_by.fast(&r.value) {
+            Some(v) => Some(v),
+            None => self
+                .group_by
+                .first_val(input())
+                .map_err(|e| jq_error(format!("group_by: {e}")))?,
+        }
+        .ok_or_else(|| {
+            ProcessError::new(
+                "missing_key",
+                format!("group_by `{}` gave no value", self.group_by.source()),
+            )
+        })?;
         let mut values = Vec::with_capacity(self.fields.len());
         for f in &self.fields {
             let Some(expr) = &f.expr else {
@@ -450,11 +456,16 @@ impl Aggregator {
             };
             let field_err = |e: String| jq_error(format!("field '{}': {e}", f.name));
             let v = if f.kind == Kind::Collect {
-                Some(Extract::Values(
-                    expr.run_val(input.clone()).map_err(field_err)?,
-                ))
+                Some(Extract::Values(match expr.fast(&r.value) {
+                    Some(v) => vec![v],
+                    None => expr.run_val(input()).map_err(field_err)?,
+                }))
             } else {
-                match expr.first_val(input.clone()).map_err(field_err)? {
+                let first = match expr.fast(&r.value) {
+                    Some(v) => Some(v),
+                    None => expr.first_val(input()).map_err(field_err)?,
+                };
+                match first {
                     None => None,
                     Some(Value::Number(n)) => Some(Extract::Num(Num::from_json(&n))),
                     Some(other) => {

@@ -98,6 +98,32 @@ type Data = jaq_core::data::JustLut<Val>;
 pub struct JqProgram {
     filter: jaq_core::Filter<Data>,
     source: String,
+    /// When the program is a plain path (`.`, `.a`, `.a.b`): its fields.
+    /// Such a program is evaluated directly on the JSON value, skipping the
+    /// conversion to jaq's value type that costs about 1 µs per record.
+    path: Option<Vec<String>>,
+}
+
+/// The fields of a program that is a plain path: `.` or `.a`, `.a.b`, ...
+/// with identifier-like names. Anything else (`.a?`, `.[0]`, `..`,
+/// whitespace) is left to jaq.
+fn simple_path(code: &str) -> Option<Vec<String>> {
+    let code = code.trim();
+    if code == "." {
+        return Some(Vec::new());
+    }
+    let mut fields = Vec::new();
+    for part in code.strip_prefix('.')?.split('.') {
+        let mut chars = part.chars();
+        let first = chars.next()?;
+        if !(first.is_ascii_alphabetic() || first == '_')
+            || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return None;
+        }
+        fields.push(part.to_string());
+    }
+    Some(fields)
 }
 
 impl fmt::Debug for JqProgram {
@@ -154,6 +180,7 @@ impl JqProgram {
         Ok(JqProgram {
             filter,
             source: code.to_owned(),
+            path: simple_path(code),
         })
     }
 
@@ -178,7 +205,29 @@ impl JqProgram {
     /// # Errors
     /// jq's runtime error message (the outputs before it are discarded).
     pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
+        if let Some(v) = self.fast(input) {
+            return Ok(vec![v]);
+        }
         self.run_val(to_val(input))
+    }
+
+    /// The output of a plain-path program, computed directly on JSON; `None`
+    /// when the program is not a plain path, or when jq would raise an
+    /// error (indexing a non-object), which jaq then reports itself.
+    pub(crate) fn fast(&self, input: &Value) -> Option<Value> {
+        let path = self.path.as_ref()?;
+        let mut cur = input;
+        for field in path {
+            match cur {
+                Value::Object(m) => match m.get(field) {
+                    Some(v) => cur = v,
+                    None => return Some(Value::Null),
+                },
+                Value::Null => return Some(Value::Null),
+                _ => return None,
+            }
+        }
+        Some(cur.clone())
     }
 
     /// Runs the program on `input` and returns its first output (the rest is
@@ -187,6 +236,9 @@ impl JqProgram {
     /// # Errors
     /// jq's runtime error message, if it comes before the first output.
     pub fn first(&self, input: &Value) -> Result<Option<Value>, String> {
+        if let Some(v) = self.fast(input) {
+            return Ok(Some(v));
+        }
         self.first_val(to_val(input))
     }
 
@@ -196,6 +248,9 @@ impl JqProgram {
     /// # Errors
     /// jq's runtime error message, if it comes before the first output.
     pub fn first_truthy(&self, input: &Value) -> Result<bool, String> {
+        if let Some(v) = self.fast(input) {
+            return Ok(!matches!(v, Value::Null | Value::Bool(false)));
+        }
         let mut truthy = false;
         self.each_val(to_val(input), |v| {
             truthy = !matches!(v, Val::Null | Val::Bool(false));
@@ -407,6 +462,60 @@ fn number_text_to_json(text: &str) -> Value {
         return Value::from(u);
     }
     text.parse::<f64>().map_or(Value::Null, float_to_json)
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn plain_paths_agree_with_jaq() {
+        let inputs = [
+            json!({"a": {"b": 1}, "c": [1, 2], "d": null, "e": "x", "f": 1.5, "g": 12345678901234567u64}),
+            json!(null),
+            json!({"a": 3}),
+            json!({"a": {"b": {"c": true}}}),
+            json!([1, 2]),
+            json!("text"),
+            json!(7),
+        ];
+        for code in [
+            ".",
+            ".a",
+            ".a.b",
+            ".a.b.c",
+            ".c",
+            ".d",
+            ".d.x",
+            ".e",
+            ".f",
+            ".g",
+            ".missing",
+            ".missing.x",
+            "._x1",
+        ] {
+            let p = JqProgram::compile(code).unwrap();
+            assert!(p.path.is_some(), "{code} should take the fast path");
+            for input in &inputs {
+                let slow = p.run_val(to_val(input));
+                match p.fast(input) {
+                    Some(v) => assert_eq!(Ok(vec![v]), slow, "{code} on {input}"),
+                    None => assert!(
+                        slow.is_err(),
+                        "{code} on {input}: fast path declined but jq succeeded"
+                    ),
+                }
+            }
+        }
+        for code in [
+            ".a?", ".[0]", "..", ".a | .b", ". a", ".a.b?", "$__loc__", ".a[]",
+        ] {
+            if let Ok(p) = JqProgram::compile(code) {
+                assert!(p.path.is_none(), "{code} must not take the fast path");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
