@@ -74,6 +74,35 @@ impl FileSource {
     /// matched files imply different formats; when csv options are given
     /// for another format.
     pub fn build(&self, ctx: &BuildContext) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        let (reader, decoder) = self.prepare(ctx)?;
+        Ok((weir::from_try_iter(reader), decoder))
+    }
+
+    /// Like [`build`](Self::build), with progress kept in `checkpoint`: each
+    /// line carries an ack that marks it done once its records are committed,
+    /// and lines an earlier run finished are skipped (`weir run --resume`).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_resumable(
+        &self,
+        ctx: &BuildContext,
+        checkpoint: Arc<Checkpoint>,
+    ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        let (reader, decoder) = self.prepare(ctx)?;
+        let items = Resumable {
+            reader,
+            input: ctx.input.clone(),
+            checkpoint,
+            current: None,
+            chunk: None,
+        };
+        Ok((weir::from_try_acked_iter(items), decoder))
+    }
+
+    /// Checks the options and resolves the files: the line reader over
+    /// them, and the decoder for its items.
+    fn prepare(&self, ctx: &BuildContext) -> Result<(FileReader, Decoder), ConfigError> {
         let files = resolve(&self.path, &ctx.base_dir)?;
         let format = match self.format {
             Some(f) => f,
@@ -109,51 +138,7 @@ impl FileSource {
             files: files.into(),
             current: None,
         };
-        let decoder = Decoder::new(format, self.columns.clone());
-        Ok((weir::from_try_iter(reader), decoder))
-    }
-
-    /// Like [`build`](Self::build), with progress kept in `checkpoint`: each
-    /// line carries an ack that marks it done once its records are committed,
-    /// and lines an earlier run finished are skipped (`weir run --resume`).
-    ///
-    /// # Errors
-    /// As [`build`](Self::build).
-    pub fn build_resumable(
-        &self,
-        ctx: &BuildContext,
-        checkpoint: Arc<Checkpoint>,
-    ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
-        let (_, decoder) = self.build(ctx)?;
-        let reader = self.reader(ctx)?;
-        let items = Resumable {
-            reader,
-            input: ctx.input.clone(),
-            checkpoint,
-            current: None,
-            chunk: None,
-        };
-        Ok((weir::from_try_acked_iter(items), decoder))
-    }
-
-    /// The line reader over the resolved files.
-    fn reader(&self, ctx: &BuildContext) -> Result<FileReader, ConfigError> {
-        let files = resolve(&self.path, &ctx.base_dir)?;
-        let format = match self.format {
-            Some(f) => f,
-            None => infer_format(&files, &self.path)?,
-        };
-        let delimiter = match self.delimiter {
-            Some(c) if c.is_ascii() => c as u8,
-            _ => b',',
-        };
-        Ok(FileReader {
-            input: ctx.input.clone(),
-            format,
-            delimiter,
-            files: files.into(),
-            current: None,
-        })
+        Ok((reader, Decoder::new(format, self.columns.clone())))
     }
 }
 
