@@ -1,0 +1,320 @@
+//! Publishing into an inbox: batched, deduplicated, retried, bounded.
+//!
+//! **Message ids.** Every message carries a deterministic `Nats-Msg-Id`, so
+//! a publish repeated after a crash or a lost acknowledgement is dropped by
+//! the broker (within the stream's duplicate window):
+//! - a worker's outputs: `<stage>:<input seq>:<n>`: the input message's
+//!   stream sequence and the output message's index. Remote stages are
+//!   deterministic functions of their input message, so a redelivered input
+//!   produces the same messages with the same ids;
+//! - a coordinator's flows (sources and the stages after them):
+//!   `<producer>:<n>`, the n-th message of that producer. The flow is kept
+//!   in order, so a restarted coordinator reading its inputs again produces
+//!   the same messages with the same ids.
+//!
+//! **Backpressure and retries.** Messages are published pipelined and their
+//! acknowledgements awaited together. A refused message (the inbox is full,
+//! `discard: new`) or a timed-out one (the broker restarting) is published
+//! again, same id, with backoff, until `give_up_after`; so a full edge
+//! slows its producer, and nothing is dropped.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
+use bytes::Bytes;
+use weir::{BoxError, DeadLetter, Sink, WriteError};
+use weir_connectors::Record;
+
+use crate::broker::BrokerError;
+use crate::codec::{self, DlqEntry, FORMAT_HEADER, FORMAT_VERSION};
+use crate::job::Job;
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Where.
+    pub subject: String,
+    /// Its `Nats-Msg-Id`.
+    pub id: String,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Publishes messages and waits until the broker stored each of them.
+#[derive(Clone)]
+pub struct Publisher {
+    job: Job,
+    /// How long one message may keep failing before the publish is an
+    /// error (the broker down for longer than this fails the run).
+    pub give_up_after: Duration,
+}
+
+impl Publisher {
+    /// A publisher for `job`'s streams.
+    pub fn new(job: Job) -> Self {
+        Publisher {
+            job,
+            give_up_after: Duration::from_secs(300),
+        }
+    }
+
+    fn headers(id: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(FORMAT_HEADER, FORMAT_VERSION);
+        h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        h
+    }
+
+    /// Publishes every message; returns once the broker acknowledged all
+    /// of them (how many were duplicates it dropped).
+    ///
+    /// # Errors
+    /// When a message keeps failing for [`Publisher::give_up_after`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped midway, some messages may be stored and
+    /// others not. Publishing again is safe (same ids).
+    pub async fn publish_all(&self, msgs: &[Outgoing]) -> Result<u64, BrokerError> {
+        let started = Instant::now();
+        let mut todo: Vec<usize> = (0..msgs.len()).collect();
+        let mut duplicates = 0;
+        let mut backoff = Duration::from_millis(20);
+        let mut last_err = String::new();
+        while !todo.is_empty() {
+            let mut futures: Vec<(usize, Result<PublishAckFuture, String>)> =
+                Vec::with_capacity(todo.len());
+            for &i in &todo {
+                let m = &msgs[i];
+                let f = self
+                    .job
+                    .broker
+                    .js
+                    .publish_with_headers(m.subject.clone(), Self::headers(&m.id), m.body.clone())
+                    .await
+                    .map_err(|e| e.to_string());
+                futures.push((i, f));
+            }
+            let mut failed = Vec::new();
+            for (i, f) in futures {
+                let res = match f {
+                    Ok(f) => f.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(ack) => duplicates += u64::from(ack.duplicate),
+                    Err(e) => {
+                        last_err = e;
+                        failed.push(i);
+                    }
+                }
+            }
+            todo = failed;
+            if !todo.is_empty() {
+                if started.elapsed() > self.give_up_after {
+                    return Err(BrokerError::Request(format!(
+                        "publishing to {} failed for {:?}: {last_err}",
+                        msgs[todo[0]].subject, self.give_up_after
+                    )));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+        Ok(duplicates)
+    }
+}
+
+/// Splits records into messages of at most `per_message` records, with
+/// ids `<prefix>:<n>` counting from `*next`.
+pub fn chunk(
+    records: &[Record],
+    per_message: usize,
+    subject: &str,
+    prefix: &str,
+    next: &mut u64,
+) -> Vec<Outgoing> {
+    records
+        .chunks(per_message.max(1))
+        .map(|c| {
+            let id = format!("{prefix}:{next}");
+            *next += 1;
+            Outgoing {
+                subject: subject.to_string(),
+                id,
+                body: codec::encode(c).into(),
+            }
+        })
+        .collect()
+}
+
+/// An engine sink that publishes records into an inbox: the end of a
+/// coordinator flow whose reader is remote. Records are buffered up to one
+/// message and flushed when the engine's batch ends, so the ids depend only
+/// on the order of records.
+pub struct EdgeSink {
+    publisher: Publisher,
+    subject: String,
+    prefix: String,
+    per_message: usize,
+    next: u64,
+    pending: Vec<Record>,
+    on_finish: Option<Box<dyn FnOnce(u64) + Send>>,
+    published: u64,
+    carry: bool,
+}
+
+impl EdgeSink {
+    /// Publishes into `inbox` of the job; `on_finish` is called with the
+    /// records published once the flow ends and everything is stored.
+    ///
+    /// `deterministic`: the flow's order is the same in every run (it
+    /// starts at the job's inputs and every stage on it is ordered), and
+    /// its records carry no acknowledgements. Then a partial message waits
+    /// for more records, so message boundaries and ids (`<producer>:<n>`)
+    /// do not depend on engine batch sizes, and a restarted coordinator
+    /// publishes the same ids again. Otherwise (a flow fed by an inbox,
+    /// whose records' acks must not fire before they are published) every
+    /// batch is published before `write` returns, with ids unique to this
+    /// run.
+    pub fn new(
+        job: &Job,
+        inbox: &str,
+        producer: &str,
+        deterministic: bool,
+        on_finish: impl FnOnce(u64) + Send + 'static,
+    ) -> Self {
+        let prefix = if deterministic {
+            format!("{producer}>{inbox}")
+        } else {
+            format!("{producer}>{inbox}@{}.{}", crate::job::now_ms(), std::process::id())
+        };
+        EdgeSink {
+            publisher: Publisher::new(job.clone()),
+            subject: job.names.subject(inbox),
+            prefix,
+            per_message: job.settings.records_per_message,
+            next: 0,
+            pending: Vec::new(),
+            on_finish: Some(Box::new(on_finish)),
+            published: 0,
+            carry: deterministic,
+        }
+    }
+
+    async fn flush(&mut self, all: bool) -> Result<(), BrokerError> {
+        let full = if all {
+            self.pending.len()
+        } else {
+            self.pending.len() / self.per_message * self.per_message
+        };
+        if full == 0 {
+            return Ok(());
+        }
+        let mut next = self.next;
+        let msgs = chunk(&self.pending[..full], self.per_message, &self.subject, &self.prefix, &mut next);
+        self.publisher.publish_all(&msgs).await?;
+        self.next = next;
+        self.published += full as u64;
+        self.pending.drain(..full);
+        Ok(())
+    }
+}
+
+impl Sink<Record> for EdgeSink {
+    type Output = u64;
+
+    async fn write(&mut self, items: Vec<Record>) -> Result<(), WriteError<Record>> {
+        // Deterministic flows: full messages go now, a partial one waits
+        // for more records or the end (see `new`).
+        self.pending.extend(items);
+        self.flush(!self.carry)
+            .await
+            .map_err(|e| WriteError::all(Vec::new(), BoxError::from(e.to_string())))
+    }
+
+    async fn finish(mut self) -> Result<u64, BoxError> {
+        self.flush(true).await.map_err(|e| BoxError::from(e.to_string()))?;
+        if let Some(f) = self.on_finish.take() {
+            f(self.published);
+        }
+        Ok(self.published)
+    }
+}
+
+/// An engine dead-letter sink publishing into the job's dead-letter stream.
+pub struct DlqSink {
+    publisher: Publisher,
+    subject: String,
+    stored: u64,
+}
+
+impl DlqSink {
+    /// Dead letters of `job`.
+    pub fn new(job: &Job) -> Self {
+        DlqSink {
+            publisher: Publisher::new(job.clone()),
+            subject: job.names.dlq_subject(),
+            stored: 0,
+        }
+    }
+}
+
+/// An id that is the same for the same dead letter published twice.
+pub fn dlq_id(e: &DlqEntry) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    e.record.to_string().hash(&mut h);
+    e.raw.to_string().hash(&mut h);
+    e.error.hash(&mut h);
+    format!(
+        "dl:{}:{}:{:016x}",
+        e.stage,
+        e.position.as_deref().unwrap_or("-"),
+        h.finish()
+    )
+}
+
+impl Sink<DeadLetter> for DlqSink {
+    type Output = u64;
+
+    async fn write(&mut self, items: Vec<DeadLetter>) -> Result<(), WriteError<DeadLetter>> {
+        let msgs: Vec<Outgoing> = items
+            .iter()
+            .map(|d| {
+                let entry = entry_of(d);
+                Outgoing {
+                    subject: self.subject.clone(),
+                    id: dlq_id(&entry),
+                    body: serde_json::to_vec(&entry).expect("entry serializes").into(),
+                }
+            })
+            .collect();
+        match self.publisher.publish_all(&msgs).await {
+            Ok(_) => {
+                self.stored += msgs.len() as u64;
+                Ok(())
+            }
+            Err(e) => Err(WriteError::all(items, BoxError::from(e.to_string()))),
+        }
+    }
+
+    async fn finish(self) -> Result<u64, BoxError> {
+        Ok(self.stored)
+    }
+}
+
+/// A dead letter of the engine as a stream entry.
+pub fn entry_of(d: &DeadLetter) -> DlqEntry {
+    let v = weir_connectors::sinks::dead_letter::letter_json(d);
+    let mut e: DlqEntry = serde_json::from_value(v).expect("letter_json has the entry's fields");
+    let pos = d
+        .item::<Record>()
+        .map(|r| r.pos.clone())
+        .or_else(|| d.item::<weir_connectors::Raw>().map(|r| r.pos().clone()));
+    if let Some(p) = pos {
+        e.file = p.file.as_deref().map(str::to_string);
+        e.line = Some(p.line);
+    }
+    e
+}

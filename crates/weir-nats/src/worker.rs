@@ -1,0 +1,550 @@
+//! A worker: joins the pools of remote stages and runs until stopped.
+//!
+//! For each stage it hosts, a worker runs a small weir pipeline:
+//!
+//! ```text
+//! pull (durable consumer, shared) -> stage (N workers) -> publish + ack
+//! ```
+//!
+//! The unit of work is one **message** (a batch of records), so the outputs
+//! of an input message can be published as messages with ids derived from
+//! the input (`<stage>:<input seq>:<port>:<n>`), and a redelivered input
+//! republishes the same ids, which the broker drops. The input is
+//! acknowledged only after every output and dead letter is stored
+//! (at-least-once, duplicates removed by id, sinks idempotent on key).
+//!
+//! - **Errors.** A record whose stage fails with the dead-letter policy goes
+//!   to the job's dead-letter stream at once. With `retry` (and for panics),
+//!   the whole message is given back with a nak delayed by exponential
+//!   backoff, and its outputs are not published; at the last delivery
+//!   (`max_deliver`) the failing records are dead-lettered with the reason
+//!   and the rest published. A message that never gets a result (its worker
+//!   dies on every attempt) is dead-lettered by the coordinator's sweep.
+//! - **Flow.** A worker pulls at most twice its concurrency per stage, so
+//!   messages do not sit in a worker's queue while their `ack_wait` runs,
+//!   and it sends in-progress acks every `ack_wait / 3` for every message it
+//!   holds, so a slow task is not redelivered to another worker.
+//! - **Stopping.** Cancelling the token stops the pulls; messages already
+//!   pulled are finished, published and acknowledged before `run` returns.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use weir::{BoxError, CancellationToken, Pipeline, PipelineOptions, Sink, WriteError};
+use weir_connectors::Record;
+
+use crate::broker::BrokerError;
+use crate::codec::{self, DlqEntry};
+use crate::job::{Job, StageStats, WorkerStats, now_ms};
+use crate::publish::{Outgoing, Publisher};
+
+/// What a remote stage does to one record: its outputs, each tagged with
+/// the output port it leaves by (0 for single-output stages; the branch for
+/// a switch).
+pub type StageFn = dyn Fn(&Record) -> Result<Vec<(usize, Record)>, BoxError> + Send + Sync;
+
+/// A stage a worker can host.
+#[derive(Clone)]
+pub struct RemoteStage {
+    /// Its name in the pipeline file (and its inbox).
+    pub name: String,
+    /// For each output port, the inboxes it publishes into.
+    pub ports: Vec<Vec<String>>,
+    /// The processing.
+    pub process: Arc<StageFn>,
+    /// Errors are retried through the broker (`on_error: retry`); else
+    /// they are dead-lettered at once.
+    pub retry_errors: bool,
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Its id in `weir status` (host and pid by default).
+    pub id: String,
+    /// Messages processed at once, per stage.
+    pub concurrency: usize,
+    /// How often statistics are written to the job's state bucket.
+    pub report_every: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    messages: AtomicU64,
+    records_in: AtomicU64,
+    records_out: AtomicU64,
+    dead: AtomicU64,
+    redelivered: AtomicU64,
+    retried: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Messages pulled and not yet acknowledged, for in-progress acks.
+type InFlight = Arc<Mutex<HashMap<(usize, u64), jetstream::Message>>>;
+
+struct Delivery {
+    msg: jetstream::Message,
+    seq: u64,
+    delivered: i64,
+}
+
+enum Verdict {
+    Publish {
+        outputs: Vec<Vec<Record>>,
+        dead: Vec<DlqEntry>,
+    },
+    Retry(String),
+    Garbage(String),
+}
+
+struct Outcome {
+    msg: jetstream::Message,
+    seq: u64,
+    delivered: i64,
+    records_in: usize,
+    verdict: Verdict,
+}
+
+/// Runs a worker until `cancel` fires and everything pulled is finished.
+/// Spawns its statistics and in-progress-ack tasks on the current runtime
+/// and stops them before returning.
+///
+/// # Errors
+/// When publishing keeps failing (the broker down for minutes), or the
+/// engine fails.
+pub async fn run(
+    job: Job,
+    stages: Vec<RemoteStage>,
+    opts: WorkerOptions,
+    cancel: CancellationToken,
+) -> Result<WorkerStats, BrokerError> {
+    let concurrency = opts.concurrency.max(1);
+    let p = Pipeline::with_options(PipelineOptions {
+        // Items are whole messages: hold few of them.
+        batch_size: 1,
+        buffer: 1,
+        ..Default::default()
+    });
+    let in_flight: InFlight = Arc::default();
+    let mut counters = Vec::new();
+    for (idx, stage) in stages.iter().enumerate() {
+        let c = Arc::new(Counters::default());
+        counters.push((stage.name.clone(), c.clone()));
+        let pulls = pull_stream(
+            job.clone(),
+            stage.name.clone(),
+            idx,
+            concurrency,
+            in_flight.clone(),
+            cancel.clone(),
+            c.clone(),
+        );
+        let s = stage.clone();
+        let max_deliver = job.settings.max_deliver;
+        p.source(&format!("{}/pull", stage.name), weir::from_stream(pulls))
+            .map(&stage.name, move |d: Delivery| process(&s, d, max_deliver))
+            .workers(concurrency)
+            .sink(
+                &format!("{}/publish", stage.name),
+                OutcomeSink {
+                    publisher: Publisher::new(job.clone()),
+                    job: job.clone(),
+                    stage: stage.clone(),
+                    idx,
+                    in_flight: in_flight.clone(),
+                    counters: c,
+                },
+            );
+    }
+    let stop_aux = CancellationToken::new();
+    let progress = tokio::spawn(progress_acks(
+        in_flight.clone(),
+        job.settings.ack_wait / 3,
+        stop_aux.clone(),
+    ));
+    let stats = move |stopped: bool, last: &mut HashMap<String, (u64, Instant)>| {
+        let mut w = WorkerStats {
+            worker: opts.id.clone(),
+            concurrency,
+            updated_ms: now_ms(),
+            stopped,
+            ..Default::default()
+        };
+        let held = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, (name, c)) in counters.iter().enumerate() {
+            let records_in = c.records_in.load(Ordering::Relaxed);
+            let (prev, at) = last.get(name).copied().unwrap_or((0, Instant::now()));
+            let secs = at.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 {
+                (records_in - prev) as f64 / secs
+            } else {
+                0.0
+            };
+            last.insert(name.clone(), (records_in, Instant::now()));
+            w.stages.insert(
+                name.clone(),
+                StageStats {
+                    messages: c.messages.load(Ordering::Relaxed),
+                    records_in,
+                    records_out: c.records_out.load(Ordering::Relaxed),
+                    dead: c.dead.load(Ordering::Relaxed),
+                    redelivered: c.redelivered.load(Ordering::Relaxed),
+                    retried: c.retried.load(Ordering::Relaxed),
+                    in_flight: held.keys().filter(|(s, _)| *s == i).count() as u64,
+                    rate,
+                    last_error: c.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                },
+            );
+        }
+        w
+    };
+    let reporter = {
+        let job = job.clone();
+        let stop = stop_aux.clone();
+        let stats = stats.clone();
+        let every = opts.report_every;
+        tokio::spawn(async move {
+            let mut last = HashMap::new();
+            loop {
+                let _ = job.put_worker(&stats(false, &mut last)).await;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    };
+    let result = p.run().await;
+    stop_aux.cancel();
+    let _ = progress.await;
+    let _ = reporter.await;
+    let final_stats = stats(true, &mut HashMap::new());
+    let _ = job.put_worker(&final_stats).await;
+    result.map_err(|e| BrokerError::Request(format!("worker stopped: {e}")))?;
+    Ok(final_stats)
+}
+
+/// Messages pulled from one stage's consumer, sized to the free slots.
+fn pull_stream(
+    job: Job,
+    inbox: String,
+    idx: usize,
+    concurrency: usize,
+    in_flight: InFlight,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+) -> impl futures::Stream<Item = Delivery> + Send + 'static {
+    struct St {
+        job: Job,
+        inbox: String,
+        idx: usize,
+        limit: usize,
+        in_flight: InFlight,
+        cancel: CancellationToken,
+        counters: Arc<Counters>,
+        consumer: Option<jetstream::consumer::PullConsumer>,
+        buf: std::collections::VecDeque<Delivery>,
+    }
+    let st = St {
+        job,
+        inbox,
+        idx,
+        limit: concurrency * 2,
+        in_flight,
+        cancel,
+        counters,
+        consumer: None,
+        buf: Default::default(),
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(d) = st.buf.pop_front() {
+                return Some((d, st));
+            }
+            if st.cancel.is_cancelled() {
+                return None;
+            }
+            if st.consumer.is_none() {
+                // The job may not exist yet (a worker started before the
+                // coordinator), or was recreated: wait for it.
+                match st.job.consumer(&st.inbox).await {
+                    Ok(c) => st.consumer = Some(c),
+                    Err(_) => {
+                        tokio::select! {
+                            () = st.cancel.cancelled() => return None,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        }
+                    }
+                }
+            }
+            let held = {
+                let m = st.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                m.keys().filter(|(s, _)| *s == st.idx).count()
+            };
+            let free = st.limit.saturating_sub(held);
+            if free == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let consumer = st.consumer.as_ref().expect("set above");
+            let fetch = consumer
+                .fetch()
+                .max_messages(free)
+                .expires(Duration::from_millis(1000))
+                .messages();
+            let batch = tokio::select! {
+                () = st.cancel.cancelled() => return None,
+                b = fetch => b,
+            };
+            let Ok(mut batch) = batch else {
+                st.consumer = None;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            while let Some(m) = batch.next().await {
+                let Ok(msg) = m else {
+                    st.consumer = None;
+                    break;
+                };
+                let Ok(info) = msg.info() else { continue };
+                let (seq, delivered) = (info.stream_sequence, info.delivered);
+                st.counters.messages.fetch_add(1, Ordering::Relaxed);
+                if delivered > 1 {
+                    st.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                st.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((st.idx, seq), msg.clone());
+                st.buf.push_back(Delivery {
+                    msg,
+                    seq,
+                    delivered,
+                });
+            }
+        }
+    })
+}
+
+/// Runs a stage over one message.
+fn process(stage: &RemoteStage, d: Delivery, max_deliver: i64) -> Outcome {
+    let Delivery {
+        msg,
+        seq,
+        delivered,
+    } = d;
+    let records = match codec::check_version(msg.headers.as_ref())
+        .and_then(|()| codec::decode(&msg.payload))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome {
+                msg,
+                seq,
+                delivered,
+                records_in: 0,
+                verdict: Verdict::Garbage(e.to_string()),
+            };
+        }
+    };
+    let last_attempt = max_deliver > 0 && delivered >= max_deliver;
+    let mut outputs: Vec<Vec<Record>> = vec![Vec::new(); stage.ports.len().max(1)];
+    let mut dead = Vec::new();
+    for r in &records {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| (stage.process)(r)));
+        let (error, retryable) = match result {
+            Ok(Ok(outs)) => {
+                for (port, o) in outs {
+                    if let Some(v) = outputs.get_mut(port) {
+                        v.push(o);
+                    }
+                }
+                continue;
+            }
+            Ok(Err(e)) => (error_chain(e.as_ref()), stage.retry_errors),
+            Err(panic) => (format!("panicked: {}", panic_message(&*panic)), true),
+        };
+        if retryable && !last_attempt {
+            return Outcome {
+                msg,
+                seq,
+                delivered,
+                records_in: records.len(),
+                verdict: Verdict::Retry(error),
+            };
+        }
+        let error = if retryable {
+            format!("gave up after {delivered} deliveries: {error}")
+        } else {
+            error
+        };
+        dead.push(DlqEntry::for_record(&stage.name, error, delivered as u32, r));
+    }
+    Outcome {
+        msg,
+        seq,
+        delivered,
+        records_in: records.len(),
+        verdict: Verdict::Publish { outputs, dead },
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Nak delay before delivery `delivered + 1`: 1 s, 2 s, 4 s, … up to 30 s.
+pub fn retry_delay(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 6) - 1;
+    Duration::from_secs(1 << exp).min(Duration::from_secs(30))
+}
+
+/// Publishes outcomes, then acknowledges their messages.
+struct OutcomeSink {
+    publisher: Publisher,
+    job: Job,
+    stage: RemoteStage,
+    idx: usize,
+    in_flight: InFlight,
+    counters: Arc<Counters>,
+}
+
+impl Sink<Outcome> for OutcomeSink {
+    type Output = ();
+
+    async fn write(&mut self, items: Vec<Outcome>) -> Result<(), WriteError<Outcome>> {
+        let mut out = Vec::new();
+        let names = &self.job.names;
+        let per = self.job.settings.records_per_message;
+        for o in &items {
+            match &o.verdict {
+                Verdict::Publish { outputs, dead } => {
+                    for (port, records) in outputs.iter().enumerate() {
+                        for inbox in self.stage.ports.get(port).into_iter().flatten() {
+                            let mut n = 0;
+                            out.extend(crate::publish::chunk(
+                                records,
+                                per,
+                                &names.subject(inbox),
+                                &format!("{}:{}:{port}", self.stage.name, o.seq),
+                                &mut n,
+                            ));
+                        }
+                    }
+                    for (i, d) in dead.iter().enumerate() {
+                        out.push(Outgoing {
+                            subject: names.dlq_subject(),
+                            id: format!("{}:{}:dl:{i}", self.stage.name, o.seq),
+                            body: serde_json::to_vec(d).expect("entry serializes").into(),
+                        });
+                    }
+                }
+                Verdict::Garbage(e) => {
+                    let entry = DlqEntry {
+                        stage: self.stage.name.clone(),
+                        error: e.clone(),
+                        attempts: o.delivered as u32,
+                        position: None,
+                        input: None,
+                        file: None,
+                        line: None,
+                        record: serde_json::Value::Null,
+                        raw: String::from_utf8_lossy(&o.msg.payload).into_owned().into(),
+                    };
+                    out.push(Outgoing {
+                        subject: names.dlq_subject(),
+                        id: format!("{}:{}:garbage", self.stage.name, o.seq),
+                        body: serde_json::to_vec(&entry).expect("entry serializes").into(),
+                    });
+                }
+                Verdict::Retry(_) => {}
+            }
+        }
+        if let Err(e) = self.publisher.publish_all(&out).await {
+            return Err(WriteError::all(items, BoxError::from(e.to_string())));
+        }
+        for o in &items {
+            let kind = match &o.verdict {
+                Verdict::Publish { outputs, dead } => {
+                    self.counters.records_out.fetch_add(
+                        outputs.iter().map(Vec::len).sum::<usize>() as u64,
+                        Ordering::Relaxed,
+                    );
+                    self.counters
+                        .dead
+                        .fetch_add(dead.len() as u64, Ordering::Relaxed);
+                    AckKind::Ack
+                }
+                Verdict::Garbage(_) => AckKind::Term,
+                Verdict::Retry(reason) => {
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    *self
+                        .counters
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                    AckKind::Nak(Some(retry_delay(o.delivered)))
+                }
+            };
+            // The records of a message count once it is settled.
+            if !matches!(o.verdict, Verdict::Retry(_)) {
+                self.counters
+                    .records_in
+                    .fetch_add(o.records_in as u64, Ordering::Relaxed);
+            }
+            // A lost ack means a redelivery, whose outputs the broker drops
+            // as duplicates: no retry needed here.
+            let _ = o.msg.ack_with(kind).await;
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(self.idx, o.seq));
+        }
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// Sends `+WPI` for every held message every `every`.
+async fn progress_acks(in_flight: InFlight, every: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let held: Vec<jetstream::Message> = in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for m in held {
+            let _ = m.ack_with(AckKind::Progress).await;
+        }
+    }
+}
