@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use weir::{ErrorPolicy, Flow, Pipeline, PipelineOptions};
 use weir_connectors::checkpoint::Checkpoint;
@@ -21,7 +22,20 @@ use weir_connectors::{Raw, Record};
 
 use crate::config::{OnError, PipelineFile, StageEntry};
 use crate::diag::Diagnostic;
+use crate::distributed::placement::{Placement, producer_component};
 use crate::graph::Wiring;
+use weir_nats::completion::{Node, Producer};
+use weir_nats::consume::InboxReader;
+use weir_nats::publish::{DlqSink, EdgeSink};
+
+/// Distributed mode, as the coordinator: the job on the broker and where
+/// each component runs.
+pub struct Dist {
+    /// The job.
+    pub job: weir_nats::Job,
+    /// Where components run.
+    pub placement: Placement,
+}
 
 /// A pipeline ready to run.
 pub struct Built {
@@ -32,6 +46,9 @@ pub struct Built {
     pub dead_letter_path: std::path::PathBuf,
     /// Progress of the file inputs, when kept.
     pub checkpoint: Option<Arc<Checkpoint>>,
+    /// Distributed mode: the job's inboxes and their producers, for
+    /// [`weir_nats::completion::watch`].
+    pub nodes: Vec<Node>,
 }
 
 /// Opens the checkpoint for a run, refusing `--resume` where resuming could
@@ -117,12 +134,68 @@ pub enum Mode {
     },
 }
 
+/// Flows waiting for their readers, by producer name; in distributed mode
+/// the copies for remote readers are published into their inboxes at once.
+struct Offers<'a> {
+    wiring: &'a Wiring,
+    dist: Option<&'a Dist>,
+    flows: HashMap<String, VecDeque<Flow<Record>>>,
+    /// Per inbox: flags set when a coordinator producer finished publishing.
+    local_done: HashMap<String, Vec<Arc<AtomicBool>>>,
+    /// Producers whose flow has the same order in every run.
+    deterministic: HashMap<String, bool>,
+}
+
+impl Offers<'_> {
+    fn offer(&mut self, name: &str, flow: Flow<Record>, deterministic: bool) {
+        self.deterministic.insert(name.to_string(), deterministic);
+        let (local, remote) = match self.dist {
+            Some(d) => (
+                d.placement.local_readers(name),
+                d.placement.remote_readers(name),
+            ),
+            None => (
+                self.wiring.readers.get(name).copied().unwrap_or(0),
+                Vec::new(),
+            ),
+        };
+        let copies = local + remote.len();
+        let mut out: VecDeque<Flow<Record>> = if copies > 1 {
+            flow.broadcast(copies).into()
+        } else {
+            VecDeque::from([flow])
+        };
+        if let Some(d) = self.dist {
+            for inbox in remote {
+                let flow = out.pop_back().expect("one copy per reader");
+                let done = Arc::new(AtomicBool::new(false));
+                let flag = done.clone();
+                let sink = EdgeSink::new(&d.job, &inbox, name, deterministic, move |_| {
+                    flag.store(true, Ordering::Release);
+                });
+                flow.sink(&format!("{name}>{inbox}"), sink);
+                self.local_done.entry(inbox).or_default().push(done);
+            }
+        }
+        self.flows.insert(name.to_string(), out);
+    }
+
+    /// Whether every producer `name` reads is deterministic.
+    fn deterministic_inputs(&self, name: &str) -> bool {
+        self.wiring.from.get(name).is_some_and(|fs| {
+            fs.iter()
+                .all(|f| self.deterministic.get(f).copied().unwrap_or(false))
+        })
+    }
+}
+
 pub fn build(
     file: &PipelineFile,
     wiring: &Wiring,
     pipeline_path: &Path,
     base_dir: &Path,
     mode: Mode,
+    dist: Option<&Dist>,
 ) -> Result<Built, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let (checkpoint, resume) = open_checkpoint(file, pipeline_path, base_dir, &mode)?;
@@ -131,18 +204,24 @@ pub fn build(
         buffer: file.settings.buffer.max(1),
         ..Default::default()
     });
-    // Flows waiting for their readers, by producer name.
-    let mut flows: HashMap<String, VecDeque<Flow<Record>>> = HashMap::new();
-    let offer =
-        |name: &str, flow: Flow<Record>, flows: &mut HashMap<String, VecDeque<Flow<Record>>>| {
-            let readers = wiring.readers.get(name).copied().unwrap_or(0);
-            let out: VecDeque<Flow<Record>> = if readers > 1 {
-                flow.broadcast(readers).into()
-            } else {
-                VecDeque::from([flow])
-            };
-            flows.insert(name.to_string(), out);
-        };
+    let mut offers = Offers {
+        wiring,
+        dist,
+        flows: HashMap::new(),
+        local_done: HashMap::new(),
+        deterministic: HashMap::new(),
+    };
+    // Inbox readers of the coordinator: (inbox, producers-done flag).
+    let mut reader_flags: HashMap<String, Arc<AtomicBool>> = HashMap::new();
+    let mut inbox_source = |name: &str| -> Flow<Record> {
+        let d = dist.expect("inboxes exist only in distributed mode");
+        let flag = Arc::new(AtomicBool::new(false));
+        reader_flags.insert(name.to_string(), flag.clone());
+        p.source(
+            &format!("{name}/inbox"),
+            InboxReader::new(&d.job, name, flag).source(),
+        )
+    };
 
     for input in &file.inputs {
         let e = &input.value;
@@ -197,7 +276,10 @@ pub fn build(
             })
             .workers(workers)
             .on_error(ErrorPolicy::DeadLetter);
-        offer(name, flow, &mut flows);
+        // Distributed: in file order, so that what is published has the
+        // same message ids in every run (a restarted coordinator re-reads).
+        let flow = if dist.is_some() { flow.ordered() } else { flow };
+        offers.offer(name, flow, true);
     }
 
     let pctx = ProcessorContext {
@@ -206,11 +288,31 @@ pub fn build(
     for &i in &wiring.stage_order {
         let e = &file.stages[i].value;
         let name = e.name.value.clone();
-        let input = take_inputs(&name, wiring, &mut flows);
+        let (in_pool, has_inbox) = dist.map_or((false, false), |d| {
+            (
+                d.placement.pool.contains(&name),
+                d.placement.inboxes.contains(&name),
+            )
+        });
+        if in_pool {
+            // Run by the workers; built here only to report its errors.
+            if let Err(d) = component(e, &pctx) {
+                diags.extend(d);
+            }
+            continue;
+        }
+        let input = if has_inbox {
+            Some(inbox_source(&name))
+        } else {
+            take_inputs(&name, wiring, &mut offers.flows)
+        };
+        let deterministic = dist.is_some() && !has_inbox && offers.deterministic_inputs(&name);
         match (component(e, &pctx), input) {
             (Ok((c, workers)), Some(input)) => {
-                for (n, flow) in attach(e, c, workers, input) {
-                    offer(&n, flow, &mut flows);
+                let keeps_order = deterministic
+                    && matches!(c, Component::Processor(_) | Component::Switch(_));
+                for (n, flow) in attach(e, c, workers, input, keeps_order) {
+                    offers.offer(&n, flow, keeps_order);
                 }
             }
             (Err(d), _) => diags.extend(d),
@@ -230,7 +332,11 @@ pub fn build(
             diags.push(Diagnostic::at(format!("output '{name}' must have exactly one of `sqlite`, `file`, `stdout` (found {count})"), &e.name));
             continue;
         }
-        let input = take_inputs(&name, wiring, &mut flows);
+        let input = if dist.is_some_and(|d| d.placement.inboxes.contains(&name)) {
+            Some(inbox_source(&name))
+        } else {
+            take_inputs(&name, wiring, &mut offers.flows)
+        };
         let policy = e
             .on_error
             .as_ref()
@@ -275,6 +381,10 @@ pub fn build(
         Some(d) => base_dir.join(&d.path.value),
         None => base_dir.join("dead-letters.jsonl"),
     };
+    let nodes = match dist {
+        Some(d) => completion_nodes(d, wiring, file, &offers, &reader_flags),
+        None => Vec::new(),
+    };
     if matches!(mode, Mode::Check) {
         return if diags.is_empty() {
             Ok(Built {
@@ -282,6 +392,23 @@ pub fn build(
                 description: file.description.clone(),
                 dead_letter_path: dl_path,
                 checkpoint: None,
+                nodes,
+            })
+        } else {
+            Err(diags)
+        };
+    }
+    if let Some(d) = dist {
+        // Dead letters of a job go to its stream on the broker; the
+        // coordinator copies them to the dead-letter file at the end.
+        p.dead_letter_sink(DlqSink::new(&d.job));
+        return if diags.is_empty() {
+            Ok(Built {
+                pipeline: p,
+                description: file.description.clone(),
+                dead_letter_path: dl_path,
+                checkpoint: None,
+                nodes,
             })
         } else {
             Err(diags)
@@ -307,10 +434,55 @@ pub fn build(
             description: file.description.clone(),
             dead_letter_path: dl_path,
             checkpoint,
+            nodes,
         })
     } else {
         Err(diags)
     }
+}
+
+/// The job's inboxes with their producers, for the completion watch.
+fn completion_nodes(
+    d: &Dist,
+    wiring: &Wiring,
+    file: &PipelineFile,
+    offers: &Offers<'_>,
+    reader_flags: &HashMap<String, Arc<AtomicBool>>,
+) -> Vec<Node> {
+    let stages: std::collections::HashSet<&str> =
+        file.stages.iter().map(|s| s.value.name.value.as_str()).collect();
+    d.placement
+        .specs
+        .iter()
+        .map(|spec| {
+            let mut producers: Vec<Producer> = offers
+                .local_done
+                .get(&spec.name)
+                .into_iter()
+                .flatten()
+                .map(|f| Producer::Local(f.clone()))
+                .collect();
+            let mut pools: Vec<&str> = wiring
+                .from
+                .get(&spec.name)
+                .into_iter()
+                .flatten()
+                .map(|f| producer_component(f, &stages))
+                .filter(|c| d.placement.pool.contains(*c))
+                .collect();
+            pools.dedup();
+            producers.extend(pools.into_iter().map(|c| Producer::Pool(c.to_string())));
+            Node {
+                inbox: spec.name.clone(),
+                pool: spec.pool,
+                producers,
+                producers_done: reader_flags
+                    .get(&spec.name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(AtomicBool::new(false))),
+            }
+        })
+        .collect()
 }
 
 /// The flows `name` reads, merged into one.
@@ -331,7 +503,7 @@ fn take_inputs(
 }
 
 /// A stage entry's component, built (compiled, loaded, checked).
-enum Component {
+pub(crate) enum Component {
     Processor(Arc<dyn Processor>),
     Aggregate(Arc<weir_connectors::processors::aggregate::Aggregator>),
     Batch(Arc<weir_connectors::processors::batch::Batcher>),
@@ -348,7 +520,7 @@ fn located(e: weir_connectors::ConfigError, entry: &serde_saphyr::Spanned<String
 
 /// Builds a stage entry's component (whether or not its input could be
 /// built, so that every error is reported).
-fn component(
+pub(crate) fn component(
     e: &StageEntry,
     ctx: &ProcessorContext,
 ) -> Result<(Component, usize), Vec<Diagnostic>> {
@@ -409,6 +581,7 @@ fn attach(
     component: Component,
     workers: usize,
     input: Flow<Record>,
+    keep_order: bool,
 ) -> Vec<(String, Flow<Record>)> {
     let name = e.name.value.as_str();
     if let Component::Switch(sw) = component {
@@ -423,7 +596,11 @@ fn attach(
             })
             .workers(workers)
             .on_error(policy);
-        let tagged = if e.ordered { tagged.ordered() } else { tagged };
+        let tagged = if e.ordered || keep_order {
+            tagged.ordered()
+        } else {
+            tagged
+        };
         let mut out = Vec::new();
         let mut rest = tagged;
         let n = sw.branches().len();
@@ -439,7 +616,10 @@ fn attach(
         }
         return out;
     }
-    vec![(name.to_string(), attach_one(e, component, workers, input))]
+    vec![(
+        name.to_string(),
+        attach_one(e, component, workers, input, keep_order),
+    )]
 }
 
 /// [`attach`] for the components with one output.
@@ -448,6 +628,7 @@ fn attach_one(
     component: Component,
     workers: usize,
     input: Flow<Record>,
+    keep_order: bool,
 ) -> Flow<Record> {
     let name = e.name.value.as_str();
     let policy = e
@@ -463,7 +644,11 @@ fn attach_one(
                 })
                 .workers(workers)
                 .on_error(policy);
-            if e.ordered { flow.ordered() } else { flow }
+            if e.ordered || keep_order {
+                flow.ordered()
+            } else {
+                flow
+            }
         }
         Component::Aggregate(agg) => {
             let (a1, a2, a3) = (agg.clone(), agg.clone(), agg.clone());

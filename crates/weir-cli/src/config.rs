@@ -55,6 +55,9 @@ pub struct PipelineFile {
     /// Engine settings.
     #[serde(default)]
     pub settings: Settings,
+    /// Distributed mode: which edges run over the broker and how.
+    #[serde(default)]
+    pub broker: Option<BrokerEntry>,
 }
 
 /// `from: a` or `from: [a, b]`.
@@ -240,6 +243,12 @@ pub struct StageEntry {
     /// Keep input order across workers.
     #[serde(default)]
     pub ordered: bool,
+    /// Distributed mode (`weir run --broker`): carry this stage's input
+    /// over the broker, so that its workers can be `weir worker` processes
+    /// on any machine. For stages that see one record at a time (jq,
+    /// filter, validate, switch). Ignored without `--broker`.
+    #[serde(default)]
+    pub remote: Option<Spanned<bool>>,
     /// What to do with rejected records (default: dead_letter).
     #[serde(default)]
     pub on_error: Option<OnError>,
@@ -290,6 +299,42 @@ pub struct OutputEntry {
 }
 
 /// The dead-letter output.
+/// How the pipeline runs on a broker (`weir run --broker`, `weir worker`).
+/// Every field has a default; see the README's "Distributed mode".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerEntry {
+    /// `all`: every stage that sees one record at a time (jq, filter,
+    /// validate, switch) runs in a worker pool across machines, unless it
+    /// says `remote: false`. `none` (default): only stages with
+    /// `remote: true`.
+    #[serde(default)]
+    pub remote: Option<Spanned<String>>,
+    /// Records per broker message (default 256). 1 turns batching off.
+    #[serde(default)]
+    pub records_per_message: Option<Spanned<usize>>,
+    /// Messages an edge holds before its producers are slowed down
+    /// (default 1000).
+    #[serde(default)]
+    pub edge_capacity: Option<Spanned<i64>>,
+    /// Seconds a worker has to finish a message before it goes to another
+    /// worker (default 30; workers extend it for long tasks).
+    #[serde(default)]
+    pub ack_wait_secs: Option<Spanned<u64>>,
+    /// Deliveries of a message before its failing records are
+    /// dead-lettered (default 5).
+    #[serde(default)]
+    pub max_deliver: Option<Spanned<i64>>,
+    /// Messages in flight per remote stage, over all its workers
+    /// (default 256).
+    #[serde(default)]
+    pub max_ack_pending: Option<Spanned<i64>>,
+    /// Seconds the broker remembers message ids to drop duplicates
+    /// (default 3600).
+    #[serde(default)]
+    pub duplicate_window_secs: Option<Spanned<u64>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterEntry {

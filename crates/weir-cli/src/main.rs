@@ -6,6 +6,11 @@
 //! weir list [KIND]                         every component
 //! weir explain COMPONENT                   a component's options and example
 //! weir gen events --seed 42 --lines N      benchmark data (B4)
+//!
+//! weir run PIPELINE.yaml --broker nats://HOST:PORT    coordinate a distributed job
+//! weir worker PIPELINE.yaml --broker nats://HOST:PORT join its worker pools
+//! weir status --broker nats://HOST:PORT              every job, per stage
+//! weir dlq list|replay --broker URL --job JOB        the job's dead letters
 //! ```
 
 // Printing is this binary's job.
@@ -21,6 +26,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod build;
 mod config;
 mod diag;
+mod distributed;
 mod graph;
 mod progress;
 mod registry;
@@ -59,6 +65,44 @@ enum Command {
         /// Where checkpoints are kept (default: `.weir/` beside the pipeline file).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Run as a distributed job on this NATS JetStream server
+        /// (nats://HOST:PORT): remote stages run in `weir worker` processes.
+        #[arg(long, conflicts_with_all = ["resume", "no_checkpoint", "state_dir"])]
+        broker: Option<String>,
+        /// The job's name on the broker (default: the file name without extension).
+        #[arg(long, requires = "broker")]
+        job: Option<String>,
+    },
+    /// Join the worker pools of a distributed job's remote stages; runs until stopped (SIGTERM drains).
+    Worker {
+        /// The pipeline file (YAML), the same as the coordinator's.
+        pipeline: PathBuf,
+        /// The NATS JetStream server (nats://HOST:PORT).
+        #[arg(long)]
+        broker: String,
+        /// The job's name (default: the file name without extension).
+        #[arg(long)]
+        job: Option<String>,
+        /// Only these remote stages (default: all of them).
+        #[arg(long, value_delimiter = ',')]
+        stages: Option<Vec<String>>,
+        /// Messages processed at once per stage.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Show every job on a broker: per stage, backlog, in flight, done, dead letters, workers, rate.
+    Status {
+        /// The NATS JetStream server (nats://HOST:PORT).
+        #[arg(long)]
+        broker: String,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// A distributed job's dead letters.
+    Dlq {
+        #[command(subcommand)]
+        what: Dlq,
     },
     /// Check a pipeline file without running it: reports every problem with its line and column.
     Check {
@@ -98,8 +142,36 @@ enum Gen {
     },
 }
 
+#[derive(Subcommand)]
+enum Dlq {
+    /// List the dead letters (stage, position, reason).
+    List {
+        /// The NATS JetStream server.
+        #[arg(long)]
+        broker: String,
+        /// The job.
+        #[arg(long)]
+        job: String,
+        /// One JSON object per line, with the record.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back into the inbox of the stage that rejected them.
+    Replay {
+        /// The NATS JetStream server.
+        #[arg(long)]
+        broker: String,
+        /// The job.
+        #[arg(long)]
+        job: String,
+        /// Only these entries (the numbers `list` shows); default all.
+        #[arg(long, value_delimiter = ',')]
+        seq: Vec<u64>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
-enum ReportFormat {
+pub(crate) enum ReportFormat {
     Json,
 }
 
@@ -113,7 +185,19 @@ fn main() -> ExitCode {
             resume,
             no_checkpoint,
             state_dir,
+            broker,
+            job,
         } => {
+            if let Some(url) = broker {
+                let live = !quiet && std::io::stderr().is_terminal();
+                return finish(read(&pipeline).and_then(|l| match l {
+                    Ok(l) => distributed::run_coordinator(&l, &url, job, report, live),
+                    Err(text) => {
+                        eprintln!("{text}");
+                        Ok(ExitCode::from(2))
+                    }
+                }));
+            }
             let mode = build::Mode::Run {
                 resume,
                 checkpoint: !no_checkpoint,
@@ -125,7 +209,29 @@ fn main() -> ExitCode {
         Command::List { kind } => registry::list(kind.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Explain { component } => registry::explain(&component).map(|()| ExitCode::SUCCESS),
         Command::Gen { what } => gen_data(what).map(|()| ExitCode::SUCCESS),
+        Command::Worker {
+            pipeline,
+            broker,
+            job,
+            stages,
+            workers,
+        } => read(&pipeline).and_then(|l| match l {
+            Ok(l) => distributed::run_worker(&l, &broker, job, stages, workers),
+            Err(text) => {
+                eprintln!("{text}");
+                Ok(ExitCode::from(2))
+            }
+        }),
+        Command::Status { broker, job } => distributed::status(&broker, job),
+        Command::Dlq { what } => match what {
+            Dlq::List { broker, job, json } => distributed::dlq_list(&broker, &job, json),
+            Dlq::Replay { broker, job, seq } => distributed::dlq_replay(&broker, &job, &seq),
+        },
     };
+    finish(result)
+}
+
+fn finish(result: Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -135,8 +241,30 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads and checks a pipeline file: `Err` carries the rendered diagnostics.
-fn load(path: &Path, mode: build::Mode) -> Result<std::result::Result<build::Built, String>> {
+/// A parsed and wired pipeline file.
+pub(crate) struct Loaded {
+    /// The path as given.
+    pub path: PathBuf,
+    /// The path for messages.
+    pub name: String,
+    /// The file's text, for rendering diagnostics.
+    pub source: String,
+    pub file: config::PipelineFile,
+    pub wiring: graph::Wiring,
+    /// Paths in the file are relative to it.
+    pub base_dir: PathBuf,
+}
+
+impl Loaded {
+    /// Diagnostics rendered against the file's text.
+    pub fn render(&self, diags: &[diag::Diagnostic]) -> String {
+        diag::render(&self.name, &self.source, diags)
+    }
+}
+
+/// Reads, parses and wires a pipeline file: `Err` inside carries the
+/// rendered diagnostics.
+fn read(path: &Path) -> Result<std::result::Result<Loaded, String>> {
     let source =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
@@ -151,8 +279,26 @@ fn load(path: &Path, mode: build::Mode) -> Result<std::result::Result<build::Bui
         Ok(w) => w,
         Err(diags) => return Ok(Err(diag::render(&name, &source, &diags))),
     };
-    Ok(build::build(&file, &wiring, path, &base_dir, mode)
-        .map_err(|diags| diag::render(&name, &source, &diags)))
+    Ok(Ok(Loaded {
+        path: path.to_path_buf(),
+        name,
+        source,
+        file,
+        wiring,
+        base_dir,
+    }))
+}
+
+/// Reads and checks a pipeline file: `Err` carries the rendered diagnostics.
+fn load(path: &Path, mode: build::Mode) -> Result<std::result::Result<build::Built, String>> {
+    let l = match read(path)? {
+        Ok(l) => l,
+        Err(text) => return Ok(Err(text)),
+    };
+    Ok(
+        build::build(&l.file, &l.wiring, path, &l.base_dir, mode, None)
+            .map_err(|diags| l.render(&diags)),
+    )
 }
 
 fn check(path: &Path) -> Result<ExitCode> {

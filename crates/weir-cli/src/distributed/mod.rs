@@ -1,0 +1,552 @@
+//! Distributed mode: the commands that run a pipeline file on a broker.
+//!
+//! - `weir run FILE --broker URL`: the **coordinator**. Creates the job's
+//!   streams, runs the inputs, the coordinator stages and the outputs, and
+//!   waits until every record is committed or dead-lettered (counted on the
+//!   broker, see `weir_nats::completion`).
+//! - `weir worker FILE --broker URL`: joins the pools of the remote stages
+//!   and runs until stopped; SIGTERM drains.
+//! - `weir status --broker URL`: every job, per inbox.
+//! - `weir dlq list|replay`: the job's dead letters.
+//!
+//! Which stage runs where is [`placement`]'s business; the stages and
+//! components themselves are the same as in a local run.
+
+pub mod placement;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use weir::CancellationToken;
+use weir_connectors::processors::ProcessorContext;
+use weir_nats::completion;
+use weir_nats::job::{Status, WorkerStats, now_ms};
+use weir_nats::worker::{RemoteStage, WorkerOptions};
+use weir_nats::{Broker, EdgeSettings, Job};
+
+use crate::build::{self, Component, Dist};
+use crate::config::OnError;
+use crate::{Loaded, ReportFormat};
+use placement::Placement;
+
+/// How long connecting may take before "unreachable".
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The job name: `--job`, else the pipeline file's stem.
+fn job_name(path: &Path, job: Option<String>) -> String {
+    job.unwrap_or_else(|| {
+        path.file_stem()
+            .map_or_else(|| "weir".to_string(), |s| s.to_string_lossy().into_owned())
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The placement, or the rendered diagnostics.
+fn place(l: &Loaded) -> std::result::Result<Placement, String> {
+    let p = Placement::new(&l.file, &l.wiring).map_err(|d| l.render(&d))?;
+    if p.pool.is_empty() {
+        return Err(format!(
+            "{}: no stage runs on the broker: mark stages `remote: true`, or set `broker: {{ remote: all }}`",
+            l.name
+        ));
+    }
+    Ok(p)
+}
+
+/// `weir run FILE --broker URL`.
+pub fn run_coordinator(
+    l: &Loaded,
+    url: &str,
+    job: Option<String>,
+    format: Option<ReportFormat>,
+    live: bool,
+) -> Result<ExitCode> {
+    let placement = match place(l) {
+        Ok(p) => p,
+        Err(text) => {
+            eprintln!("{text}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let job_name = job_name(&l.path, job);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
+        let job = Job::open(broker.clone(), &job_name, placement.settings.clone()).await?;
+        let start = job
+            .start(&l.path.display().to_string(), &placement.specs)
+            .await?;
+        eprintln!(
+            "job '{}' {} on {url} (nats-server {}); remote stages: {}",
+            job.names.job(),
+            match start {
+                weir_nats::job::Start::Fresh => "started",
+                weir_nats::job::Start::Resumed { .. } => "resumed",
+            },
+            broker.server_version,
+            placement.pool_stages().into_iter().collect::<Vec<_>>().join(", "),
+        );
+        let dist = Dist {
+            job: job.clone(),
+            placement,
+        };
+        let mode = build::Mode::Run {
+            resume: false,
+            checkpoint: false,
+            state_dir: None,
+        };
+        let built = match build::build(&l.file, &l.wiring, &l.path, &l.base_dir, mode, Some(&dist)) {
+            Ok(b) => b,
+            Err(d) => {
+                eprintln!("{}", l.render(&d));
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let dead_letter_path = built.dead_letter_path.clone();
+        let nodes = built.nodes.clone();
+        let stop_watch = CancellationToken::new();
+        let watch = {
+            let job = job.clone();
+            let stop = stop_watch.clone();
+            tokio::spawn(async move { completion::watch(&job, &nodes, Duration::from_millis(200), &stop).await })
+        };
+        let outcome = build::run(built, live).await;
+        stop_watch.cancel();
+        let swept = watch.await.ok().and_then(Result::ok).unwrap_or(0);
+        let (report, error) = match outcome {
+            Ok(report) => (report, None),
+            Err(e) => (*e.report, Some(e.error)),
+        };
+        let workers = job.workers().await.unwrap_or_default();
+        let dead = copy_dead_letters(&job, &dead_letter_path).await;
+        let finished = error.is_none() && !report.cancelled;
+        if let Ok(Some(mut state)) = job.state().await {
+            state.status = if finished {
+                Status::Done
+            } else if error.is_some() {
+                Status::Failed
+            } else {
+                Status::Running
+            };
+            state.sources_done = finished;
+            state.updated_ms = now_ms();
+            state.summary = finished.then(|| format!("finished in {:.1} s", report.elapsed.as_secs_f64()));
+            let _ = job.put_state(&state).await;
+        }
+        let remote = remote_table(&dist.placement, &workers);
+        match format {
+            Some(ReportFormat::Json) => {
+                let mut v = crate::report::json(&report, error.as_ref());
+                v["job"] = job.names.job().into();
+                v["remote"] = remote_json(&dist.placement, &workers);
+                v["broker_dead_letters"] = dead.as_ref().map_or(0, |d| *d).into();
+                v["swept"] = swept.into();
+                println!("{v}");
+            }
+            None => {
+                eprintln!("{report}");
+                eprintln!("{remote}");
+            }
+        }
+        match &dead {
+            Ok(n) if *n > 0 => eprintln!(
+                "dead letters: {n} (weir dlq list --broker {url} --job {}; copied to {})",
+                job.names.job(),
+                dead_letter_path.display()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: could not copy the dead letters: {e}"),
+        }
+        if report.cancelled && error.is_none() {
+            eprintln!(
+                "interrupted: the job stays on the broker; run the same command again to resume it"
+            );
+        }
+        match error {
+            None => Ok(ExitCode::SUCCESS),
+            Some(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(1))
+            }
+        }
+    })
+}
+
+/// Writes the job's dead-letter stream to the dead-letter file (the same
+/// place and shape as a local run's); returns how many.
+async fn copy_dead_letters(job: &Job, path: &Path) -> Result<u64> {
+    let entries = weir_nats::dlq::list(job).await?;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+    );
+    for (_, e) in &entries {
+        serde_json::to_writer(&mut f, e)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    Ok(entries.len() as u64)
+}
+
+/// Worker statistics summed per stage: (workers that took part, totals).
+fn per_stage(workers: &[WorkerStats]) -> BTreeMap<String, (usize, weir_nats::job::StageStats)> {
+    let mut out: BTreeMap<String, (usize, weir_nats::job::StageStats)> = BTreeMap::new();
+    for w in workers {
+        for (name, s) in &w.stages {
+            let e = out.entry(name.clone()).or_default();
+            if s.messages > 0 {
+                e.0 += 1;
+            }
+            e.1.messages += s.messages;
+            e.1.records_in += s.records_in;
+            e.1.records_out += s.records_out;
+            e.1.dead += s.dead;
+            e.1.redelivered += s.redelivered;
+            e.1.retried += s.retried;
+            e.1.in_flight += s.in_flight;
+            if !w.stopped && now_ms().saturating_sub(w.updated_ms) < 5_000 {
+                e.1.rate += s.rate;
+            }
+            if s.last_error.is_some() {
+                e.1.last_error.clone_from(&s.last_error);
+            }
+        }
+    }
+    out
+}
+
+fn remote_table(p: &Placement, workers: &[WorkerStats]) -> String {
+    let sums = per_stage(workers);
+    let mut s = String::from(
+        "remote stage          workers   messages  records in   out          dead-lettered  redelivered  retried\n",
+    );
+    for name in p.pool_stages() {
+        let (n, st) = sums.get(name).cloned().unwrap_or_default();
+        s.push_str(&format!(
+            "{name:<21} {n:>7} {:>10} {:>11} {:>12} {:>14} {:>12} {:>8}\n",
+            st.messages, st.records_in, st.records_out, st.dead, st.redelivered, st.retried
+        ));
+    }
+    s
+}
+
+fn remote_json(p: &Placement, workers: &[WorkerStats]) -> serde_json::Value {
+    let sums = per_stage(workers);
+    let mut m = serde_json::Map::new();
+    for name in p.pool_stages() {
+        let (n, st) = sums.get(name).cloned().unwrap_or_default();
+        m.insert(
+            name.to_string(),
+            serde_json::json!({
+                "workers": n,
+                "messages": st.messages,
+                "in": st.records_in,
+                "out": st.records_out,
+                "dead_lettered": st.dead,
+                "redelivered": st.redelivered,
+                "retried": st.retried,
+            }),
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
+/// The remote stages this worker hosts, built from the pipeline file.
+fn remote_stages(
+    l: &Loaded,
+    placement: &Placement,
+    only: Option<&[String]>,
+) -> std::result::Result<Vec<RemoteStage>, String> {
+    let pool = placement.pool_stages();
+    if let Some(only) = only {
+        for s in only {
+            if !pool.contains(s.as_str()) {
+                return Err(format!(
+                    "--stages: '{s}' is not a remote stage of {} (remote stages: {})",
+                    l.name,
+                    pool.iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    let ctx = ProcessorContext {
+        base_dir: l.base_dir.clone(),
+    };
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    for s in &l.file.stages {
+        let e = &s.value;
+        let name = e.name.value.as_str();
+        if !pool.contains(name) || only.is_some_and(|o| !o.iter().any(|x| x == name)) {
+            continue;
+        }
+        let (component, _) = match build::component(e, &ctx) {
+            Ok(c) => c,
+            Err(d) => {
+                diags.extend(d);
+                continue;
+            }
+        };
+        let retry_errors = matches!(e.on_error, Some(OnError::Retry { .. } | OnError::Fail));
+        let (process, ports): (Arc<weir_nats::worker::StageFn>, Vec<Vec<String>>) = match component {
+            Component::Processor(p) => (
+                Arc::new(move |r| {
+                    let mut v = Vec::new();
+                    p.process(r, &mut v)?;
+                    Ok(v.into_iter().map(|o| (0, o)).collect())
+                }),
+                vec![placement.remote_readers(name)],
+            ),
+            Component::Switch(sw) => {
+                let ports = sw
+                    .branches()
+                    .iter()
+                    .map(|b| placement.remote_readers(&format!("{name}/{b}")))
+                    .collect();
+                (
+                    Arc::new(move |r| {
+                        Ok(sw.route(r)?.map(|i| vec![(i, r.clone())]).unwrap_or_default())
+                    }),
+                    ports,
+                )
+            }
+            Component::Aggregate(_) | Component::Batch(_) => {
+                unreachable!("placement keeps stateful stages in the coordinator")
+            }
+        };
+        out.push(RemoteStage {
+            name: name.to_string(),
+            ports,
+            process,
+            retry_errors,
+        });
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(l.render(&diags))
+    }
+}
+
+/// `weir worker FILE --broker URL`.
+pub fn run_worker(
+    l: &Loaded,
+    url: &str,
+    job: Option<String>,
+    only: Option<Vec<String>>,
+    concurrency: usize,
+) -> Result<ExitCode> {
+    let placement = match place(l) {
+        Ok(p) => p,
+        Err(text) => {
+            eprintln!("{text}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let stages = match remote_stages(l, &placement, only.as_deref()) {
+        Ok(s) => s,
+        Err(text) => {
+            eprintln!("{text}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if concurrency == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let job_name = job_name(&l.path, job);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
+        let job = Job::open(broker, &job_name, placement.settings.clone()).await?;
+        let id = format!("{}-{}", hostname(), std::process::id());
+        eprintln!(
+            "worker {id}: job '{}', stages {}, {concurrency} at a time each; SIGTERM or Ctrl-C drains",
+            job.names.job(),
+            stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let cancel = CancellationToken::new();
+        let signals = tokio::spawn(drain_on_signal(cancel.clone()));
+        let stats = weir_nats::worker::run(
+            job,
+            stages,
+            WorkerOptions {
+                id: id.clone(),
+                concurrency,
+                report_every: Duration::from_secs(1),
+            },
+            cancel,
+        )
+        .await;
+        signals.abort();
+        let stats = stats?;
+        for (name, s) in &stats.stages {
+            eprintln!(
+                "worker {id}: {name}: {} messages ({} redelivered, {} retried), {} records in, {} out, {} dead-lettered",
+                s.messages, s.redelivered, s.retried, s.records_in, s.records_out, s.dead
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM or Ctrl-C once: drain; twice: exit at once.
+async fn drain_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        if first {
+            eprintln!("draining: finishing the messages in hand (signal again to stop at once)");
+            cancel.cancel();
+            first = false;
+        } else {
+            std::process::exit(130);
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".to_string())
+}
+
+/// `weir status --broker URL [--job J]`.
+pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
+        let jobs = Job::list(&broker).await?;
+        let jobs: Vec<_> = jobs
+            .into_iter()
+            .filter(|(j, _)| only.as_ref().is_none_or(|o| weir_nats::job::sanitize(o) == *j))
+            .collect();
+        if jobs.is_empty() {
+            println!("no jobs on {url}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        for (name, state) in jobs {
+            let job = Job::open(broker.clone(), &name, EdgeSettings::default()).await?;
+            let age = Duration::from_millis(now_ms().saturating_sub(state.started_ms));
+            println!(
+                "job {name}: {:?} for {}s ({})",
+                state.status,
+                age.as_secs(),
+                state.pipeline
+            );
+            let workers = job.workers().await.unwrap_or_default();
+            let sums = per_stage(&workers);
+            let live = |stage: &str| {
+                workers
+                    .iter()
+                    .filter(|w| {
+                        !w.stopped
+                            && now_ms().saturating_sub(w.updated_ms) < 5_000
+                            && w.stages.contains_key(stage)
+                    })
+                    .count()
+            };
+            println!(
+                "  {:<20} {:<11} {:>8} {:>9} {:>9} {:>8} {:>11} {:>11} {:>6} {:>11} {:>9}",
+                "inbox", "read by", "backlog", "in flight", "done", "workers", "records in", "records out", "dead", "redelivered", "rate/s"
+            );
+            for spec in &state.inboxes {
+                let c = job.inbox_counts(&spec.name).await.unwrap_or_default();
+                let (_, st) = sums.get(&spec.name).cloned().unwrap_or_default();
+                println!(
+                    "  {:<20} {:<11} {:>8} {:>9} {:>9} {:>8} {:>11} {:>11} {:>6} {:>11} {:>9.0}",
+                    spec.name,
+                    if spec.pool { "pool" } else { "coordinator" },
+                    c.pending,
+                    c.ack_pending,
+                    c.done(),
+                    if spec.pool { live(&spec.name).to_string() } else { "-".to_string() },
+                    st.records_in,
+                    st.records_out,
+                    st.dead,
+                    st.redelivered,
+                    st.rate,
+                );
+                if let Some(e) = &st.last_error {
+                    println!("    last retried error: {e}");
+                }
+            }
+            println!(
+                "  (backlog, in flight and done count messages of up to {} records)",
+                EdgeSettings::default().records_per_message
+            );
+            println!("  dead letters: {}", job.dlq_count().await.unwrap_or(0));
+            if let Some(s) = &state.summary {
+                println!("  {s}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `weir dlq list`.
+pub fn dlq_list(url: &str, job: &str, json: bool) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
+        let job = Job::open(broker, job, EdgeSettings::default()).await?;
+        let entries = weir_nats::dlq::list(&job).await?;
+        for (seq, e) in &entries {
+            if json {
+                let mut v = serde_json::to_value(e)?;
+                v["seq"] = (*seq).into();
+                println!("{v}");
+            } else {
+                println!(
+                    "#{seq} {} at {}: {}",
+                    e.stage,
+                    e.position.as_deref().unwrap_or("?"),
+                    e.error
+                );
+            }
+        }
+        eprintln!("{} dead letters in job '{}'", entries.len(), job.names.job());
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `weir dlq replay`.
+pub fn dlq_replay(url: &str, job: &str, seqs: &[u64]) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
+        let job = Job::open(broker, job, EdgeSettings::default()).await?;
+        let r = weir_nats::dlq::replay(&job, seqs).await?;
+        for (seq, why) in &r.skipped {
+            eprintln!("#{seq} not replayed: {why}");
+        }
+        eprintln!(
+            "{} records put back into their stage's inbox; `weir run PIPELINE --broker {url}` finishes the job",
+            r.replayed
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,206 @@
+//! Which parts of a pipeline run where, in distributed mode.
+//!
+//! - **Pool stages** (`remote: true`, or every eligible stage with
+//!   `broker: { remote: all }`) run in worker pools: in `weir worker`
+//!   processes on any machine, reading their inbox on the broker.
+//! - Everything else runs in the **coordinator** (`weir run --broker`):
+//!   the inputs, the stages that must see every record (dedupe,
+//!   aggregate, batch), the outputs, and any stage left local.
+//! - A component has an **inbox** when it is a pool stage or reads from
+//!   one; then all its producers publish into the inbox (merging there),
+//!   and the edge runs over the broker.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use weir_nats::{EdgeSettings, InboxSpec};
+
+use crate::config::{PipelineFile, StageEntry};
+use crate::diag::Diagnostic;
+use crate::graph::Wiring;
+
+/// Where each component runs.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Stages run by worker pools.
+    pub pool: HashSet<String>,
+    /// Components with an inbox on the broker.
+    pub inboxes: HashSet<String>,
+    /// The inboxes in pipeline order (stages, then outputs).
+    pub specs: Vec<InboxSpec>,
+    /// Edge behaviour from the file's `broker` section.
+    pub settings: EdgeSettings,
+    /// For each producer name (a stage, an input or `switch/branch`), the
+    /// components reading it.
+    pub readers: HashMap<String, Vec<String>>,
+}
+
+/// Can this stage run in a pool (does it see one record at a time)?
+fn eligible(e: &StageEntry) -> bool {
+    e.jq.is_some() || e.filter.is_some() || e.validate.is_some() || e.switch.is_some()
+}
+
+/// The kind of a stateful stage, for messages.
+fn stateful_kind(e: &StageEntry) -> &'static str {
+    if e.dedupe.is_some() {
+        "dedupe"
+    } else if e.aggregate.is_some() {
+        "aggregate"
+    } else {
+        "batch"
+    }
+}
+
+/// The component a `from` name refers to: itself, or the switch of a
+/// `switch/branch` name.
+pub fn producer_component<'a>(from: &'a str, stages: &HashSet<&str>) -> &'a str {
+    if stages.contains(from) {
+        return from;
+    }
+    match from.rsplit_once('/') {
+        Some((s, _)) if stages.contains(s) => s,
+        _ => from,
+    }
+}
+
+impl Placement {
+    /// Computes the placement; reports every problem.
+    pub fn new(file: &PipelineFile, wiring: &Wiring) -> Result<Placement, Vec<Diagnostic>> {
+        let mut diags = Vec::new();
+        let broker = file.broker.as_ref();
+        let all = match broker.and_then(|b| b.remote.as_ref()) {
+            None => false,
+            Some(r) if r.value == "all" => true,
+            Some(r) if r.value == "none" => false,
+            Some(r) => {
+                diags.push(Diagnostic::at(
+                    format!("broker.remote: expected `all` or `none`, found `{}`", r.value),
+                    r,
+                ));
+                false
+            }
+        };
+        let mut pool = HashSet::new();
+        for s in &file.stages {
+            let e = &s.value;
+            let explicit = e.remote.as_ref().map(|r| r.value);
+            match explicit {
+                Some(true) if !eligible(e) => diags.push(Diagnostic::at(
+                    format!(
+                        "stage '{}' is a {}: it must see every record, so it runs in the coordinator and cannot be `remote` (remote pools are for jq, filter, validate and switch stages)",
+                        e.name.value,
+                        stateful_kind(e)
+                    ),
+                    e.remote.as_ref().expect("set"),
+                )),
+                Some(true) => {
+                    pool.insert(e.name.value.clone());
+                }
+                Some(false) => {}
+                None if all && eligible(e) => {
+                    pool.insert(e.name.value.clone());
+                }
+                None => {}
+            }
+        }
+        let stage_names: HashSet<&str> = file.stages.iter().map(|s| s.value.name.value.as_str()).collect();
+        let mut readers: HashMap<String, Vec<String>> = HashMap::new();
+        let mut inboxes = HashSet::new();
+        let mut order: Vec<&str> = wiring
+            .stage_order
+            .iter()
+            .map(|&i| file.stages[i].value.name.value.as_str())
+            .collect();
+        order.extend(file.outputs.iter().map(|o| o.value.name.value.as_str()));
+        for &c in &order {
+            let froms = wiring.from.get(c).cloned().unwrap_or_default();
+            let reads_pool = froms
+                .iter()
+                .any(|f| pool.contains(producer_component(f, &stage_names)));
+            if pool.contains(c) || reads_pool {
+                inboxes.insert(c.to_string());
+            }
+            for f in froms {
+                readers.entry(f).or_default().push(c.to_string());
+            }
+        }
+        let specs = order
+            .iter()
+            .filter(|c| inboxes.contains(**c))
+            .map(|c| InboxSpec {
+                name: (*c).to_string(),
+                pool: pool.contains(*c),
+            })
+            .collect();
+        let mut settings = EdgeSettings::default();
+        if let Some(b) = broker {
+            let mut positive = |v: &Option<serde_saphyr::Spanned<i64>>, name: &str, into: &mut i64| {
+                if let Some(v) = v {
+                    if v.value < 1 {
+                        diags.push(Diagnostic::at(format!("broker.{name} must be at least 1"), v));
+                    } else {
+                        *into = v.value;
+                    }
+                }
+            };
+            positive(&b.edge_capacity, "edge_capacity", &mut settings.edge_capacity);
+            positive(&b.max_deliver, "max_deliver", &mut settings.max_deliver);
+            positive(&b.max_ack_pending, "max_ack_pending", &mut settings.max_ack_pending);
+            if let Some(v) = &b.records_per_message {
+                if v.value == 0 {
+                    diags.push(Diagnostic::at("broker.records_per_message must be at least 1", v));
+                } else {
+                    settings.records_per_message = v.value;
+                }
+            }
+            if let Some(v) = &b.ack_wait_secs {
+                if v.value == 0 {
+                    diags.push(Diagnostic::at("broker.ack_wait_secs must be at least 1", v));
+                } else {
+                    settings.ack_wait = Duration::from_secs(v.value);
+                }
+            }
+            if let Some(v) = &b.duplicate_window_secs {
+                settings.duplicate_window = Duration::from_secs(v.value.max(1));
+            }
+        }
+        if diags.is_empty() {
+            Ok(Placement {
+                pool,
+                inboxes,
+                specs,
+                settings,
+                readers,
+            })
+        } else {
+            Err(diags)
+        }
+    }
+
+    /// The pool stages, sorted.
+    pub fn pool_stages(&self) -> BTreeSet<&str> {
+        self.pool.iter().map(String::as_str).collect()
+    }
+
+    /// The inboxes `producer`'s output is published into (its readers that
+    /// have one).
+    pub fn remote_readers(&self, producer: &str) -> Vec<String> {
+        self.readers
+            .get(producer)
+            .into_iter()
+            .flatten()
+            .filter(|r| self.inboxes.contains(*r))
+            .cloned()
+            .collect()
+    }
+
+    /// The readers of `producer` that read it in-process.
+    pub fn local_readers(&self, producer: &str) -> usize {
+        self.readers
+            .get(producer)
+            .into_iter()
+            .flatten()
+            .filter(|r| !self.inboxes.contains(*r))
+            .count()
+    }
+}

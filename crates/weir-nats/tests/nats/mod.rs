@@ -1,0 +1,11 @@
+//! The modules of the weir-nats test binary, one per area of the crate.
+
+mod completion;
+mod connect;
+mod dlq;
+mod errors;
+mod job;
+mod publish;
+mod restart;
+mod util;
+mod worker;
