@@ -48,7 +48,7 @@ struct State {
     inbox: String,
     producers_done: Arc<AtomicBool>,
     counters: Arc<ReaderCounters>,
-    consumer: Option<jetstream::consumer::PullConsumer>,
+    messages: Option<jetstream::consumer::pull::Stream>,
 }
 
 impl InboxReader {
@@ -75,11 +75,11 @@ impl InboxReader {
             inbox: self.inbox,
             producers_done: self.producers_done,
             counters: self.counters,
-            consumer: None,
+            messages: None,
         };
         let batches = futures::stream::unfold(state, |mut st| async move {
             loop {
-                let got = next_messages(&mut st).await?;
+                let got = next_message(&mut st).await?;
                 if !got.is_empty() {
                     return Some((got, st));
                 }
@@ -89,67 +89,74 @@ impl InboxReader {
     }
 }
 
-/// The records of the next fetched messages; `None` at the end.
-async fn next_messages(st: &mut State) -> Option<Vec<(Record, Ack)>> {
-    if st.consumer.is_none() {
-        match st.job.consumer(&st.inbox).await {
-            Ok(c) => st.consumer = Some(c),
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+/// The records of the next message (empty when none came for a while);
+/// `None` at the end.
+async fn next_message(st: &mut State) -> Option<Vec<(Record, Ack)>> {
+    if st.messages.is_none() {
+        let opened = match st.job.consumer(&st.inbox).await {
+            Ok(c) => c
+                .stream()
+                .max_messages_per_batch(256)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        match opened {
+            Some(m) => st.messages = Some(m),
+            None => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
                 return Some(Vec::new());
             }
         }
     }
-    let consumer = st.consumer.as_ref().expect("set above");
-    let fetched = consumer
-        .fetch()
-        .max_messages(64)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await;
-    let mut batch = match fetched {
-        Ok(b) => b,
-        Err(_) => {
-            st.consumer = None;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    let messages = st.messages.as_mut().expect("set above");
+    let next = tokio::select! {
+        m = messages.next() => Some(m),
+        () = tokio::time::sleep(Duration::from_millis(200)) => None,
+    };
+    let msg = match next {
+        Some(Some(Ok(m))) => m,
+        Some(Some(Err(_)) | None) => {
+            // Missed heartbeats (a broker restart): open again.
+            st.messages = None;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            return Some(Vec::new());
+        }
+        None => {
+            // Nothing for a while: the end, once every producer is done
+            // and the broker has nothing left to deliver.
+            if st.producers_done.load(Ordering::Acquire)
+                && let Ok(c) = st.job.inbox_counts(&st.inbox).await
+                && c.pending == 0
+            {
+                return None;
+            }
             return Some(Vec::new());
         }
     };
+    st.counters.messages.fetch_add(1, Ordering::Relaxed);
+    let records =
+        codec::check_version(msg.headers.as_ref()).and_then(|()| codec::decode(&msg.payload));
     let mut out = Vec::new();
-    let mut got_any = false;
-    while let Some(m) = batch.next().await {
-        let Ok(msg) = m else {
-            break;
-        };
-        got_any = true;
-        st.counters.messages.fetch_add(1, Ordering::Relaxed);
-        let records = codec::check_version(msg.headers.as_ref())
-            .and_then(|()| codec::decode(&msg.payload));
-        match records {
-            Ok(records) if records.is_empty() => {
-                let _ = msg.double_ack().await;
-            }
-            Ok(records) => {
-                st.counters
-                    .records
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
-                let ack = message_ack(msg);
-                for r in records {
-                    out.push((r, ack.fork()));
-                }
-                ack.deliver();
-            }
-            Err(e) => garbage(&st.job, &st.inbox, msg, e.to_string()).await,
+    match records {
+        Ok(records) if records.is_empty() => {
+            let _ = msg.double_ack().await;
         }
-    }
-    if !got_any && st.producers_done.load(Ordering::Acquire) {
-        // Everything upstream is committed into this inbox: once nothing
-        // is left to deliver, the flow ends.
-        if let Ok(c) = st.job.inbox_counts(&st.inbox).await
-            && c.pending == 0
-        {
-            return None;
+        Ok(records) => {
+            st.counters
+                .records
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            let ack = message_ack(msg);
+            out.reserve(records.len());
+            for r in records {
+                out.push((r, ack.fork()));
+            }
+            ack.deliver();
         }
+        Err(e) => garbage(&st.job, &st.inbox, msg, e.to_string()).await,
     }
     Some(out)
 }
@@ -196,7 +203,11 @@ pub(crate) async fn garbage(job: &Job, stage: &str, msg: jetstream::Message, err
         id: dlq_id(&entry),
         body: serde_json::to_vec(&entry).expect("entry serializes").into(),
     };
-    if Publisher::new(job.clone()).publish_all(&[out]).await.is_ok() {
+    if Publisher::new(job.clone())
+        .publish_all(&[out])
+        .await
+        .is_ok()
+    {
         let _ = msg.ack_with(AckKind::Term).await;
     }
 }

@@ -66,6 +66,35 @@ impl Publisher {
         h
     }
 
+    /// Sends one message without waiting for the broker's acknowledgement;
+    /// [`Publisher::confirm`] waits for it.
+    pub async fn send(&self, m: Outgoing) -> Sent {
+        let f = self
+            .job
+            .broker
+            .js
+            .publish_with_headers(m.subject.clone(), Self::headers(&m.id), m.body.clone())
+            .await
+            .map_err(|e| e.to_string());
+        Sent { msg: m, ack: f }
+    }
+
+    /// Waits until a sent message is stored, publishing it again (same
+    /// id) when it was refused or its acknowledgement was lost.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish_all`].
+    pub async fn confirm(&self, sent: Sent) -> Result<(), BrokerError> {
+        let ok = match sent.ack {
+            Ok(f) => f.await.is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        self.publish_all(std::slice::from_ref(&sent.msg)).await.map(|_| ())
+    }
+
     /// Publishes every message; returns once the broker acknowledged all
     /// of them (how many were duplicates it dropped).
     ///
@@ -125,6 +154,17 @@ impl Publisher {
     }
 }
 
+/// A message sent, its acknowledgement not yet awaited.
+pub struct Sent {
+    msg: Outgoing,
+    ack: Result<PublishAckFuture, String>,
+}
+
+/// Messages a deterministic [`EdgeSink`] keeps unconfirmed: enough to keep
+/// the link busy while the broker stores them (a round trip per engine
+/// batch would cap an edge at a few batches per millisecond).
+const SEND_WINDOW: usize = 64;
+
 /// Splits records into messages of at most `per_message` records, with
 /// ids `<prefix>:<n>` counting from `*next`.
 pub fn chunk(
@@ -162,6 +202,7 @@ pub struct EdgeSink {
     on_finish: Option<Box<dyn FnOnce(u64) + Send>>,
     published: u64,
     carry: bool,
+    window: std::collections::VecDeque<Sent>,
 }
 
 impl EdgeSink {
@@ -199,6 +240,7 @@ impl EdgeSink {
             on_finish: Some(Box::new(on_finish)),
             published: 0,
             carry: deterministic,
+            window: std::collections::VecDeque::new(),
         }
     }
 
@@ -213,7 +255,20 @@ impl EdgeSink {
         }
         let mut next = self.next;
         let msgs = chunk(&self.pending[..full], self.per_message, &self.subject, &self.prefix, &mut next);
-        self.publisher.publish_all(&msgs).await?;
+        if self.carry {
+            // Records without acks: confirmations may lag behind `write`
+            // (up to SEND_WINDOW messages); `finish` waits for all of them.
+            for m in msgs {
+                let sent = self.publisher.send(m).await;
+                self.window.push_back(sent);
+                while self.window.len() > SEND_WINDOW {
+                    let s = self.window.pop_front().expect("non-empty");
+                    self.publisher.confirm(s).await?;
+                }
+            }
+        } else {
+            self.publisher.publish_all(&msgs).await?;
+        }
         self.next = next;
         self.published += full as u64;
         self.pending.drain(..full);
@@ -235,6 +290,12 @@ impl Sink<Record> for EdgeSink {
 
     async fn finish(mut self) -> Result<u64, BoxError> {
         self.flush(true).await.map_err(|e| BoxError::from(e.to_string()))?;
+        while let Some(s) = self.window.pop_front() {
+            self.publisher
+                .confirm(s)
+                .await
+                .map_err(|e| BoxError::from(e.to_string()))?;
+        }
         if let Some(f) = self.on_finish.take() {
             f(self.published);
         }

@@ -21,7 +21,8 @@
 //!   and the rest published. A message that never gets a result (its worker
 //!   dies on every attempt) is dead-lettered by the coordinator's sweep.
 //! - **Flow.** A worker pulls at most twice its concurrency per stage, so
-//!   messages do not sit in a worker's queue while their `ack_wait` runs,
+//!   messages do not sit in a worker's queue while their `ack_wait` runs
+//!   (tiny messages, as with batching off, want a higher concurrency),
 //!   and it sends in-progress acks every `ack_wait / 3` for every message it
 //!   holds, so a slow task is not redelivered to another worker.
 //! - **Stopping.** Cancelling the token stops the pulls; messages already
@@ -125,8 +126,10 @@ pub async fn run(
 ) -> Result<WorkerStats, BrokerError> {
     let concurrency = opts.concurrency.max(1);
     let p = Pipeline::with_options(PipelineOptions {
-        // Items are whole messages: hold few of them.
-        batch_size: 1,
+        // Items are whole messages: hold few of them, and let the publish
+        // sink take up to `concurrency` outcomes at once (published
+        // pipelined).
+        batch_size: concurrency,
         buffer: 1,
         ..Default::default()
     });
@@ -158,6 +161,7 @@ pub async fn run(
                     idx,
                     in_flight: in_flight.clone(),
                     counters: c,
+                    settling: tokio::task::JoinSet::new(),
                 },
             );
     }
@@ -197,7 +201,11 @@ pub async fn run(
                     retried: c.retried.load(Ordering::Relaxed),
                     in_flight: held.keys().filter(|(s, _)| *s == i).count() as u64,
                     rate,
-                    last_error: c.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                    last_error: c
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
                 },
             );
         }
@@ -229,7 +237,10 @@ pub async fn run(
     Ok(final_stats)
 }
 
-/// Messages pulled from one stage's consumer, sized to the free slots.
+/// Messages pulled from one stage's consumer. The pull stream asks for at
+/// most `2 × concurrency` messages at a time, and asks for more only as
+/// they are taken, so a busy worker does not hoard messages whose
+/// `ack_wait` runs out in its queue.
 fn pull_stream(
     job: Job,
     inbox: String,
@@ -243,90 +254,85 @@ fn pull_stream(
         job: Job,
         inbox: String,
         idx: usize,
-        limit: usize,
+        prefetch: usize,
         in_flight: InFlight,
         cancel: CancellationToken,
         counters: Arc<Counters>,
-        consumer: Option<jetstream::consumer::PullConsumer>,
-        buf: std::collections::VecDeque<Delivery>,
+        messages: Option<jetstream::consumer::pull::Stream>,
     }
     let st = St {
         job,
         inbox,
         idx,
-        limit: concurrency * 2,
+        prefetch: concurrency * 2,
         in_flight,
         cancel,
         counters,
-        consumer: None,
-        buf: Default::default(),
+        messages: None,
     };
     futures::stream::unfold(st, |mut st| async move {
         loop {
-            if let Some(d) = st.buf.pop_front() {
-                return Some((d, st));
-            }
             if st.cancel.is_cancelled() {
                 return None;
             }
-            if st.consumer.is_none() {
+            if st.messages.is_none() {
                 // The job may not exist yet (a worker started before the
-                // coordinator), or was recreated: wait for it.
-                match st.job.consumer(&st.inbox).await {
-                    Ok(c) => st.consumer = Some(c),
-                    Err(_) => {
+                // coordinator), or was recreated, or the broker restarted:
+                // wait for it.
+                let opened = match st.job.consumer(&st.inbox).await {
+                    Ok(c) => c
+                        .stream()
+                        .max_messages_per_batch(st.prefetch)
+                        .heartbeat(Duration::from_secs(5))
+                        .expires(Duration::from_secs(30))
+                        .messages()
+                        .await
+                        .ok(),
+                    Err(_) => None,
+                };
+                match opened {
+                    Some(m) => st.messages = Some(m),
+                    None => {
                         tokio::select! {
                             () = st.cancel.cancelled() => return None,
-                            () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            () = tokio::time::sleep(Duration::from_millis(250)) => continue,
                         }
                     }
                 }
             }
-            let held = {
-                let m = st.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                m.keys().filter(|(s, _)| *s == st.idx).count()
-            };
-            let free = st.limit.saturating_sub(held);
-            if free == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-            let consumer = st.consumer.as_ref().expect("set above");
-            let fetch = consumer
-                .fetch()
-                .max_messages(free)
-                .expires(Duration::from_millis(1000))
-                .messages();
-            let batch = tokio::select! {
+            let messages = st.messages.as_mut().expect("set above");
+            let next = tokio::select! {
                 () = st.cancel.cancelled() => return None,
-                b = fetch => b,
+                m = messages.next() => m,
             };
-            let Ok(mut batch) = batch else {
-                st.consumer = None;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            };
-            while let Some(m) = batch.next().await {
-                let Ok(msg) = m else {
-                    st.consumer = None;
-                    break;
-                };
-                let Ok(info) = msg.info() else { continue };
-                let (seq, delivered) = (info.stream_sequence, info.delivered);
-                st.counters.messages.fetch_add(1, Ordering::Relaxed);
-                if delivered > 1 {
-                    st.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+            let msg = match next {
+                Some(Ok(m)) => m,
+                // Missed heartbeats (a broker restart), a deleted
+                // consumer (the job was started afresh): open again.
+                Some(Err(_)) | None => {
+                    st.messages = None;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
                 }
-                st.in_flight
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((st.idx, seq), msg.clone());
-                st.buf.push_back(Delivery {
+            };
+            let Ok(info) = msg.info() else { continue };
+            let (seq, delivered) = (info.stream_sequence, info.delivered);
+            st.counters.messages.fetch_add(1, Ordering::Relaxed);
+            if delivered > 1 {
+                st.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            st.in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((st.idx, seq), msg.clone());
+            return Some((
+                Delivery {
                     msg,
                     seq,
                     delivered,
-                });
-            }
+                },
+                st,
+            ));
         }
     })
 }
@@ -383,7 +389,12 @@ fn process(stage: &RemoteStage, d: Delivery, max_deliver: i64) -> Outcome {
         } else {
             error
         };
-        dead.push(DlqEntry::for_record(&stage.name, error, delivered as u32, r));
+        dead.push(DlqEntry::for_record(
+            &stage.name,
+            error,
+            delivered as u32,
+            r,
+        ));
     }
     Outcome {
         msg,
@@ -429,6 +440,7 @@ struct OutcomeSink {
     idx: usize,
     in_flight: InFlight,
     counters: Arc<Counters>,
+    settling: tokio::task::JoinSet<Result<(), String>>,
 }
 
 impl Sink<Outcome> for OutcomeSink {
@@ -482,51 +494,84 @@ impl Sink<Outcome> for OutcomeSink {
                 Verdict::Retry(_) => {}
             }
         }
-        if let Err(e) = self.publisher.publish_all(&out).await {
-            return Err(WriteError::all(items, BoxError::from(e.to_string())));
+        // Send now, confirm and acknowledge in the background: the next
+        // messages are processed while the broker stores these. At most
+        // SETTLE_WINDOW writes are unconfirmed; `finish` waits for all.
+        let mut sent = Vec::with_capacity(out.len());
+        for m in out {
+            sent.push(self.publisher.send(m).await);
         }
-        for o in &items {
-            let kind = match &o.verdict {
-                Verdict::Publish { outputs, dead } => {
-                    self.counters.records_out.fetch_add(
-                        outputs.iter().map(Vec::len).sum::<usize>() as u64,
-                        Ordering::Relaxed,
-                    );
-                    self.counters
-                        .dead
-                        .fetch_add(dead.len() as u64, Ordering::Relaxed);
-                    AckKind::Ack
-                }
-                Verdict::Garbage(_) => AckKind::Term,
-                Verdict::Retry(reason) => {
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                    *self
-                        .counters
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
-                    AckKind::Nak(Some(retry_delay(o.delivered)))
-                }
-            };
-            // The records of a message count once it is settled.
-            if !matches!(o.verdict, Verdict::Retry(_)) {
-                self.counters
-                    .records_in
-                    .fetch_add(o.records_in as u64, Ordering::Relaxed);
+        let publisher = self.publisher.clone();
+        let counters = self.counters.clone();
+        let in_flight = self.in_flight.clone();
+        let idx = self.idx;
+        self.settling.spawn(async move {
+            for s in sent {
+                publisher.confirm(s).await.map_err(|e| e.to_string())?;
             }
-            // A lost ack means a redelivery, whose outputs the broker drops
-            // as duplicates: no retry needed here.
-            let _ = o.msg.ack_with(kind).await;
-            self.in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&(self.idx, o.seq));
+            settle(items, &counters, &in_flight, idx).await;
+            Ok(())
+        });
+        while self.settling.len() > SETTLE_WINDOW {
+            if let Some(r) = self.settling.join_next().await {
+                flatten(r).map_err(|e| WriteError::all(Vec::new(), BoxError::from(e)))?;
+            }
         }
         Ok(())
     }
 
-    async fn finish(self) -> Result<(), BoxError> {
+    async fn finish(mut self) -> Result<(), BoxError> {
+        while let Some(r) = self.settling.join_next().await {
+            flatten(r).map_err(BoxError::from)?;
+        }
         Ok(())
+    }
+}
+
+/// Unconfirmed writes a worker's publish sink allows.
+const SETTLE_WINDOW: usize = 8;
+
+fn flatten(r: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), String> {
+    r.map_err(|e| format!("publishing task failed: {e}"))?
+}
+
+/// Acknowledges (or gives back) the messages whose outputs are stored.
+async fn settle(items: Vec<Outcome>, counters: &Counters, in_flight: &InFlight, idx: usize) {
+    for o in &items {
+        let kind = match &o.verdict {
+            Verdict::Publish { outputs, dead } => {
+                counters.records_out.fetch_add(
+                    outputs.iter().map(Vec::len).sum::<usize>() as u64,
+                    Ordering::Relaxed,
+                );
+                counters
+                    .dead
+                    .fetch_add(dead.len() as u64, Ordering::Relaxed);
+                AckKind::Ack
+            }
+            Verdict::Garbage(_) => AckKind::Term,
+            Verdict::Retry(reason) => {
+                counters.retried.fetch_add(1, Ordering::Relaxed);
+                *counters
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                AckKind::Nak(Some(retry_delay(o.delivered)))
+            }
+        };
+        // The records of a message count once it is settled.
+        if !matches!(o.verdict, Verdict::Retry(_)) {
+            counters
+                .records_in
+                .fetch_add(o.records_in as u64, Ordering::Relaxed);
+        }
+        // A lost ack means a redelivery, whose outputs the broker drops
+        // as duplicates: no retry needed here.
+        let _ = o.msg.ack_with(kind).await;
+        in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(idx, o.seq));
     }
 }
 
