@@ -302,6 +302,15 @@ fn load(path: &Path, mode: build::Mode) -> Result<std::result::Result<build::Bui
 }
 
 fn check(path: &Path) -> Result<ExitCode> {
+    // The distributed settings too, so that a file is checked once for
+    // both modes.
+    if let Ok(l) = read(path)?
+        && (l.file.broker.is_some() || l.file.stages.iter().any(|s| s.value.remote.is_some()))
+        && let Err(diags) = distributed::placement::Placement::new(&l.file, &l.wiring)
+    {
+        eprintln!("{}", l.render(&diags));
+        return Ok(ExitCode::from(2));
+    }
     match load(path, build::Mode::Check)? {
         Ok(built) => {
             match &built.description {
