@@ -39,7 +39,8 @@ async fn a_real_server_is_accepted_with_its_version() {
             "version {}",
             broker.server_version
         );
-        weir_nats::broker::check_version(&broker.server_version).expect("the pinned server is new enough");
+        weir_nats::broker::check_version(&broker.server_version)
+            .expect("the pinned server is new enough");
     })
     .await;
 }

@@ -14,6 +14,7 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
     within(async {
         let server = server().await;
         let settings = EdgeSettings {
+            records_per_message: 100,
             edge_capacity: 77,
             ack_wait: Duration::from_secs(7),
             max_deliver: 4,
@@ -24,7 +25,10 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
             .await
             .unwrap();
         assert_eq!(job.names.job(), "orders_2024", "names are sanitized");
-        assert!(job.state().await.unwrap().is_none(), "no state before start");
+        assert!(
+            job.state().await.unwrap().is_none(),
+            "no state before start"
+        );
         let inboxes = [pool("double"), coordinator("out")];
         assert_eq!(job.start("p.yaml", &inboxes).await.unwrap(), Start::Fresh);
 
@@ -33,7 +37,10 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
             let mut s = job.inbox(name).await.unwrap();
             let info = s.info().await.unwrap();
             assert_eq!(info.config.name, format!("WEIR_orders_2024_{name}"));
-            assert_eq!(info.config.subjects, vec![format!("weir.orders_2024.{name}")]);
+            assert_eq!(
+                info.config.subjects,
+                vec![format!("weir.orders_2024.{name}")]
+            );
             assert_eq!(info.config.retention, stream::RetentionPolicy::WorkQueue);
             assert_eq!(info.config.discard, stream::DiscardPolicy::New);
             assert_eq!(info.config.max_messages, 77);
@@ -53,8 +60,16 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
         assert_eq!(cfg.ack_policy, consumer::AckPolicy::Explicit);
         assert_eq!(cfg.max_deliver, -1);
         assert_eq!(cfg.max_ack_pending, -1);
-        assert!(cfg.ack_wait >= Duration::from_secs(3600), "{:?}", cfg.ack_wait);
-        assert_eq!(job.dlq_count().await.unwrap(), 0, "dead-letter stream exists, empty");
+        assert!(
+            cfg.ack_wait >= Duration::from_secs(3600),
+            "{:?}",
+            cfg.ack_wait
+        );
+        assert_eq!(
+            job.dlq_count().await.unwrap(),
+            0,
+            "dead-letter stream exists, empty"
+        );
 
         let state = job.state().await.unwrap().expect("state written");
         assert_eq!(state.status, Status::Running);
@@ -68,11 +83,20 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
         assert_eq!(job.inbox_counts("double").await.unwrap().stored, 3);
         assert_eq!(
             job.start("p.yaml", &inboxes).await.unwrap(),
-            Start::Resumed { sources_done: false }
+            Start::Resumed {
+                sources_done: false
+            }
         );
-        assert_eq!(job.inbox_counts("double").await.unwrap().stored, 3, "backlog kept");
+        assert_eq!(
+            job.inbox_counts("double").await.unwrap().stored,
+            3,
+            "backlog kept"
+        );
         let resumed = job.state().await.unwrap().unwrap();
-        assert_eq!(resumed.started_ms, state.started_ms, "a resumed job keeps its start time");
+        assert_eq!(
+            resumed.started_ms, state.started_ms,
+            "a resumed job keeps its start time"
+        );
 
         // Once the sources are done, a restarted coordinator learns it.
         let mut s = resumed.clone();
@@ -90,10 +114,21 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("job 'orders_2024' is running with other stages (double, out)"), "{err}");
+        assert!(
+            err.contains("job 'orders_2024' is running with other stages (double, out)"),
+            "{err}"
+        );
         // The same names with another pool/coordinator split differ too.
-        assert!(job.start("p.yaml", &[pool("double"), pool("out")]).await.is_err());
-        assert_eq!(job.state().await.unwrap().unwrap().inboxes, inboxes.to_vec(), "state untouched");
+        assert!(
+            job.start("p.yaml", &[pool("double"), pool("out")])
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            job.state().await.unwrap().unwrap().inboxes,
+            inboxes.to_vec(),
+            "state untouched"
+        );
 
         let jobs = Job::list(&job.broker).await.unwrap();
         assert_eq!(jobs.len(), 1);
@@ -134,9 +169,15 @@ async fn a_finished_job_starts_afresh_without_its_old_backlog() {
         assert_eq!(job.start("p.yaml", &other).await.unwrap(), Start::Fresh);
         let c = job.inbox_counts("double").await.unwrap();
         assert_eq!((c.stored, c.last_seq), (0, 0), "a fresh stream: {c:?}");
-        assert!(job.workers().await.unwrap().is_empty(), "stale worker stats purged");
+        assert!(
+            job.workers().await.unwrap().is_empty(),
+            "stale worker stats purged"
+        );
         let s = job.state().await.unwrap().unwrap();
-        assert_eq!((s.status, s.sources_done, s.summary), (Status::Running, false, None));
+        assert_eq!(
+            (s.status, s.sources_done, s.summary),
+            (Status::Running, false, None)
+        );
         assert_eq!(s.inboxes, other.to_vec());
     })
     .await;
@@ -170,7 +211,9 @@ async fn resuming_redelivers_what_the_old_coordinator_held_at_once() {
         // coordinator gets it now.
         assert_eq!(
             job.start("p.yaml", &inboxes).await.unwrap(),
-            Start::Resumed { sources_done: false }
+            Start::Resumed {
+                sources_done: false
+            }
         );
         let again = job.consumer("out").await.unwrap();
         let mut batch = again

@@ -17,7 +17,9 @@ use weir_nats::{EdgeSettings, Job};
 use crate::nats::util::{connect, coordinator, n_of, numbers, pool, server, settings, within};
 
 async fn job_with(server: &weir_testkit::NatsServer, settings: EdgeSettings) -> Job {
-    let job = Job::open(connect(server).await, "pub", settings).await.unwrap();
+    let job = Job::open(connect(server).await, "pub", settings)
+        .await
+        .unwrap();
     job.start("p.yaml", &[pool("double"), coordinator("out")])
         .await
         .unwrap();
@@ -73,7 +75,13 @@ async fn the_same_ids_published_twice_are_stored_once() {
         let server = server().await;
         let job = job_with(&server, settings()).await;
         let mut next = 0;
-        let msgs = chunk(&numbers(0..1000), 100, &job.names.subject("double"), "src", &mut next);
+        let msgs = chunk(
+            &numbers(0..1000),
+            100,
+            &job.names.subject("double"),
+            "src",
+            &mut next,
+        );
         assert_eq!((msgs.len(), next), (10, 10));
         assert_eq!(msgs[3].id, "src:3");
         let publisher = Publisher::new(job.clone());
@@ -93,7 +101,11 @@ async fn the_same_ids_published_twice_are_stored_once() {
         assert_eq!((c.stored, c.last_seq, c.pending), (11, 11, 11));
         let (records, ids) = drain(&job, "double", 1001).await;
         assert_each_once(&records, 0..1001);
-        assert_eq!(ids, (0..11).map(|k| format!("src:{k}")).collect::<Vec<_>>(), "in order");
+        assert_eq!(
+            ids,
+            (0..11).map(|k| format!("src:{k}")).collect::<Vec<_>>(),
+            "in order"
+        );
         // Positions travel with the records.
         assert_eq!(records[41].pos.to_string(), "numbers#42");
     })
@@ -102,7 +114,12 @@ async fn the_same_ids_published_twice_are_stored_once() {
 
 /// Runs `records` through an engine pipeline into an [`EdgeSink`] on
 /// `double`; returns what the sink and its `on_finish` reported.
-async fn run_edge_sink(job: &Job, records: Vec<Record>, deterministic: bool, batch: usize) -> (u64, u64) {
+async fn run_edge_sink(
+    job: &Job,
+    records: Vec<Record>,
+    deterministic: bool,
+    batch: usize,
+) -> (u64, u64) {
     let finished = Arc::new(AtomicU64::new(u64::MAX));
     let f = finished.clone();
     let p = Pipeline::with_options(PipelineOptions {
@@ -117,7 +134,10 @@ async fn run_edge_sink(job: &Job, records: Vec<Record>, deterministic: bool, bat
     );
     let report = p.run().await.expect("pipeline");
     assert_eq!(report.dead_lettered(), 0);
-    (out.take().expect("sink output"), finished.load(Ordering::SeqCst))
+    (
+        out.take().expect("sink output"),
+        finished.load(Ordering::SeqCst),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +164,13 @@ async fn edge_sink_batches_records_and_a_deterministic_rerun_adds_nothing() {
         assert_eq!(ids.len(), 11);
         assert_eq!(ids[0], "numbers>double:0");
         assert_eq!(ids[10], "numbers>double:10");
-        assert_eq!(records.iter().filter(|r| r.pos.input.as_ref() == "numbers").count(), n as usize);
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| r.pos.input.as_ref() == "numbers")
+                .count(),
+            n as usize
+        );
     })
     .await;
 }
@@ -159,7 +185,10 @@ async fn a_non_deterministic_edge_sink_publishes_each_batch_and_every_run() {
         let (published, finished) = run_edge_sink(&job, numbers(0..300), false, 30).await;
         assert_eq!((published, finished), (300, 300));
         let stored = job.inbox_counts("double").await.unwrap().stored;
-        assert!(stored >= 10, "one message per engine batch at least: {stored}");
+        assert!(
+            stored >= 10,
+            "one message per engine batch at least: {stored}"
+        );
         // Ids are unique to the run: a second run is stored again.
         tokio::time::sleep(Duration::from_millis(5)).await;
         run_edge_sink(&job, numbers(300..600), false, 30).await;
@@ -185,7 +214,13 @@ async fn a_full_inbox_blocks_its_producer_until_drained_and_loses_nothing() {
         )
         .await;
         let mut next = 0;
-        let msgs = chunk(&numbers(0..200), 10, &job.names.subject("double"), "src", &mut next);
+        let msgs = chunk(
+            &numbers(0..200),
+            10,
+            &job.names.subject("double"),
+            "src",
+            &mut next,
+        );
         assert_eq!(msgs.len(), 20);
         let publisher = Publisher::new(job.clone());
         let publishing = tokio::spawn(async move { publisher.publish_all(&msgs).await });
@@ -193,13 +228,19 @@ async fn a_full_inbox_blocks_its_producer_until_drained_and_loses_nothing() {
         // Nobody reads: three messages fit, the producer waits (no error,
         // nothing dropped).
         tokio::time::sleep(Duration::from_millis(800)).await;
-        assert!(!publishing.is_finished(), "publish_all returned with a full inbox");
+        assert!(
+            !publishing.is_finished(),
+            "publish_all returned with a full inbox"
+        );
         let c = job.inbox_counts("double").await.unwrap();
         assert_eq!(c.stored, 3, "the inbox holds its capacity: {c:?}");
 
         // A consumer drains it: the producer gets through.
         let (records, ids) = drain(&job, "double", 200).await;
-        let dups = publishing.await.unwrap().expect("publish succeeds once drained");
+        let dups = publishing
+            .await
+            .unwrap()
+            .expect("publish succeeds once drained");
         assert_eq!(dups, 0);
         assert_each_once(&records, 0..200);
         let mut ids_sorted = ids.clone();
@@ -225,13 +266,22 @@ async fn a_producer_gives_up_after_give_up_after_with_an_error() {
         )
         .await;
         let mut next = 0;
-        let msgs = chunk(&numbers(0..3), 1, &job.names.subject("double"), "src", &mut next);
+        let msgs = chunk(
+            &numbers(0..3),
+            1,
+            &job.names.subject("double"),
+            "src",
+            &mut next,
+        );
         let mut publisher = Publisher::new(job.clone());
         publisher.give_up_after = Duration::from_millis(500);
         let started = Instant::now();
         let err = publisher.publish_all(&msgs).await.unwrap_err().to_string();
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(err.contains("publishing to weir.pub.double failed for 500ms"), "{err}");
+        assert!(
+            err.contains("publishing to weir.pub.double failed for 500ms"),
+            "{err}"
+        );
         assert_eq!(job.inbox_counts("double").await.unwrap().stored, 1);
         // Publishing the same messages again once there is room completes
         // the set: the one stored before is dropped as a duplicate (even
@@ -244,6 +294,42 @@ async fn a_producer_gives_up_after_give_up_after_with_an_error() {
         let (third, _) = drain(&job, "double", 1).await;
         let all: Vec<Record> = first.into_iter().chain(second).chain(third).collect();
         assert_each_once(&all, 0..3);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deterministic_edge_sink_waits_for_room_in_a_full_inbox() {
+    within(async {
+        let server = server().await;
+        let job = job_with(
+            &server,
+            EdgeSettings {
+                records_per_message: 10,
+                edge_capacity: 3,
+                ..Default::default()
+            },
+        )
+        .await;
+        // More messages than the inbox holds and than the sink keeps
+        // unconfirmed: refused ones are sent again, same ids.
+        let sink = {
+            let job = job.clone();
+            tokio::spawn(async move { run_edge_sink(&job, numbers(0..1000), true, 64).await })
+        };
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(!sink.is_finished(), "the sink finished into a full inbox");
+        assert_eq!(job.inbox_counts("double").await.unwrap().stored, 3);
+        let (records, ids) = drain(&job, "double", 1000).await;
+        let (published, finished) = sink.await.unwrap();
+        assert_eq!((published, finished), (1000, 1000));
+        assert_each_once(&records, 0..1000);
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 100, "each message once");
+        let c = job.inbox_counts("double").await.unwrap();
+        assert_eq!((c.stored, c.last_seq), (0, 100), "{c:?}");
     })
     .await;
 }

@@ -176,8 +176,16 @@ impl Collected {
         let got = self.counts();
         if got != want {
             let dups: Vec<_> = got.iter().filter(|(_, c)| **c > 1).take(10).collect();
-            let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(k)).take(10).collect();
-            let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(k)).take(10).collect();
+            let missing: Vec<_> = want
+                .keys()
+                .filter(|k| !got.contains_key(k))
+                .take(10)
+                .collect();
+            let extra: Vec<_> = got
+                .keys()
+                .filter(|k| !want.contains_key(k))
+                .take(10)
+                .collect();
             panic!(
                 "read {} records, want {}: duplicates {dups:?}, missing {missing:?}, unexpected {extra:?}",
                 self.records.len(),
