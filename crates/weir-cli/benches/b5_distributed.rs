@@ -67,7 +67,15 @@ fn main() {
     write_input(&input, n);
     let mut rows = Vec::new();
     for workers in [1, 2, 4] {
-        let rate = weir_job(&dir, &url, &input, n, workers, 256, &format!("b5-w{workers}"));
+        let rate = weir_job(
+            &dir,
+            &url,
+            &input,
+            n,
+            workers,
+            256,
+            &format!("b5-w{workers}"),
+        );
         println!(
             "weir, batched (256/msg), {workers} worker process(es): {rate:>10.0} records/s = {:.2}x raw",
             rate / raw
@@ -108,11 +116,22 @@ fn main() {
         "| weir batching off, 1 worker | ≥ {UNBATCHED_TARGET}× raw | {off:.0} records/s ({:.2}×) |",
         off / raw
     );
-    println!("| B2 remote, 2 workers vs 1 | speedup | {:.2}× |", cpu2 / cpu1);
+    println!(
+        "| B2 remote, 2 workers vs 1 | speedup | {:.2}× |",
+        cpu2 / cpu1
+    );
     println!(
         "batched target {}; batching-off target {}",
-        if best / raw >= BATCHED_TARGET { "met" } else { "MISSED" },
-        if off / raw >= UNBATCHED_TARGET { "met" } else { "MISSED" }
+        if best / raw >= BATCHED_TARGET {
+            "met"
+        } else {
+            "MISSED"
+        },
+        if off / raw >= UNBATCHED_TARGET {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
 }
 
@@ -219,7 +238,15 @@ impl Drop for Kill {
 
 /// Runs one job: `workers` worker processes, then the coordinator; returns
 /// records per second of the coordinator's wall time.
-fn run_job(dir: &Path, url: &str, yaml: &str, job: &str, workers: usize, per_worker: usize, n: u64) -> f64 {
+fn run_job(
+    dir: &Path,
+    url: &str,
+    yaml: &str,
+    job: &str,
+    workers: usize,
+    per_worker: usize,
+    n: u64,
+) -> f64 {
     let pipeline = dir.join(format!("{job}.yaml"));
     std::fs::write(&pipeline, yaml).expect("pipeline");
     let out = dir.join(format!("{job}.out.jsonl"));
@@ -252,13 +279,24 @@ fn run_job(dir: &Path, url: &str, yaml: &str, job: &str, workers: usize, per_wor
     let mut ids = HashSet::with_capacity(n as usize);
     for line in f.lines() {
         let v: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("json");
-        assert!(ids.insert(v["id"].as_u64().expect("id")), "{job}: duplicate id");
+        assert!(
+            ids.insert(v["id"].as_u64().expect("id")),
+            "{job}: duplicate id"
+        );
     }
     assert_eq!(ids.len() as u64, n, "{job}: records lost");
     n as f64 / secs
 }
 
-fn weir_job(dir: &Path, url: &str, input: &Path, n: u64, workers: usize, per_msg: usize, job: &str) -> f64 {
+fn weir_job(
+    dir: &Path,
+    url: &str,
+    input: &Path,
+    n: u64,
+    workers: usize,
+    per_msg: usize,
+    job: &str,
+) -> f64 {
     let yaml = format!(
         r#"inputs:
   - name: events

@@ -86,7 +86,9 @@ impl std::error::Error for DecodeError {}
 /// # Errors
 /// When the header is missing or names another version.
 pub fn check_version(headers: Option<&async_nats::HeaderMap>) -> Result<(), DecodeError> {
-    let v = headers.and_then(|h| h.get(FORMAT_HEADER)).map(|v| v.as_str());
+    let v = headers
+        .and_then(|h| h.get(FORMAT_HEADER))
+        .map(|v| v.as_str());
     match v {
         Some(FORMAT_VERSION) => Ok(()),
         Some(other) => Err(DecodeError(format!(
@@ -222,7 +224,15 @@ mod tests {
     fn documented_example_decodes() {
         let body = br#"{"in":"orders","file":"data/o.jsonl","line":12,"v":{"id":1}}"#;
         let got = decode(body).unwrap();
-        assert_eq!(got, vec![rec("orders", Some("data/o.jsonl"), 12, serde_json::json!({"id":1}))]);
+        assert_eq!(
+            got,
+            vec![rec(
+                "orders",
+                Some("data/o.jsonl"),
+                12,
+                serde_json::json!({"id":1})
+            )]
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use futures::StreamExt;
 
 use weir::CancellationToken;
 
@@ -64,6 +67,8 @@ pub async fn watch(
 ) -> Result<u64, BrokerError> {
     let mut complete: HashMap<String, bool> = HashMap::new();
     let mut swept = 0;
+    // Per pool inbox: its counts when they last changed, and when.
+    let mut last: HashMap<String, (InboxCounts, Instant)> = HashMap::new();
     loop {
         let mut all = true;
         for n in nodes {
@@ -83,15 +88,34 @@ pub async fn watch(
                 complete.insert(n.inbox.clone(), true);
                 continue;
             }
-            match job.inbox_counts(&n.inbox).await {
-                Ok(c) if c.stored == 0 => {
-                    complete.insert(n.inbox.clone(), true);
-                }
-                Ok(c) if c.pending == 0 && c.ack_pending == 0 => {
-                    swept += sweep(job, &n.inbox, c).await?;
+            let c = match job.inbox_counts(&n.inbox).await {
+                Ok(c) => c,
+                Err(_) => {
                     all = false;
+                    continue;
                 }
-                _ => all = false,
+            };
+            all &= c.stored == 0;
+            if c.stored == 0 {
+                complete.insert(n.inbox.clone(), true);
+            } else if c.pending == 0 && c.ack_pending == 0 {
+                swept += sweep(job, &n.inbox, c).await?;
+            } else if c.pending == 0 {
+                // Nothing to deliver and something in flight: workers at
+                // work, or a message past max_deliver that the server
+                // keeps counting as in flight until it serves a pull. If
+                // nothing changed for longer than ack_wait, pull once.
+                let since = match last.get(&n.inbox) {
+                    Some((prev, at)) if *prev == c => *at,
+                    _ => {
+                        last.insert(n.inbox.clone(), (c, Instant::now()));
+                        Instant::now()
+                    }
+                };
+                if since.elapsed() > job.settings.ack_wait + Duration::from_secs(1) {
+                    probe(job, &n.inbox).await;
+                    last.remove(&n.inbox);
+                }
             }
         }
         if all {
@@ -100,6 +124,19 @@ pub async fn watch(
         tokio::select! {
             () = cancel.cancelled() => return Err(BrokerError::Request("cancelled".into())),
             () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// One pull on a stalled pool inbox: lets the server retire messages past
+/// `max_deliver`; anything it does deliver goes straight back (nak).
+async fn probe(job: &Job, inbox: &str) {
+    let Ok(consumer) = job.consumer(inbox).await else {
+        return;
+    };
+    if let Ok(mut batch) = consumer.fetch().max_messages(16).messages().await {
+        while let Some(Ok(m)) = batch.next().await {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
         }
     }
 }
@@ -120,7 +157,9 @@ async fn sweep(job: &Job, inbox: &str, c: InboxCounts) -> Result<u64, BrokerErro
         let entries: Vec<DlqEntry> = match codec::decode(&m.payload) {
             Ok(records) => records
                 .iter()
-                .map(|r| DlqEntry::for_record(inbox, reason.clone(), job.settings.max_deliver as u32, r))
+                .map(|r| {
+                    DlqEntry::for_record(inbox, reason.clone(), job.settings.max_deliver as u32, r)
+                })
                 .collect(),
             Err(e) => vec![DlqEntry {
                 stage: inbox.to_string(),
@@ -136,9 +175,10 @@ async fn sweep(job: &Job, inbox: &str, c: InboxCounts) -> Result<u64, BrokerErro
         };
         let out: Vec<Outgoing> = entries
             .iter()
-            .map(|e| Outgoing {
+            .enumerate()
+            .map(|(i, e)| Outgoing {
                 subject: job.names.dlq_subject(),
-                id: dlq_id(e),
+                id: dlq_id(e, &format!("sweep:{seq}:{i}")),
                 body: serde_json::to_vec(e).expect("entry serializes").into(),
             })
             .collect();

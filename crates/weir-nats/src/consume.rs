@@ -13,8 +13,9 @@
 //! (`producers_done`, set by [`crate::completion`]) and the broker has no
 //! message of the inbox left to deliver.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
@@ -48,7 +49,22 @@ struct State {
     inbox: String,
     producers_done: Arc<AtomicBool>,
     counters: Arc<ReaderCounters>,
-    messages: Option<jetstream::consumer::pull::Stream>,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    batch: Option<jetstream::consumer::pull::Batch>,
+    got_in_batch: usize,
+    seen: Seen,
+}
+
+/// Messages taken in this run, by stream sequence: a message delivered
+/// again (its ack lost in a broker crash) is not processed twice; its new
+/// copy is acknowledged with the original.
+type Seen = Arc<Mutex<HashMap<u64, Taken>>>;
+
+enum Taken {
+    /// In the engine; copies delivered meanwhile, to acknowledge with it.
+    Pending(Vec<jetstream::Message>),
+    /// Committed and acknowledged.
+    Done,
 }
 
 impl InboxReader {
@@ -75,7 +91,10 @@ impl InboxReader {
             inbox: self.inbox,
             producers_done: self.producers_done,
             counters: self.counters,
-            messages: None,
+            consumer: None,
+            batch: None,
+            got_in_batch: 0,
+            seen: Arc::default(),
         };
         let batches = futures::stream::unfold(state, |mut st| async move {
             loop {
@@ -89,95 +108,146 @@ impl InboxReader {
     }
 }
 
-/// The records of the next message (empty when none came for a while);
+/// The records of the next message (empty when there was none to take);
 /// `None` at the end.
+///
+/// Messages come by one-shot pull requests (up to 256, expiring after
+/// 500 ms). The end is decided only when a request expired without a
+/// message: then nothing is in transit to this reader, and if every
+/// producer is done and the broker has nothing pending, nothing ever will be.
 async fn next_message(st: &mut State) -> Option<Vec<(Record, Ack)>> {
-    if st.messages.is_none() {
-        let opened = match st.job.consumer(&st.inbox).await {
-            Ok(c) => c
-                .stream()
-                .max_messages_per_batch(256)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .ok(),
-            Err(_) => None,
-        };
-        match opened {
-            Some(m) => st.messages = Some(m),
+    if let Some(batch) = st.batch.as_mut() {
+        match batch.next().await {
+            Some(Ok(msg)) => {
+                st.got_in_batch += 1;
+                return Some(take(st, msg).await);
+            }
+            Some(Err(_)) => {
+                // A broker restart: open again.
+                st.batch = None;
+                st.consumer = None;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                return Some(Vec::new());
+            }
             None => {
+                st.batch = None;
+                if st.got_in_batch == 0
+                    && st.producers_done.load(Ordering::Acquire)
+                    && let Ok(c) = st.job.inbox_counts(&st.inbox).await
+                    && c.pending == 0
+                {
+                    return None;
+                }
+            }
+        }
+    }
+    if st.consumer.is_none() {
+        match st.job.consumer(&st.inbox).await {
+            Ok(c) => st.consumer = Some(c),
+            Err(_) => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 return Some(Vec::new());
             }
         }
     }
-    let messages = st.messages.as_mut().expect("set above");
-    let next = tokio::select! {
-        m = messages.next() => Some(m),
-        () = tokio::time::sleep(Duration::from_millis(200)) => None,
-    };
-    let msg = match next {
-        Some(Some(Ok(m))) => m,
-        Some(Some(Err(_)) | None) => {
-            // Missed heartbeats (a broker restart): open again.
-            st.messages = None;
+    let consumer = st.consumer.as_ref().expect("set above");
+    match consumer
+        .batch()
+        .max_messages(256)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+    {
+        Ok(b) => {
+            st.batch = Some(b);
+            st.got_in_batch = 0;
+        }
+        Err(_) => {
+            st.consumer = None;
             tokio::time::sleep(Duration::from_millis(250)).await;
-            return Some(Vec::new());
         }
-        None => {
-            // Nothing for a while: the end, once every producer is done
-            // and the broker has nothing left to deliver.
-            if st.producers_done.load(Ordering::Acquire)
-                && let Ok(c) = st.job.inbox_counts(&st.inbox).await
-                && c.pending == 0
-            {
-                return None;
+    }
+    Some(Vec::new())
+}
+
+/// One delivered message: its records with forks of its ack.
+async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
+    st.counters.messages.fetch_add(1, Ordering::Relaxed);
+    let seq = msg.info().map_or(0, |i| i.stream_sequence);
+    // Decided under the lock, acted on after it (no lock across an await).
+    let already_done = {
+        let mut seen = st.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get_mut(&seq) {
+            Some(Taken::Done) => true,
+            Some(Taken::Pending(copies)) => {
+                copies.push(msg);
+                return Vec::new();
             }
-            return Some(Vec::new());
+            None => {
+                seen.insert(seq, Taken::Pending(Vec::new()));
+                false
+            }
         }
     };
-    st.counters.messages.fetch_add(1, Ordering::Relaxed);
+    if already_done {
+        let _ = msg.double_ack().await;
+        return Vec::new();
+    }
     let records =
         codec::check_version(msg.headers.as_ref()).and_then(|()| codec::decode(&msg.payload));
     let mut out = Vec::new();
     match records {
-        Ok(records) if records.is_empty() => {
-            let _ = msg.double_ack().await;
-        }
         Ok(records) => {
             st.counters
                 .records
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
-            let ack = message_ack(msg);
+            let ack = message_ack(msg, seq, st.seen.clone());
             out.reserve(records.len());
             for r in records {
                 out.push((r, ack.fork()));
             }
+            // No records: acknowledged right here.
             ack.deliver();
         }
-        Err(e) => garbage(&st.job, &st.inbox, msg, e.to_string()).await,
+        Err(e) => {
+            st.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(seq, Taken::Done);
+            garbage(&st.job, &st.inbox, msg, e.to_string()).await;
+        }
     }
-    Some(out)
+    out
 }
 
 /// The ack of one message: acknowledged with confirmation once its records
-/// settle; given back on failure.
-fn message_ack(msg: jetstream::Message) -> Ack {
+/// settle (with any copy delivered meanwhile); given back on failure.
+fn message_ack(msg: jetstream::Message, seq: u64, seen: Seen) -> Ack {
     let handle = tokio::runtime::Handle::current();
     Ack::new(move |outcome| {
         handle.spawn(async move {
-            match outcome {
-                AckOutcome::Delivered | AckOutcome::DeadLettered { .. } => {
-                    for _ in 0..20 {
-                        if msg.double_ack().await.is_ok() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
+            let failed = matches!(outcome, AckOutcome::Failed { .. });
+            let copies = {
+                let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                let copies = match s.remove(&seq) {
+                    Some(Taken::Pending(c)) => c,
+                    _ => Vec::new(),
+                };
+                if !failed {
+                    s.insert(seq, Taken::Done);
                 }
-                AckOutcome::Failed { .. } => {
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                copies
+            };
+            for m in std::iter::once(msg).chain(copies) {
+                if failed {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                }
+                for _ in 0..20 {
+                    if m.double_ack().await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
         });
@@ -200,7 +270,10 @@ pub(crate) async fn garbage(job: &Job, stage: &str, msg: jetstream::Message, err
     };
     let out = Outgoing {
         subject: job.names.dlq_subject(),
-        id: dlq_id(&entry),
+        id: dlq_id(
+            &entry,
+            &format!("garbage:{}", msg.info().map_or(0, |i| i.stream_sequence)),
+        ),
         body: serde_json::to_vec(&entry).expect("entry serializes").into(),
     };
     if Publisher::new(job.clone())

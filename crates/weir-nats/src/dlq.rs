@@ -22,7 +22,12 @@ pub async fn list(job: &Job) -> Result<Vec<(u64, DlqEntry)>, BrokerError> {
         .js
         .get_stream(job.names.dlq_stream())
         .await
-        .map_err(|e| BrokerError::request(format!("job '{}' has no dead-letter stream", job.names.job()), e))?;
+        .map_err(|e| {
+            BrokerError::request(
+                format!("job '{}' has no dead-letter stream", job.names.job()),
+                e,
+            )
+        })?;
     let st = s
         .info()
         .await
@@ -85,7 +90,8 @@ pub async fn replay(job: &Job, only: &[u64]) -> Result<Replayed, BrokerError> {
             continue;
         };
         let Some(record) = e.to_record() else {
-            done.skipped.push((seq, "no record (a line that never decoded)".into()));
+            done.skipped
+                .push((seq, "no record (a line that never decoded)".into()));
             continue;
         };
         let out = Outgoing {

@@ -247,7 +247,11 @@ impl Job {
     ///
     /// # Errors
     /// When the bucket cannot be created.
-    pub async fn open(broker: Broker, job: &str, settings: EdgeSettings) -> Result<Job, BrokerError> {
+    pub async fn open(
+        broker: Broker,
+        job: &str,
+        settings: EdgeSettings,
+    ) -> Result<Job, BrokerError> {
         let kv = match broker.js.get_key_value(STATE_BUCKET).await {
             Ok(kv) => kv,
             Err(_) => broker
@@ -312,7 +316,11 @@ impl Job {
                     return Err(BrokerError::Request(format!(
                         "job '{}' is running with other stages ({}); finish it or use another --job",
                         self.names.job(),
-                        s.inboxes.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                        s.inboxes
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
                 Start::Resumed {
@@ -323,7 +331,11 @@ impl Job {
         };
         if start == Start::Fresh {
             for i in inboxes {
-                let _ = self.broker.js.delete_stream(self.names.stream(&i.name)).await;
+                let _ = self
+                    .broker
+                    .js
+                    .delete_stream(self.names.stream(&i.name))
+                    .await;
             }
             let _ = self.broker.js.delete_stream(self.names.dlq_stream()).await;
             // Stale worker statistics of an earlier run.

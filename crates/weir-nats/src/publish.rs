@@ -92,7 +92,9 @@ impl Publisher {
         if ok {
             return Ok(());
         }
-        self.publish_all(std::slice::from_ref(&sent.msg)).await.map(|_| ())
+        self.publish_all(std::slice::from_ref(&sent.msg))
+            .await
+            .map(|_| ())
     }
 
     /// Publishes every message; returns once the broker acknowledged all
@@ -105,7 +107,7 @@ impl Publisher {
     /// Not cancel safe: dropped midway, some messages may be stored and
     /// others not. Publishing again is safe (same ids).
     pub async fn publish_all(&self, msgs: &[Outgoing]) -> Result<u64, BrokerError> {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut todo: Vec<usize> = (0..msgs.len()).collect();
         let mut duplicates = 0;
         let mut backoff = Duration::from_millis(20);
@@ -140,6 +142,12 @@ impl Publisher {
             }
             todo = failed;
             if !todo.is_empty() {
+                // A full inbox (`discard: new`) is backpressure, not a
+                // failure: wait as long as it takes. Only other errors
+                // (the broker unreachable) count towards giving up.
+                if is_full(&last_err) {
+                    started = Instant::now();
+                }
                 if started.elapsed() > self.give_up_after {
                     return Err(BrokerError::Request(format!(
                         "publishing to {} failed for {:?}: {last_err}",
@@ -152,6 +160,11 @@ impl Publisher {
         }
         Ok(duplicates)
     }
+}
+
+/// Whether a publish error says the stream is full.
+fn is_full(error: &str) -> bool {
+    error.contains("maximum messages") || error.contains("maximum bytes")
 }
 
 /// A message sent, its acknowledgement not yet awaited.
@@ -228,7 +241,11 @@ impl EdgeSink {
         let prefix = if deterministic {
             format!("{producer}>{inbox}")
         } else {
-            format!("{producer}>{inbox}@{}.{}", crate::job::now_ms(), std::process::id())
+            format!(
+                "{producer}>{inbox}@{}.{}",
+                crate::job::now_ms(),
+                std::process::id()
+            )
         };
         EdgeSink {
             publisher: Publisher::new(job.clone()),
@@ -254,7 +271,13 @@ impl EdgeSink {
             return Ok(());
         }
         let mut next = self.next;
-        let msgs = chunk(&self.pending[..full], self.per_message, &self.subject, &self.prefix, &mut next);
+        let msgs = chunk(
+            &self.pending[..full],
+            self.per_message,
+            &self.subject,
+            &self.prefix,
+            &mut next,
+        );
         if self.carry {
             // Records without acks: confirmations may lag behind `write`
             // (up to SEND_WINDOW messages); `finish` waits for all of them.
@@ -289,7 +312,9 @@ impl Sink<Record> for EdgeSink {
     }
 
     async fn finish(mut self) -> Result<u64, BoxError> {
-        self.flush(true).await.map_err(|e| BoxError::from(e.to_string()))?;
+        self.flush(true)
+            .await
+            .map_err(|e| BoxError::from(e.to_string()))?;
         while let Some(s) = self.window.pop_front() {
             self.publisher
                 .confirm(s)
@@ -308,6 +333,9 @@ pub struct DlqSink {
     publisher: Publisher,
     subject: String,
     stored: u64,
+    /// Makes ids unique to this run: the coordinator's dead letters come
+    /// from records that a replay can send through again.
+    run: String,
 }
 
 impl DlqSink {
@@ -317,22 +345,38 @@ impl DlqSink {
             publisher: Publisher::new(job.clone()),
             subject: job.names.dlq_subject(),
             stored: 0,
+            run: format!("{}.{}", crate::job::now_ms(), std::process::id()),
         }
     }
 }
 
-/// An id that is the same for the same dead letter published twice.
-pub fn dlq_id(e: &DlqEntry) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    e.record.to_string().hash(&mut h);
-    e.raw.to_string().hash(&mut h);
-    e.error.hash(&mut h);
+/// FNV-1a, 64 bits: stable across Rust releases (`DefaultHasher` is not).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The id of the `occurrence`-th dead letter of `e`'s content: a retried
+/// publish of the same dead letter is dropped, a second occurrence (the
+/// same record rejected again after a replay) is kept.
+pub fn dlq_id(e: &DlqEntry, occurrence: &str) -> String {
+    let h = fnv1a(&[
+        e.record.to_string().as_bytes(),
+        e.raw.to_string().as_bytes(),
+        e.error.as_bytes(),
+    ]);
     format!(
-        "dl:{}:{}:{:016x}",
+        "dl:{}:{}:{h:016x}:{occurrence}",
         e.stage,
         e.position.as_deref().unwrap_or("-"),
-        h.finish()
     )
 }
 
@@ -342,11 +386,12 @@ impl Sink<DeadLetter> for DlqSink {
     async fn write(&mut self, items: Vec<DeadLetter>) -> Result<(), WriteError<DeadLetter>> {
         let msgs: Vec<Outgoing> = items
             .iter()
-            .map(|d| {
+            .enumerate()
+            .map(|(i, d)| {
                 let entry = entry_of(d);
                 Outgoing {
                     subject: self.subject.clone(),
-                    id: dlq_id(&entry),
+                    id: dlq_id(&entry, &format!("{}:{}", self.run, self.stored + i as u64)),
                     body: serde_json::to_vec(&entry).expect("entry serializes").into(),
                 }
             })

@@ -182,12 +182,13 @@ pub async fn run(
         let held = in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for (i, (name, c)) in counters.iter().enumerate() {
             let records_in = c.records_in.load(Ordering::Relaxed);
-            let (prev, at) = last.get(name).copied().unwrap_or((0, Instant::now()));
-            let secs = at.elapsed().as_secs_f64();
-            let rate = if secs > 0.0 {
-                (records_in - prev) as f64 / secs
-            } else {
-                0.0
+            // Records per second since the previous report; 0 for the
+            // first (there is no interval to divide by).
+            let rate = match last.get(name).copied() {
+                Some((prev, at)) if at.elapsed().as_secs_f64() > 0.0 => {
+                    records_in.saturating_sub(prev) as f64 / at.elapsed().as_secs_f64()
+                }
+                _ => 0.0,
             };
             last.insert(name.clone(), (records_in, Instant::now()));
             w.stages.insert(
@@ -237,10 +238,12 @@ pub async fn run(
     Ok(final_stats)
 }
 
-/// Messages pulled from one stage's consumer. The pull stream asks for at
-/// most `2 × concurrency` messages at a time, and asks for more only as
-/// they are taken, so a busy worker does not hoard messages whose
-/// `ack_wait` runs out in its queue.
+/// Messages pulled from one stage's consumer, by one-shot pull requests
+/// of at most `2 × concurrency` messages (expiring after a second), so a
+/// busy worker does not hoard messages whose `ack_wait` runs out in its
+/// queue. On cancel no new request is made, and the messages of the current
+/// one are still taken and finished: a stopping worker leaves nothing
+/// delivered and unacknowledged behind.
 fn pull_stream(
     job: Job,
     inbox: String,
@@ -258,7 +261,8 @@ fn pull_stream(
         in_flight: InFlight,
         cancel: CancellationToken,
         counters: Arc<Counters>,
-        messages: Option<jetstream::consumer::pull::Stream>,
+        consumer: Option<jetstream::consumer::PullConsumer>,
+        batch: Option<jetstream::consumer::pull::Batch>,
     }
     let st = St {
         job,
@@ -268,31 +272,53 @@ fn pull_stream(
         in_flight,
         cancel,
         counters,
-        messages: None,
+        consumer: None,
+        batch: None,
     };
     futures::stream::unfold(st, |mut st| async move {
         loop {
+            if let Some(batch) = st.batch.as_mut() {
+                match batch.next().await {
+                    Some(Ok(msg)) => {
+                        let Ok(info) = msg.info() else { continue };
+                        let (seq, delivered) = (info.stream_sequence, info.delivered);
+                        st.counters.messages.fetch_add(1, Ordering::Relaxed);
+                        if delivered > 1 {
+                            st.counters.redelivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        st.in_flight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert((st.idx, seq), msg.clone());
+                        return Some((
+                            Delivery {
+                                msg,
+                                seq,
+                                delivered,
+                            },
+                            st,
+                        ));
+                    }
+                    Some(Err(_)) => {
+                        // A broker restart or a deleted consumer (the job
+                        // started afresh): open it again.
+                        st.batch = None;
+                        st.consumer = None;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    }
+                    None => st.batch = None,
+                }
+            }
             if st.cancel.is_cancelled() {
                 return None;
             }
-            if st.messages.is_none() {
+            if st.consumer.is_none() {
                 // The job may not exist yet (a worker started before the
-                // coordinator), or was recreated, or the broker restarted:
-                // wait for it.
-                let opened = match st.job.consumer(&st.inbox).await {
-                    Ok(c) => c
-                        .stream()
-                        .max_messages_per_batch(st.prefetch)
-                        .heartbeat(Duration::from_secs(5))
-                        .expires(Duration::from_secs(30))
-                        .messages()
-                        .await
-                        .ok(),
-                    Err(_) => None,
-                };
-                match opened {
-                    Some(m) => st.messages = Some(m),
-                    None => {
+                // coordinator): wait for it.
+                match st.job.consumer(&st.inbox).await {
+                    Ok(c) => st.consumer = Some(c),
+                    Err(_) => {
                         tokio::select! {
                             () = st.cancel.cancelled() => return None,
                             () = tokio::time::sleep(Duration::from_millis(250)) => continue,
@@ -300,39 +326,20 @@ fn pull_stream(
                     }
                 }
             }
-            let messages = st.messages.as_mut().expect("set above");
-            let next = tokio::select! {
-                () = st.cancel.cancelled() => return None,
-                m = messages.next() => m,
-            };
-            let msg = match next {
-                Some(Ok(m)) => m,
-                // Missed heartbeats (a broker restart), a deleted
-                // consumer (the job was started afresh): open again.
-                Some(Err(_)) | None => {
-                    st.messages = None;
+            let consumer = st.consumer.as_ref().expect("set above");
+            match consumer
+                .batch()
+                .max_messages(st.prefetch)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+            {
+                Ok(b) => st.batch = Some(b),
+                Err(_) => {
+                    st.consumer = None;
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    continue;
                 }
-            };
-            let Ok(info) = msg.info() else { continue };
-            let (seq, delivered) = (info.stream_sequence, info.delivered);
-            st.counters.messages.fetch_add(1, Ordering::Relaxed);
-            if delivered > 1 {
-                st.counters.redelivered.fetch_add(1, Ordering::Relaxed);
             }
-            st.in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((st.idx, seq), msg.clone());
-            return Some((
-                Delivery {
-                    msg,
-                    seq,
-                    delivered,
-                },
-                st,
-            ));
         }
     })
 }

@@ -145,7 +145,6 @@ async fn a_message_whose_workers_all_died_is_swept_into_the_dead_letters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: completion::watch never sweeps when no worker is left pulling (nats-server keeps a message past max_deliver in num_ack_pending until it serves a pull request)"]
 async fn a_message_whose_workers_all_died_is_swept_with_no_worker_left() {
     within(async {
         let server = server().await;

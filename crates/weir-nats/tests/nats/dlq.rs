@@ -171,7 +171,6 @@ async fn replay_of_an_unknown_job_is_an_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the sweep's dead letter of a replayed record has the same dlq_id as the first one, so the broker drops it as a duplicate and the record is lost"]
 async fn a_replayed_record_lost_again_is_dead_lettered_again() {
     within(async {
         let server = server().await;

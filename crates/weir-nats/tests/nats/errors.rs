@@ -256,7 +256,6 @@ async fn messages_that_are_not_weirs_are_dead_lettered_raw_and_work_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: consume::garbage gives identical bad messages the same dlq_id, so the second dead letter is dropped as a duplicate"]
 async fn two_identical_garbage_messages_for_the_coordinator_are_both_kept() {
     within(async {
         let server = server().await;

@@ -210,7 +210,6 @@ async fn a_worker_started_before_the_job_waits_for_it_and_stops_when_told() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: worker::run's final report computes the rate over a fresh sample map (records_in / ~1 µs)"]
 async fn a_stopped_workers_final_rate_is_plausible() {
     within(async {
         let server = server().await;
@@ -245,7 +244,6 @@ async fn a_stopped_workers_final_rate_is_plausible() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug (since bb57677, pull streams): on cancel, worker::pull_stream drops the messages prefetched into its pull stream unacknowledged; they wait out ack_wait"]
 async fn a_cancelled_worker_finishes_what_it_took_and_holds_nothing() {
     within(async {
         let server = server().await;
