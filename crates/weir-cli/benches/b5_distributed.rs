@@ -12,12 +12,13 @@
 //! * **weir, batched**: `weir run b5.yaml --broker URL` (the coordinator:
 //!   reads the JSON Lines input, publishes to the remote stage's inbox,
 //!   reads the stage's output inbox, writes a JSON Lines file) with 1, 2
-//!   and 4 `weir worker` processes running the remote stage, a jq
-//!   pass-through (`{id, user, kind, amount, ts, pad}`: the numbers
-//!   measure the transport, not jq). Records per second of the
+//!   and 4 `weir worker` processes (`--workers 2` each) running the remote
+//!   stage, a jq pass-through (`.`: the numbers measure the engine and the
+//!   transport, not jq). Records per second of the
 //!   coordinator's wall time, from start to the job's completion; every
 //!   run's output is checked to hold exactly N distinct ids.
-//! * **weir, batching off** (`records_per_message: 1`), 1 worker, on N/10
+//! * **weir, batching off** (`records_per_message: 1`), 1 worker with
+//!   `--workers 32` (one-record messages need many in flight), on N/10
 //!   records.
 //! * **B2 remote**: a CPU-bound jq stage (a 3,000-step `reduce` per
 //!   record) with 1 and then 2 worker processes (`--workers 1` each):
@@ -74,6 +75,7 @@ fn main() {
             n,
             workers,
             256,
+            2,
             &format!("b5-w{workers}"),
         );
         println!(
@@ -85,9 +87,9 @@ fn main() {
     let small = n / 10;
     let small_input = dir.join(format!("input-{small}.jsonl"));
     write_input(&small_input, small);
-    let off = weir_job(&dir, &url, &small_input, small, 1, 1, "b5-off");
+    let off = weir_job(&dir, &url, &small_input, small, 1, 1, 32, "b5-off");
     println!(
-        "weir, batching off (1/msg), 1 worker, {small} records: {off:>10.0} records/s = {:.2}x raw",
+        "weir, batching off (1/msg), 1 worker (--workers 32), {small} records: {off:>10.0} records/s = {:.2}x raw",
         off / raw
     );
 
@@ -295,6 +297,7 @@ fn weir_job(
     n: u64,
     workers: usize,
     per_msg: usize,
+    concurrency: usize,
     job: &str,
 ) -> f64 {
     let yaml = format!(
@@ -304,7 +307,7 @@ fn weir_job(
 stages:
   - name: work
     remote: true
-    jq: {{ program: '{{id, user, kind, amount, ts, pad}}' }}
+    jq: {{ program: '.' }}
 outputs:
   - name: out
     file: {{ path: {job}.out.jsonl }}
@@ -313,7 +316,7 @@ broker:
 "#,
         input = input.display()
     );
-    run_job(dir, url, &yaml, job, workers, 2, n)
+    run_job(dir, url, &yaml, job, workers, concurrency, n)
 }
 
 fn cpu_job(dir: &Path, url: &str, input: &Path, n: u64, workers: usize) -> f64 {

@@ -309,8 +309,8 @@ pub fn build(
         let deterministic = dist.is_some() && !has_inbox && offers.deterministic_inputs(&name);
         match (component(e, &pctx), input) {
             (Ok((c, workers)), Some(input)) => {
-                let keeps_order = deterministic
-                    && matches!(c, Component::Processor(_) | Component::Switch(_));
+                let keeps_order =
+                    deterministic && matches!(c, Component::Processor(_) | Component::Switch(_));
                 for (n, flow) in attach(e, c, workers, input, keeps_order) {
                     offers.offer(&n, flow, keeps_order);
                 }
@@ -449,8 +449,11 @@ fn completion_nodes(
     offers: &Offers<'_>,
     reader_flags: &HashMap<String, Arc<AtomicBool>>,
 ) -> Vec<Node> {
-    let stages: std::collections::HashSet<&str> =
-        file.stages.iter().map(|s| s.value.name.value.as_str()).collect();
+    let stages: std::collections::HashSet<&str> = file
+        .stages
+        .iter()
+        .map(|s| s.value.name.value.as_str())
+        .collect();
     d.placement
         .specs
         .iter()

@@ -314,7 +314,7 @@ pub struct BrokerEntry {
     #[serde(default)]
     pub records_per_message: Option<Spanned<usize>>,
     /// Messages an edge holds before its producers are slowed down
-    /// (default 1000).
+    /// (default 10000; an edge also holds at most 256 MiB).
     #[serde(default)]
     pub edge_capacity: Option<Spanned<i64>>,
     /// Seconds a worker has to finish a message before it goes to another

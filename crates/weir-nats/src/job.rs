@@ -9,7 +9,8 @@
 //! - Inbox streams use work-queue retention: an acknowledged message is
 //!   deleted, so "the stream is empty" means "every message was committed",
 //!   which is what makes completion exact.
-//! - They are bounded (`edge_capacity` messages) with `discard: new`: a full
+//! - They are bounded (`edge_capacity` messages, `edge_capacity_bytes`)
+//!   with `discard: new`: a full
 //!   inbox refuses new messages and its producers retry with backoff, so a
 //!   slow stage slows its producers instead of losing the oldest work.
 //! - Pool consumers: explicit ack, `ack_wait`, `max_deliver`,
@@ -46,6 +47,9 @@ pub struct EdgeSettings {
     pub records_per_message: usize,
     /// Messages an inbox holds before producers are slowed down.
     pub edge_capacity: i64,
+    /// Bytes an inbox holds before producers are slowed down (the other
+    /// bound, for large messages).
+    pub edge_capacity_bytes: i64,
     /// Time a worker has to acknowledge a message before it is redelivered
     /// to another worker. Workers send in-progress acks for long tasks.
     pub ack_wait: Duration,
@@ -61,7 +65,8 @@ impl Default for EdgeSettings {
     fn default() -> Self {
         EdgeSettings {
             records_per_message: 256,
-            edge_capacity: 1000,
+            edge_capacity: 10_000,
+            edge_capacity_bytes: 256 << 20,
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             max_ack_pending: 256,
@@ -397,6 +402,7 @@ impl Job {
                 retention: stream::RetentionPolicy::WorkQueue,
                 discard: stream::DiscardPolicy::New,
                 max_messages: self.settings.edge_capacity,
+                max_bytes: self.settings.edge_capacity_bytes,
                 storage: stream::StorageType::File,
                 duplicate_window: self.settings.duplicate_window,
                 ..Default::default()

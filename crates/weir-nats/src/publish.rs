@@ -110,7 +110,7 @@ impl Publisher {
         let mut started = Instant::now();
         let mut todo: Vec<usize> = (0..msgs.len()).collect();
         let mut duplicates = 0;
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Duration::from_millis(2);
         let mut last_err = String::new();
         while !todo.is_empty() {
             let mut futures: Vec<(usize, Result<PublishAckFuture, String>)> =
@@ -145,7 +145,8 @@ impl Publisher {
                 // A full inbox (`discard: new`) is backpressure, not a
                 // failure: wait as long as it takes. Only other errors
                 // (the broker unreachable) count towards giving up.
-                if is_full(&last_err) {
+                let full = is_full(&last_err);
+                if full {
                     started = Instant::now();
                 }
                 if started.elapsed() > self.give_up_after {
@@ -154,8 +155,17 @@ impl Publisher {
                         msgs[todo[0]].subject, self.give_up_after
                     )));
                 }
+                // Room in a full inbox comes back as soon as its readers
+                // acknowledge: poll it briskly. An unreachable broker is
+                // tried less and less often, up to once a second.
+                let cap = if full {
+                    Duration::from_millis(20)
+                } else {
+                    Duration::from_secs(1)
+                };
+                backoff = backoff.min(cap);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(cap);
             }
         }
         Ok(duplicates)
@@ -176,7 +186,7 @@ pub struct Sent {
 /// Messages a deterministic [`EdgeSink`] keeps unconfirmed: enough to keep
 /// the link busy while the broker stores them (a round trip per engine
 /// batch would cap an edge at a few batches per millisecond).
-const SEND_WINDOW: usize = 64;
+const SEND_WINDOW: usize = 256;
 
 /// Splits records into messages of at most `per_message` records, with
 /// ids `<prefix>:<n>` counting from `*next`.

@@ -162,6 +162,7 @@ pub async fn run(
                     in_flight: in_flight.clone(),
                     counters: c,
                     settling: tokio::task::JoinSet::new(),
+                    unsettled: Arc::default(),
                 },
             );
     }
@@ -448,6 +449,7 @@ struct OutcomeSink {
     in_flight: InFlight,
     counters: Arc<Counters>,
     settling: tokio::task::JoinSet<Result<(), String>>,
+    unsettled: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sink<Outcome> for OutcomeSink {
@@ -503,7 +505,10 @@ impl Sink<Outcome> for OutcomeSink {
         }
         // Send now, confirm and acknowledge in the background: the next
         // messages are processed while the broker stores these. At most
-        // SETTLE_WINDOW writes are unconfirmed; `finish` waits for all.
+        // SETTLE_WINDOW input messages are unconfirmed; `finish` waits for
+        // all. (Counted in messages, not writes: with small messages a
+        // write often holds one, and 8 writes in flight capped a worker at
+        // a few thousand messages per second.)
         let mut sent = Vec::with_capacity(out.len());
         for m in out {
             sent.push(self.publisher.send(m).await);
@@ -512,14 +517,25 @@ impl Sink<Outcome> for OutcomeSink {
         let counters = self.counters.clone();
         let in_flight = self.in_flight.clone();
         let idx = self.idx;
+        let n = items.len();
+        let unsettled = self.unsettled.clone();
+        unsettled.fetch_add(n, Ordering::AcqRel);
         self.settling.spawn(async move {
-            for s in sent {
-                publisher.confirm(s).await.map_err(|e| e.to_string())?;
+            let result = async {
+                for s in sent {
+                    publisher.confirm(s).await.map_err(|e| e.to_string())?;
+                }
+                settle(items, &counters, &in_flight, idx).await;
+                Ok(())
             }
-            settle(items, &counters, &in_flight, idx).await;
-            Ok(())
+            .await;
+            unsettled.fetch_sub(n, Ordering::AcqRel);
+            result
         });
-        while self.settling.len() > SETTLE_WINDOW {
+        while let Some(r) = self.settling.try_join_next() {
+            flatten(r).map_err(|e| WriteError::all(Vec::new(), BoxError::from(e)))?;
+        }
+        while self.unsettled.load(Ordering::Acquire) > SETTLE_WINDOW {
             if let Some(r) = self.settling.join_next().await {
                 flatten(r).map_err(|e| WriteError::all(Vec::new(), BoxError::from(e)))?;
             }
@@ -535,8 +551,8 @@ impl Sink<Outcome> for OutcomeSink {
     }
 }
 
-/// Unconfirmed writes a worker's publish sink allows.
-const SETTLE_WINDOW: usize = 8;
+/// Input messages a worker's publish sink holds unconfirmed.
+const SETTLE_WINDOW: usize = 256;
 
 fn flatten(r: Result<Result<(), String>, tokio::task::JoinError>) -> Result<(), String> {
     r.map_err(|e| format!("publishing task failed: {e}"))?

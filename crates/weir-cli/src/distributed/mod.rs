@@ -34,6 +34,17 @@ use crate::config::OnError;
 use crate::{Loaded, ReportFormat};
 use placement::Placement;
 
+/// `println!` that ends the process quietly when stdout is closed
+/// (`weir status | head`), instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// How long connecting may take before "unreachable".
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,7 +105,11 @@ pub fn run_coordinator(
                 weir_nats::job::Start::Resumed { .. } => "resumed",
             },
             broker.server_version,
-            placement.pool_stages().into_iter().collect::<Vec<_>>().join(", "),
+            placement
+                .pool_stages()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         let dist = Dist {
             job: job.clone(),
@@ -105,7 +120,8 @@ pub fn run_coordinator(
             checkpoint: false,
             state_dir: None,
         };
-        let built = match build::build(&l.file, &l.wiring, &l.path, &l.base_dir, mode, Some(&dist)) {
+        let built = match build::build(&l.file, &l.wiring, &l.path, &l.base_dir, mode, Some(&dist))
+        {
             Ok(b) => b,
             Err(d) => {
                 eprintln!("{}", l.render(&d));
@@ -118,7 +134,9 @@ pub fn run_coordinator(
         let watch = {
             let job = job.clone();
             let stop = stop_watch.clone();
-            tokio::spawn(async move { completion::watch(&job, &nodes, Duration::from_millis(200), &stop).await })
+            tokio::spawn(async move {
+                completion::watch(&job, &nodes, Duration::from_millis(200), &stop).await
+            })
         };
         let outcome = build::run(built, live).await;
         stop_watch.cancel();
@@ -140,7 +158,8 @@ pub fn run_coordinator(
             };
             state.sources_done = finished;
             state.updated_ms = now_ms();
-            state.summary = finished.then(|| format!("finished in {:.1} s", report.elapsed.as_secs_f64()));
+            state.summary =
+                finished.then(|| format!("finished in {:.1} s", report.elapsed.as_secs_f64()));
             let _ = job.put_state(&state).await;
         }
         let remote = remote_table(&dist.placement, &workers);
@@ -151,7 +170,7 @@ pub fn run_coordinator(
                 v["remote"] = remote_json(&dist.placement, &workers);
                 v["broker_dead_letters"] = dead.as_ref().map_or(0, |d| *d).into();
                 v["swept"] = swept.into();
-                println!("{v}");
+                out!("{v}");
             }
             None => {
                 eprintln!("{report}");
@@ -302,7 +321,8 @@ fn remote_stages(
             }
         };
         let retry_errors = matches!(e.on_error, Some(OnError::Retry { .. } | OnError::Fail));
-        let (process, ports): (Arc<weir_nats::worker::StageFn>, Vec<Vec<String>>) = match component {
+        let (process, ports): (Arc<weir_nats::worker::StageFn>, Vec<Vec<String>>) = match component
+        {
             Component::Processor(p) => (
                 Arc::new(move |r| {
                     let mut v = Vec::new();
@@ -319,7 +339,10 @@ fn remote_stages(
                     .collect();
                 (
                     Arc::new(move |r| {
-                        Ok(sw.route(r)?.map(|i| vec![(i, r.clone())]).unwrap_or_default())
+                        Ok(sw
+                            .route(r)?
+                            .map(|i| vec![(i, r.clone())])
+                            .unwrap_or_default())
                     }),
                     ports,
                 )
@@ -442,16 +465,19 @@ pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
         let jobs = Job::list(&broker).await?;
         let jobs: Vec<_> = jobs
             .into_iter()
-            .filter(|(j, _)| only.as_ref().is_none_or(|o| weir_nats::job::sanitize(o) == *j))
+            .filter(|(j, _)| {
+                only.as_ref()
+                    .is_none_or(|o| weir_nats::job::sanitize(o) == *j)
+            })
             .collect();
         if jobs.is_empty() {
-            println!("no jobs on {url}");
+            out!("no jobs on {url}");
             return Ok(ExitCode::SUCCESS);
         }
         for (name, state) in jobs {
             let job = Job::open(broker.clone(), &name, EdgeSettings::default()).await?;
             let age = Duration::from_millis(now_ms().saturating_sub(state.started_ms));
-            println!(
+            out!(
                 "job {name}: {:?} for {}s ({})",
                 state.status,
                 age.as_secs(),
@@ -469,21 +495,35 @@ pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
                     })
                     .count()
             };
-            println!(
+            out!(
                 "  {:<20} {:<11} {:>8} {:>9} {:>9} {:>8} {:>11} {:>11} {:>6} {:>11} {:>9}",
-                "inbox", "read by", "backlog", "in flight", "done", "workers", "records in", "records out", "dead", "redelivered", "rate/s"
+                "inbox",
+                "read by",
+                "backlog",
+                "in flight",
+                "done",
+                "workers",
+                "records in",
+                "records out",
+                "dead",
+                "redelivered",
+                "rate/s"
             );
             for spec in &state.inboxes {
                 let c = job.inbox_counts(&spec.name).await.unwrap_or_default();
                 let (_, st) = sums.get(&spec.name).cloned().unwrap_or_default();
-                println!(
+                out!(
                     "  {:<20} {:<11} {:>8} {:>9} {:>9} {:>8} {:>11} {:>11} {:>6} {:>11} {:>9.0}",
                     spec.name,
                     if spec.pool { "pool" } else { "coordinator" },
                     c.pending,
                     c.ack_pending,
                     c.done(),
-                    if spec.pool { live(&spec.name).to_string() } else { "-".to_string() },
+                    if spec.pool {
+                        live(&spec.name).to_string()
+                    } else {
+                        "-".to_string()
+                    },
                     st.records_in,
                     st.records_out,
                     st.dead,
@@ -491,16 +531,16 @@ pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
                     st.rate,
                 );
                 if let Some(e) = &st.last_error {
-                    println!("    last retried error: {e}");
+                    out!("    last retried error: {e}");
                 }
             }
-            println!(
+            out!(
                 "  (backlog, in flight and done count messages of up to {} records)",
                 EdgeSettings::default().records_per_message
             );
-            println!("  dead letters: {}", job.dlq_count().await.unwrap_or(0));
+            out!("  dead letters: {}", job.dlq_count().await.unwrap_or(0));
             if let Some(s) = &state.summary {
-                println!("  {s}");
+                out!("  {s}");
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -518,9 +558,9 @@ pub fn dlq_list(url: &str, job: &str, json: bool) -> Result<ExitCode> {
             if json {
                 let mut v = serde_json::to_value(e)?;
                 v["seq"] = (*seq).into();
-                println!("{v}");
+                out!("{v}");
             } else {
-                println!(
+                out!(
                     "#{seq} {} at {}: {}",
                     e.stage,
                     e.position.as_deref().unwrap_or("?"),
@@ -528,7 +568,11 @@ pub fn dlq_list(url: &str, job: &str, json: bool) -> Result<ExitCode> {
                 );
             }
         }
-        eprintln!("{} dead letters in job '{}'", entries.len(), job.names.job());
+        eprintln!(
+            "{} dead letters in job '{}'",
+            entries.len(),
+            job.names.job()
+        );
         Ok(ExitCode::SUCCESS)
     })
 }

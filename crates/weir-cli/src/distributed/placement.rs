@@ -74,7 +74,10 @@ impl Placement {
             Some(r) if r.value == "none" => false,
             Some(r) => {
                 diags.push(Diagnostic::at(
-                    format!("broker.remote: expected `all` or `none`, found `{}`", r.value),
+                    format!(
+                        "broker.remote: expected `all` or `none`, found `{}`",
+                        r.value
+                    ),
                     r,
                 ));
                 false
@@ -103,7 +106,11 @@ impl Placement {
                 None => {}
             }
         }
-        let stage_names: HashSet<&str> = file.stages.iter().map(|s| s.value.name.value.as_str()).collect();
+        let stage_names: HashSet<&str> = file
+            .stages
+            .iter()
+            .map(|s| s.value.name.value.as_str())
+            .collect();
         let mut readers: HashMap<String, Vec<String>> = HashMap::new();
         let mut inboxes = HashSet::new();
         let mut order: Vec<&str> = wiring
@@ -134,21 +141,36 @@ impl Placement {
             .collect();
         let mut settings = EdgeSettings::default();
         if let Some(b) = broker {
-            let mut positive = |v: &Option<serde_saphyr::Spanned<i64>>, name: &str, into: &mut i64| {
-                if let Some(v) = v {
-                    if v.value < 1 {
-                        diags.push(Diagnostic::at(format!("broker.{name} must be at least 1"), v));
-                    } else {
-                        *into = v.value;
+            let mut positive =
+                |v: &Option<serde_saphyr::Spanned<i64>>, name: &str, into: &mut i64| {
+                    if let Some(v) = v {
+                        if v.value < 1 {
+                            diags.push(Diagnostic::at(
+                                format!("broker.{name} must be at least 1"),
+                                v,
+                            ));
+                        } else {
+                            *into = v.value;
+                        }
                     }
-                }
-            };
-            positive(&b.edge_capacity, "edge_capacity", &mut settings.edge_capacity);
+                };
+            positive(
+                &b.edge_capacity,
+                "edge_capacity",
+                &mut settings.edge_capacity,
+            );
             positive(&b.max_deliver, "max_deliver", &mut settings.max_deliver);
-            positive(&b.max_ack_pending, "max_ack_pending", &mut settings.max_ack_pending);
+            positive(
+                &b.max_ack_pending,
+                "max_ack_pending",
+                &mut settings.max_ack_pending,
+            );
             if let Some(v) = &b.records_per_message {
                 if v.value == 0 {
-                    diags.push(Diagnostic::at("broker.records_per_message must be at least 1", v));
+                    diags.push(Diagnostic::at(
+                        "broker.records_per_message must be at least 1",
+                        v,
+                    ));
                 } else {
                     settings.records_per_message = v.value;
                 }
