@@ -35,6 +35,9 @@ pub struct Dist {
     pub job: weir_nats::Job,
     /// Where components run.
     pub placement: Placement,
+    /// The inputs were read to the end by an earlier run of the job (it is
+    /// resumed after `weir dlq replay`): they are not read again.
+    pub inputs_done: bool,
 }
 
 /// A pipeline ready to run.
@@ -224,6 +227,11 @@ pub fn build(
     };
 
     for input in &file.inputs {
+        if dist.is_some_and(|d| d.inputs_done) {
+            // Nothing reads this input's flow: the stages and outputs it
+            // feeds in-process are skipped with it.
+            break;
+        }
         let e = &input.value;
         let name = e.name.value.as_str();
         let ctx = BuildContext {

@@ -213,6 +213,9 @@ pub struct WorkerStats {
     pub updated_ms: u64,
     /// The worker is draining or gone.
     pub stopped: bool,
+    /// The run of the job these counters belong to (its `started_ms`).
+    #[serde(default)]
+    pub run: u64,
 }
 
 /// Milliseconds since the epoch.

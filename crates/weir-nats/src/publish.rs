@@ -85,16 +85,33 @@ impl Publisher {
     /// # Errors
     /// As [`Publisher::publish_all`].
     pub async fn confirm(&self, sent: Sent) -> Result<(), BrokerError> {
-        let ok = match sent.ack {
-            Ok(f) => f.await.is_ok(),
-            Err(_) => false,
-        };
-        if ok {
+        self.confirm_all(vec![sent]).await
+    }
+
+    /// [`Publisher::confirm`] for many messages, waited for together: after
+    /// a broker restart every lost acknowledgement times out at once, not
+    /// one after the other.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish_all`].
+    pub async fn confirm_all(&self, sent: Vec<Sent>) -> Result<(), BrokerError> {
+        let results = futures::future::join_all(sent.into_iter().map(|s| async move {
+            let ok = match s.ack {
+                Ok(f) => f.await.is_ok(),
+                Err(_) => false,
+            };
+            (s.msg, ok)
+        }))
+        .await;
+        let failed: Vec<Outgoing> = results
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(m, _)| m)
+            .collect();
+        if failed.is_empty() {
             return Ok(());
         }
-        self.publish_all(std::slice::from_ref(&sent.msg))
-            .await
-            .map(|_| ())
+        self.publish_all(&failed).await.map(|_| ())
     }
 
     /// Publishes every message; returns once the broker acknowledged all
@@ -126,12 +143,18 @@ impl Publisher {
                     .map_err(|e| e.to_string());
                 futures.push((i, f));
             }
-            let mut failed = Vec::new();
-            for (i, f) in futures {
+            // Awaited together, so that lost acknowledgements time out at
+            // once rather than one after the other.
+            let results = futures::future::join_all(futures.into_iter().map(|(i, f)| async move {
                 let res = match f {
                     Ok(f) => f.await.map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
+                (i, res)
+            }))
+            .await;
+            let mut failed = Vec::new();
+            for (i, res) in results {
                 match res {
                     Ok(ack) => duplicates += u64::from(ack.duplicate),
                     Err(e) => {
@@ -294,9 +317,10 @@ impl EdgeSink {
             for m in msgs {
                 let sent = self.publisher.send(m).await;
                 self.window.push_back(sent);
-                while self.window.len() > SEND_WINDOW {
-                    let s = self.window.pop_front().expect("non-empty");
-                    self.publisher.confirm(s).await?;
+                if self.window.len() >= SEND_WINDOW {
+                    // Confirm the older half together.
+                    let older: Vec<Sent> = self.window.drain(..SEND_WINDOW / 2).collect();
+                    self.publisher.confirm_all(older).await?;
                 }
             }
         } else {
@@ -325,12 +349,11 @@ impl Sink<Record> for EdgeSink {
         self.flush(true)
             .await
             .map_err(|e| BoxError::from(e.to_string()))?;
-        while let Some(s) = self.window.pop_front() {
-            self.publisher
-                .confirm(s)
-                .await
-                .map_err(|e| BoxError::from(e.to_string()))?;
-        }
+        let rest: Vec<Sent> = self.window.drain(..).collect();
+        self.publisher
+            .confirm_all(rest)
+            .await
+            .map_err(|e| BoxError::from(e.to_string()))?;
         if let Some(f) = self.on_finish.take() {
             f(self.published);
         }

@@ -220,10 +220,16 @@ pub async fn run(
         let every = opts.report_every;
         tokio::spawn(async move {
             let mut last = HashMap::new();
+            let mut base = Baseline::default();
             loop {
-                let _ = job.put_worker(&stats(false, &mut last)).await;
+                let mut w = stats(false, &mut last);
+                if let Ok(Some(state)) = job.state().await {
+                    base.observe(state.started_ms, &w);
+                }
+                base.apply(&mut w);
+                let _ = job.put_worker(&w).await;
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => return base,
                     () = tokio::time::sleep(every) => {}
                 }
             }
@@ -232,11 +238,50 @@ pub async fn run(
     let result = p.run().await;
     stop_aux.cancel();
     let _ = progress.await;
-    let _ = reporter.await;
-    let final_stats = stats(true, &mut HashMap::new());
+    let base = reporter.await.unwrap_or_default();
+    let mut final_stats = stats(true, &mut HashMap::new());
+    base.apply(&mut final_stats);
     let _ = job.put_worker(&final_stats).await;
     result.map_err(|e| BrokerError::Request(format!("worker stopped: {e}")))?;
     Ok(final_stats)
+}
+
+/// Which run of the job a worker's counters belong to. A worker outlives
+/// runs (a job of the same name started afresh); its counters are reported
+/// from the start of the run it sees, so `weir status` and the
+/// coordinator's report count this run only.
+#[derive(Default)]
+struct Baseline {
+    run: u64,
+    at_start: std::collections::BTreeMap<String, StageStats>,
+}
+
+impl Baseline {
+    /// Notes the run the job is in; a new run starts from the counters
+    /// as they are (the first run seen starts from zero).
+    fn observe(&mut self, run: u64, now: &WorkerStats) {
+        if self.run != run {
+            if self.run != 0 {
+                self.at_start = now.stages.clone();
+            }
+            self.run = run;
+        }
+    }
+
+    /// The counters since the start of the run.
+    fn apply(&self, w: &mut WorkerStats) {
+        w.run = self.run;
+        for (name, s) in &mut w.stages {
+            if let Some(b) = self.at_start.get(name) {
+                s.messages = s.messages.saturating_sub(b.messages);
+                s.records_in = s.records_in.saturating_sub(b.records_in);
+                s.records_out = s.records_out.saturating_sub(b.records_out);
+                s.dead = s.dead.saturating_sub(b.dead);
+                s.redelivered = s.redelivered.saturating_sub(b.redelivered);
+                s.retried = s.retried.saturating_sub(b.retried);
+            }
+        }
+    }
 }
 
 /// Messages pulled from one stage's consumer, by one-shot pull requests
@@ -522,9 +567,10 @@ impl Sink<Outcome> for OutcomeSink {
         unsettled.fetch_add(n, Ordering::AcqRel);
         self.settling.spawn(async move {
             let result = async {
-                for s in sent {
-                    publisher.confirm(s).await.map_err(|e| e.to_string())?;
-                }
+                publisher
+                    .confirm_all(sent)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 settle(items, &counters, &in_flight, idx).await;
                 Ok(())
             }

@@ -111,9 +111,15 @@ pub fn run_coordinator(
                 .collect::<Vec<_>>()
                 .join(", "),
         );
+        let inputs_done = matches!(start, weir_nats::job::Start::Resumed { sources_done: true });
+        if inputs_done {
+            eprintln!("the inputs were read to the end by an earlier run: not reading them again");
+        }
+        let run = job.state().await?.map_or(0, |s| s.started_ms);
         let dist = Dist {
             job: job.clone(),
             placement,
+            inputs_done,
         };
         let mode = build::Mode::Run {
             resume: false,
@@ -145,7 +151,7 @@ pub fn run_coordinator(
             Ok(report) => (report, None),
             Err(e) => (*e.report, Some(e.error)),
         };
-        let workers = job.workers().await.unwrap_or_default();
+        let workers = final_worker_stats(&job, run).await;
         let dead = copy_dead_letters(&job, &dead_letter_path).await;
         let finished = error.is_none() && !report.cancelled;
         if let Ok(Some(mut state)) = job.state().await {
@@ -156,7 +162,7 @@ pub fn run_coordinator(
             } else {
                 Status::Running
             };
-            state.sources_done = finished;
+            state.sources_done = finished || inputs_done;
             state.updated_ms = now_ms();
             state.summary =
                 finished.then(|| format!("finished in {:.1} s", report.elapsed.as_secs_f64()));
@@ -199,6 +205,29 @@ pub fn run_coordinator(
             }
         }
     })
+}
+
+/// The workers' statistics for this run, once each live worker has
+/// reported after the job's end (they report every second), or after 3 s.
+async fn final_worker_stats(job: &Job, run: u64) -> Vec<WorkerStats> {
+    let end = now_ms();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let workers: Vec<WorkerStats> = job
+            .workers()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|w| w.run == run)
+            .collect();
+        let fresh = workers.iter().all(|w| {
+            w.stopped || w.updated_ms > end || now_ms().saturating_sub(w.updated_ms) > 5_000
+        });
+        if fresh || std::time::Instant::now() > deadline {
+            return workers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Writes the job's dead-letter stream to the dead-letter file (the same
@@ -483,7 +512,13 @@ pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
                 age.as_secs(),
                 state.pipeline
             );
-            let workers = job.workers().await.unwrap_or_default();
+            let workers: Vec<WorkerStats> = job
+                .workers()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|w| w.run == state.started_ms)
+                .collect();
             let sums = per_stage(&workers);
             let live = |stage: &str| {
                 workers
