@@ -240,6 +240,7 @@ impl Drop for Kill {
 
 /// Runs one job: `workers` worker processes, then the coordinator; returns
 /// records per second of the coordinator's wall time.
+#[allow(clippy::too_many_arguments)] // a bench helper: every knob of one job
 fn run_job(
     dir: &Path,
     url: &str,
@@ -290,6 +291,7 @@ fn run_job(
     n as f64 / secs
 }
 
+#[allow(clippy::too_many_arguments)] // a bench helper: every knob of one job
 fn weir_job(
     dir: &Path,
     url: &str,

@@ -171,9 +171,12 @@ pub struct JobState {
     pub started_ms: u64,
     /// Milliseconds since the epoch.
     pub updated_ms: u64,
-    /// What the job ended with (records written, dead letters), when done.
+    /// What the job ended with, when done.
     #[serde(default)]
     pub summary: Option<String>,
+    /// Records per message on the job's edges.
+    #[serde(default)]
+    pub records_per_message: usize,
 }
 
 /// Per-stage counters one worker reports.
@@ -360,6 +363,22 @@ impl Job {
                 }
             }
         }
+        // The state first: a worker that opens a consumer of this run must
+        // already read this run's `started_ms` (it counts per run).
+        let now = now_ms();
+        let state = JobState {
+            pipeline: pipeline.to_string(),
+            status: Status::Running,
+            sources_done: matches!(start, Start::Resumed { sources_done: true }),
+            inboxes: inboxes.to_vec(),
+            started_ms: prior
+                .filter(|_| start != Start::Fresh)
+                .map_or(now, |p| p.started_ms),
+            updated_ms: now,
+            summary: None,
+            records_per_message: self.settings.records_per_message,
+        };
+        self.put_state(&state).await?;
         for i in inboxes {
             let s = self.create_inbox(&i.name).await?;
             if !i.pool {
@@ -380,19 +399,6 @@ impl Job {
             })
             .await
             .map_err(|e| BrokerError::request("create the dead-letter stream", e))?;
-        let now = now_ms();
-        let state = JobState {
-            pipeline: pipeline.to_string(),
-            status: Status::Running,
-            sources_done: matches!(start, Start::Resumed { sources_done: true }),
-            inboxes: inboxes.to_vec(),
-            started_ms: prior
-                .filter(|_| start != Start::Fresh)
-                .map_or(now, |p| p.started_ms),
-            updated_ms: now,
-            summary: None,
-        };
-        self.put_state(&state).await?;
         Ok(start)
     }
 

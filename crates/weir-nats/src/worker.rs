@@ -83,6 +83,31 @@ struct Counters {
     redelivered: AtomicU64,
     retried: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The run of the job these counters belong to (its `started_ms`). A
+    /// worker outlives runs (a job of the same name started afresh): when
+    /// it opens the consumer of a new run, the counters start from zero, so
+    /// `weir status` and the coordinator's report count this run only.
+    run: AtomicU64,
+}
+
+impl Counters {
+    /// Starts counting for `run` (from zero, if another run was counted).
+    fn enter_run(&self, run: u64) {
+        let was = self.run.swap(run, Ordering::AcqRel);
+        if was != run && was != 0 {
+            for c in [
+                &self.messages,
+                &self.records_in,
+                &self.records_out,
+                &self.dead,
+                &self.redelivered,
+                &self.retried,
+            ] {
+                c.store(0, Ordering::Relaxed);
+            }
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
 }
 
 /// Messages pulled and not yet acknowledged, for in-progress acks.
@@ -178,6 +203,11 @@ pub async fn run(
             concurrency,
             updated_ms: now_ms(),
             stopped,
+            run: counters
+                .iter()
+                .map(|(_, c)| c.run.load(Ordering::Acquire))
+                .max()
+                .unwrap_or(0),
             ..Default::default()
         };
         let held = in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,16 +250,10 @@ pub async fn run(
         let every = opts.report_every;
         tokio::spawn(async move {
             let mut last = HashMap::new();
-            let mut base = Baseline::default();
             loop {
-                let mut w = stats(false, &mut last);
-                if let Ok(Some(state)) = job.state().await {
-                    base.observe(state.started_ms, &w);
-                }
-                base.apply(&mut w);
-                let _ = job.put_worker(&w).await;
+                let _ = job.put_worker(&stats(false, &mut last)).await;
                 tokio::select! {
-                    () = stop.cancelled() => return base,
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(every) => {}
                 }
             }
@@ -238,50 +262,11 @@ pub async fn run(
     let result = p.run().await;
     stop_aux.cancel();
     let _ = progress.await;
-    let base = reporter.await.unwrap_or_default();
-    let mut final_stats = stats(true, &mut HashMap::new());
-    base.apply(&mut final_stats);
+    let _ = reporter.await;
+    let final_stats = stats(true, &mut HashMap::new());
     let _ = job.put_worker(&final_stats).await;
     result.map_err(|e| BrokerError::Request(format!("worker stopped: {e}")))?;
     Ok(final_stats)
-}
-
-/// Which run of the job a worker's counters belong to. A worker outlives
-/// runs (a job of the same name started afresh); its counters are reported
-/// from the start of the run it sees, so `weir status` and the
-/// coordinator's report count this run only.
-#[derive(Default)]
-struct Baseline {
-    run: u64,
-    at_start: std::collections::BTreeMap<String, StageStats>,
-}
-
-impl Baseline {
-    /// Notes the run the job is in; a new run starts from the counters
-    /// as they are (the first run seen starts from zero).
-    fn observe(&mut self, run: u64, now: &WorkerStats) {
-        if self.run != run {
-            if self.run != 0 {
-                self.at_start = now.stages.clone();
-            }
-            self.run = run;
-        }
-    }
-
-    /// The counters since the start of the run.
-    fn apply(&self, w: &mut WorkerStats) {
-        w.run = self.run;
-        for (name, s) in &mut w.stages {
-            if let Some(b) = self.at_start.get(name) {
-                s.messages = s.messages.saturating_sub(b.messages);
-                s.records_in = s.records_in.saturating_sub(b.records_in);
-                s.records_out = s.records_out.saturating_sub(b.records_out);
-                s.dead = s.dead.saturating_sub(b.dead);
-                s.redelivered = s.redelivered.saturating_sub(b.redelivered);
-                s.retried = s.retried.saturating_sub(b.retried);
-            }
-        }
-    }
 }
 
 /// Messages pulled from one stage's consumer, by one-shot pull requests
@@ -363,7 +348,13 @@ fn pull_stream(
                 // The job may not exist yet (a worker started before the
                 // coordinator): wait for it.
                 match st.job.consumer(&st.inbox).await {
-                    Ok(c) => st.consumer = Some(c),
+                    Ok(c) => {
+                        // A consumer opened: maybe of a new run of the job.
+                        if let Ok(Some(state)) = st.job.state().await {
+                            st.counters.enter_run(state.started_ms);
+                        }
+                        st.consumer = Some(c);
+                    }
                     Err(_) => {
                         tokio::select! {
                             () = st.cancel.cancelled() => return None,

@@ -213,18 +213,14 @@ async fn final_worker_stats(job: &Job, run: u64) -> Vec<WorkerStats> {
     let end = now_ms();
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let workers: Vec<WorkerStats> = job
-            .workers()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|w| w.run == run)
-            .collect();
+        // Freshness over every worker (one that has not yet reported this
+        // run's id may have worked on it), then this run's.
+        let workers = job.workers().await.unwrap_or_default();
         let fresh = workers.iter().all(|w| {
             w.stopped || w.updated_ms > end || now_ms().saturating_sub(w.updated_ms) > 5_000
         });
         if fresh || std::time::Instant::now() > deadline {
-            return workers;
+            return workers.into_iter().filter(|w| w.run == run).collect();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -571,7 +567,7 @@ pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
             }
             out!(
                 "  (backlog, in flight and done count messages of up to {} records)",
-                EdgeSettings::default().records_per_message
+                state.records_per_message
             );
             out!("  dead letters: {}", job.dlq_count().await.unwrap_or(0));
             if let Some(s) = &state.summary {
