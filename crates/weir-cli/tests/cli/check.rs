@@ -83,7 +83,7 @@ outputs:
 setting: { buffer: 4 }
 ",
         "\
-error: unknown field `setting`, expected one of description, inputs, stages, outputs, dead_letter, settings
+error: unknown field `setting`, expected one of description, inputs, stages, outputs, dead_letter, settings, broker
   --> p.yaml:7:1
   |
 7 | setting: { buffer: 4 }
@@ -204,7 +204,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `jqq`, expected one of name, from, workers, ordered, on_error, jq, filter, validate, dedupe, aggregate, batch, switch
+error: unknown field `jqq`, expected one of name, from, workers, ordered, remote, on_error, jq, filter, validate, dedupe, aggregate, batch, switch
   --> p.yaml:6:5
   |
 6 |     jqq: { program: . }
