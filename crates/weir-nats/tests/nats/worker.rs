@@ -367,3 +367,55 @@ async fn an_idle_worker_lets_the_sweep_take_a_message_past_max_deliver() {
     })
     .await;
 }
+
+/// A task longer than `ack_wait` is not redelivered to another worker: the
+/// worker holding it sends in-progress acks, and pulls no more than it can
+/// start, so nothing waits in its queue past `ack_wait` either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_longer_than_ack_wait_are_not_redelivered() {
+    within(async {
+        let server = server().await;
+        let job = double_job(
+            connect(&server).await,
+            "slow",
+            EdgeSettings {
+                records_per_message: 1,
+                ack_wait: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+        .await;
+        // Two workers, so a redelivery would have somewhere to go.
+        let cancel = CancellationToken::new();
+        let workers: Vec<_> = ["slow-1", "slow-2"]
+            .into_iter()
+            .map(|id| {
+                tokio::spawn(worker::run(
+                    job.clone(),
+                    vec![doubler(
+                        |_| {
+                            std::thread::sleep(Duration::from_millis(2_500));
+                            Ok(())
+                        },
+                        false,
+                    )],
+                    worker_opts(id),
+                    cancel.clone(),
+                ))
+            })
+            .collect();
+        publish(&job, "double", "src", &numbers(0..8)).await;
+        let published = Arc::new(AtomicBool::new(true));
+        let got = collect_out(&job, published).await;
+        got.assert_exactly((0..8).map(|i| i * 2));
+        cancel.cancel();
+        let mut redelivered = 0;
+        for w in workers {
+            let stats = w.await.unwrap().unwrap();
+            redelivered += stats.stages["double"].redelivered;
+        }
+        assert_eq!(redelivered, 0, "a slow task was redelivered");
+        assert_eq!(job.inbox_counts("double").await.unwrap().redelivered, 0);
+    })
+    .await;
+}
