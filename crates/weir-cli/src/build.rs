@@ -698,7 +698,11 @@ fn attach_one(
 }
 
 /// Runs a built pipeline: Ctrl-C once drains, twice aborts the process.
-pub async fn run(built: Built, live: bool) -> Result<weir::Report, weir::RunError> {
+pub async fn run(
+    built: Built,
+    live: bool,
+    extra: Option<crate::progress::Extra>,
+) -> Result<weir::Report, weir::RunError> {
     let Built {
         pipeline,
         checkpoint,
@@ -721,6 +725,7 @@ pub async fn run(built: Built, live: bool) -> Result<weir::Report, weir::RunErro
         tokio::spawn(crate::progress::live(
             metrics,
             crate::progress::tokio_util_like::Done(done.clone()),
+            extra,
         ))
     });
     let result = pipeline.run().await;

@@ -344,7 +344,7 @@ fn run(
         .build()?;
     let live = !quiet && std::io::stderr().is_terminal();
     let dead_letter_path = built.dead_letter_path.clone();
-    let outcome = rt.block_on(build::run(built, live));
+    let outcome = rt.block_on(build::run(built, live, None));
     let (report, error) = match outcome {
         Ok(report) => (report, None),
         Err(e) => (*e.report, Some(e.error)),

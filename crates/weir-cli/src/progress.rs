@@ -7,13 +7,18 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Lines shown under the stages, kept current by someone else (the
+/// distributed coordinator: the remote stages, from the workers' reports).
+pub type Extra = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Redraws until `done` fires, then clears itself.
-pub async fn live(metrics: weir::Metrics, done: tokio_util_like::Done) {
+pub async fn live(metrics: weir::Metrics, done: tokio_util_like::Done, extra: Option<Extra>) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(5));
     let style =
         ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
     let mut last: HashMap<String, (u64, Instant)> = HashMap::new();
+    let mut extra_bars: Vec<ProgressBar> = Vec::new();
     let header = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
     header.set_message(format!(
         "{:<18} {:>10} {:>10} {:>9} {:>7} {:>7}",
@@ -49,6 +54,15 @@ pub async fn live(metrics: weir::Metrics, done: tokio_util_like::Done) {
                 "{:<18} {:>10} {:>10.0} {:>9} {:>7} {:>7}",
                 s.name, s.received, rate, s.dead_lettered, queue, workers
             ));
+        }
+        if let Some(extra) = &extra {
+            let lines = extra.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            while extra_bars.len() < lines.len() {
+                extra_bars.push(multi.add(ProgressBar::new_spinner().with_style(style.clone())));
+            }
+            for (bar, line) in extra_bars.iter().zip(lines) {
+                bar.set_message(line);
+            }
         }
         if done.wait(Duration::from_millis(200)).await {
             break;

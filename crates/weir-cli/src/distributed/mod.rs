@@ -144,8 +144,58 @@ pub fn run_coordinator(
                 completion::watch(&job, &nodes, Duration::from_millis(200), &stop).await
             })
         };
-        let outcome = build::run(built, live).await;
+        // The live view shows the remote stages too, from the workers'
+        // reports and the broker's counts.
+        let extra: crate::progress::Extra = Arc::default();
+        let remote_view = live.then(|| {
+            let job = job.clone();
+            let extra = extra.clone();
+            let stop = stop_watch.clone();
+            let pool: Vec<String> = dist
+                .placement
+                .pool_stages()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            tokio::spawn(async move {
+                loop {
+                    let workers: Vec<WorkerStats> = job
+                        .workers()
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|w| w.run == run)
+                        .collect();
+                    let sums = per_stage(&workers);
+                    let mut lines = vec![format!(
+                        "{:<18} {:>10} {:>10} {:>9} {:>7} {:>7}",
+                        "remote stage", "in", "rate/s", "dead", "backlog", "workers"
+                    )];
+                    for name in &pool {
+                        let (_, st) = sums.get(name).cloned().unwrap_or_default();
+                        let live_workers = workers
+                            .iter()
+                            .filter(|w| !w.stopped && w.stages.contains_key(name))
+                            .count();
+                        let backlog = job.inbox_counts(name).await.map_or(0, |c| c.pending);
+                        lines.push(format!(
+                            "{name:<18} {:>10} {:>10.0} {:>9} {:>7} {:>7}",
+                            st.records_in, st.rate, st.dead, backlog, live_workers
+                        ));
+                    }
+                    *extra.lock().unwrap_or_else(|p| p.into_inner()) = lines;
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            })
+        });
+        let outcome = build::run(built, live, live.then_some(extra)).await;
         stop_watch.cancel();
+        if let Some(v) = remote_view {
+            let _ = v.await;
+        }
         let swept = watch.await.ok().and_then(Result::ok).unwrap_or(0);
         let (report, error) = match outcome {
             Ok(report) => (report, None),
