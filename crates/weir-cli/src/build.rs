@@ -393,23 +393,12 @@ pub fn build(
         Some(d) => completion_nodes(d, wiring, file, &offers, &reader_flags),
         None => Vec::new(),
     };
-    if matches!(mode, Mode::Check) {
-        return if diags.is_empty() {
-            Ok(Built {
-                pipeline: p,
-                description: file.description.clone(),
-                dead_letter_path: dl_path,
-                checkpoint: None,
-                nodes,
-            })
-        } else {
-            Err(diags)
-        };
-    }
     if let Some(d) = dist {
         // Dead letters of a job go to its stream on the broker; the
         // coordinator copies them to the dead-letter file at the end.
         p.dead_letter_sink(DlqSink::new(&d.job));
+    }
+    if matches!(mode, Mode::Check) || dist.is_some() {
         return if diags.is_empty() {
             Ok(Built {
                 pipeline: p,

@@ -187,6 +187,22 @@ impl DlqEntry {
         }
     }
 
+    /// An entry for a message that could not be read as records: its body
+    /// is kept as text.
+    pub fn unreadable(stage: &str, error: String, attempts: u32, body: &[u8]) -> Self {
+        DlqEntry {
+            stage: stage.to_string(),
+            error,
+            attempts,
+            position: None,
+            input: None,
+            file: None,
+            line: None,
+            record: Value::Null,
+            raw: Value::String(String::from_utf8_lossy(body).into_owned()),
+        }
+    }
+
     /// The record again, at its original position, for replay; `None` for
     /// an entry that never was a record.
     pub fn to_record(&self) -> Option<Record> {

@@ -161,25 +161,13 @@ async fn sweep(job: &Job, inbox: &str, c: InboxCounts) -> Result<u64, BrokerErro
                     DlqEntry::for_record(inbox, reason.clone(), job.settings.max_deliver as u32, r)
                 })
                 .collect(),
-            Err(e) => vec![DlqEntry {
-                stage: inbox.to_string(),
-                error: e.to_string(),
-                attempts: 0,
-                position: None,
-                input: None,
-                file: None,
-                line: None,
-                record: serde_json::Value::Null,
-                raw: String::from_utf8_lossy(&m.payload).into_owned().into(),
-            }],
+            Err(e) => vec![DlqEntry::unreadable(inbox, e.to_string(), 0, &m.payload)],
         };
         let out: Vec<Outgoing> = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| Outgoing {
-                subject: job.names.dlq_subject(),
-                id: dlq_id(e, &format!("sweep:{seq}:{i}")),
-                body: serde_json::to_vec(e).expect("entry serializes").into(),
+            .map(|(i, e)| {
+                Outgoing::dead_letter(&job.names, dlq_id(e, &format!("sweep:{seq}:{i}")), e)
             })
             .collect();
         publisher.publish_all(&out).await?;

@@ -257,25 +257,14 @@ fn message_ack(msg: jetstream::Message, seq: u64, seen: Seen) -> Ack {
 /// A message that is not weir's: kept in the dead-letter stream, raw, and
 /// terminated so it is not delivered again.
 pub(crate) async fn garbage(job: &Job, stage: &str, msg: jetstream::Message, error: String) {
-    let entry = DlqEntry {
-        stage: stage.to_string(),
-        error,
-        attempts: msg.info().map_or(1, |i| i.delivered as u32),
-        position: None,
-        input: None,
-        file: None,
-        line: None,
-        record: serde_json::Value::Null,
-        raw: serde_json::Value::String(String::from_utf8_lossy(&msg.payload).into_owned()),
-    };
-    let out = Outgoing {
-        subject: job.names.dlq_subject(),
-        id: dlq_id(
-            &entry,
-            &format!("garbage:{}", msg.info().map_or(0, |i| i.stream_sequence)),
-        ),
-        body: serde_json::to_vec(&entry).expect("entry serializes").into(),
-    };
+    let attempts = msg.info().map_or(1, |i| i.delivered as u32);
+    let entry = DlqEntry::unreadable(stage, error, attempts, &msg.payload);
+    let seq = msg.info().map_or(0, |i| i.stream_sequence);
+    let out = Outgoing::dead_letter(
+        &job.names,
+        dlq_id(&entry, &format!("garbage:{seq}")),
+        &entry,
+    );
     if Publisher::new(job.clone())
         .publish_all(&[out])
         .await

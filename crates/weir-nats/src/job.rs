@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{consumer, kv, stream};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -531,6 +531,17 @@ impl Job {
         Ok(out)
     }
 
+    /// The statistics of the workers counting run `run` (a job's
+    /// `started_ms`).
+    ///
+    /// # Errors
+    /// As [`Job::workers`].
+    pub async fn workers_of_run(&self, run: u64) -> Result<Vec<WorkerStats>, BrokerError> {
+        let mut w = self.workers().await?;
+        w.retain(|w| w.run == run);
+        Ok(w)
+    }
+
     /// Publishes a worker's statistics.
     ///
     /// # Errors
@@ -620,6 +631,3 @@ impl InboxCounts {
         self.last_seq.saturating_sub(self.stored)
     }
 }
-
-/// Re-exported for callers building their own requests.
-pub use jetstream::consumer::PullConsumer;

@@ -41,6 +41,19 @@ pub struct Outgoing {
     pub body: Bytes,
 }
 
+impl Outgoing {
+    /// A dead letter for the job's dead-letter stream.
+    pub fn dead_letter(names: &crate::job::Names, id: String, entry: &DlqEntry) -> Self {
+        Outgoing {
+            subject: names.dlq_subject(),
+            id,
+            body: serde_json::to_vec(entry)
+                .expect("an entry always serializes")
+                .into(),
+        }
+    }
+}
+
 /// Publishes messages and waits until the broker stored each of them.
 #[derive(Clone)]
 pub struct Publisher {
@@ -364,7 +377,7 @@ impl Sink<Record> for EdgeSink {
 /// An engine dead-letter sink publishing into the job's dead-letter stream.
 pub struct DlqSink {
     publisher: Publisher,
-    subject: String,
+    names: crate::job::Names,
     stored: u64,
     /// Makes ids unique to this run: the coordinator's dead letters come
     /// from records that a replay can send through again.
@@ -376,7 +389,7 @@ impl DlqSink {
     pub fn new(job: &Job) -> Self {
         DlqSink {
             publisher: Publisher::new(job.clone()),
-            subject: job.names.dlq_subject(),
+            names: job.names.clone(),
             stored: 0,
             run: format!("{}.{}", crate::job::now_ms(), std::process::id()),
         }
@@ -422,11 +435,8 @@ impl Sink<DeadLetter> for DlqSink {
             .enumerate()
             .map(|(i, d)| {
                 let entry = entry_of(d);
-                Outgoing {
-                    subject: self.subject.clone(),
-                    id: dlq_id(&entry, &format!("{}:{}", self.run, self.stored + i as u64)),
-                    body: serde_json::to_vec(&entry).expect("entry serializes").into(),
-                }
+                let id = dlq_id(&entry, &format!("{}:{}", self.run, self.stored + i as u64));
+                Outgoing::dead_letter(&self.names, id, &entry)
             })
             .collect();
         match self.publisher.publish_all(&msgs).await {

@@ -416,7 +416,7 @@ fn process(stage: &RemoteStage, d: Delivery, max_deliver: i64) -> Outcome {
                 }
                 continue;
             }
-            Ok(Err(e)) => (error_chain(e.as_ref()), stage.retry_errors),
+            Ok(Err(e)) => (weir::error_chain(e.as_ref()), stage.retry_errors),
             Err(panic) => (format!("panicked: {}", panic_message(&*panic)), true),
         };
         if retryable && !last_attempt {
@@ -447,17 +447,6 @@ fn process(stage: &RemoteStage, d: Delivery, max_deliver: i64) -> Outcome {
         records_in: records.len(),
         verdict: Verdict::Publish { outputs, dead },
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -511,30 +500,19 @@ impl Sink<Outcome> for OutcomeSink {
                         }
                     }
                     for (i, d) in dead.iter().enumerate() {
-                        out.push(Outgoing {
-                            subject: names.dlq_subject(),
-                            id: format!("{}:{}:dl:{i}", self.stage.name, o.seq),
-                            body: serde_json::to_vec(d).expect("entry serializes").into(),
-                        });
+                        let id = format!("{}:{}:dl:{i}", self.stage.name, o.seq);
+                        out.push(Outgoing::dead_letter(names, id, d));
                     }
                 }
                 Verdict::Garbage(e) => {
-                    let entry = DlqEntry {
-                        stage: self.stage.name.clone(),
-                        error: e.clone(),
-                        attempts: o.delivered as u32,
-                        position: None,
-                        input: None,
-                        file: None,
-                        line: None,
-                        record: serde_json::Value::Null,
-                        raw: String::from_utf8_lossy(&o.msg.payload).into_owned().into(),
-                    };
-                    out.push(Outgoing {
-                        subject: names.dlq_subject(),
-                        id: format!("{}:{}:garbage", self.stage.name, o.seq),
-                        body: serde_json::to_vec(&entry).expect("entry serializes").into(),
-                    });
+                    let entry = DlqEntry::unreadable(
+                        &self.stage.name,
+                        e.clone(),
+                        o.delivered as u32,
+                        &o.msg.payload,
+                    );
+                    let id = format!("{}:{}:garbage", self.stage.name, o.seq);
+                    out.push(Outgoing::dead_letter(names, id, &entry));
                 }
                 Verdict::Retry(_) => {}
             }

@@ -66,8 +66,9 @@ impl fmt::Debug for DeadLetter {
     }
 }
 
-/// "outer: inner: root" for an error and its sources.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// "outer: inner: root" for an error and its sources: how dead letters
+/// state their reason (the broker transport words its reasons the same way).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -71,7 +71,7 @@ mod source;
 mod stage;
 
 pub use ack::{Ack, AckOutcome};
-pub use dead_letter::DeadLetter;
+pub use dead_letter::{DeadLetter, error_chain};
 pub use error::{BoxError, Error, RunError, WriteError};
 pub use fan_in::Window;
 pub use metrics::{Metrics, Report, StageReport};

@@ -159,13 +159,7 @@ pub fn run_coordinator(
                 .collect();
             tokio::spawn(async move {
                 loop {
-                    let workers: Vec<WorkerStats> = job
-                        .workers()
-                        .await
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|w| w.run == run)
-                        .collect();
+                    let workers = job.workers_of_run(run).await.unwrap_or_default();
                     let sums = per_stage(&workers);
                     let mut lines = vec![format!(
                         "{:<18} {:>10} {:>10} {:>9} {:>7} {:>7}",
@@ -558,13 +552,10 @@ pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
                 age.as_secs(),
                 state.pipeline
             );
-            let workers: Vec<WorkerStats> = job
-                .workers()
+            let workers = job
+                .workers_of_run(state.started_ms)
                 .await
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|w| w.run == state.started_ms)
-                .collect();
+                .unwrap_or_default();
             let sums = per_stage(&workers);
             let live = |stage: &str| {
                 workers
