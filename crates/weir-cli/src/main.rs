@@ -31,6 +31,7 @@ mod graph;
 mod progress;
 mod registry;
 mod report;
+mod runtime;
 
 #[derive(Parser)]
 #[command(
@@ -339,9 +340,7 @@ fn run(
             return Ok(ExitCode::from(2));
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = runtime::build()?;
     let live = !quiet && std::io::stderr().is_terminal();
     let dead_letter_path = built.dead_letter_path.clone();
     let outcome = rt.block_on(build::run(built, live, None));

@@ -56,12 +56,6 @@ fn job_name(path: &Path, job: Option<String>) -> String {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
-}
-
 /// The placement, or the rendered diagnostics.
 fn place(l: &Loaded) -> std::result::Result<Placement, String> {
     let p = Placement::new(&l.file, &l.wiring).map_err(|d| l.render(&d))?;
@@ -90,7 +84,7 @@ pub fn run_coordinator(
         }
     };
     let job_name = job_name(&l.path, job);
-    let rt = runtime()?;
+    let rt = crate::runtime::build()?;
     rt.block_on(async {
         let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
         let job = Job::open(broker.clone(), &job_name, placement.settings.clone()).await?;
@@ -460,7 +454,7 @@ pub fn run_worker(
         bail!("--workers must be at least 1");
     }
     let job_name = job_name(&l.path, job);
-    let rt = runtime()?;
+    let rt = crate::runtime::build()?;
     rt.block_on(async {
         let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
         let job = Job::open(broker, &job_name, placement.settings.clone()).await?;
@@ -528,7 +522,7 @@ fn hostname() -> String {
 
 /// `weir status --broker URL [--job J]`.
 pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
-    let rt = runtime()?;
+    let rt = crate::runtime::build()?;
     rt.block_on(async {
         let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
         let jobs = Job::list(&broker).await?;
@@ -621,7 +615,7 @@ pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
 
 /// `weir dlq list`.
 pub fn dlq_list(url: &str, job: &str, json: bool) -> Result<ExitCode> {
-    let rt = runtime()?;
+    let rt = crate::runtime::build()?;
     rt.block_on(async {
         let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
         let job = Job::open(broker, job, EdgeSettings::default()).await?;
@@ -651,7 +645,7 @@ pub fn dlq_list(url: &str, job: &str, json: bool) -> Result<ExitCode> {
 
 /// `weir dlq replay`.
 pub fn dlq_replay(url: &str, job: &str, seqs: &[u64]) -> Result<ExitCode> {
-    let rt = runtime()?;
+    let rt = crate::runtime::build()?;
     rt.block_on(async {
         let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
         let job = Job::open(broker, job, EdgeSettings::default()).await?;
