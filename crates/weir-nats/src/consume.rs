@@ -10,14 +10,25 @@
 //! aggregate holds its messages until it has written its result.
 //!
 //! The source ends when every producer of the inbox is done
-//! (`producers_done`, set by [`crate::completion`]) and the broker has no
-//! message of the inbox left to deliver.
+//! (`producers_done`, set by [`crate::completion`]) and every message the
+//! inbox still stores is one this reader holds.
+//!
+//! **Deliveries lost in transit.** The coordinator's consumers have a long
+//! `ack_wait` (a whole-input aggregate holds its messages until the end),
+//! so a message the broker delivered into a connection that then broke (a
+//! broker restart) would not come back for hours. The reader therefore
+//! compares what the inbox stores with what it holds: when messages are
+//! stored that are neither pending delivery nor held here for
+//! [`STRANDED_AFTER`], it recreates its consumer, which delivers every
+//! unacknowledged message again; copies of what it holds are acknowledged
+//! with the originals, the stranded ones are processed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use weir::{Ack, AckOutcome};
@@ -25,7 +36,7 @@ use weir_connectors::Record;
 
 use crate::codec::{self, DlqEntry};
 use crate::job::Job;
-use crate::publish::{Outgoing, Publisher, dlq_id};
+use crate::publish::{Outgoing, Publisher};
 
 /// Counts a reader keeps (records and messages taken from its inbox).
 #[derive(Debug, Default)]
@@ -53,19 +64,38 @@ struct State {
     batch: Option<jetstream::consumer::pull::Batch>,
     got_in_batch: usize,
     seen: Seen,
+    /// Messages taken since the last pruning of `seen`.
+    since_prune: usize,
+    /// Since when the inbox has stored messages this reader neither holds
+    /// nor can be delivered (lost in transit).
+    stranded_since: Option<std::time::Instant>,
 }
 
 /// Messages taken in this run, by stream sequence: a message delivered
-/// again (its ack lost in a broker crash) is not processed twice; its new
-/// copy is acknowledged with the original.
+/// again (its ack lost in a broker crash, or a consumer reset) is not
+/// processed twice; its new copy is acknowledged with the original.
+///
+/// Only what is needed to acknowledge is kept (an [`Acker`]: the reply
+/// subject), never the payload, so a whole-input aggregate holding its
+/// inputs costs about a hundred bytes per message. Entries whose
+/// acknowledgement the broker confirmed are pruned once the stream's first
+/// sequence has passed them: a message deleted from a work queue is never
+/// delivered again.
 type Seen = Arc<Mutex<HashMap<u64, Taken>>>;
 
 enum Taken {
     /// In the engine; copies delivered meanwhile, to acknowledge with it.
-    Pending(Vec<jetstream::Message>),
-    /// Committed and acknowledged.
+    Pending(Vec<Acker>),
+    /// Committed; its acknowledgement is on its way to the broker.
+    Acking,
+    /// Committed, and the broker confirmed the acknowledgement.
     Done,
 }
+
+/// How long the reader may see messages stored in its inbox that are
+/// neither pending delivery nor held by it before it asks the broker to
+/// deliver them again (see [`next_message`]).
+const STRANDED_AFTER: Duration = Duration::from_secs(2);
 
 impl InboxReader {
     /// A reader of `inbox`; it ends once `producers_done` is set and the
@@ -95,6 +125,8 @@ impl InboxReader {
             batch: None,
             got_in_batch: 0,
             seen: Arc::default(),
+            since_prune: 0,
+            stranded_since: None,
         };
         let batches = futures::stream::unfold(state, |mut st| async move {
             loop {
@@ -108,13 +140,17 @@ impl InboxReader {
     }
 }
 
+/// Messages taken between two prunings of the seen-set.
+const PRUNE_EVERY: usize = 1024;
+
 /// The records of the next message (empty when there was none to take);
 /// `None` at the end.
 ///
 /// Messages come by one-shot pull requests (up to 256, expiring after
 /// 500 ms). The end is decided only when a request expired without a
 /// message: then nothing is in transit to this reader, and if every
-/// producer is done and the broker has nothing pending, nothing ever will be.
+/// producer is done and every message the inbox stores is held here,
+/// nothing more will come.
 async fn next_message(st: &mut State) -> Option<Vec<(Record, Ack)>> {
     if let Some(batch) = st.batch.as_mut() {
         match batch.next().await {
@@ -131,12 +167,18 @@ async fn next_message(st: &mut State) -> Option<Vec<(Record, Ack)>> {
             }
             None => {
                 st.batch = None;
-                if st.got_in_batch == 0
-                    && st.producers_done.load(Ordering::Acquire)
-                    && let Ok(c) = st.job.inbox_counts(&st.inbox).await
-                    && c.pending == 0
-                {
-                    return None;
+                if st.got_in_batch == 0 && st.producers_done.load(Ordering::Acquire) {
+                    match end_check(st).await {
+                        EndCheck::End => return None,
+                        EndCheck::Reset => {
+                            // Deliver everything unacknowledged again.
+                            st.consumer = None;
+                            if let Err(e) = st.job.reset_coordinator_consumer(&st.inbox).await {
+                                tracing::warn!(inbox = %st.inbox, "could not reset the consumer: {e}");
+                            }
+                        }
+                        EndCheck::Wait => {}
+                    }
                 }
             }
         }
@@ -170,17 +212,81 @@ async fn next_message(st: &mut State) -> Option<Vec<(Record, Ack)>> {
     Some(Vec::new())
 }
 
+enum EndCheck {
+    /// Every stored message is held here: the inbox is read to the end.
+    End,
+    /// Messages are stored that nobody will deliver (lost in transit):
+    /// recreate the consumer.
+    Reset,
+    /// Not yet decided (messages pending, acks on their way, the broker
+    /// unreachable).
+    Wait,
+}
+
+/// Decides, once every producer is done and a pull came back empty,
+/// whether the inbox is finished (see the module docs).
+async fn end_check(st: &mut State) -> EndCheck {
+    let Ok(c) = st.job.inbox_counts(&st.inbox).await else {
+        return EndCheck::Wait;
+    };
+    let held = prune(&st.seen, c.first_seq);
+    if c.pending > 0 {
+        st.stranded_since = None;
+        return EndCheck::Wait;
+    }
+    if c.stored <= held {
+        return EndCheck::End;
+    }
+    // Stored but neither pending nor held: acknowledgements on their way
+    // (wait), or deliveries lost in transit (reset), which only time tells
+    // apart.
+    match st.stranded_since {
+        Some(t) if t.elapsed() >= STRANDED_AFTER => {
+            st.stranded_since = None;
+            tracing::warn!(
+                inbox = %st.inbox,
+                stored = c.stored,
+                held,
+                "messages delivered but never received (lost in a broker restart?): asking for them again"
+            );
+            EndCheck::Reset
+        }
+        Some(_) => EndCheck::Wait,
+        None => {
+            st.stranded_since = Some(std::time::Instant::now());
+            EndCheck::Wait
+        }
+    }
+}
+
+/// Forgets confirmed messages below `first_seq` (they are deleted and never
+/// delivered again); returns how many messages the reader still holds
+/// (in the engine, or being acknowledged).
+fn prune(seen: &Seen, first_seq: u64) -> u64 {
+    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+    s.retain(|seq, t| !(matches!(t, Taken::Done) && *seq < first_seq));
+    s.values().filter(|t| !matches!(t, Taken::Done)).count() as u64
+}
+
 /// One delivered message: its records with forks of its ack.
 async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
     st.counters.messages.fetch_add(1, Ordering::Relaxed);
     let seq = msg.info().map_or(0, |i| i.stream_sequence);
+    st.since_prune += 1;
+    if st.since_prune >= PRUNE_EVERY {
+        st.since_prune = 0;
+        if let Ok(c) = st.job.inbox_counts(&st.inbox).await {
+            prune(&st.seen, c.first_seq);
+        }
+    }
     // Decided under the lock, acted on after it (no lock across an await).
+    let (msg, acker) = msg.split();
     let already_done = {
         let mut seen = st.seen.lock().unwrap_or_else(|p| p.into_inner());
         match seen.get_mut(&seq) {
-            Some(Taken::Done) => true,
+            Some(Taken::Done | Taken::Acking) => true,
             Some(Taken::Pending(copies)) => {
-                copies.push(msg);
+                copies.push(acker);
                 return Vec::new();
             }
             None => {
@@ -190,7 +296,8 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
         }
     };
     if already_done {
-        let _ = msg.double_ack().await;
+        // Its content is committed: acknowledge the copy.
+        let _ = acker.double_ack().await;
         return Vec::new();
     }
     let records =
@@ -201,7 +308,7 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
             st.counters
                 .records
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
-            let ack = message_ack(msg, seq, st.seen.clone());
+            let ack = message_ack(acker, seq, st.seen.clone());
             out.reserve(records.len());
             for r in records {
                 out.push((r, ack.fork()));
@@ -214,7 +321,7 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(seq, Taken::Done);
-            garbage(&st.job, &st.inbox, msg, e.to_string()).await;
+            garbage(&st.job, &st.inbox, seq, &msg, acker, e.to_string()).await;
         }
     }
     out
@@ -222,7 +329,7 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
 
 /// The ack of one message: acknowledged with confirmation once its records
 /// settle (with any copy delivered meanwhile); given back on failure.
-fn message_ack(msg: jetstream::Message, seq: u64, seen: Seen) -> Ack {
+fn message_ack(acker: Acker, seq: u64, seen: Seen) -> Ack {
     let handle = tokio::runtime::Handle::current();
     Ack::new(move |outcome| {
         handle.spawn(async move {
@@ -234,20 +341,28 @@ fn message_ack(msg: jetstream::Message, seq: u64, seen: Seen) -> Ack {
                     _ => Vec::new(),
                 };
                 if !failed {
-                    s.insert(seq, Taken::Done);
+                    s.insert(seq, Taken::Acking);
                 }
                 copies
             };
-            for m in std::iter::once(msg).chain(copies) {
+            let mut confirmed = false;
+            for a in std::iter::once(acker).chain(copies) {
                 if failed {
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                    let _ = a.ack_with(AckKind::Nak(None)).await;
                     continue;
                 }
                 for _ in 0..20 {
-                    if m.double_ack().await.is_ok() {
+                    if a.double_ack().await.is_ok() {
+                        confirmed = true;
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            if confirmed {
+                let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(t) = s.get_mut(&seq) {
+                    *t = Taken::Done;
                 }
             }
         });
@@ -255,21 +370,25 @@ fn message_ack(msg: jetstream::Message, seq: u64, seen: Seen) -> Ack {
 }
 
 /// A message that is not weir's: kept in the dead-letter stream, raw, and
-/// terminated so it is not delivered again.
-pub(crate) async fn garbage(job: &Job, stage: &str, msg: jetstream::Message, error: String) {
-    let attempts = msg.info().map_or(1, |i| i.delivered as u32);
-    let entry = DlqEntry::unreadable(stage, error, attempts, &msg.payload);
-    let seq = msg.info().map_or(0, |i| i.stream_sequence);
-    let out = Outgoing::dead_letter(
-        &job.names,
-        dlq_id(&entry, &format!("garbage:{seq}")),
-        &entry,
-    );
+/// acknowledged so it is not delivered again (a work queue deletes it).
+/// Its dead letter is named after the message's sequence, so a copy
+/// delivered again is stored once.
+pub(crate) async fn garbage(
+    job: &Job,
+    stage: &str,
+    seq: u64,
+    msg: &async_nats::Message,
+    acker: Acker,
+    error: String,
+) {
+    let entry = DlqEntry::unreadable(stage, error, 1, &msg.payload);
+    let id = format!("{stage}:{seq}:garbage");
+    let out = Outgoing::dead_letter(&job.names, id, &entry);
     if Publisher::new(job.clone())
         .publish_all(&[out])
         .await
         .is_ok()
     {
-        let _ = msg.ack_with(AckKind::Term).await;
+        let _ = acker.double_ack().await;
     }
 }

@@ -450,6 +450,23 @@ impl Job {
         Ok(())
     }
 
+    /// Deletes and recreates the consumer of a coordinator inbox, so that
+    /// every message it delivered and nobody acknowledged is delivered
+    /// again now (rather than after its day-long `ack_wait`): what a
+    /// broker restart lost in transit comes back.
+    ///
+    /// # Errors
+    /// When the stream or consumer cannot be reached or created.
+    pub async fn reset_coordinator_consumer(&self, inbox: &str) -> Result<(), BrokerError> {
+        let s = self.inbox(inbox).await?;
+        let _ = s.delete_consumer(&self.names.consumer(inbox)).await;
+        let spec = InboxSpec {
+            name: inbox.to_string(),
+            pool: false,
+        };
+        self.create_consumer(&s, &spec).await
+    }
+
     /// The stream of an inbox.
     ///
     /// # Errors

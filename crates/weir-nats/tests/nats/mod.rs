@@ -2,6 +2,7 @@
 
 mod completion;
 mod connect;
+mod consume;
 mod dlq;
 mod errors;
 mod job;
