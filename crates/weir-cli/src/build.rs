@@ -38,6 +38,9 @@ pub struct Dist {
     /// The inputs were read to the end by an earlier run of the job (it is
     /// resumed after `weir dlq replay`): they are not read again.
     pub inputs_done: bool,
+    /// The job's replay epoch (`weir dlq replay` runs so far): part of the
+    /// coordinator's dead-letter ids.
+    pub replays: u64,
 }
 
 /// A pipeline ready to run.
@@ -396,7 +399,7 @@ pub fn build(
     if let Some(d) = dist {
         // Dead letters of a job go to its stream on the broker; the
         // coordinator copies them to the dead-letter file at the end.
-        p.dead_letter_sink(DlqSink::new(&d.job));
+        p.dead_letter_sink(DlqSink::new(&d.job, d.replays));
     }
     if matches!(mode, Mode::Check) || dist.is_some() {
         return if diags.is_empty() {

@@ -169,6 +169,11 @@ pub struct DlqEntry {
     /// The raw text, when it never became a record (a line that did not
     /// decode).
     pub raw: Value,
+    /// Set when the entry was too large for a message of the dead-letter
+    /// stream: the record's (or raw text's) size in bytes, of which `raw`
+    /// keeps the beginning. Such an entry cannot be replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<u64>,
 }
 
 impl DlqEntry {
@@ -184,6 +189,7 @@ impl DlqEntry {
             line: Some(record.pos.line),
             record: record.value.clone(),
             raw: Value::Null,
+            truncated: None,
         }
     }
 
@@ -200,7 +206,43 @@ impl DlqEntry {
             line: None,
             record: Value::Null,
             raw: Value::String(String::from_utf8_lossy(body).into_owned()),
+            truncated: None,
         }
+    }
+
+    /// The entry as a message body of at most `max_body` bytes: as it is
+    /// when it fits; else with its record (or raw text) replaced by the
+    /// beginning of its JSON text, and `truncated` set to the full size, so
+    /// that the dead letter still says what, where and why.
+    pub fn encode_within(&self, max_body: usize) -> Vec<u8> {
+        let full = serde_json::to_vec(self).expect("an entry always serializes");
+        if full.len() <= max_body {
+            return full;
+        }
+        let text = if self.record.is_null() {
+            match &self.raw {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        } else {
+            self.record.to_string()
+        };
+        let mut cut = DlqEntry {
+            record: Value::Null,
+            raw: Value::Null,
+            truncated: Some(text.len() as u64),
+            ..self.clone()
+        };
+        // What is left for the excerpt once the rest is written (escaping
+        // can at most sextuple a character: keep well below).
+        let rest = serde_json::to_vec(&cut).expect("serializes").len();
+        let room = max_body.saturating_sub(rest + 64) / 6;
+        let mut end = room.min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        cut.raw = Value::String(text[..end].to_string());
+        serde_json::to_vec(&cut).expect("serializes")
     }
 
     /// The record again, at its original position, for replay; `None` for

@@ -29,7 +29,7 @@ use weir::CancellationToken;
 use crate::broker::BrokerError;
 use crate::codec::{self, DlqEntry};
 use crate::job::{InboxCounts, Job};
-use crate::publish::{Outgoing, Publisher, dlq_id};
+use crate::publish::{Outgoing, Publisher};
 
 /// Who publishes into an inbox.
 #[derive(Clone)]
@@ -167,7 +167,8 @@ async fn sweep(job: &Job, inbox: &str, c: InboxCounts) -> Result<u64, BrokerErro
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                Outgoing::dead_letter(&job.names, dlq_id(e, &format!("sweep:{seq}:{i}")), e)
+                let id = format!("sweep:{inbox}:{seq}:{i}");
+                Outgoing::dead_letter(&job.names, id, e, publisher.max_body())
             })
             .collect();
         publisher.publish_all(&out).await?;

@@ -383,12 +383,9 @@ pub(crate) async fn garbage(
 ) {
     let entry = DlqEntry::unreadable(stage, error, 1, &msg.payload);
     let id = format!("{stage}:{seq}:garbage");
-    let out = Outgoing::dead_letter(&job.names, id, &entry);
-    if Publisher::new(job.clone())
-        .publish_all(&[out])
-        .await
-        .is_ok()
-    {
+    let publisher = Publisher::new(job.clone());
+    let out = Outgoing::dead_letter(&job.names, id, &entry, publisher.max_body());
+    if publisher.publish_all(&[out]).await.is_ok() {
         let _ = acker.double_ack().await;
     }
 }

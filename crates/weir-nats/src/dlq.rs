@@ -35,6 +35,7 @@ pub async fn list(job: &Job) -> Result<Vec<(u64, DlqEntry)>, BrokerError> {
         .state
         .clone();
     let mut out = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     if st.messages == 0 {
         return Ok(out);
     }
@@ -42,6 +43,18 @@ pub async fn list(job: &Job) -> Result<Vec<(u64, DlqEntry)>, BrokerError> {
         let Ok(m) = s.get_raw_message(seq).await else {
             continue;
         };
+        // The same dead letter stored twice (published again after the
+        // duplicate window, or by a run before a broker restart forgot its
+        // id) is listed once.
+        let id = m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_string());
+        if let Some(id) = id
+            && !ids.insert(id)
+        {
+            continue;
+        }
         if let Ok(e) = serde_json::from_slice::<DlqEntry>(&m.payload) {
             out.push((seq, e));
         }
@@ -76,8 +89,8 @@ pub async fn replay(job: &Job, only: &[u64]) -> Result<Replayed, BrokerError> {
         .get_stream(job.names.dlq_stream())
         .await
         .map_err(|e| BrokerError::request("open the dead-letter stream", e))?;
-    let publisher = Publisher::new(job.clone());
     let mut done = Replayed::default();
+    let mut moves = Vec::new();
     for (seq, e) in entries {
         if !only.is_empty() && !only.contains(&seq) {
             continue;
@@ -90,12 +103,31 @@ pub async fn replay(job: &Job, only: &[u64]) -> Result<Replayed, BrokerError> {
             continue;
         };
         let Some(record) = e.to_record() else {
-            done.skipped
-                .push((seq, "no record (a line that never decoded)".into()));
+            let why = match e.truncated {
+                Some(n) => format!("the record ({n} bytes) was too large to keep whole"),
+                None => "no record (a line that never decoded)".into(),
+            };
+            done.skipped.push((seq, why));
             continue;
         };
+        moves.push((seq, inbox.name.clone(), record));
+    }
+    if moves.is_empty() {
+        return Ok(done);
+    }
+    // The job is marked running (its sources done) before any record
+    // moves, and with a new replay epoch, so that a coordinator started
+    // now finishes the job, and the dead letters of replayed records are
+    // new ids rather than duplicates of the entries they replace.
+    state.status = Status::Running;
+    state.sources_done = true;
+    state.replays += 1;
+    state.updated_ms = now_ms();
+    job.put_state(&state).await?;
+    let publisher = Publisher::new(job.clone());
+    for (seq, inbox, record) in moves {
         let out = Outgoing {
-            subject: job.names.subject(&inbox.name),
+            subject: job.names.subject(&inbox),
             id: format!("replay:{seq}"),
             body: codec::encode(&[record]).into(),
         };
@@ -104,12 +136,6 @@ pub async fn replay(job: &Job, only: &[u64]) -> Result<Replayed, BrokerError> {
             .await
             .map_err(|e| BrokerError::request("delete a replayed entry", e))?;
         done.replayed += 1;
-    }
-    if done.replayed > 0 {
-        state.status = Status::Running;
-        state.sources_done = true;
-        state.updated_ms = now_ms();
-        job.put_state(&state).await?;
     }
     Ok(done)
 }

@@ -177,6 +177,10 @@ pub struct JobState {
     /// Records per message on the job's edges.
     #[serde(default)]
     pub records_per_message: usize,
+    /// How many times `weir dlq replay` put records back: the epoch of the
+    /// coordinator's dead-letter ids (see [`crate::publish::DlqSink`]).
+    #[serde(default)]
+    pub replays: u64,
 }
 
 /// Per-stage counters one worker reports.
@@ -372,11 +376,16 @@ impl Job {
             sources_done: matches!(start, Start::Resumed { sources_done: true }),
             inboxes: inboxes.to_vec(),
             started_ms: prior
+                .as_ref()
                 .filter(|_| start != Start::Fresh)
                 .map_or(now, |p| p.started_ms),
             updated_ms: now,
             summary: None,
             records_per_message: self.settings.records_per_message,
+            replays: prior
+                .as_ref()
+                .filter(|_| start != Start::Fresh)
+                .map_or(0, |p| p.replays),
         };
         self.put_state(&state).await?;
         for i in inboxes {

@@ -3,25 +3,40 @@
 //! **Message ids.** Every message carries a deterministic `Nats-Msg-Id`, so
 //! a publish repeated after a crash or a lost acknowledgement is dropped by
 //! the broker (within the stream's duplicate window):
-//! - a worker's outputs: `<stage>:<input seq>:<n>`: the input message's
+//! - a worker's outputs: `<stage>:<input seq>:<port>:<n>`: the input message's
 //!   stream sequence and the output message's index. Remote stages are
 //!   deterministic functions of their input message, so a redelivered input
 //!   produces the same messages with the same ids;
 //! - a coordinator's flows (sources and the stages after them):
-//!   `<producer>:<n>`, the n-th message of that producer. The flow is kept
-//!   in order, so a restarted coordinator reading its inputs again produces
-//!   the same messages with the same ids.
+//!   `<producer>:<n>`, the n-th message of that producer, when the flow has
+//!   the same content in every run (it starts at the job's inputs and every
+//!   stage on it keeps order): a restarted coordinator reading its inputs
+//!   again produces the same messages with the same ids. Flows whose
+//!   content depends on timing (a merge of several producers, an inbox
+//!   read by the coordinator) get ids unique to the run instead: reusing
+//!   an id for different content would make the broker drop new records as
+//!   duplicates.
 //!
-//! **Backpressure and retries.** Messages are published pipelined and their
-//! acknowledgements awaited together. A refused message (the inbox is full,
-//! `discard: new`) or a timed-out one (the broker restarting) is published
-//! again, same id, with backoff, until `give_up_after`; so a full edge
-//! slows its producer, and nothing is dropped.
+//! **Message size.** A message holds at most `records_per_message` records
+//! and at most [`Publisher::max_body`] bytes (the server's advertised
+//! `max_payload`, less room for headers). Boundaries depend only on the
+//! records, so ids stay deterministic. A record that cannot fit a message
+//! on its own is dead-lettered with reason `too_large`.
+//!
+//! **Backpressure, retries and errors.** Messages are published pipelined
+//! and their acknowledgements awaited together. A refused message (the
+//! inbox is full, `discard: new`) is backpressure: it is published again,
+//! same id, with backoff, for as long as it takes. A timed-out or
+//! unanswered one (the broker restarting) is retried the same way for up
+//! to `give_up_after`, with a warning after a few seconds naming the inbox.
+//! Anything else (a message the server refuses) is an error at once, naming
+//! the inbox.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use bytes::Bytes;
 use weir::{BoxError, DeadLetter, Sink, WriteError};
 use weir_connectors::Record;
@@ -29,6 +44,11 @@ use weir_connectors::Record;
 use crate::broker::BrokerError;
 use crate::codec::{self, DlqEntry, FORMAT_HEADER, FORMAT_VERSION};
 use crate::job::Job;
+
+/// Room kept in every message for its headers (`Weir-Format`,
+/// `Nats-Msg-Id`): ids hold stage names, so they are short, but a margin
+/// costs nothing against a limit of a megabyte.
+pub const HEADER_ROOM: usize = 1024;
 
 /// One message to publish.
 #[derive(Debug, Clone)]
@@ -42,15 +62,44 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// A dead letter for the job's dead-letter stream.
-    pub fn dead_letter(names: &crate::job::Names, id: String, entry: &DlqEntry) -> Self {
+    /// A dead letter for the job's dead-letter stream, cut down to fit a
+    /// message of `max_body` bytes (see [`DlqEntry::fit`]).
+    pub fn dead_letter(
+        names: &crate::job::Names,
+        id: String,
+        entry: &DlqEntry,
+        max_body: usize,
+    ) -> Self {
         Outgoing {
             subject: names.dlq_subject(),
             id,
-            body: serde_json::to_vec(entry)
-                .expect("an entry always serializes")
-                .into(),
+            body: entry.encode_within(max_body).into(),
         }
+    }
+}
+
+/// How a failed publish is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The inbox is full: backpressure, wait as long as it takes.
+    Full,
+    /// The broker did not answer (restarting, unreachable): retry for a
+    /// while.
+    Transient(String),
+    /// The server refused the message: retrying cannot help.
+    Permanent(String),
+}
+
+fn classify(e: &PublishError) -> Failure {
+    let text = e.to_string();
+    match e.kind() {
+        // No responders (JetStream not yet back after a restart) comes as
+        // "stream not found".
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound => Failure::Transient(text),
+        _ if is_full(&text) => Failure::Full,
+        _ => Failure::Permanent(text),
     }
 }
 
@@ -58,9 +107,14 @@ impl Outgoing {
 #[derive(Clone)]
 pub struct Publisher {
     job: Job,
-    /// How long one message may keep failing before the publish is an
-    /// error (the broker down for longer than this fails the run).
+    /// How long one message may keep failing for want of an answer before
+    /// the publish is an error (the broker down for longer than this fails
+    /// the run).
     pub give_up_after: Duration,
+    /// After how long a streak of unanswered publishes is reported (a
+    /// warning naming the inbox): a restarting broker takes a second or
+    /// two, a misconfigured one forever.
+    pub warn_after: Duration,
 }
 
 impl Publisher {
@@ -69,6 +123,25 @@ impl Publisher {
         Publisher {
             job,
             give_up_after: Duration::from_secs(300),
+            warn_after: Duration::from_secs(5),
+        }
+    }
+
+    /// The largest message body the broker takes, less [`HEADER_ROOM`].
+    pub fn max_body(&self) -> usize {
+        self.job
+            .broker
+            .client
+            .max_payload()
+            .saturating_sub(HEADER_ROOM)
+            .max(1)
+    }
+
+    /// How records are cut into messages on this job's edges.
+    pub fn limits(&self) -> MessageLimits {
+        MessageLimits {
+            records: self.job.settings.records_per_message.max(1),
+            bytes: self.max_body(),
         }
     }
 
@@ -87,8 +160,7 @@ impl Publisher {
             .broker
             .js
             .publish_with_headers(m.subject.clone(), Self::headers(&m.id), m.body.clone())
-            .await
-            .map_err(|e| e.to_string());
+            .await;
         Sent { msg: m, ack: f }
     }
 
@@ -109,18 +181,22 @@ impl Publisher {
     /// As [`Publisher::publish_all`].
     pub async fn confirm_all(&self, sent: Vec<Sent>) -> Result<(), BrokerError> {
         let results = futures::future::join_all(sent.into_iter().map(|s| async move {
-            let ok = match s.ack {
-                Ok(f) => f.await.is_ok(),
-                Err(_) => false,
+            let res = match s.ack {
+                Ok(f) => f.await.map(|_| ()),
+                Err(e) => Err(e),
             };
-            (s.msg, ok)
+            (s.msg, res)
         }))
         .await;
-        let failed: Vec<Outgoing> = results
-            .into_iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(m, _)| m)
-            .collect();
+        let mut failed = Vec::new();
+        for (m, res) in results {
+            if let Err(e) = res {
+                if let Failure::Permanent(why) = classify(&e) {
+                    return Err(refused(&m, &why));
+                }
+                failed.push(m);
+            }
+        }
         if failed.is_empty() {
             return Ok(());
         }
@@ -131,19 +207,21 @@ impl Publisher {
     /// of them (how many were duplicates it dropped).
     ///
     /// # Errors
-    /// When a message keeps failing for [`Publisher::give_up_after`].
+    /// At once when the server refuses a message for a reason other than a
+    /// full inbox (too large, say); when a message goes unanswered for
+    /// [`Publisher::give_up_after`]. Either names the inbox.
     ///
     /// # Cancel safety
     /// Not cancel safe: dropped midway, some messages may be stored and
     /// others not. Publishing again is safe (same ids).
     pub async fn publish_all(&self, msgs: &[Outgoing]) -> Result<u64, BrokerError> {
         let mut started = Instant::now();
+        let mut warned = false;
         let mut todo: Vec<usize> = (0..msgs.len()).collect();
         let mut duplicates = 0;
         let mut backoff = Duration::from_millis(2);
-        let mut last_err = String::new();
         while !todo.is_empty() {
-            let mut futures: Vec<(usize, Result<PublishAckFuture, String>)> =
+            let mut futures: Vec<(usize, Result<PublishAckFuture, PublishError>)> =
                 Vec::with_capacity(todo.len());
             for &i in &todo {
                 let m = &msgs[i];
@@ -152,60 +230,84 @@ impl Publisher {
                     .broker
                     .js
                     .publish_with_headers(m.subject.clone(), Self::headers(&m.id), m.body.clone())
-                    .await
-                    .map_err(|e| e.to_string());
+                    .await;
                 futures.push((i, f));
             }
             // Awaited together, so that lost acknowledgements time out at
             // once rather than one after the other.
             let results = futures::future::join_all(futures.into_iter().map(|(i, f)| async move {
                 let res = match f {
-                    Ok(f) => f.await.map_err(|e| e.to_string()),
+                    Ok(f) => f.await,
                     Err(e) => Err(e),
                 };
                 (i, res)
             }))
             .await;
             let mut failed = Vec::new();
+            let mut full = false;
+            let mut last_err = String::new();
             for (i, res) in results {
                 match res {
                     Ok(ack) => duplicates += u64::from(ack.duplicate),
                     Err(e) => {
-                        last_err = e;
+                        match classify(&e) {
+                            Failure::Permanent(why) => return Err(refused(&msgs[i], &why)),
+                            Failure::Full => full = true,
+                            Failure::Transient(why) => last_err = why,
+                        }
                         failed.push(i);
                     }
                 }
             }
             todo = failed;
-            if !todo.is_empty() {
-                // A full inbox (`discard: new`) is backpressure, not a
-                // failure: wait as long as it takes. Only other errors
-                // (the broker unreachable) count towards giving up.
-                let full = is_full(&last_err);
-                if full {
-                    started = Instant::now();
-                }
-                if started.elapsed() > self.give_up_after {
-                    return Err(BrokerError::Request(format!(
-                        "publishing to {} failed for {:?}: {last_err}",
-                        msgs[todo[0]].subject, self.give_up_after
-                    )));
-                }
-                // Room in a full inbox comes back as soon as its readers
-                // acknowledge: poll it briskly. An unreachable broker is
-                // tried less and less often, up to once a second.
-                let cap = if full {
-                    Duration::from_millis(20)
-                } else {
-                    Duration::from_secs(1)
-                };
-                backoff = backoff.min(cap);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(cap);
+            if todo.is_empty() {
+                break;
             }
+            // A full inbox (`discard: new`) is backpressure, not a failure:
+            // wait as long as it takes. Only unanswered publishes (the
+            // broker unreachable) count towards giving up.
+            if full && last_err.is_empty() {
+                started = Instant::now();
+            }
+            let subject = &msgs[todo[0]].subject;
+            if !warned && started.elapsed() > self.warn_after {
+                warned = true;
+                tracing::warn!(
+                    "publishing to {subject} gets no answer for {:?} ({last_err}); retrying for up to {:?}",
+                    started.elapsed(),
+                    self.give_up_after
+                );
+            }
+            if started.elapsed() > self.give_up_after {
+                return Err(BrokerError::Request(format!(
+                    "publishing to {subject} failed for {:?}: {last_err}",
+                    self.give_up_after
+                )));
+            }
+            // Room in a full inbox comes back as soon as its readers
+            // acknowledge: poll it briskly. An unreachable broker is
+            // tried less and less often, up to once a second.
+            let cap = if full {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_secs(1)
+            };
+            backoff = backoff.min(cap);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(cap);
         }
         Ok(duplicates)
     }
+}
+
+/// The error of a message the server refused.
+fn refused(m: &Outgoing, why: &str) -> BrokerError {
+    BrokerError::Request(format!(
+        "publishing to {} refused: {why} (message {}, {} bytes)",
+        m.subject,
+        m.id,
+        m.body.len()
+    ))
 }
 
 /// Whether a publish error says the stream is full.
@@ -216,7 +318,7 @@ fn is_full(error: &str) -> bool {
 /// A message sent, its acknowledgement not yet awaited.
 pub struct Sent {
     msg: Outgoing,
-    ack: Result<PublishAckFuture, String>,
+    ack: Result<PublishAckFuture, PublishError>,
 }
 
 /// Messages a deterministic [`EdgeSink`] keeps unconfirmed: enough to keep
@@ -224,42 +326,128 @@ pub struct Sent {
 /// batch would cap an edge at a few batches per millisecond).
 const SEND_WINDOW: usize = 256;
 
-/// Splits records into messages of at most `per_message` records, with
-/// ids `<prefix>:<n>` counting from `*next`.
+/// How many records, and how many bytes of body, a message may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Records per message (`records_per_message`).
+    pub records: usize,
+    /// Bytes of body (see [`Publisher::max_body`]).
+    pub bytes: usize,
+}
+
+impl MessageLimits {
+    /// At most `records` records and a megabyte (nats-server's default
+    /// `max_payload`, less [`HEADER_ROOM`]).
+    pub fn records(records: usize) -> Self {
+        MessageLimits {
+            records: records.max(1),
+            bytes: (1 << 20) - HEADER_ROOM,
+        }
+    }
+}
+
+/// Records cut into messages.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    /// The messages, in order.
+    pub messages: Vec<Outgoing>,
+    /// For each message, the records it holds (indices into the input).
+    pub ranges: Vec<Range<usize>>,
+    /// Records too large for a message of their own (indices, in order).
+    pub too_large: Vec<usize>,
+}
+
+/// Splits records into messages within `limits`, with ids `<prefix>:<n>`
+/// counting from `*next`. A message ends when it holds `limits.records`
+/// records or the next record would take it past `limits.bytes`; a record
+/// larger than `limits.bytes` on its own goes in no message and is listed
+/// in [`Chunks::too_large`].
 pub fn chunk(
     records: &[Record],
-    per_message: usize,
+    limits: MessageLimits,
     subject: &str,
     prefix: &str,
     next: &mut u64,
-) -> Vec<Outgoing> {
-    records
-        .chunks(per_message.max(1))
-        .map(|c| {
-            let id = format!("{prefix}:{next}");
-            *next += 1;
-            Outgoing {
-                subject: subject.to_string(),
-                id,
-                body: codec::encode(c).into(),
+) -> Chunks {
+    let mut out = Chunks::default();
+    let mut buf: Vec<u8> = Vec::new();
+    // The first record of the open message.
+    let mut first = 0;
+    let mut emit = |buf: &mut Vec<u8>, range: Range<usize>, out: &mut Chunks| {
+        let id = format!("{prefix}:{next}");
+        *next += 1;
+        out.messages.push(Outgoing {
+            subject: subject.to_string(),
+            id,
+            body: Bytes::from(std::mem::take(buf)),
+        });
+        out.ranges.push(range);
+    };
+    for (i, r) in records.iter().enumerate() {
+        let start = buf.len();
+        codec::encode_into(std::slice::from_ref(r), &mut buf);
+        if buf.len() - start > limits.bytes {
+            // Too large even alone (a record is never split): it closes
+            // the open message and goes in none.
+            buf.truncate(start);
+            if !buf.is_empty() {
+                emit(&mut buf, first..i, &mut out);
             }
-        })
-        .collect()
+            out.too_large.push(i);
+            first = i + 1;
+            continue;
+        }
+        if buf.len() > limits.bytes {
+            // This record starts the next message.
+            let rest = buf.split_off(start);
+            emit(&mut buf, first..i, &mut out);
+            buf = rest;
+            first = i;
+        }
+        if i + 1 - first >= limits.records {
+            emit(&mut buf, first..i + 1, &mut out);
+            first = i + 1;
+        }
+    }
+    if !buf.is_empty() {
+        emit(&mut buf, first..records.len(), &mut out);
+    }
+    out
+}
+
+/// Reason of a record too large for a message.
+pub const TOO_LARGE: &str = "too_large";
+
+/// The dead letter of a record too large to travel in a message.
+pub fn too_large_entry(stage: &str, record: &Record, max_body: usize) -> DlqEntry {
+    let size = codec::encode(std::slice::from_ref(record)).len();
+    DlqEntry::for_record(
+        stage,
+        format!(
+            "{TOO_LARGE}: the record takes {size} bytes on the wire, more than a message holds ({max_body} bytes: the broker's max_payload less {HEADER_ROOM} for headers)"
+        ),
+        1,
+        record,
+    )
 }
 
 /// An engine sink that publishes records into an inbox: the end of a
-/// coordinator flow whose reader is remote. Records are buffered up to one
-/// message and flushed when the engine's batch ends, so the ids depend only
-/// on the order of records.
+/// coordinator flow whose reader is remote.
 pub struct EdgeSink {
     publisher: Publisher,
+    limits: MessageLimits,
     subject: String,
     prefix: String,
-    per_message: usize,
+    /// The component that produces the flow, for dead letters.
+    producer: String,
     next: u64,
+    /// Records of the flow taken off `pending` so far (they name the dead
+    /// letters of records too large to send).
+    consumed: u64,
     pending: Vec<Record>,
     on_finish: Option<Box<dyn FnOnce(u64) + Send>>,
     published: u64,
+    too_large: u64,
     carry: bool,
     window: std::collections::VecDeque<Sent>,
 }
@@ -268,15 +456,15 @@ impl EdgeSink {
     /// Publishes into `inbox` of the job; `on_finish` is called with the
     /// records published once the flow ends and everything is stored.
     ///
-    /// `deterministic`: the flow's order is the same in every run (it
-    /// starts at the job's inputs and every stage on it is ordered), and
-    /// its records carry no acknowledgements. Then a partial message waits
-    /// for more records, so message boundaries and ids (`<producer>:<n>`)
-    /// do not depend on engine batch sizes, and a restarted coordinator
-    /// publishes the same ids again. Otherwise (a flow fed by an inbox,
-    /// whose records' acks must not fire before they are published) every
-    /// batch is published before `write` returns, with ids unique to this
-    /// run.
+    /// `deterministic`: the flow's content and order are the same in every
+    /// run (it starts at the job's inputs and every stage on it is
+    /// ordered), and its records carry no acknowledgements. Then a partial
+    /// message waits for more records, so message boundaries and ids
+    /// (`<producer>:<n>`) do not depend on engine batch sizes, and a
+    /// restarted coordinator publishes the same ids again. Otherwise (a
+    /// merge of producers, a flow fed by an inbox whose records' acks must
+    /// not fire before they are published) every batch is published before
+    /// `write` returns, with ids unique to this run.
     pub fn new(
         job: &Job,
         inbox: &str,
@@ -293,41 +481,73 @@ impl EdgeSink {
                 std::process::id()
             )
         };
+        let publisher = Publisher::new(job.clone());
         EdgeSink {
-            publisher: Publisher::new(job.clone()),
+            limits: publisher.limits(),
+            publisher,
             subject: job.names.subject(inbox),
             prefix,
-            per_message: job.settings.records_per_message,
+            producer: producer.to_string(),
             next: 0,
+            consumed: 0,
             pending: Vec::new(),
             on_finish: Some(Box::new(on_finish)),
             published: 0,
+            too_large: 0,
             carry: deterministic,
             window: std::collections::VecDeque::new(),
         }
     }
 
+    /// Cuts what is pending into messages and publishes them: all of them
+    /// when `all`, else those that are complete (a partial last message
+    /// waits for more records).
     async fn flush(&mut self, all: bool) -> Result<(), BrokerError> {
-        let full = if all {
-            self.pending.len()
-        } else {
-            self.pending.len() / self.per_message * self.per_message
-        };
-        if full == 0 {
+        if self.pending.is_empty() {
             return Ok(());
         }
         let mut next = self.next;
-        let msgs = chunk(
-            &self.pending[..full],
-            self.per_message,
+        let mut chunks = chunk(
+            &self.pending,
+            self.limits,
             &self.subject,
             &self.prefix,
             &mut next,
         );
+        let mut taken = self.pending.len();
+        if !all
+            && let Some(last) = chunks.ranges.last()
+            && last.end == self.pending.len()
+            && last.len() < self.limits.records
+        {
+            // Open: its records wait (and its id is not used yet).
+            taken = last.start;
+            chunks.ranges.pop();
+            chunks.messages.pop();
+            next -= 1;
+        }
+        // Records too large for any message go to the dead-letter stream,
+        // named after their place in the flow.
+        let max_body = self.limits.bytes;
+        let big: Vec<Outgoing> = chunks
+            .too_large
+            .iter()
+            .filter(|&&i| i < taken)
+            .map(|&i| {
+                let entry = too_large_entry(&self.producer, &self.pending[i], max_body);
+                let id = format!("{}:{TOO_LARGE}:{}", self.prefix, self.consumed + i as u64);
+                Outgoing::dead_letter(&self.publisher.job.names, id, &entry, max_body)
+            })
+            .collect();
+        let big_count = big.len() as u64;
+        if !big.is_empty() {
+            self.publisher.publish_all(&big).await?;
+        }
+        let sent_records: u64 = chunks.ranges.iter().map(|r| r.len() as u64).sum();
         if self.carry {
             // Records without acks: confirmations may lag behind `write`
-            // (up to SEND_WINDOW messages); `finish` waits for all of them.
-            for m in msgs {
+            // (up to SEND_WINDOW messages); `finish` waits for all.
+            for m in chunks.messages {
                 let sent = self.publisher.send(m).await;
                 self.window.push_back(sent);
                 if self.window.len() >= SEND_WINDOW {
@@ -337,12 +557,19 @@ impl EdgeSink {
                 }
             }
         } else {
-            self.publisher.publish_all(&msgs).await?;
+            self.publisher.publish_all(&chunks.messages).await?;
         }
         self.next = next;
-        self.published += full as u64;
-        self.pending.drain(..full);
+        self.published += sent_records;
+        self.too_large += big_count;
+        self.consumed += taken as u64;
+        self.pending.drain(..taken);
         Ok(())
+    }
+
+    /// Records dead-lettered because no message could hold them.
+    pub fn too_large(&self) -> u64 {
+        self.too_large
     }
 }
 
@@ -350,12 +577,21 @@ impl Sink<Record> for EdgeSink {
     type Output = u64;
 
     async fn write(&mut self, items: Vec<Record>) -> Result<(), WriteError<Record>> {
-        // Deterministic flows: full messages go now, a partial one waits
-        // for more records or the end (see `new`).
+        // Deterministic flows: complete messages go now, a partial one
+        // waits for more records or the end (see `new`).
         self.pending.extend(items);
-        self.flush(!self.carry)
-            .await
-            .map_err(|e| WriteError::all(Vec::new(), BoxError::from(e.to_string())))
+        match self.flush(!self.carry).await {
+            Ok(()) => Ok(()),
+            // Nothing of this write is stored for sure: give it all back,
+            // so its acks fail (and the inbox messages that fed it are
+            // delivered again) instead of being settled as written. (A
+            // deterministic flow carries no acks; its records are read
+            // again from the inputs when the job is resumed.)
+            Err(e) => Err(WriteError::all(
+                std::mem::take(&mut self.pending),
+                BoxError::from(e.to_string()),
+            )),
+        }
     }
 
     async fn finish(mut self) -> Result<u64, BoxError> {
@@ -375,23 +611,33 @@ impl Sink<Record> for EdgeSink {
 }
 
 /// An engine dead-letter sink publishing into the job's dead-letter stream.
+///
+/// Ids are derived from what the dead letter is, not from when it was
+/// written: `dl:<epoch>:<stage>:<position>:<hash of record, raw text and
+/// error>:<n>`, `n` counting identical letters within the run. A restarted
+/// coordinator that reads its inputs again rejects the same lines again and
+/// publishes the same ids, which the broker drops; `<epoch>` is the job's
+/// replay count, so a record replayed with `weir dlq replay` and rejected
+/// again is kept.
 pub struct DlqSink {
     publisher: Publisher,
     names: crate::job::Names,
     stored: u64,
-    /// Makes ids unique to this run: the coordinator's dead letters come
-    /// from records that a replay can send through again.
-    run: String,
+    epoch: u64,
+    /// Identical dead letters seen in this run, by content hash.
+    occurrences: std::collections::HashMap<(String, u64), u32>,
 }
 
 impl DlqSink {
-    /// Dead letters of `job`.
-    pub fn new(job: &Job) -> Self {
+    /// Dead letters of `job` in replay epoch `epoch` (see
+    /// [`crate::job::JobState::replays`]).
+    pub fn new(job: &Job, epoch: u64) -> Self {
         DlqSink {
             publisher: Publisher::new(job.clone()),
             names: job.names.clone(),
             stored: 0,
-            run: format!("{}.{}", crate::job::now_ms(), std::process::id()),
+            epoch,
+            occurrences: std::collections::HashMap::new(),
         }
     }
 }
@@ -410,19 +656,23 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// The id of the `occurrence`-th dead letter of `e`'s content: a retried
-/// publish of the same dead letter is dropped, a second occurrence (the
-/// same record rejected again after a replay) is kept.
-pub fn dlq_id(e: &DlqEntry, occurrence: &str) -> String {
-    let h = fnv1a(&[
+/// The content hash of a dead letter: its record, raw text and error.
+pub fn dlq_hash(e: &DlqEntry) -> u64 {
+    fnv1a(&[
         e.record.to_string().as_bytes(),
         e.raw.to_string().as_bytes(),
         e.error.as_bytes(),
-    ]);
+    ])
+}
+
+/// The id of the `occurrence`-th dead letter of `e`'s content in a run
+/// of replay epoch `epoch` (see [`DlqSink`]).
+pub fn dlq_id(e: &DlqEntry, epoch: u64, occurrence: u32) -> String {
     format!(
-        "dl:{}:{}:{h:016x}:{occurrence}",
+        "dl:{epoch}:{}:{}:{:016x}:{occurrence}",
         e.stage,
         e.position.as_deref().unwrap_or("-"),
+        dlq_hash(e),
     )
 }
 
@@ -430,13 +680,18 @@ impl Sink<DeadLetter> for DlqSink {
     type Output = u64;
 
     async fn write(&mut self, items: Vec<DeadLetter>) -> Result<(), WriteError<DeadLetter>> {
+        let max_body = self.publisher.max_body();
+        let mut counted = Vec::with_capacity(items.len());
         let msgs: Vec<Outgoing> = items
             .iter()
-            .enumerate()
-            .map(|(i, d)| {
+            .map(|d| {
                 let entry = entry_of(d);
-                let id = dlq_id(&entry, &format!("{}:{}", self.run, self.stored + i as u64));
-                Outgoing::dead_letter(&self.names, id, &entry)
+                let key = (entry.stage.clone(), dlq_hash(&entry));
+                let n = self.occurrences.entry(key.clone()).or_default();
+                *n += 1;
+                let id = dlq_id(&entry, self.epoch, *n);
+                counted.push(key);
+                Outgoing::dead_letter(&self.names, id, &entry, max_body)
             })
             .collect();
         match self.publisher.publish_all(&msgs).await {
@@ -444,7 +699,15 @@ impl Sink<DeadLetter> for DlqSink {
                 self.stored += msgs.len() as u64;
                 Ok(())
             }
-            Err(e) => Err(WriteError::all(items, BoxError::from(e.to_string()))),
+            Err(e) => {
+                // Given back: the same letters will be counted again.
+                for key in counted {
+                    if let Some(n) = self.occurrences.get_mut(&key) {
+                        *n -= 1;
+                    }
+                }
+                Err(WriteError::all(items, BoxError::from(e.to_string())))
+            }
         }
     }
 

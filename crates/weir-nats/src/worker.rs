@@ -480,28 +480,44 @@ struct OutcomeSink {
 impl Sink<Outcome> for OutcomeSink {
     type Output = ();
 
-    async fn write(&mut self, items: Vec<Outcome>) -> Result<(), WriteError<Outcome>> {
+    async fn write(&mut self, mut items: Vec<Outcome>) -> Result<(), WriteError<Outcome>> {
         let mut out = Vec::new();
         let names = &self.job.names;
-        let per = self.job.settings.records_per_message;
-        for o in &items {
-            match &o.verdict {
+        let limits = self.publisher.limits();
+        let max_body = limits.bytes;
+        for o in &mut items {
+            let seq = o.seq;
+            match &mut o.verdict {
                 Verdict::Publish { outputs, dead } => {
-                    for (port, records) in outputs.iter().enumerate() {
+                    for (port, records) in outputs.iter_mut().enumerate() {
+                        let mut big = Vec::new();
                         for inbox in self.stage.ports.get(port).into_iter().flatten() {
                             let mut n = 0;
-                            out.extend(crate::publish::chunk(
+                            let chunks = crate::publish::chunk(
                                 records,
-                                per,
+                                limits,
                                 &names.subject(inbox),
-                                &format!("{}:{}:{port}", self.stage.name, o.seq),
+                                &format!("{}:{}:{port}", self.stage.name, seq),
                                 &mut n,
+                            );
+                            out.extend(chunks.messages);
+                            big = chunks.too_large;
+                        }
+                        // An output too large for any message: dead-lettered
+                        // (once, whatever the number of readers), named after
+                        // the input message and its place among the outputs.
+                        for i in big.into_iter().rev() {
+                            let r = records.remove(i);
+                            dead.push(crate::publish::too_large_entry(
+                                &self.stage.name,
+                                &r,
+                                max_body,
                             ));
                         }
                     }
                     for (i, d) in dead.iter().enumerate() {
-                        let id = format!("{}:{}:dl:{i}", self.stage.name, o.seq);
-                        out.push(Outgoing::dead_letter(names, id, d));
+                        let id = format!("{}:{}:dl:{i}", self.stage.name, seq);
+                        out.push(Outgoing::dead_letter(names, id, d, max_body));
                     }
                 }
                 Verdict::Garbage(e) => {
@@ -511,8 +527,8 @@ impl Sink<Outcome> for OutcomeSink {
                         o.delivered as u32,
                         &o.msg.payload,
                     );
-                    let id = format!("{}:{}:garbage", self.stage.name, o.seq);
-                    out.push(Outgoing::dead_letter(names, id, &entry));
+                    let id = format!("{}:{}:garbage", self.stage.name, seq);
+                    out.push(Outgoing::dead_letter(names, id, &entry, max_body));
                 }
                 Verdict::Retry(_) => {}
             }

@@ -109,11 +109,13 @@ pub fn run_coordinator(
         if inputs_done {
             eprintln!("the inputs were read to the end by an earlier run: not reading them again");
         }
-        let run = job.state().await?.map_or(0, |s| s.started_ms);
+        let state = job.state().await?;
+        let run = state.as_ref().map_or(0, |s| s.started_ms);
         let dist = Dist {
             job: job.clone(),
             placement,
             inputs_done,
+            replays: state.as_ref().map_or(0, |s| s.replays),
         };
         let mode = build::Mode::Run {
             resume: false,

@@ -63,6 +63,7 @@ async fn replay_puts_a_dead_letter_back_into_its_inbox_and_resumes_the_job() {
             line: None,
             record: serde_json::Value::Null,
             raw: json!("{not json"),
+            truncated: None,
         };
         put_entry(&job, &garbage, "g").await;
         let decode = DlqEntry {

@@ -8,5 +8,6 @@ mod errors;
 mod job;
 mod publish;
 mod restart;
+mod size;
 mod util;
 mod worker;

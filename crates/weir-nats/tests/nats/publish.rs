@@ -11,7 +11,7 @@ use futures::StreamExt;
 use weir::{Pipeline, PipelineOptions, from_iter};
 use weir_connectors::Record;
 use weir_nats::codec;
-use weir_nats::publish::{EdgeSink, Outgoing, Publisher, chunk};
+use weir_nats::publish::{EdgeSink, MessageLimits, Outgoing, Publisher, chunk};
 use weir_nats::{EdgeSettings, Job};
 
 use crate::nats::util::{connect, coordinator, n_of, numbers, pool, server, settings, within};
@@ -77,11 +77,12 @@ async fn the_same_ids_published_twice_are_stored_once() {
         let mut next = 0;
         let msgs = chunk(
             &numbers(0..1000),
-            100,
+            MessageLimits::records(100),
             &job.names.subject("double"),
             "src",
             &mut next,
-        );
+        )
+        .messages;
         assert_eq!((msgs.len(), next), (10, 10));
         assert_eq!(msgs[3].id, "src:3");
         let publisher = Publisher::new(job.clone());
@@ -216,11 +217,12 @@ async fn a_full_inbox_blocks_its_producer_until_drained_and_loses_nothing() {
         let mut next = 0;
         let msgs = chunk(
             &numbers(0..200),
-            10,
+            MessageLimits::records(10),
             &job.names.subject("double"),
             "src",
             &mut next,
-        );
+        )
+        .messages;
         assert_eq!(msgs.len(), 20);
         let publisher = Publisher::new(job.clone());
         let publishing = tokio::spawn(async move { publisher.publish_all(&msgs).await });
@@ -268,11 +270,12 @@ async fn a_full_inbox_is_waited_for_but_a_dead_broker_is_given_up_on() {
         let mut next = 0;
         let msgs = chunk(
             &numbers(0..3),
-            1,
+            MessageLimits::records(1),
             &job.names.subject("double"),
             "src",
             &mut next,
-        );
+        )
+        .messages;
         // Full for longer than give_up_after: backpressure, not an error.
         let mut publisher = Publisher::new(job.clone());
         publisher.give_up_after = Duration::from_millis(300);

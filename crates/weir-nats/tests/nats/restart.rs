@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use weir::CancellationToken;
-use weir_nats::publish::{Publisher, chunk};
+use weir_nats::publish::{MessageLimits, Publisher, chunk};
 use weir_nats::{EdgeSettings, Job, Status, codec, worker};
 
 use crate::nats::util::{
@@ -34,11 +34,12 @@ async fn publishing_across_a_broker_restart_stores_each_message_once() {
         let mut next = 0;
         let msgs = chunk(
             &numbers(0..1000),
-            10,
+            MessageLimits::records(10),
             &job.names.subject("double"),
             "src",
             &mut next,
-        );
+        )
+        .messages;
         assert_eq!(msgs.len(), 100);
         let publisher = Publisher::new(job.clone());
         assert_eq!(publisher.publish_all(&msgs[..50]).await.unwrap(), 0);

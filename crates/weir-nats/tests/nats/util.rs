@@ -14,7 +14,7 @@ use weir_connectors::{Position, Record};
 use weir_nats::completion::{self, Node, Producer};
 use weir_nats::consume::InboxReader;
 use weir_nats::job::Start;
-use weir_nats::publish::{Publisher, chunk};
+use weir_nats::publish::{MessageLimits, Publisher, chunk};
 use weir_nats::worker::{RemoteStage, WorkerOptions};
 use weir_nats::{Broker, EdgeSettings, InboxSpec, Job};
 use weir_testkit::NatsServer;
@@ -112,11 +112,12 @@ pub async fn publish(job: &Job, inbox: &str, prefix: &str, records: &[Record]) -
     let mut next = 0;
     let msgs = chunk(
         records,
-        job.settings.records_per_message,
+        MessageLimits::records(job.settings.records_per_message),
         &job.names.subject(inbox),
         prefix,
         &mut next,
-    );
+    )
+    .messages;
     let dups = Publisher::new(job.clone())
         .publish_all(&msgs)
         .await
