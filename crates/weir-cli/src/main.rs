@@ -73,6 +73,10 @@ enum Command {
         /// The job's name on the broker (default: the file name without extension).
         #[arg(long, requires = "broker")]
         job: Option<String>,
+        /// Start the job over: delete what an unfinished (running or
+        /// failed) job of this name left on the broker instead of resuming it.
+        #[arg(long, requires = "broker")]
+        fresh: bool,
     },
     /// Join the worker pools of a distributed job's remote stages; runs until stopped (SIGTERM drains).
     Worker {
@@ -176,7 +180,26 @@ pub(crate) enum ReportFormat {
     Json,
 }
 
+/// Warnings of the libraries (a broker that stops answering, say) on
+/// stderr; `WEIR_LOG=info|debug|trace` shows more.
+fn init_logging() {
+    let level = match std::env::var("WEIR_LOG").as_deref() {
+        Ok("error") => tracing::Level::ERROR,
+        Ok("info") => tracing::Level::INFO,
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        _ => tracing::Level::WARN,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {
@@ -188,11 +211,12 @@ fn main() -> ExitCode {
             state_dir,
             broker,
             job,
+            fresh,
         } => {
             if let Some(url) = broker {
                 let live = !quiet && std::io::stderr().is_terminal();
                 return finish(read(&pipeline).and_then(|l| match l {
-                    Ok(l) => distributed::run_coordinator(&l, &url, job, report, live),
+                    Ok(l) => distributed::run_coordinator(&l, &url, job, report, live, fresh),
                     Err(text) => {
                         eprintln!("{text}");
                         Ok(ExitCode::from(2))

@@ -25,6 +25,9 @@ pub enum BrokerError {
     Unsupported(String),
     /// A JetStream request failed.
     Request(String),
+    /// The job on the broker was made from another version of the pipeline
+    /// file than this process's.
+    Mismatch(String),
 }
 
 impl std::fmt::Display for BrokerError {
@@ -34,7 +37,9 @@ impl std::fmt::Display for BrokerError {
                 f,
                 "cannot reach the broker at {url}: {reason} (is nats-server running with --jetstream? scripts/nats-server starts one)"
             ),
-            BrokerError::Unsupported(m) | BrokerError::Request(m) => f.write_str(m),
+            BrokerError::Unsupported(m) | BrokerError::Request(m) | BrokerError::Mismatch(m) => {
+                f.write_str(m)
+            }
         }
     }
 }

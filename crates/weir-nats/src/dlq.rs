@@ -4,7 +4,8 @@
 //! (fixed data, or a fixed stage deployed to the workers) and removes the
 //! entry. The job is marked running again with its sources done, so the
 //! next `weir run --broker` of the job resumes it to completion instead of
-//! reading the inputs again. Entries from stages without an inbox (decode
+//! reading the inputs again, with its own version of the pipeline (the
+//! fixed one): replay forgets the job's fingerprint. Entries from stages without an inbox (decode
 //! errors, coordinator stages fed in-process) cannot be replayed and stay.
 
 use crate::broker::BrokerError;
@@ -118,10 +119,13 @@ pub async fn replay(job: &Job, only: &[u64]) -> Result<Replayed, BrokerError> {
     // The job is marked running (its sources done) before any record
     // moves, and with a new replay epoch, so that a coordinator started
     // now finishes the job, and the dead letters of replayed records are
-    // new ids rather than duplicates of the entries they replace.
+    // new ids rather than duplicates of the entries they replace. Its
+    // fingerprint is forgotten: replaying is how a fixed stage is brought
+    // in, so the next coordinator's pipeline becomes the job's.
     state.status = Status::Running;
     state.sources_done = true;
     state.replays += 1;
+    state.fingerprint = None;
     state.updated_ms = now_ms();
     job.put_state(&state).await?;
     let publisher = Publisher::new(job.clone());

@@ -177,10 +177,69 @@ pub struct JobState {
     /// Records per message on the job's edges.
     #[serde(default)]
     pub records_per_message: usize,
+    /// What the job's workers must run (see [`Fingerprint`]); `None` for
+    /// jobs started by an older weir.
+    #[serde(default)]
+    pub fingerprint: Option<Fingerprint>,
     /// How many times `weir dlq replay` put records back: the epoch of the
     /// coordinator's dead-letter ids (see [`crate::publish::DlqSink`]).
     #[serde(default)]
     pub replays: u64,
+}
+
+/// What the workers of a job run, so that a worker started on another
+/// version of the pipeline file refuses to join instead of mixing its
+/// results into the job: per remote stage, a hash of its configuration
+/// (canonical: key order and formatting do not count, nor do settings that
+/// cannot change results, such as `workers`) and of every file it reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// By stage name.
+    pub stages: BTreeMap<String, StagePrint>,
+}
+
+/// One remote stage's part of a [`Fingerprint`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagePrint {
+    /// Hash of the stage's canonical configuration and of where its
+    /// outputs go.
+    pub config: String,
+    /// Hash of each file the stage reads, by path as written.
+    pub files: BTreeMap<String, String>,
+}
+
+impl Fingerprint {
+    /// How `mine` (a worker's, for the stages it hosts) differs from what
+    /// the job runs; empty when it may join.
+    pub fn differences(&self, mine: &Fingerprint) -> Vec<String> {
+        let mut out = Vec::new();
+        for (stage, m) in &mine.stages {
+            let Some(j) = self.stages.get(stage) else {
+                out.push(format!("stage '{stage}' is not a remote stage of the job"));
+                continue;
+            };
+            if j.config != m.config {
+                out.push(format!(
+                    "stage '{stage}': its configuration (or where its outputs go) differs"
+                ));
+            }
+            for (path, hash) in &m.files {
+                match j.files.get(path) {
+                    Some(h) if h == hash => {}
+                    Some(_) => out.push(format!("stage '{stage}': file {path} differs")),
+                    None => out.push(format!("stage '{stage}': reads {path}, the job's does not")),
+                }
+            }
+            for path in j.files.keys() {
+                if !m.files.contains_key(path) {
+                    out.push(format!(
+                        "stage '{stage}': the job's reads {path}, this one does not"
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Per-stage counters one worker reports.
@@ -316,20 +375,49 @@ impl Job {
         Ok(())
     }
 
-    /// Starts or resumes the job: a running job of the same name is resumed
-    /// (its streams and backlog kept); otherwise its old streams are deleted
-    /// and created afresh.
+    /// Starts or resumes the job: an unfinished job of the same name
+    /// (running, or failed) is resumed, its streams and backlog kept;
+    /// otherwise, or when `fresh`, its old streams are deleted and created
+    /// afresh. Hold the job's [`crate::lease::Lease`] while calling this.
     ///
     /// # Errors
-    /// When a stream or consumer cannot be created, or the inboxes of a
-    /// running job differ from `inboxes` (the pipeline file changed).
-    pub async fn start(&self, pipeline: &str, inboxes: &[InboxSpec]) -> Result<Start, BrokerError> {
+    /// When a stream or consumer cannot be created, or an unfinished job
+    /// was started with another pipeline (other inboxes or another
+    /// [`Fingerprint`]): finishing it with this file would mix versions.
+    pub async fn start(
+        &self,
+        pipeline: &str,
+        inboxes: &[InboxSpec],
+        fingerprint: &Fingerprint,
+        fresh: bool,
+    ) -> Result<Start, BrokerError> {
         let prior = self.state().await?;
         let start = match &prior {
-            Some(s) if s.status == Status::Running => {
+            Some(s) if matches!(s.status, Status::Running | Status::Failed) && !fresh => {
+                if let Some(theirs) = &s.fingerprint {
+                    let diffs = theirs.differences(fingerprint);
+                    let missing: Vec<&String> = theirs
+                        .stages
+                        .keys()
+                        .filter(|k| !fingerprint.stages.contains_key(*k))
+                        .collect();
+                    if !diffs.is_empty() || !missing.is_empty() {
+                        let mut why = diffs;
+                        why.extend(
+                            missing
+                                .iter()
+                                .map(|k| format!("stage '{k}' is no longer remote")),
+                        );
+                        return Err(BrokerError::Mismatch(format!(
+                            "job '{}' was started with another version of the pipeline ({}); finish it with the same file, or start over with --fresh",
+                            self.names.job(),
+                            why.join("; ")
+                        )));
+                    }
+                }
                 if s.inboxes != inboxes {
-                    return Err(BrokerError::Request(format!(
-                        "job '{}' is running with other stages ({}); finish it or use another --job",
+                    return Err(BrokerError::Mismatch(format!(
+                        "job '{}' is unfinished with other stages ({}); finish it with the same file, start over with --fresh, or use another --job",
                         self.names.job(),
                         s.inboxes
                             .iter()
@@ -386,6 +474,7 @@ impl Job {
                 .as_ref()
                 .filter(|_| start != Start::Fresh)
                 .map_or(0, |p| p.replays),
+            fingerprint: Some(fingerprint.clone()),
         };
         self.put_state(&state).await?;
         for i in inboxes {

@@ -11,6 +11,7 @@
 //! - [`broker`]: connecting, and refusing servers that are too old.
 //! - [`codec`]: the versioned, batched wire format.
 //! - [`job`]: a job's streams, consumers, state and statistics.
+//! - [`lease`]: one coordinator (or replay) per job at a time.
 //! - [`publish`]: batched publishing with deterministic ids, retries and
 //!   backpressure; the engine sinks that publish.
 //! - [`consume`]: the coordinator's inbox source.
@@ -28,6 +29,7 @@ pub mod completion;
 pub mod consume;
 pub mod dlq;
 pub mod job;
+pub mod lease;
 pub mod publish;
 pub mod worker;
 

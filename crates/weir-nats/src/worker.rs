@@ -72,7 +72,14 @@ pub struct WorkerOptions {
     pub concurrency: usize,
     /// How often statistics are written to the job's state bucket.
     pub report_every: Duration,
+    /// What this worker runs: it refuses to work for a job whose workers
+    /// must run something else (another version of the pipeline file).
+    /// `None` skips the check.
+    pub fingerprint: Option<crate::job::Fingerprint>,
 }
+
+/// Why a worker refused a job, set by whichever pull noticed first.
+type Refusal = Arc<Mutex<Option<String>>>;
 
 #[derive(Default)]
 struct Counters {
@@ -159,19 +166,23 @@ pub async fn run(
         ..Default::default()
     });
     let in_flight: InFlight = Arc::default();
+    let refusal: Refusal = Arc::default();
     let mut counters = Vec::new();
     for (idx, stage) in stages.iter().enumerate() {
         let c = Arc::new(Counters::default());
         counters.push((stage.name.clone(), c.clone()));
-        let pulls = pull_stream(
-            job.clone(),
-            stage.name.clone(),
+        let pulls = pull_stream(Puller {
+            check: (opts.fingerprint.clone(), refusal.clone()),
+            job: job.clone(),
+            inbox: stage.name.clone(),
             idx,
-            concurrency,
-            in_flight.clone(),
-            cancel.clone(),
-            c.clone(),
-        );
+            prefetch: concurrency * 2,
+            in_flight: in_flight.clone(),
+            cancel: cancel.clone(),
+            counters: c.clone(),
+            consumer: None,
+            batch: None,
+        });
         let s = stage.clone();
         let max_deliver = job.settings.max_deliver;
         p.source(&format!("{}/pull", stage.name), weir::from_stream(pulls))
@@ -248,10 +259,19 @@ pub async fn run(
         let stop = stop_aux.clone();
         let stats = stats.clone();
         let every = opts.report_every;
+        // The job may be resumed by a coordinator with another pipeline
+        // (after a replay) while this worker runs: checked at every report.
+        let check = (opts.fingerprint.clone(), refusal.clone());
+        let cancel = cancel.clone();
         tokio::spawn(async move {
             let mut last = HashMap::new();
             loop {
                 let _ = job.put_worker(&stats(false, &mut last)).await;
+                if let Ok(Some(state)) = job.state().await
+                    && refuse(&check, &state, job.names.job(), &cancel)
+                {
+                    return;
+                }
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(every) => {}
@@ -265,8 +285,27 @@ pub async fn run(
     let _ = reporter.await;
     let final_stats = stats(true, &mut HashMap::new());
     let _ = job.put_worker(&final_stats).await;
+    if let Some(why) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(BrokerError::Mismatch(why));
+    }
     result.map_err(|e| BrokerError::Request(format!("worker stopped: {e}")))?;
     Ok(final_stats)
+}
+
+/// One stage's pulls: what [`pull_stream`] needs and keeps.
+struct Puller {
+    /// This worker's fingerprint, and where a refusal is recorded.
+    check: (Option<crate::job::Fingerprint>, Refusal),
+    job: Job,
+    inbox: String,
+    /// The stage's index (its key in `in_flight`).
+    idx: usize,
+    prefetch: usize,
+    in_flight: InFlight,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    batch: Option<jetstream::consumer::pull::Batch>,
 }
 
 /// Messages pulled from one stage's consumer, by one-shot pull requests
@@ -275,37 +314,7 @@ pub async fn run(
 /// queue. On cancel no new request is made, and the messages of the current
 /// one are still taken and finished: a stopping worker leaves nothing
 /// delivered and unacknowledged behind.
-fn pull_stream(
-    job: Job,
-    inbox: String,
-    idx: usize,
-    concurrency: usize,
-    in_flight: InFlight,
-    cancel: CancellationToken,
-    counters: Arc<Counters>,
-) -> impl futures::Stream<Item = Delivery> + Send + 'static {
-    struct St {
-        job: Job,
-        inbox: String,
-        idx: usize,
-        prefetch: usize,
-        in_flight: InFlight,
-        cancel: CancellationToken,
-        counters: Arc<Counters>,
-        consumer: Option<jetstream::consumer::PullConsumer>,
-        batch: Option<jetstream::consumer::pull::Batch>,
-    }
-    let st = St {
-        job,
-        inbox,
-        idx,
-        prefetch: concurrency * 2,
-        in_flight,
-        cancel,
-        counters,
-        consumer: None,
-        batch: None,
-    };
+fn pull_stream(st: Puller) -> impl futures::Stream<Item = Delivery> + Send + 'static {
     futures::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(batch) = st.batch.as_mut() {
@@ -351,6 +360,10 @@ fn pull_stream(
                     Ok(c) => {
                         // A consumer opened: maybe of a new run of the job.
                         if let Ok(Some(state)) = st.job.state().await {
+                            // Of a new run, maybe of another pipeline.
+                            if refuse(&st.check, &state, st.job.names.job(), &st.cancel) {
+                                return None;
+                            }
                             st.counters.enter_run(state.started_ms);
                         }
                         st.consumer = Some(c);
@@ -379,6 +392,29 @@ fn pull_stream(
             }
         }
     })
+}
+
+/// Checks this worker's fingerprint against the job's; on a difference,
+/// records why and stops the worker. Returns whether it refused.
+fn refuse(
+    check: &(Option<crate::job::Fingerprint>, Refusal),
+    state: &crate::job::JobState,
+    job: &str,
+    cancel: &CancellationToken,
+) -> bool {
+    let (Some(mine), Some(theirs)) = (&check.0, &state.fingerprint) else {
+        return false;
+    };
+    let diffs = theirs.differences(mine);
+    if diffs.is_empty() {
+        return false;
+    }
+    *check.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+        "this worker's pipeline file differs from the one job '{job}' runs: {}; start the worker with the coordinator's file",
+        diffs.join("; ")
+    ));
+    cancel.cancel();
+    true
 }
 
 /// Runs a stage over one message.

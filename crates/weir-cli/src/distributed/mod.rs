@@ -12,6 +12,7 @@
 //! Which stage runs where is [`placement`]'s business; the stages and
 //! components themselves are the same as in a local run.
 
+mod fingerprint;
 pub mod placement;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use weir::CancellationToken;
 use weir_connectors::processors::ProcessorContext;
 use weir_nats::completion;
 use weir_nats::job::{Status, WorkerStats, now_ms};
+use weir_nats::lease::Lease;
 use weir_nats::worker::{RemoteStage, WorkerOptions};
 use weir_nats::{Broker, EdgeSettings, Job};
 
@@ -75,6 +77,7 @@ pub fn run_coordinator(
     job: Option<String>,
     format: Option<ReportFormat>,
     live: bool,
+    fresh: bool,
 ) -> Result<ExitCode> {
     let placement = match place(l) {
         Ok(p) => p,
@@ -88,162 +91,196 @@ pub fn run_coordinator(
     rt.block_on(async {
         let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
         let job = Job::open(broker.clone(), &job_name, placement.settings.clone()).await?;
-        let start = job
-            .start(&l.path.display().to_string(), &placement.specs)
-            .await?;
-        eprintln!(
-            "job '{}' {} on {url} (nats-server {}); remote stages: {}",
-            job.names.job(),
-            match start {
-                weir_nats::job::Start::Fresh => "started",
-                weir_nats::job::Start::Resumed { .. } => "resumed",
-            },
-            broker.server_version,
-            placement
-                .pool_stages()
-                .into_iter()
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        let inputs_done = matches!(start, weir_nats::job::Start::Resumed { sources_done: true });
-        if inputs_done {
-            eprintln!("the inputs were read to the end by an earlier run: not reading them again");
-        }
-        let state = job.state().await?;
-        let run = state.as_ref().map_or(0, |s| s.started_ms);
-        let dist = Dist {
-            job: job.clone(),
-            placement,
-            inputs_done,
-            replays: state.as_ref().map_or(0, |s| s.replays),
-        };
-        let mode = build::Mode::Run {
-            resume: false,
-            checkpoint: false,
-            state_dir: None,
-        };
-        let built = match build::build(&l.file, &l.wiring, &l.path, &l.base_dir, mode, Some(&dist))
-        {
-            Ok(b) => b,
-            Err(d) => {
-                eprintln!("{}", l.render(&d));
-                return Ok(ExitCode::from(2));
-            }
-        };
-        let dead_letter_path = built.dead_letter_path.clone();
-        let nodes = built.nodes.clone();
-        let stop_watch = CancellationToken::new();
-        let watch = {
-            let job = job.clone();
-            let stop = stop_watch.clone();
-            tokio::spawn(async move {
-                completion::watch(&job, &nodes, Duration::from_millis(200), &stop).await
-            })
-        };
-        // The live view shows the remote stages too, from the workers'
-        // reports and the broker's counts.
-        let extra: crate::progress::Extra = Arc::default();
-        let remote_view = live.then(|| {
-            let job = job.clone();
-            let extra = extra.clone();
-            let stop = stop_watch.clone();
-            let pool: Vec<String> = dist
-                .placement
-                .pool_stages()
-                .into_iter()
-                .map(str::to_string)
-                .collect();
-            tokio::spawn(async move {
-                loop {
-                    let workers = job.workers_of_run(run).await.unwrap_or_default();
-                    let sums = per_stage(&workers);
-                    let mut lines = vec![format!(
-                        "{:<18} {:>10} {:>10} {:>9} {:>7} {:>7}",
-                        "remote stage", "in", "rate/s", "dead", "backlog", "workers"
-                    )];
-                    for name in &pool {
-                        let (_, st) = sums.get(name).cloned().unwrap_or_default();
-                        let live_workers = workers
-                            .iter()
-                            .filter(|w| !w.stopped && w.stages.contains_key(name))
-                            .count();
-                        let backlog = job.inbox_counts(name).await.map_or(0, |c| c.pending);
-                        lines.push(format!(
-                            "{name:<18} {:>10} {:>10.0} {:>9} {:>7} {:>7}",
-                            st.records_in, st.rate, st.dead, backlog, live_workers
-                        ));
-                    }
-                    *extra.lock().unwrap_or_else(|p| p.into_inner()) = lines;
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
+        // One coordinator per job: held until the end of the run.
+        let lease = Lease::acquire(&job, "weir run --broker").await?;
+        let result = async {
+            let print = fingerprint::of(l, &placement, None);
+            let start = match job
+                .start(&l.path.display().to_string(), &placement.specs, &print, fresh)
+                .await
+            {
+                Ok(s) => s,
+                Err(e @ weir_nats::BrokerError::Mismatch(_)) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
                 }
-            })
-        });
-        let outcome = build::run(built, live, live.then_some(extra)).await;
-        stop_watch.cancel();
-        if let Some(v) = remote_view {
-            let _ = v.await;
-        }
-        let swept = watch.await.ok().and_then(Result::ok).unwrap_or(0);
-        let (report, error) = match outcome {
-            Ok(report) => (report, None),
-            Err(e) => (*e.report, Some(e.error)),
-        };
-        let workers = final_worker_stats(&job, run).await;
-        let dead = copy_dead_letters(&job, &dead_letter_path).await;
-        let finished = error.is_none() && !report.cancelled;
-        if let Ok(Some(mut state)) = job.state().await {
-            state.status = if finished {
-                Status::Done
-            } else if error.is_some() {
-                Status::Failed
-            } else {
-                Status::Running
+                Err(e) => return Err(e.into()),
             };
-            state.sources_done = finished || inputs_done;
-            state.updated_ms = now_ms();
-            state.summary =
-                finished.then(|| format!("finished in {:.1} s", report.elapsed.as_secs_f64()));
-            let _ = job.put_state(&state).await;
-        }
-        let remote = remote_table(&dist.placement, &workers);
-        match format {
-            Some(ReportFormat::Json) => {
-                let mut v = crate::report::json(&report, error.as_ref());
-                v["job"] = job.names.job().into();
-                v["remote"] = remote_json(&dist.placement, &workers);
-                v["broker_dead_letters"] = dead.as_ref().map_or(0, |d| *d).into();
-                v["swept"] = swept.into();
-                out!("{v}");
-            }
-            None => {
-                eprintln!("{report}");
-                eprintln!("{remote}");
-            }
-        }
-        match &dead {
-            Ok(n) if *n > 0 => eprintln!(
-                "dead letters: {n} (weir dlq list --broker {url} --job {}; copied to {})",
-                job.names.job(),
-                dead_letter_path.display()
-            ),
-            Ok(_) => {}
-            Err(e) => eprintln!("warning: could not copy the dead letters: {e}"),
-        }
-        if report.cancelled && error.is_none() {
             eprintln!(
-                "interrupted: the job stays on the broker; run the same command again to resume it"
+                "job '{}' {} on {url} (nats-server {}); remote stages: {}",
+                job.names.job(),
+                match start {
+                    weir_nats::job::Start::Fresh => "started",
+                    weir_nats::job::Start::Resumed { .. } => "resumed",
+                },
+                broker.server_version,
+                placement
+                    .pool_stages()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             );
-        }
-        match error {
-            None => Ok(ExitCode::SUCCESS),
-            Some(e) => {
-                eprintln!("error: {e}");
-                Ok(ExitCode::from(1))
+            let inputs_done = matches!(start, weir_nats::job::Start::Resumed { sources_done: true });
+            if inputs_done {
+                eprintln!("the inputs were read to the end by an earlier run: not reading them again");
+            }
+            let state = job.state().await?;
+            let run = state.as_ref().map_or(0, |s| s.started_ms);
+            let dist = Dist {
+                job: job.clone(),
+                placement,
+                inputs_done,
+                replays: state.as_ref().map_or(0, |s| s.replays),
+            };
+            let mode = build::Mode::Run {
+                resume: false,
+                checkpoint: false,
+                state_dir: None,
+            };
+            let built = match build::build(&l.file, &l.wiring, &l.path, &l.base_dir, mode, Some(&dist))
+            {
+                Ok(b) => b,
+                Err(d) => {
+                    eprintln!("{}", l.render(&d));
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let dead_letter_path = built.dead_letter_path.clone();
+            let nodes = built.nodes.clone();
+            let stop_watch = CancellationToken::new();
+            // Another coordinator took the job over (this one was presumed
+            // dead): stop reading, and leave the job's state to it.
+            let lost = lease.lost();
+            let on_lost = {
+                let token = built.pipeline.cancel_token();
+                let lost = lost.clone();
+                tokio::spawn(async move {
+                    lost.cancelled().await;
+                    eprintln!("error: another coordinator took this job over; stopping");
+                    token.cancel();
+                })
+            };
+            let watch = {
+                let job = job.clone();
+                let stop = stop_watch.clone();
+                tokio::spawn(async move {
+                    completion::watch(&job, &nodes, Duration::from_millis(200), &stop).await
+                })
+            };
+            // The live view shows the remote stages too, from the workers'
+            // reports and the broker's counts.
+            let extra: crate::progress::Extra = Arc::default();
+            let remote_view = live.then(|| {
+                let job = job.clone();
+                let extra = extra.clone();
+                let stop = stop_watch.clone();
+                let pool: Vec<String> = dist
+                    .placement
+                    .pool_stages()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                tokio::spawn(async move {
+                    loop {
+                        let workers = job.workers_of_run(run).await.unwrap_or_default();
+                        let sums = per_stage(&workers);
+                        let mut lines = vec![format!(
+                            "{:<18} {:>10} {:>10} {:>9} {:>7} {:>7}",
+                            "remote stage", "in", "rate/s", "dead", "backlog", "workers"
+                        )];
+                        for name in &pool {
+                            let (_, st) = sums.get(name).cloned().unwrap_or_default();
+                            let live_workers = workers
+                                .iter()
+                                .filter(|w| !w.stopped && w.stages.contains_key(name))
+                                .count();
+                            let backlog = job.inbox_counts(name).await.map_or(0, |c| c.pending);
+                            lines.push(format!(
+                                "{name:<18} {:>10} {:>10.0} {:>9} {:>7} {:>7}",
+                                st.records_in, st.rate, st.dead, backlog, live_workers
+                            ));
+                        }
+                        *extra.lock().unwrap_or_else(|p| p.into_inner()) = lines;
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                })
+            });
+            let outcome = build::run(built, live, live.then_some(extra)).await;
+            on_lost.abort();
+            stop_watch.cancel();
+            if let Some(v) = remote_view {
+                let _ = v.await;
+            }
+            let swept = watch.await.ok().and_then(Result::ok).unwrap_or(0);
+            let (report, error) = match outcome {
+                Ok(report) => (report, None),
+                Err(e) => (*e.report, Some(e.error)),
+            };
+            let workers = final_worker_stats(&job, run).await;
+            let dead = copy_dead_letters(&job, &dead_letter_path).await;
+            let finished = error.is_none() && !report.cancelled;
+            let still_ours = lease.held().await;
+            if still_ours && let Ok(Some(mut state)) = job.state().await {
+                state.status = if finished {
+                    Status::Done
+                } else if error.is_some() {
+                    Status::Failed
+                } else {
+                    Status::Running
+                };
+                state.sources_done = finished || inputs_done;
+                state.updated_ms = now_ms();
+                state.summary =
+                    finished.then(|| format!("finished in {:.1} s", report.elapsed.as_secs_f64()));
+                let _ = job.put_state(&state).await;
+            }
+            let remote = remote_table(&dist.placement, &workers);
+            match format {
+                Some(ReportFormat::Json) => {
+                    let mut v = crate::report::json(&report, error.as_ref());
+                    v["job"] = job.names.job().into();
+                    v["remote"] = remote_json(&dist.placement, &workers);
+                    v["broker_dead_letters"] = dead.as_ref().map_or(0, |d| *d).into();
+                    v["swept"] = swept.into();
+                    out!("{v}");
+                }
+                None => {
+                    eprintln!("{report}");
+                    eprintln!("{remote}");
+                }
+            }
+            match &dead {
+                Ok(n) if *n > 0 => eprintln!(
+                    "dead letters: {n} (weir dlq list --broker {url} --job {}; copied to {})",
+                    job.names.job(),
+                    dead_letter_path.display()
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: could not copy the dead letters: {e}"),
+            }
+            if report.cancelled && error.is_none() {
+                eprintln!(
+                    "interrupted: the job stays on the broker; run the same command again to resume it"
+                );
+            }
+            if !still_ours {
+                eprintln!("error: this coordinator lost the job's lease to another; the job's state is left to it");
+                return Ok(ExitCode::from(1));
+            }
+            match error {
+                None => Ok(ExitCode::SUCCESS),
+                Some(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
             }
         }
+        .await;
+        lease.release().await;
+        result
     })
 }
 
@@ -445,6 +482,7 @@ pub fn run_worker(
             return Ok(ExitCode::from(2));
         }
     };
+    let print = fingerprint::of(l, &placement, only.as_deref());
     let stages = match remote_stages(l, &placement, only.as_deref()) {
         Ok(s) => s,
         Err(text) => {
@@ -460,7 +498,7 @@ pub fn run_worker(
     rt.block_on(async {
         let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
         let job = Job::open(broker, &job_name, placement.settings.clone()).await?;
-        let id = format!("{}-{}", hostname(), std::process::id());
+        let id = format!("{}-{}", weir_nats::lease::hostname(), std::process::id());
         eprintln!(
             "worker {id}: job '{}', stages {}, {concurrency} at a time each; SIGTERM or Ctrl-C drains",
             job.names.job(),
@@ -475,12 +513,20 @@ pub fn run_worker(
                 id: id.clone(),
                 concurrency,
                 report_every: Duration::from_secs(1),
+                fingerprint: Some(print),
             },
             cancel,
         )
         .await;
         signals.abort();
-        let stats = stats?;
+        let stats = match stats {
+            Ok(s) => s,
+            Err(e @ weir_nats::BrokerError::Mismatch(_)) => {
+                eprintln!("error: worker {id}: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            Err(e) => return Err(e.into()),
+        };
         for (name, s) in &stats.stages {
             eprintln!(
                 "worker {id}: {name}: {} messages ({} redelivered, {} retried), {} records in, {} out, {} dead-lettered",
@@ -513,15 +559,6 @@ async fn drain_on_signal(cancel: CancellationToken) {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "worker".to_string())
-}
-
 /// `weir status --broker URL [--job J]`.
 pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
     let rt = crate::runtime::build()?;
@@ -536,8 +573,16 @@ pub fn status(url: &str, only: Option<String>) -> Result<ExitCode> {
             })
             .collect();
         if jobs.is_empty() {
-            out!("no jobs on {url}");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(match only {
+                Some(j) => {
+                    eprintln!("error: no job '{j}' on {url}");
+                    ExitCode::from(1)
+                }
+                None => {
+                    out!("no jobs on {url}");
+                    ExitCode::SUCCESS
+                }
+            });
         }
         for (name, state) in jobs {
             let job = Job::open(broker.clone(), &name, EdgeSettings::default()).await?;
@@ -651,7 +696,12 @@ pub fn dlq_replay(url: &str, job: &str, seqs: &[u64]) -> Result<ExitCode> {
     rt.block_on(async {
         let broker = Broker::connect(url, CONNECT_TIMEOUT).await?;
         let job = Job::open(broker, job, EdgeSettings::default()).await?;
-        let r = weir_nats::dlq::replay(&job, seqs).await?;
+        // Not while a coordinator runs the job (it could finish the job
+        // before the replayed records arrive, and leave them stranded).
+        let lease = Lease::acquire(&job, "weir dlq replay").await?;
+        let r = weir_nats::dlq::replay(&job, seqs).await;
+        lease.release().await;
+        let r = r?;
         for (seq, why) in &r.skipped {
             eprintln!("#{seq} not replayed: {why}");
         }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+use weir_nats::job::Fingerprint;
 
 use futures::StreamExt;
 use weir::CancellationToken;
@@ -104,7 +105,9 @@ async fn a_message_whose_workers_all_died_is_swept_into_the_dead_letters() {
         let job = Job::open(connect(&server).await, "sweep", lost_settings())
             .await
             .unwrap();
-        job.start("p.yaml", &[pool("double")]).await.unwrap();
+        job.start("p.yaml", &[pool("double")], &Fingerprint::default(), false)
+            .await
+            .unwrap();
         publish(&job, "double", "src", &numbers(0..5)).await;
 
         // The coordinator watches from the start: it must not sweep a
@@ -151,7 +154,9 @@ async fn a_message_whose_workers_all_died_is_swept_with_no_worker_left() {
         let job = Job::open(connect(&server).await, "sweep", lost_settings())
             .await
             .unwrap();
-        job.start("p.yaml", &[pool("double")]).await.unwrap();
+        job.start("p.yaml", &[pool("double")], &Fingerprint::default(), false)
+            .await
+            .unwrap();
         publish(&job, "double", "src", &numbers(0..5)).await;
         // Both workers of the pool took the message and were killed: no
         // worker is left, only the coordinator.
@@ -180,7 +185,9 @@ async fn watch_stops_with_an_error_when_cancelled() {
         let job = Job::open(connect(&server).await, "cancel", lost_settings())
             .await
             .unwrap();
-        job.start("p.yaml", &[pool("double")]).await.unwrap();
+        job.start("p.yaml", &[pool("double")], &Fingerprint::default(), false)
+            .await
+            .unwrap();
         // A producer that never finishes.
         let nodes = vec![Node {
             inbox: "double".to_string(),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use weir_nats::job::Fingerprint;
 
 use futures::StreamExt;
 use weir::Pipeline;
@@ -25,7 +26,14 @@ async fn deliveries_lost_in_transit_are_delivered_again() {
         let server = server().await;
         let broker = connect(&server).await;
         let job = Job::open(broker, "stranded", settings()).await.unwrap();
-        job.start("test.yaml", &[coordinator("out")]).await.unwrap();
+        job.start(
+            "test.yaml",
+            &[coordinator("out")],
+            &Fingerprint::default(),
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(publish(&job, "out", "p", &numbers(0..1000)).await, 10);
 
         let rogue = job.consumer("out").await.unwrap();

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+use weir_nats::job::Fingerprint;
 
 use serde_json::json;
 use weir::CancellationToken;
@@ -121,7 +122,12 @@ async fn replay_puts_a_dead_letter_back_into_its_inbox_and_resumes_the_job() {
 
         // The next coordinator resumes the job without reading the sources.
         let again = job
-            .start("test.yaml", &[pool("double"), coordinator("out")])
+            .start(
+                "test.yaml",
+                &[pool("double"), coordinator("out")],
+                &Fingerprint::default(),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(again, Start::Resumed { sources_done: true });
@@ -178,7 +184,9 @@ async fn a_replayed_record_lost_again_is_dead_lettered_again() {
         let job = Job::open(connect(&server).await, "again", lost_settings())
             .await
             .unwrap();
-        job.start("p.yaml", &[pool("double")]).await.unwrap();
+        job.start("p.yaml", &[pool("double")], &Fingerprint::default(), false)
+            .await
+            .unwrap();
         publish(&job, "double", "src", &numbers(7..8)).await;
         let cancel = CancellationToken::new();
         for round in 0..2 {

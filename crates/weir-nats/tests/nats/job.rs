@@ -1,6 +1,7 @@
 //! Starting, resuming and restarting a job: streams, consumers, state.
 
 use std::time::Duration;
+use weir_nats::job::{Fingerprint, StagePrint};
 
 use async_nats::jetstream::{consumer, stream};
 use futures::StreamExt;
@@ -30,7 +31,12 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
             "no state before start"
         );
         let inboxes = [pool("double"), coordinator("out")];
-        assert_eq!(job.start("p.yaml", &inboxes).await.unwrap(), Start::Fresh);
+        assert_eq!(
+            job.start("p.yaml", &inboxes, &Fingerprint::default(), false)
+                .await
+                .unwrap(),
+            Start::Fresh
+        );
 
         // Inbox streams: work queue, bounded, refusing new messages when full.
         for name in ["double", "out"] {
@@ -82,7 +88,9 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
         publish(&job, "double", "src", &numbers(0..250)).await;
         assert_eq!(job.inbox_counts("double").await.unwrap().stored, 3);
         assert_eq!(
-            job.start("p.yaml", &inboxes).await.unwrap(),
+            job.start("p.yaml", &inboxes, &Fingerprint::default(), false)
+                .await
+                .unwrap(),
             Start::Resumed {
                 sources_done: false
             }
@@ -103,26 +111,38 @@ async fn start_creates_inboxes_and_resumes_a_running_job() {
         s.sources_done = true;
         job.put_state(&s).await.unwrap();
         assert_eq!(
-            job.start("p.yaml", &inboxes).await.unwrap(),
+            job.start("p.yaml", &inboxes, &Fingerprint::default(), false)
+                .await
+                .unwrap(),
             Start::Resumed { sources_done: true }
         );
         assert!(job.state().await.unwrap().unwrap().sources_done);
 
         // Other stages while running: refused, naming the running ones.
         let err = job
-            .start("p.yaml", &[pool("triple"), coordinator("out")])
+            .start(
+                "p.yaml",
+                &[pool("triple"), coordinator("out")],
+                &Fingerprint::default(),
+                false,
+            )
             .await
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("job 'orders_2024' is running with other stages (double, out)"),
+            err.contains("job 'orders_2024' is unfinished with other stages (double, out)"),
             "{err}"
         );
         // The same names with another pool/coordinator split differ too.
         assert!(
-            job.start("p.yaml", &[pool("double"), pool("out")])
-                .await
-                .is_err()
+            job.start(
+                "p.yaml",
+                &[pool("double"), pool("out")],
+                &Fingerprint::default(),
+                false
+            )
+            .await
+            .is_err()
         );
         assert_eq!(
             job.state().await.unwrap().unwrap().inboxes,
@@ -146,7 +166,9 @@ async fn a_finished_job_starts_afresh_without_its_old_backlog() {
             .await
             .unwrap();
         let inboxes = [pool("double"), coordinator("out")];
-        job.start("p.yaml", &inboxes).await.unwrap();
+        job.start("p.yaml", &inboxes, &Fingerprint::default(), false)
+            .await
+            .unwrap();
         publish(&job, "double", "src", &numbers(0..10)).await;
         assert_eq!(job.inbox_counts("double").await.unwrap().stored, 1);
         let mut s = job.state().await.unwrap().unwrap();
@@ -166,7 +188,12 @@ async fn a_finished_job_starts_afresh_without_its_old_backlog() {
         // A finished job of the same name, even with other stages, is
         // replaced.
         let other = [pool("double"), pool("triple"), coordinator("out")];
-        assert_eq!(job.start("p.yaml", &other).await.unwrap(), Start::Fresh);
+        assert_eq!(
+            job.start("p.yaml", &other, &Fingerprint::default(), false)
+                .await
+                .unwrap(),
+            Start::Fresh
+        );
         let c = job.inbox_counts("double").await.unwrap();
         assert_eq!((c.stored, c.last_seq), (0, 0), "a fresh stream: {c:?}");
         assert!(
@@ -191,7 +218,9 @@ async fn resuming_redelivers_what_the_old_coordinator_held_at_once() {
             .await
             .unwrap();
         let inboxes = [pool("double"), coordinator("out")];
-        job.start("p.yaml", &inboxes).await.unwrap();
+        job.start("p.yaml", &inboxes, &Fingerprint::default(), false)
+            .await
+            .unwrap();
         publish(&job, "out", "w", &numbers(0..1)).await;
 
         // The old coordinator takes the message and dies holding it.
@@ -210,7 +239,9 @@ async fn resuming_redelivers_what_the_old_coordinator_held_at_once() {
         // Its 24 h ack wait would hold the message; a restarted
         // coordinator gets it now.
         assert_eq!(
-            job.start("p.yaml", &inboxes).await.unwrap(),
+            job.start("p.yaml", &inboxes, &Fingerprint::default(), false)
+                .await
+                .unwrap(),
             Start::Resumed {
                 sources_done: false
             }
@@ -227,6 +258,92 @@ async fn resuming_redelivers_what_the_old_coordinator_held_at_once() {
         assert_eq!(m.payload, first.payload);
         m.double_ack().await.unwrap();
         assert_eq!(job.inbox_counts("out").await.unwrap().stored, 0);
+    })
+    .await;
+}
+
+/// A job whose coordinator failed is unfinished: the next run resumes it
+/// (before issue 8 it deleted its streams, backlog and dead letters);
+/// `--fresh` starts it over on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_is_resumed_and_fresh_starts_it_over() {
+    within(async {
+        let server = server().await;
+        let job = Job::open(connect(&server).await, "failed", EdgeSettings::default())
+            .await
+            .unwrap();
+        let inboxes = [pool("double"), coordinator("out")];
+        let print = Fingerprint::default();
+        job.start("p.yaml", &inboxes, &print, false).await.unwrap();
+        publish(&job, "double", "src", &numbers(0..10)).await;
+        let mut s = job.state().await.unwrap().unwrap();
+        s.status = Status::Failed;
+        job.put_state(&s).await.unwrap();
+
+        assert_eq!(
+            job.start("p.yaml", &inboxes, &print, false).await.unwrap(),
+            Start::Resumed {
+                sources_done: false
+            }
+        );
+        assert_eq!(
+            job.inbox_counts("double").await.unwrap().stored,
+            1,
+            "backlog kept"
+        );
+        assert_eq!(job.state().await.unwrap().unwrap().status, Status::Running);
+
+        assert_eq!(
+            job.start("p.yaml", &inboxes, &print, true).await.unwrap(),
+            Start::Fresh
+        );
+        let c = job.inbox_counts("double").await.unwrap();
+        assert_eq!((c.stored, c.last_seq), (0, 0), "started over: {c:?}");
+    })
+    .await;
+}
+
+/// An unfinished job started from another version of the pipeline is not
+/// resumed with this one: its remote stages' fingerprints must match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_job_refuses_another_pipeline_version() {
+    within(async {
+        let server = server().await;
+        let job = Job::open(connect(&server).await, "versions", EdgeSettings::default())
+            .await
+            .unwrap();
+        let inboxes = [pool("double"), coordinator("out")];
+        let print = |config: &str| Fingerprint {
+            stages: [(
+                "double".to_string(),
+                StagePrint {
+                    config: config.to_string(),
+                    files: Default::default(),
+                },
+            )]
+            .into(),
+        };
+        job.start("p.yaml", &inboxes, &print("v1"), false)
+            .await
+            .unwrap();
+        let err = job
+            .start("p.yaml", &inboxes, &print("v2"), false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, weir_nats::BrokerError::Mismatch(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("stage 'double': its configuration") && msg.contains("--fresh"),
+            "{msg}"
+        );
+        assert_eq!(
+            job.start("p.yaml", &inboxes, &print("v1"), false)
+                .await
+                .unwrap(),
+            Start::Resumed {
+                sources_done: false
+            }
+        );
     })
     .await;
 }

@@ -6,6 +6,7 @@ mod consume;
 mod dlq;
 mod errors;
 mod job;
+mod lease;
 mod publish;
 mod restart;
 mod size;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use weir_nats::job::Fingerprint;
 
 use futures::StreamExt;
 use weir::{Pipeline, PipelineOptions, from_iter};
@@ -20,9 +21,14 @@ async fn job_with(server: &weir_testkit::NatsServer, settings: EdgeSettings) -> 
     let job = Job::open(connect(server).await, "pub", settings)
         .await
         .unwrap();
-    job.start("p.yaml", &[pool("double"), coordinator("out")])
-        .await
-        .unwrap();
+    job.start(
+        "p.yaml",
+        &[pool("double"), coordinator("out")],
+        &Fingerprint::default(),
+        false,
+    )
+    .await
+    .unwrap();
     job
 }
 

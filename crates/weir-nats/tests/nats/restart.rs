@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use weir_nats::job::Fingerprint;
 
 use futures::StreamExt;
 use weir::CancellationToken;
@@ -28,9 +29,14 @@ async fn publishing_across_a_broker_restart_stores_each_message_once() {
         let job = Job::open(connect(&server).await, "restart", settings)
             .await
             .unwrap();
-        job.start("p.yaml", &[pool("double"), coordinator("out")])
-            .await
-            .unwrap();
+        job.start(
+            "p.yaml",
+            &[pool("double"), coordinator("out")],
+            &Fingerprint::default(),
+            false,
+        )
+        .await
+        .unwrap();
         let mut next = 0;
         let msgs = chunk(
             &numbers(0..1000),

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use weir_nats::job::Fingerprint;
 
 use serde_json::json;
 use weir::{CancellationToken, Pipeline, from_iter};
@@ -162,9 +163,14 @@ async fn a_refused_publish_is_an_error_at_once_naming_the_inbox() {
         let job = Job::open(connect(&server).await, "refused", EdgeSettings::default())
             .await
             .unwrap();
-        job.start("p.yaml", &[pool("double"), coordinator("out")])
-            .await
-            .unwrap();
+        job.start(
+            "p.yaml",
+            &[pool("double"), coordinator("out")],
+            &Fingerprint::default(),
+            false,
+        )
+        .await
+        .unwrap();
         let publisher = Publisher::new(job.clone());
         let too_big = Outgoing {
             subject: job.names.subject("double"),
@@ -193,9 +199,14 @@ async fn a_failed_publish_does_not_acknowledge_the_messages_that_fed_it() {
         let job = Job::open(broker.clone(), "giveback", EdgeSettings::default())
             .await
             .unwrap();
-        job.start("p.yaml", &[coordinator("mid"), pool("double")])
-            .await
-            .unwrap();
+        job.start(
+            "p.yaml",
+            &[coordinator("mid"), pool("double")],
+            &Fingerprint::default(),
+            false,
+        )
+        .await
+        .unwrap();
         let mut cfg = job
             .inbox("double")
             .await

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use weir_nats::job::Fingerprint;
 
 use serde_json::{Value, json};
 use weir::{BoxError, CancellationToken, Pipeline};
@@ -75,7 +76,12 @@ pub fn coordinator(name: &str) -> InboxSpec {
 pub async fn double_job(broker: Broker, name: &str, settings: EdgeSettings) -> Job {
     let job = Job::open(broker, name, settings).await.expect("open job");
     let start = job
-        .start("test.yaml", &[pool("double"), coordinator("out")])
+        .start(
+            "test.yaml",
+            &[pool("double"), coordinator("out")],
+            &Fingerprint::default(),
+            false,
+        )
         .await
         .expect("start job");
     assert_eq!(start, Start::Fresh);
@@ -150,6 +156,7 @@ pub fn worker_opts(id: &str) -> WorkerOptions {
         id: id.to_string(),
         concurrency: 2,
         report_every: Duration::from_millis(200),
+        fingerprint: None,
     }
 }
 

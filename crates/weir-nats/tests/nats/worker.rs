@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use weir_nats::job::Fingerprint;
 
 use weir::{CancellationToken, Pipeline, from_iter};
 use weir_nats::completion;
@@ -332,9 +333,14 @@ async fn an_idle_worker_lets_the_sweep_take_a_message_past_max_deliver() {
         let job = Job::open(connect(&server).await, "idle", lost_settings())
             .await
             .unwrap();
-        job.start("p.yaml", &[pool("double"), coordinator("out")])
-            .await
-            .unwrap();
+        job.start(
+            "p.yaml",
+            &[pool("double"), coordinator("out")],
+            &Fingerprint::default(),
+            false,
+        )
+        .await
+        .unwrap();
         publish(&job, "double", "src", &numbers(0..5)).await;
         // Two workers took the message and died.
         assert_eq!(take_and_die(&job, "double").await, 1);

@@ -1,0 +1,146 @@
+//! What a job's workers run, as a [`Fingerprint`]: computed the same way by
+//! the coordinator (stored in the job's state) and by every worker (which
+//! refuses to join a job whose fingerprint differs from its own).
+//!
+//! A stage's part hashes its entry in the pipeline file as data (so
+//! formatting, comments and key order do not count), without the keys that
+//! cannot change what it outputs (`workers`, `ordered`, `remote`), together
+//! with the inboxes each of its output ports publishes into; and, per file
+//! the stage reads (a `validate` schema and the local files its `$ref`s
+//! name), a hash of the file's content.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use weir_nats::job::{Fingerprint, StagePrint};
+
+use super::placement::Placement;
+use crate::Loaded;
+
+/// Keys of a stage entry that do not change what the stage outputs.
+const IGNORED: &[&str] = &["workers", "ordered", "remote"];
+
+/// The fingerprint of the remote stages of `l` (all of them, or those in
+/// `only`).
+pub fn of(l: &Loaded, placement: &Placement, only: Option<&[String]>) -> Fingerprint {
+    // The file parsed and checked already: as plain data it parses too.
+    let doc: Value = serde_saphyr::from_str(&l.source).unwrap_or(Value::Null);
+    let entries = doc["stages"].as_array().cloned().unwrap_or_default();
+    let mut stages = BTreeMap::new();
+    for name in placement.pool_stages() {
+        if only.is_some_and(|o| !o.iter().any(|x| x == name)) {
+            continue;
+        }
+        let Some(entry) = entries.iter().find(|e| e["name"] == name) else {
+            continue;
+        };
+        let mut entry = entry.clone();
+        if let Some(m) = entry.as_object_mut() {
+            for k in IGNORED {
+                m.remove(*k);
+            }
+        }
+        let ports = ports(l, placement, name);
+        let config = hash(
+            format!(
+                "{}\n{}",
+                canonical(&entry),
+                serde_json::to_string(&ports).expect("ports serialize")
+            )
+            .as_bytes(),
+        );
+        let mut files = BTreeMap::new();
+        if let Some(schema) = entry["validate"]["schema"].as_str() {
+            read_with_refs(&l.base_dir, schema, &mut files);
+        }
+        stages.insert(name.to_string(), StagePrint { config, files });
+    }
+    Fingerprint { stages }
+}
+
+/// Where each output port of stage `name` publishes (for a switch, per
+/// branch in order).
+fn ports(l: &Loaded, placement: &Placement, name: &str) -> Vec<Vec<String>> {
+    let entry = l
+        .file
+        .stages
+        .iter()
+        .find(|s| s.value.name.value == name)
+        .map(|s| &s.value);
+    match entry.and_then(|e| e.switch.as_ref()) {
+        Some(sw) => sw
+            .branches()
+            .iter()
+            .map(|b| placement.remote_readers(&format!("{name}/{b}")))
+            .collect(),
+        None => vec![placement.remote_readers(name)],
+    }
+}
+
+/// JSON with object keys sorted at every level: equal data, equal text.
+fn canonical(v: &Value) -> String {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
+fn hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Hashes `path` (relative to `base`) and, for a JSON or YAML schema, the
+/// local files its `$ref`s name, recursively. A file that cannot be read
+/// hashes as "unreadable" (the stage itself reports why).
+fn read_with_refs(base: &Path, path: &str, files: &mut BTreeMap<String, String>) {
+    if files.contains_key(path) {
+        return;
+    }
+    let full = base.join(path);
+    let Ok(bytes) = std::fs::read(&full) else {
+        files.insert(path.to_string(), "unreadable".to_string());
+        return;
+    };
+    files.insert(path.to_string(), hash(&bytes));
+    let text = String::from_utf8_lossy(&bytes);
+    let doc: Value = serde_json::from_str(&text)
+        .or_else(|_| serde_saphyr::from_str(&text))
+        .unwrap_or(Value::Null);
+    let dir = Path::new(path).parent().unwrap_or(Path::new(""));
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    for r in refs {
+        let file = r.split('#').next().unwrap_or("");
+        if file.is_empty() || file.contains("://") {
+            continue;
+        }
+        let rel = dir.join(file).display().to_string();
+        read_with_refs(base, &rel, files);
+    }
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r.clone());
+            }
+            m.values().for_each(|v| collect_refs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
