@@ -9,7 +9,7 @@
 //! would find before it starts: jq programs that do not compile, schemas
 //! that do not load, files that do not exist.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,13 +148,16 @@ struct Offers<'a> {
     flows: HashMap<String, VecDeque<Flow<Record>>>,
     /// Per inbox: flags set when a coordinator producer finished publishing.
     local_done: HashMap<String, Vec<Arc<AtomicBool>>>,
-    /// Producers whose flow has the same order in every run.
-    deterministic: HashMap<String, bool>,
+    /// Per producer: the pipeline inputs its flow derives from, when the
+    /// records of each come in the same order in every run; `None` when
+    /// timing can change them.
+    lineage: HashMap<String, Option<BTreeSet<String>>>,
 }
 
 impl Offers<'_> {
-    fn offer(&mut self, name: &str, flow: Flow<Record>, deterministic: bool) {
-        self.deterministic.insert(name.to_string(), deterministic);
+    fn offer(&mut self, name: &str, flow: Flow<Record>, lineage: Option<BTreeSet<String>>) {
+        let deterministic = lineage.is_some();
+        self.lineage.insert(name.to_string(), lineage);
         let (local, remote) = match self.dist {
             Some(d) => (
                 d.placement.local_readers(name),
@@ -186,12 +189,20 @@ impl Offers<'_> {
         self.flows.insert(name.to_string(), out);
     }
 
-    /// Whether every producer `name` reads is deterministic.
-    fn deterministic_inputs(&self, name: &str) -> bool {
-        self.wiring.from.get(name).is_some_and(|fs| {
-            fs.iter()
-                .all(|f| self.deterministic.get(f).copied().unwrap_or(false))
-        })
+    /// The lineage of what `name` reads: the union of its producers'
+    /// inputs when each producer is deterministic and no input reaches it
+    /// by two of them (two flows of one input interleave differently in
+    /// every run; flows of different inputs keep each input's order).
+    fn merged_lineage(&self, name: &str) -> Option<BTreeSet<String>> {
+        let mut all = BTreeSet::new();
+        for f in self.wiring.from.get(name)? {
+            for input in self.lineage.get(f)?.as_ref()? {
+                if !all.insert(input.clone()) {
+                    return None;
+                }
+            }
+        }
+        Some(all)
     }
 }
 
@@ -215,7 +226,7 @@ pub fn build(
         dist,
         flows: HashMap::new(),
         local_done: HashMap::new(),
-        deterministic: HashMap::new(),
+        lineage: HashMap::new(),
     };
     // Inbox readers of the coordinator: (inbox, producers-done flag).
     let mut reader_flags: HashMap<String, Arc<AtomicBool>> = HashMap::new();
@@ -290,7 +301,7 @@ pub fn build(
         // Distributed: in file order, so that what is published has the
         // same message ids in every run (a restarted coordinator re-reads).
         let flow = if dist.is_some() { flow.ordered() } else { flow };
-        offers.offer(name, flow, true);
+        offers.offer(name, flow, Some(BTreeSet::from([name.to_string()])));
     }
 
     let pctx = ProcessorContext {
@@ -317,13 +328,23 @@ pub fn build(
         } else {
             take_inputs(&name, wiring, &mut offers.flows)
         };
-        let deterministic = dist.is_some() && !has_inbox && offers.deterministic_inputs(&name);
+        let lineage = if dist.is_some() && !has_inbox {
+            offers.merged_lineage(&name)
+        } else {
+            None
+        };
         match (component(e, &pctx), input) {
             (Ok((c, workers)), Some(input)) => {
-                let keeps_order =
-                    deterministic && matches!(c, Component::Processor(_) | Component::Switch(_));
+                // Per-record stages keep it when they keep order; stateful
+                // ones (aggregate, batch) emit in timing's order; a dedupe
+                // of several inputs keeps whichever duplicate came first.
+                let lineage = lineage.filter(|l| {
+                    matches!(c, Component::Processor(_) | Component::Switch(_))
+                        && (e.dedupe.is_none() || l.len() == 1)
+                });
+                let keeps_order = lineage.is_some();
                 for (n, flow) in attach(e, c, workers, input, keeps_order) {
-                    offers.offer(&n, flow, keeps_order);
+                    offers.offer(&n, flow, lineage.clone());
                 }
             }
             (Err(d), _) => diags.extend(d),

@@ -16,7 +16,10 @@
 //!   status`, `weir dlq list` and `weir dlq replay`;
 //! * [`stats`]: the remote statistics in the coordinator's report and in
 //!   `weir status`;
-//! * [`errors`]: an unreachable broker, a stateful stage marked `remote`.
+//! * [`errors`]: an unreachable broker, a stateful stage marked `remote`;
+//! * [`trust`]: issue 8's defects: records too large for a message, a
+//!   worker on another pipeline version, a coordinator killed in a merging
+//!   job, two coordinators on one job, dead letters after a restart.
 
 #[path = "distributed/util.rs"]
 mod util;
@@ -33,3 +36,5 @@ mod orders;
 mod pool;
 #[path = "distributed/stats.rs"]
 mod stats;
+#[path = "distributed/trust.rs"]
+mod trust;

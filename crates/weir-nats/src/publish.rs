@@ -8,13 +8,15 @@
 //!   deterministic functions of their input message, so a redelivered input
 //!   produces the same messages with the same ids;
 //! - a coordinator's flows (sources and the stages after them):
-//!   `<producer>:<n>`, the n-th message of that producer, when the flow has
-//!   the same content in every run (it starts at the job's inputs and every
-//!   stage on it keeps order): a restarted coordinator reading its inputs
-//!   again produces the same messages with the same ids. Flows whose
-//!   content depends on timing (a merge of several producers, an inbox
-//!   read by the coordinator) get ids unique to the run instead: reusing
-//!   an id for different content would make the broker drop new records as
+//!   `<producer>><inbox>:<input>:<n>`, the n-th message of that producer's
+//!   records read from pipeline input `<input>`, when those come in the same
+//!   order in every run (the flow starts at the job's inputs, every stage
+//!   on it keeps order, and a merge on it joins producers of different
+//!   inputs): a restarted coordinator reading its inputs again produces the
+//!   same messages with the same ids. Flows whose content depends on timing
+//!   (a merge of producers that read the same input, an inbox read by the
+//!   coordinator) get ids unique to the run instead: reusing an id for
+//!   different content would make the broker drop new records as
 //!   duplicates.
 //!
 //! **Message size.** A message holds at most `records_per_message` records
@@ -433,6 +435,13 @@ pub fn too_large_entry(stage: &str, record: &Record, max_body: usize) -> DlqEntr
 
 /// An engine sink that publishes records into an inbox: the end of a
 /// coordinator flow whose reader is remote.
+///
+/// A deterministic flow is cut into **lanes**, one per pipeline input the
+/// records were read from (`Position::input`), each with its own message
+/// numbers: `<producer>><inbox>:<input>:<n>`. A flow that merges producers
+/// fed by different inputs interleaves them differently in every run, but
+/// the records of each input still come in the same order, so each lane's
+/// messages, and their ids, are the same in every run.
 pub struct EdgeSink {
     publisher: Publisher,
     limits: MessageLimits,
@@ -440,11 +449,12 @@ pub struct EdgeSink {
     prefix: String,
     /// The component that produces the flow, for dead letters.
     producer: String,
-    next: u64,
-    /// Records of the flow taken off `pending` so far (they name the dead
-    /// letters of records too large to send).
-    consumed: u64,
+    /// Deterministic flows: per input, what waits to be sent.
+    lanes: std::collections::BTreeMap<std::sync::Arc<str>, Lane>,
+    /// Other flows: what this write sends.
     pending: Vec<Record>,
+    /// Other flows: the next message number.
+    next: u64,
     on_finish: Option<Box<dyn FnOnce(u64) + Send>>,
     published: u64,
     too_large: u64,
@@ -452,19 +462,44 @@ pub struct EdgeSink {
     window: std::collections::VecDeque<Sent>,
 }
 
+/// One input's share of a deterministic flow.
+#[derive(Default)]
+struct Lane {
+    pending: Vec<Record>,
+    /// Its next message number.
+    next: u64,
+    /// Records of the lane taken off `pending` so far (they name the dead
+    /// letters of records too large to send).
+    consumed: u64,
+}
+
+/// Messages (and too-large dead letters) cut from some records.
+struct Cut {
+    messages: Vec<Outgoing>,
+    dead: Vec<Outgoing>,
+    /// Records in `messages`.
+    records: u64,
+    /// Records taken off the front of the pending list.
+    taken: usize,
+    /// The next message number after these.
+    next: u64,
+}
+
 impl EdgeSink {
     /// Publishes into `inbox` of the job; `on_finish` is called with the
     /// records published once the flow ends and everything is stored.
     ///
-    /// `deterministic`: the flow's content and order are the same in every
-    /// run (it starts at the job's inputs and every stage on it is
-    /// ordered), and its records carry no acknowledgements. Then a partial
-    /// message waits for more records, so message boundaries and ids
-    /// (`<producer>:<n>`) do not depend on engine batch sizes, and a
+    /// `deterministic`: in every run, the records of each pipeline input
+    /// come in the same order with the same content (the flow starts at the
+    /// job's inputs, every stage on it keeps order, and no two producers it
+    /// merges read the same input), and they carry no acknowledgements.
+    /// Then a partial message waits for more records, so message boundaries
+    /// and ids do not depend on engine batch sizes or timing, and a
     /// restarted coordinator publishes the same ids again. Otherwise (a
-    /// merge of producers, a flow fed by an inbox whose records' acks must
-    /// not fire before they are published) every batch is published before
-    /// `write` returns, with ids unique to this run.
+    /// merge of flows from one input, a flow fed by an inbox, whose
+    /// records' acks must not fire before they are published) every batch
+    /// is published before `write` returns, with ids unique to this run:
+    /// after a coordinator restart such records may be published twice.
     pub fn new(
         job: &Job,
         inbox: &str,
@@ -488,9 +523,9 @@ impl EdgeSink {
             subject: job.names.subject(inbox),
             prefix,
             producer: producer.to_string(),
-            next: 0,
-            consumed: 0,
+            lanes: std::collections::BTreeMap::new(),
             pending: Vec::new(),
+            next: 0,
             on_finish: Some(Box::new(on_finish)),
             published: 0,
             too_large: 0,
@@ -499,55 +534,76 @@ impl EdgeSink {
         }
     }
 
-    /// Cuts what is pending into messages and publishes them: all of them
-    /// when `all`, else those that are complete (a partial last message
-    /// waits for more records).
-    async fn flush(&mut self, all: bool) -> Result<(), BrokerError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let mut next = self.next;
-        let mut chunks = chunk(
-            &self.pending,
-            self.limits,
-            &self.subject,
-            &self.prefix,
-            &mut next,
-        );
-        let mut taken = self.pending.len();
+    /// Cuts `records` into messages with ids `<prefix>:<n>` from `next`,
+    /// and dead letters for records too large (named `<prefix>:too_large:
+    /// <consumed + i>`). Unless `all`, an open last message (fewer records
+    /// than a message holds, at the end) is left out, its records not taken.
+    fn cut(&self, records: &[Record], prefix: &str, next: u64, consumed: u64, all: bool) -> Cut {
+        let mut n = next;
+        let mut chunks = chunk(records, self.limits, &self.subject, prefix, &mut n);
+        let mut taken = records.len();
         if !all
             && let Some(last) = chunks.ranges.last()
-            && last.end == self.pending.len()
+            && last.end == records.len()
             && last.len() < self.limits.records
         {
-            // Open: its records wait (and its id is not used yet).
             taken = last.start;
             chunks.ranges.pop();
             chunks.messages.pop();
-            next -= 1;
+            n -= 1;
         }
-        // Records too large for any message go to the dead-letter stream,
-        // named after their place in the flow.
         let max_body = self.limits.bytes;
-        let big: Vec<Outgoing> = chunks
+        let dead = chunks
             .too_large
             .iter()
             .filter(|&&i| i < taken)
             .map(|&i| {
-                let entry = too_large_entry(&self.producer, &self.pending[i], max_body);
-                let id = format!("{}:{TOO_LARGE}:{}", self.prefix, self.consumed + i as u64);
+                let entry = too_large_entry(&self.producer, &records[i], max_body);
+                let id = format!("{prefix}:{TOO_LARGE}:{}", consumed + i as u64);
                 Outgoing::dead_letter(&self.publisher.job.names, id, &entry, max_body)
             })
             .collect();
-        let big_count = big.len() as u64;
-        if !big.is_empty() {
-            self.publisher.publish_all(&big).await?;
+        Cut {
+            records: chunks.ranges.iter().map(|r| r.len() as u64).sum(),
+            messages: chunks.messages,
+            dead,
+            taken,
+            next: n,
         }
-        let sent_records: u64 = chunks.ranges.iter().map(|r| r.len() as u64).sum();
-        if self.carry {
+    }
+
+    /// Publishes what is pending: all of it when `all`, else the complete
+    /// messages (a partial last message of a lane waits for more records).
+    async fn flush(&mut self, all: bool) -> Result<(), BrokerError> {
+        if !self.carry {
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            let cut = self.cut(&self.pending, &self.prefix, self.next, 0, true);
+            if !cut.dead.is_empty() {
+                self.publisher.publish_all(&cut.dead).await?;
+            }
+            self.publisher.publish_all(&cut.messages).await?;
+            self.next = cut.next;
+            self.published += cut.records;
+            self.too_large += cut.dead.len() as u64;
+            self.pending.clear();
+            return Ok(());
+        }
+        let inputs: Vec<std::sync::Arc<str>> = self.lanes.keys().cloned().collect();
+        for input in inputs {
+            let lane = &self.lanes[&input];
+            if lane.pending.is_empty() {
+                continue;
+            }
+            let prefix = format!("{}:{input}", self.prefix);
+            let cut = self.cut(&lane.pending, &prefix, lane.next, lane.consumed, all);
+            if !cut.dead.is_empty() {
+                self.publisher.publish_all(&cut.dead).await?;
+            }
             // Records without acks: confirmations may lag behind `write`
             // (up to SEND_WINDOW messages); `finish` waits for all.
-            for m in chunks.messages {
+            for m in cut.messages {
                 let sent = self.publisher.send(m).await;
                 self.window.push_back(sent);
                 if self.window.len() >= SEND_WINDOW {
@@ -556,14 +612,13 @@ impl EdgeSink {
                     self.publisher.confirm_all(older).await?;
                 }
             }
-        } else {
-            self.publisher.publish_all(&chunks.messages).await?;
+            self.published += cut.records;
+            self.too_large += cut.dead.len() as u64;
+            let lane = self.lanes.get_mut(&input).expect("a lane of this flow");
+            lane.next = cut.next;
+            lane.consumed += cut.taken as u64;
+            lane.pending.drain(..cut.taken);
         }
-        self.next = next;
-        self.published += sent_records;
-        self.too_large += big_count;
-        self.consumed += taken as u64;
-        self.pending.drain(..taken);
         Ok(())
     }
 
@@ -577,16 +632,43 @@ impl Sink<Record> for EdgeSink {
     type Output = u64;
 
     async fn write(&mut self, items: Vec<Record>) -> Result<(), WriteError<Record>> {
-        // Deterministic flows: complete messages go now, a partial one
-        // waits for more records or the end (see `new`).
-        self.pending.extend(items);
-        match self.flush(!self.carry).await {
+        if self.carry {
+            // Deterministic flows: complete messages go now, a partial one
+            // waits for more records or the end (see `new`). (They carry
+            // no acks: on a failure their records are read again from the
+            // inputs when the job is resumed.)
+            let mut added: std::collections::BTreeMap<std::sync::Arc<str>, usize> =
+                std::collections::BTreeMap::new();
+            for r in items {
+                *added.entry(r.pos.input.clone()).or_default() += 1;
+                self.lanes
+                    .entry(r.pos.input.clone())
+                    .or_default()
+                    .pending
+                    .push(r);
+            }
+            return match self.flush(false).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Give back what of this write was not sent, so the
+                    // report does not count it as written.
+                    let mut unsent = Vec::new();
+                    for (input, n) in added {
+                        if let Some(lane) = self.lanes.get_mut(&input) {
+                            let keep = lane.pending.len().saturating_sub(n);
+                            unsent.extend(lane.pending.drain(keep..));
+                        }
+                    }
+                    Err(WriteError::all(unsent, BoxError::from(e.to_string())))
+                }
+            };
+        }
+        self.pending = items;
+        match self.flush(true).await {
             Ok(()) => Ok(()),
             // Nothing of this write is stored for sure: give it all back,
             // so its acks fail (and the inbox messages that fed it are
-            // delivered again) instead of being settled as written. (A
-            // deterministic flow carries no acks; its records are read
-            // again from the inputs when the job is resumed.)
+            // delivered again) instead of being settled as written.
             Err(e) => Err(WriteError::all(
                 std::mem::take(&mut self.pending),
                 BoxError::from(e.to_string()),
@@ -614,7 +696,8 @@ impl Sink<Record> for EdgeSink {
 ///
 /// Ids are derived from what the dead letter is, not from when it was
 /// written: `dl:<epoch>:<stage>:<position>:<hash of record, raw text and
-/// error>:<n>`, `n` counting identical letters within the run. A restarted
+/// error>:<n>`, `n` counting identical letters of one position within the
+/// run. A restarted
 /// coordinator that reads its inputs again rejects the same lines again and
 /// publishes the same ids, which the broker drops; `<epoch>` is the job's
 /// replay count, so a record replayed with `weir dlq replay` and rejected
@@ -624,8 +707,10 @@ pub struct DlqSink {
     names: crate::job::Names,
     stored: u64,
     epoch: u64,
-    /// Identical dead letters seen in this run, by content hash.
-    occurrences: std::collections::HashMap<(String, u64), u32>,
+    /// Identical dead letters seen in this run, by stage, position and
+    /// content hash (per position, because dead letters of different
+    /// records reach the sink in an order that varies between runs).
+    occurrences: std::collections::HashMap<(String, String, u64), u32>,
 }
 
 impl DlqSink {
@@ -686,7 +771,11 @@ impl Sink<DeadLetter> for DlqSink {
             .iter()
             .map(|d| {
                 let entry = entry_of(d);
-                let key = (entry.stage.clone(), dlq_hash(&entry));
+                let key = (
+                    entry.stage.clone(),
+                    entry.position.clone().unwrap_or_default(),
+                    dlq_hash(&entry),
+                );
                 let n = self.occurrences.entry(key.clone()).or_default();
                 *n += 1;
                 let id = dlq_id(&entry, self.epoch, *n);
