@@ -4,7 +4,8 @@
 //! Each op is monomorphised over the user's closure, so the inner loop over a
 //! batch compiles to a plain loop; the worker calls it through one virtual
 //! call per batch. Fallible functions borrow their input, so a failed item is
-//! still there to retry or to dead-letter.
+//! still there to retry or to dead-letter; a failure remembers where its
+//! outputs belong, so a retry that succeeds later does not reorder the batch.
 
 use std::marker::PhantomData;
 
@@ -19,8 +20,17 @@ pub(crate) struct Tally {
     pub filtered: usize,
 }
 
-/// An item whose function failed, with the error.
-pub(crate) type Failure<I> = (Envelope<I>, BoxError);
+/// An attempt that failed: the item back, and the error.
+pub(crate) type Attempt<I> = Result<(), (Envelope<I>, BoxError)>;
+
+/// An item whose function failed.
+pub(crate) struct Failure<I> {
+    pub item: Envelope<I>,
+    pub error: BoxError,
+    /// Where its outputs belong if a retry succeeds: the length of the
+    /// output batch when it failed (the outputs of the items before it).
+    pub at: usize,
+}
 
 /// A sync stage function over batches.
 pub(crate) trait ItemOp<I, O>: Send + Sync + 'static {
@@ -35,9 +45,21 @@ pub(crate) trait ItemOp<I, O>: Send + Sync + 'static {
     );
 
     /// One more attempt at a failed item (only fallible ops fail).
-    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Result<(), Failure<I>> {
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Attempt<I> {
         let _ = (out, t);
         Err((e, "this stage cannot retry".into()))
+    }
+}
+
+/// Records a failed attempt made while filling `out`.
+#[inline]
+fn failed_at<I, O>(attempt: Attempt<I>, out: &Batch<O>, failed: &mut Vec<Failure<I>>) {
+    if let Err((item, error)) = attempt {
+        failed.push(Failure {
+            item,
+            error,
+            at: out.len(),
+        });
     }
 }
 
@@ -181,13 +203,12 @@ where
         t: &mut Tally,
     ) {
         for e in batch {
-            if let Err(f) = self.retry(e, out, t) {
-                failed.push(f);
-            }
+            let attempt = self.retry(e, out, t);
+            failed_at(attempt, out, failed);
         }
     }
 
-    fn retry(&self, e: Envelope<I>, out: &mut Batch<I>, t: &mut Tally) -> Result<(), Failure<I>> {
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<I>, t: &mut Tally) -> Attempt<I> {
         match (self.0)(&e.value) {
             Ok(true) => {
                 t.ok += 1;
@@ -220,13 +241,12 @@ where
         t: &mut Tally,
     ) {
         for e in batch {
-            if let Err(f) = self.retry(e, out, t) {
-                failed.push(f);
-            }
+            let attempt = self.retry(e, out, t);
+            failed_at(attempt, out, failed);
         }
     }
 
-    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Result<(), Failure<I>> {
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Attempt<I> {
         match (self.0)(&e.value) {
             Ok(outs) => {
                 push_derived(outs, e.ack, out, t);

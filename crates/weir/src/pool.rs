@@ -14,7 +14,9 @@
 //!   calls outstanding). Ordered mode completes them in input order.
 //!
 //! Every loop applies the stage's [`ErrorPolicy`] the same way, through
-//! [`settle_failures`].
+//! [`settle_failures`]: a retried item's outputs take the place of the item
+//! in its batch, so retries never reorder a one-worker stage or an ordered
+//! pool.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -132,9 +134,10 @@ impl StageCtx {
     }
 }
 
-/// Applies the error policy to the failures of one batch: retries them (their
-/// outputs join `out`), then dead-letters what still fails, or returns the
-/// fatal error under [`ErrorPolicy::Fail`].
+/// Applies the error policy to the failures of one batch: retries each in
+/// turn, putting the outputs of a retry that succeeds where the item stood
+/// in `out`; dead-letters what still fails; under [`ErrorPolicy::Fail`]
+/// returns the error.
 async fn settle_failures<I: Send + 'static, O: 'static>(
     op: &dyn ItemOp<I, O>,
     failed: &mut Vec<Failure<I>>,
@@ -144,16 +147,22 @@ async fn settle_failures<I: Send + 'static, O: 'static>(
 ) -> Result<(), BoxError> {
     let max = ctx.options.max_attempts();
     let mut letters = Vec::new();
-    'items: for (first, first_err) in failed.drain(..) {
-        let (mut e, mut err) = (first, first_err);
+    // Outputs of retries that succeeded, with where they go in `out`.
+    let mut retried: Vec<(usize, Batch<O>)> = Vec::new();
+    'items: for Failure { item, error, at } in failed.drain(..) {
+        let (mut e, mut err) = (item, error);
         let mut attempts = 1;
         while attempts < max {
             if !ctx.backoff(attempts).await {
                 return Ok(());
             }
             attempts += 1;
-            match op.retry(e, out, t) {
-                Ok(()) => continue 'items,
+            let mut outs = Vec::new();
+            match op.retry(e, &mut outs, t) {
+                Ok(()) => {
+                    retried.push((at, outs));
+                    continue 'items;
+                }
                 Err((back, why)) => (e, err) = (back, why),
             }
         }
@@ -162,7 +171,26 @@ async fn settle_failures<I: Send + 'static, O: 'static>(
         }
         letters.push(ctx.letter(e.ack, e.value, &err, attempts));
     }
+    if !retried.is_empty() {
+        *out = put_back(std::mem::take(out), retried);
+    }
     ctx.dead_letter(letters).await
+}
+
+/// Merges the outputs of retried items into a batch at their positions
+/// (given in order, as positions in `out` before any insertion).
+fn put_back<O>(out: Batch<O>, retried: Vec<(usize, Batch<O>)>) -> Batch<O> {
+    let extra: usize = retried.iter().map(|(_, v)| v.len()).sum();
+    let mut merged = Vec::with_capacity(out.len() + extra);
+    let mut rest = out.into_iter();
+    let mut taken = 0;
+    for (at, mut outs) in retried {
+        merged.extend(rest.by_ref().take(at - taken));
+        taken = at;
+        merged.append(&mut outs);
+    }
+    merged.extend(rest);
+    merged
 }
 
 fn tally(m: &StageMetrics, t: Tally) {
@@ -513,4 +541,36 @@ fn finish_item<I: Send + 'static, O>(
         },
     }
     Ok(())
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::put_back;
+    use crate::channel::{Batch, Envelope};
+
+    fn batch(v: &[i32]) -> Batch<i32> {
+        v.iter().map(|&x| Envelope::new(x)).collect()
+    }
+
+    fn values(b: Batch<i32>) -> Vec<i32> {
+        b.into_iter().map(|e| e.value).collect()
+    }
+
+    #[test]
+    fn put_back_inserts_at_the_positions_given_before_insertion() {
+        // Outputs of items 0, 2, 3, 5 went out; an item before all of them,
+        // item 1, item 4 (two outputs) and one after the last were retried.
+        let retried = vec![
+            (0, batch(&[-1])),
+            (1, batch(&[1])),
+            (3, batch(&[40, 41])),
+            (4, batch(&[9])),
+        ];
+        assert_eq!(
+            values(put_back(batch(&[0, 2, 3, 5]), retried)),
+            vec![-1, 0, 1, 2, 3, 40, 41, 5, 9]
+        );
+        let two_at_start = vec![(0, batch(&[7])), (0, batch(&[8]))];
+        assert_eq!(values(put_back(batch(&[]), two_at_start)), vec![7, 8]);
+    }
 }

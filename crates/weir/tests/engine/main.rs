@@ -13,5 +13,6 @@ mod fusion;
 mod pipeline;
 mod pools;
 mod props;
+mod retry_order;
 mod shutdown;
 mod util;
