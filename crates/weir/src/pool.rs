@@ -322,6 +322,10 @@ pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
         let (n, batch) = {
             let mut next = seq.next.lock().await;
             let Some(batch) = recv(&rx, m).await else {
+                // No batch to go with the permit: give it back, or a worker
+                // still waiting for one would never learn that input ended
+                // (with fewer permits than workers, it would wait for ever).
+                seq.window.add_permits(1);
                 break;
             };
             let n = *next;

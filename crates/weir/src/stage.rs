@@ -145,13 +145,13 @@ impl Default for StageOptions {
 }
 
 impl StageOptions {
-    /// Reorder window of an ordered pool: enough batches in flight to keep
-    /// every worker busy while one batch is slow, and no more.
+    /// Reorder window of an ordered pool, in batches taken but not yet
+    /// emitted. The default, 4 per worker, keeps every worker busy while one
+    /// batch is slow. A window set by the user is honoured exactly, also
+    /// below the worker count (then at most that many workers are busy at
+    /// once): it is the memory bound the user asked for.
     pub fn reorder_window(&self) -> usize {
-        self.window
-            .unwrap_or(self.workers * 4)
-            .max(self.workers)
-            .max(1)
+        self.window.unwrap_or(self.workers * 4).max(1)
     }
 
     pub fn max_attempts(&self) -> u32 {

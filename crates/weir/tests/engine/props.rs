@@ -90,12 +90,15 @@ proptest! {
     }
 
     #[test]
-    fn ordered_pool_keeps_order(s in shapes()) {
+    fn ordered_pool_keeps_order(s in shapes(), window in proptest::option::of(1usize..10)) {
         let got = within(30, {
             let s = s.clone();
             async move {
                 let p = s.pipeline();
-                let out = p.source("n", from_iter(0..s.items)).map("w", s.work()).workers(s.workers).ordered().sink("out", collect());
+                let f = p.source("n", from_iter(0..s.items)).map("w", s.work()).workers(s.workers).ordered();
+                // Any window, below the worker count too.
+                let f = match window { Some(w) => f.reorder_window(w), None => f };
+                let out = f.sink("out", collect());
                 p.run().await.unwrap();
                 out.take().unwrap()
             }
