@@ -10,6 +10,7 @@
 //! time each worker resolves its slot into a [`Router`] (which leaf or leaves
 //! an item goes to) and an [`Emitter`] with one buffer per leaf.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -282,12 +283,9 @@ impl<T> Emitter<T> {
                 LeafOut::Chan(tx) => match tx.try_send(batch) {
                     Ok(()) => {}
                     Err(async_channel::TrySendError::Full(batch)) => {
-                        let t = Instant::now();
-                        self.metrics.waiting_output_now.fetch_add(1, Relaxed);
-                        let r = tx.send(batch).await;
-                        self.metrics.waiting_output_now.fetch_sub(1, Relaxed);
-                        StageMetrics::time(&self.metrics.wait_output_ns, t.elapsed());
-                        r.map_err(|_| Halt::Stopped)?;
+                        let m = &*self.metrics;
+                        let _waiting = Waiting::start(&m.waiting_output_now, &m.wait_output_ns);
+                        tx.send(batch).await.map_err(|_| Halt::Stopped)?;
                     }
                     Err(async_channel::TrySendError::Closed(_)) => return Err(Halt::Stopped),
                 },
@@ -312,6 +310,34 @@ impl<T> Emitter<T> {
     /// Items buffered but not yet sent.
     pub fn pending(&self) -> usize {
         self.leaves.iter().map(|l| l.buf.len()).sum()
+    }
+}
+
+/// Marks a worker as waiting (for input, or for room downstream) for as long
+/// as it lives, and adds the time waited when it goes. A guard rather than a
+/// decrement after the `.await`: a wait inside a `select!` is dropped when
+/// another branch wins, and the mark must go with it.
+struct Waiting<'a> {
+    now: &'a AtomicU64,
+    total_ns: &'a AtomicU64,
+    since: Instant,
+}
+
+impl<'a> Waiting<'a> {
+    fn start(now: &'a AtomicU64, total_ns: &'a AtomicU64) -> Self {
+        now.fetch_add(1, Relaxed);
+        Waiting {
+            now,
+            total_ns,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.now.fetch_sub(1, Relaxed);
+        StageMetrics::time(self.total_ns, self.since.elapsed());
     }
 }
 
@@ -345,17 +371,17 @@ fn route<T>(router: &Router<T>, leaves: &mut [Leaf<T>], e: Envelope<T>) {
 
 /// Waits for the next batch, counting the wait and sampling the queue.
 /// `None` when the edge is closed and empty.
+///
+/// # Cancel safety
+/// Cancel safe: dropped before it returns, it has taken no batch (the
+/// channel's `recv` is cancel safe) and it takes its waiting mark back.
 pub(crate) async fn recv<T>(rx: &Rx<T>, metrics: &StageMetrics) -> Option<Batch<T>> {
     let batch = match rx.try_recv() {
         Ok(b) => b,
         Err(async_channel::TryRecvError::Closed) => return None,
         Err(async_channel::TryRecvError::Empty) => {
-            let t = Instant::now();
-            metrics.waiting_input_now.fetch_add(1, Relaxed);
-            let r = rx.recv().await;
-            metrics.waiting_input_now.fetch_sub(1, Relaxed);
-            StageMetrics::time(&metrics.wait_input_ns, t.elapsed());
-            r.ok()?
+            let _waiting = Waiting::start(&metrics.waiting_input_now, &metrics.wait_input_ns);
+            rx.recv().await.ok()?
         }
     };
     metrics.sample_queue(rx.len());

@@ -157,11 +157,14 @@ pub struct StageReport {
     /// async stage: the summed duration of its calls (with 100 calls in
     /// flight it grows 100 times faster than the clock).
     pub busy: Duration,
-    /// Time workers waited for input, summed over workers.
+    /// Time workers waited for input, summed over workers. A wait that
+    /// ended because something else woke the worker (a window's timer, an
+    /// async call finishing) counts up to that moment.
     pub waiting_for_input: Duration,
     /// Time workers waited for room downstream (backpressure), summed.
     pub waiting_for_output: Duration,
-    /// Workers waiting for input right now (starved).
+    /// Workers waiting for input right now (starved); at most `workers`,
+    /// and 0 once the run ended.
     pub workers_waiting_for_input: u64,
     /// Workers waiting for room downstream right now (backpressured).
     pub workers_waiting_for_output: u64,

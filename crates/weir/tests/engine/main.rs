@@ -10,6 +10,7 @@ mod errors;
 mod fan_in;
 mod fan_out;
 mod fusion;
+mod gauges;
 mod pipeline;
 mod pools;
 mod props;
