@@ -9,6 +9,11 @@
 //! downstream side fills in later with a channel or a fan-out policy. At run
 //! time each worker resolves its slot into a [`Router`] (which leaf or leaves
 //! an item goes to) and an [`Emitter`] with one buffer per leaf.
+//!
+//! The bound of an edge is in batches, so it bounds memory only if batches
+//! are bounded too: the [`Emitter`] never sends more than `batch_size` items
+//! at once, however many a stage hands it (a `flat_map` that yields a
+//! thousand items per input, an aggregate that flushes every group).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -263,34 +268,40 @@ impl<T> Emitter<T> {
         self.leaves.iter().any(|l| self.ready(l, false))
     }
 
-    /// Sends full buffers, or every non-empty one when `all`. Waits while an
-    /// edge is full (backpressure); that wait is counted as output wait.
+    /// Sends full buffers, or every non-empty one when `all`, in batches of
+    /// at most `batch_size` items (a remainder smaller than a batch stays
+    /// for later unless `all`). Waits while an edge is full (backpressure);
+    /// that wait is counted as output wait.
     ///
     /// # Errors
     /// [`Halt::Stopped`] when an edge was closed because the run is
     /// aborting (the items not sent are dropped, so their acks fail);
     /// [`Halt::Failed`] when a fused consumer failed.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a batch being sent is lost if the future is dropped.
+    /// No caller polls it inside a `select!`.
     pub async fn flush(&mut self, all: bool) -> Result<(), Halt> {
+        let size = self.batch_size;
         for i in 0..self.leaves.len() {
             if !self.ready(&self.leaves[i], all) {
                 continue;
             }
             let leaf = &mut self.leaves[i];
-            let batch = std::mem::take(&mut leaf.buf);
-            let n = batch.len();
-            match &mut leaf.out {
-                LeafOut::Direct(d) => d.consume(batch).await?,
-                LeafOut::Chan(tx) => match tx.try_send(batch) {
-                    Ok(()) => {}
-                    Err(async_channel::TrySendError::Full(batch)) => {
-                        let m = &*self.metrics;
-                        let _waiting = Waiting::start(&m.waiting_output_now, &m.wait_output_ns);
-                        tx.send(batch).await.map_err(|_| Halt::Stopped)?;
-                    }
-                    Err(async_channel::TrySendError::Closed(_)) => return Err(Halt::Stopped),
-                },
+            // A fused consumer takes everything now: it has no queue to fill.
+            let every = all || matches!(leaf.out, LeafOut::Direct(_));
+            let buf = std::mem::take(&mut leaf.buf);
+            if buf.len() <= size {
+                // The common case: one batch, sent as it is, without a copy.
+                send(&mut leaf.out, buf, &self.metrics).await?;
+                continue;
             }
-            StageMetrics::add(&self.metrics.emitted, n);
+            let mut rest = buf.into_iter();
+            while rest.len() >= size || (every && rest.len() > 0) {
+                let chunk: Batch<T> = rest.by_ref().take(size).collect();
+                send(&mut leaf.out, chunk, &self.metrics).await?;
+            }
+            leaf.buf = rest.collect();
         }
         Ok(())
     }
@@ -311,6 +322,28 @@ impl<T> Emitter<T> {
     pub fn pending(&self) -> usize {
         self.leaves.iter().map(|l| l.buf.len()).sum()
     }
+}
+
+/// Sends one batch (at most `batch_size` items) to one leaf.
+async fn send<T>(
+    out: &mut LeafOut<T>,
+    batch: Batch<T>,
+    metrics: &StageMetrics,
+) -> Result<(), Halt> {
+    let n = batch.len();
+    match out {
+        LeafOut::Direct(d) => d.consume(batch).await?,
+        LeafOut::Chan(tx) => match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(async_channel::TrySendError::Full(batch)) => {
+                let _waiting = Waiting::start(&metrics.waiting_output_now, &metrics.wait_output_ns);
+                tx.send(batch).await.map_err(|_| Halt::Stopped)?;
+            }
+            Err(async_channel::TrySendError::Closed(_)) => return Err(Halt::Stopped),
+        },
+    }
+    StageMetrics::add(&metrics.emitted, n);
+    Ok(())
 }
 
 /// Marks a worker as waiting (for input, or for room downstream) for as long

@@ -6,8 +6,14 @@
 //! call per batch. Fallible functions borrow their input, so a failed item is
 //! still there to retry or to dead-letter; a failure remembers where its
 //! outputs belong, so a retry that succeeds later does not reorder the batch.
+//!
+//! `flat_map` can yield any number of outputs per input, so its worker
+//! applies it a slice of the batch at a time ([`ItemOp::apply_some`]) and
+//! sends each slice's outputs before it makes more: a stage holds about one
+//! batch of outputs, not a batch's worth of expansions.
 
 use std::marker::PhantomData;
+use std::vec;
 
 use crate::ack::Ack;
 use crate::channel::{Batch, Envelope};
@@ -43,6 +49,26 @@ pub(crate) trait ItemOp<I, O>: Send + Sync + 'static {
         failed: &mut Vec<Failure<I>>,
         t: &mut Tally,
     );
+
+    /// True when one input may yield many outputs: the worker then applies
+    /// the op with [`apply_some`](Self::apply_some).
+    fn expands(&self) -> bool {
+        false
+    }
+
+    /// Applies the function to items of `input` until `out` holds at least
+    /// `limit` items or `input` is empty; the rest stays in `input`.
+    fn apply_some(
+        &self,
+        input: &mut vec::IntoIter<Envelope<I>>,
+        out: &mut Batch<O>,
+        failed: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+        limit: usize,
+    ) {
+        let _ = limit;
+        self.apply(std::mem::take(input).collect(), out, failed, t);
+    }
 
     /// One more attempt at a failed item (only fallible ops fail).
     fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Attempt<I> {
@@ -187,6 +213,26 @@ where
             push_derived((self.0)(e.value), e.ack, out, t);
         }
     }
+
+    fn expands(&self) -> bool {
+        true
+    }
+
+    fn apply_some(
+        &self,
+        input: &mut vec::IntoIter<Envelope<I>>,
+        out: &mut Batch<O>,
+        _: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+        limit: usize,
+    ) {
+        for e in input.by_ref() {
+            push_derived((self.0)(e.value), e.ack, out, t);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
 }
 
 impl<F, I, E> ItemOp<I, I> for TryFilter<F, I>
@@ -243,6 +289,27 @@ where
         for e in batch {
             let attempt = self.retry(e, out, t);
             failed_at(attempt, out, failed);
+        }
+    }
+
+    fn expands(&self) -> bool {
+        true
+    }
+
+    fn apply_some(
+        &self,
+        input: &mut vec::IntoIter<Envelope<I>>,
+        out: &mut Batch<O>,
+        failed: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+        limit: usize,
+    ) {
+        for e in input.by_ref() {
+            let attempt = self.retry(e, out, t);
+            failed_at(attempt, out, failed);
+            if out.len() >= limit {
+                break;
+            }
         }
     }
 

@@ -91,14 +91,20 @@ impl StageCtx {
         }
     }
 
-    /// Sends items to the dead-letter output, marking their acks.
+    /// Sends items to the dead-letter output (their acks already marked by
+    /// [`letter`](Self::letter)).
     pub async fn dead_letter(&self, letters: Batch<DeadLetter>) -> Result<(), BoxError> {
         if letters.is_empty() {
             return Ok(());
         }
         StageMetrics::add(&self.metrics.dead_lettered, letters.len());
-        if self.dead_letters.send(letters).await.is_err() {
-            return self.stopped();
+        // In batches of at most batch_size, like every other edge.
+        let mut letters = letters.into_iter();
+        while letters.len() > 0 {
+            let chunk: Batch<DeadLetter> = letters.by_ref().take(self.batch_size).collect();
+            if self.dead_letters.send(chunk).await.is_err() {
+                return self.stopped();
+            }
         }
         Ok(())
     }
@@ -221,15 +227,50 @@ impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
 
     /// Applies the stage to one batch and hands on what is ready.
     pub async fn process(&mut self, batch: Batch<I>) -> Result<(), Halt> {
-        let m = &*self.ctx.metrics;
         if self.ctx.abort.is_cancelled() {
-            abandon(batch, m);
+            abandon(batch, &self.ctx.metrics);
             return Err(Halt::Stopped);
         }
-        let t0 = self.clock.start();
-        let mut out = Vec::new();
-        let mut t = Tally::default();
-        self.op.apply(batch, &mut out, &mut self.failed, &mut t);
+        if !self.op.expands() {
+            let t0 = self.clock.start();
+            let mut out = Vec::new();
+            let mut t = Tally::default();
+            self.op.apply(batch, &mut out, &mut self.failed, &mut t);
+            return self.hand_on(out, t, t0).await;
+        }
+        // A slice at a time, so that one batch of inputs never becomes
+        // batch_size times their expansion in memory at once.
+        let mut input = batch.into_iter();
+        while input.len() > 0 {
+            if self.ctx.abort.is_cancelled() {
+                abandon(input.collect(), &self.ctx.metrics);
+                return Err(Halt::Stopped);
+            }
+            let t0 = self.clock.start();
+            let mut out = Vec::new();
+            let mut t = Tally::default();
+            let limit = self.ctx.batch_size;
+            self.op
+                .apply_some(&mut input, &mut out, &mut self.failed, &mut t, limit);
+            if let Err(h) = self.hand_on(out, t, t0).await {
+                if let Halt::Stopped = h {
+                    abandon(input.collect(), &self.ctx.metrics);
+                }
+                return Err(h);
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles the failures of what was just applied, counts it, and hands
+    /// the outputs to the emitter.
+    async fn hand_on(
+        &mut self,
+        mut out: Batch<O>,
+        mut t: Tally,
+        t0: Option<Instant>,
+    ) -> Result<(), Halt> {
+        let m = &*self.ctx.metrics;
         if !self.failed.is_empty() {
             settle_failures(&*self.op, &mut self.failed, &mut out, &mut t, &self.ctx)
                 .await

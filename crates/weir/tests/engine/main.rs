@@ -6,6 +6,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 mod acks;
+mod bounds;
 mod errors;
 mod fan_in;
 mod fan_out;
