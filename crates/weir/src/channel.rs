@@ -422,13 +422,30 @@ pub(crate) async fn recv<T>(rx: &Rx<T>, metrics: &StageMetrics) -> Option<Batch<
     Some(batch)
 }
 
+/// Why an item was dropped in flight when the run aborted.
+pub(crate) const ABORTED: &str = "pipeline aborted before the item was committed";
+
 /// Abandons a batch because the run is aborting: the items are counted as
 /// dropped and their acks fail.
 pub(crate) fn abandon<T>(batch: Batch<T>, metrics: &StageMetrics) {
-    StageMetrics::add(&metrics.dropped, batch.len());
-    for e in batch {
+    drop_items(batch, metrics, ABORTED);
+}
+
+/// Counts items a stage received and will never finish as dropped, and
+/// fails their acks with `reason`, so that the stage still balances
+/// (`received = ok + filtered + dead_lettered + dropped`) and the source
+/// learns why.
+pub(crate) fn drop_items<T>(
+    items: impl IntoIterator<Item = Envelope<T>>,
+    metrics: &StageMetrics,
+    reason: &str,
+) {
+    let mut n = 0;
+    for e in items {
+        n += 1;
         if let Some(a) = e.ack {
-            a.fail("pipeline aborted before the item was committed");
+            a.fail(reason);
         }
     }
+    StageMetrics::add(&metrics.dropped, n);
 }

@@ -5,6 +5,7 @@
 // `x % n == 0` reads as the arithmetic the tests mean.
 #![allow(clippy::manual_is_multiple_of)]
 
+mod accounting;
 mod acks;
 mod bounds;
 mod errors;
