@@ -149,7 +149,10 @@ pub struct StageReport {
     pub filtered: u64,
     /// Items sent to the dead-letter output.
     pub dead_lettered: u64,
-    /// Items abandoned in flight because the run was aborted.
+    /// Items the stage received and gave up on because the run failed or
+    /// was aborted (calls in flight, items waiting for a retry, the rest of
+    /// a batch whose item failed fatally, what a failed sink did not
+    /// commit); their acks failed.
     pub dropped: u64,
     /// Retry attempts made (not counting first attempts).
     pub retries: u64,
