@@ -9,7 +9,13 @@
 //! downstream side fills in later with a channel or a fan-out policy. At run
 //! time each worker resolves its slot into a [`Router`] (which leaf or leaves
 //! an item goes to) and an [`Emitter`] with one buffer per leaf.
+//!
+//! The bound of an edge is in batches, so it bounds memory only if batches
+//! are bounded too: the [`Emitter`] never sends more than `batch_size` items
+//! at once, however many a stage hands it (a `flat_map` that yields a
+//! thousand items per input, an aggregate that flushes every group).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -262,37 +268,40 @@ impl<T> Emitter<T> {
         self.leaves.iter().any(|l| self.ready(l, false))
     }
 
-    /// Sends full buffers, or every non-empty one when `all`. Waits while an
-    /// edge is full (backpressure); that wait is counted as output wait.
+    /// Sends full buffers, or every non-empty one when `all`, in batches of
+    /// at most `batch_size` items (a remainder smaller than a batch stays
+    /// for later unless `all`). Waits while an edge is full (backpressure);
+    /// that wait is counted as output wait.
     ///
     /// # Errors
     /// [`Halt::Stopped`] when an edge was closed because the run is
     /// aborting (the items not sent are dropped, so their acks fail);
     /// [`Halt::Failed`] when a fused consumer failed.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a batch being sent is lost if the future is dropped.
+    /// No caller polls it inside a `select!`.
     pub async fn flush(&mut self, all: bool) -> Result<(), Halt> {
+        let size = self.batch_size;
         for i in 0..self.leaves.len() {
             if !self.ready(&self.leaves[i], all) {
                 continue;
             }
             let leaf = &mut self.leaves[i];
-            let batch = std::mem::take(&mut leaf.buf);
-            let n = batch.len();
-            match &mut leaf.out {
-                LeafOut::Direct(d) => d.consume(batch).await?,
-                LeafOut::Chan(tx) => match tx.try_send(batch) {
-                    Ok(()) => {}
-                    Err(async_channel::TrySendError::Full(batch)) => {
-                        let t = Instant::now();
-                        self.metrics.waiting_output_now.fetch_add(1, Relaxed);
-                        let r = tx.send(batch).await;
-                        self.metrics.waiting_output_now.fetch_sub(1, Relaxed);
-                        StageMetrics::time(&self.metrics.wait_output_ns, t.elapsed());
-                        r.map_err(|_| Halt::Stopped)?;
-                    }
-                    Err(async_channel::TrySendError::Closed(_)) => return Err(Halt::Stopped),
-                },
+            // A fused consumer takes everything now: it has no queue to fill.
+            let every = all || matches!(leaf.out, LeafOut::Direct(_));
+            let buf = std::mem::take(&mut leaf.buf);
+            if buf.len() <= size {
+                // The common case: one batch, sent as it is, without a copy.
+                send(&mut leaf.out, buf, &self.metrics).await?;
+                continue;
             }
-            StageMetrics::add(&self.metrics.emitted, n);
+            let mut rest = buf.into_iter();
+            while rest.len() >= size || (every && rest.len() > 0) {
+                let chunk: Batch<T> = rest.by_ref().take(size).collect();
+                send(&mut leaf.out, chunk, &self.metrics).await?;
+            }
+            leaf.buf = rest.collect();
         }
         Ok(())
     }
@@ -312,6 +321,56 @@ impl<T> Emitter<T> {
     /// Items buffered but not yet sent.
     pub fn pending(&self) -> usize {
         self.leaves.iter().map(|l| l.buf.len()).sum()
+    }
+}
+
+/// Sends one batch (at most `batch_size` items) to one leaf.
+async fn send<T>(
+    out: &mut LeafOut<T>,
+    batch: Batch<T>,
+    metrics: &StageMetrics,
+) -> Result<(), Halt> {
+    let n = batch.len();
+    match out {
+        LeafOut::Direct(d) => d.consume(batch).await?,
+        LeafOut::Chan(tx) => match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(async_channel::TrySendError::Full(batch)) => {
+                let _waiting = Waiting::start(&metrics.waiting_output_now, &metrics.wait_output_ns);
+                tx.send(batch).await.map_err(|_| Halt::Stopped)?;
+            }
+            Err(async_channel::TrySendError::Closed(_)) => return Err(Halt::Stopped),
+        },
+    }
+    StageMetrics::add(&metrics.emitted, n);
+    Ok(())
+}
+
+/// Marks a worker as waiting (for input, or for room downstream) for as long
+/// as it lives, and adds the time waited when it goes. A guard rather than a
+/// decrement after the `.await`: a wait inside a `select!` is dropped when
+/// another branch wins, and the mark must go with it.
+struct Waiting<'a> {
+    now: &'a AtomicU64,
+    total_ns: &'a AtomicU64,
+    since: Instant,
+}
+
+impl<'a> Waiting<'a> {
+    fn start(now: &'a AtomicU64, total_ns: &'a AtomicU64) -> Self {
+        now.fetch_add(1, Relaxed);
+        Waiting {
+            now,
+            total_ns,
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.now.fetch_sub(1, Relaxed);
+        StageMetrics::time(self.total_ns, self.since.elapsed());
     }
 }
 
@@ -345,17 +404,17 @@ fn route<T>(router: &Router<T>, leaves: &mut [Leaf<T>], e: Envelope<T>) {
 
 /// Waits for the next batch, counting the wait and sampling the queue.
 /// `None` when the edge is closed and empty.
+///
+/// # Cancel safety
+/// Cancel safe: dropped before it returns, it has taken no batch (the
+/// channel's `recv` is cancel safe) and it takes its waiting mark back.
 pub(crate) async fn recv<T>(rx: &Rx<T>, metrics: &StageMetrics) -> Option<Batch<T>> {
     let batch = match rx.try_recv() {
         Ok(b) => b,
         Err(async_channel::TryRecvError::Closed) => return None,
         Err(async_channel::TryRecvError::Empty) => {
-            let t = Instant::now();
-            metrics.waiting_input_now.fetch_add(1, Relaxed);
-            let r = rx.recv().await;
-            metrics.waiting_input_now.fetch_sub(1, Relaxed);
-            StageMetrics::time(&metrics.wait_input_ns, t.elapsed());
-            r.ok()?
+            let _waiting = Waiting::start(&metrics.waiting_input_now, &metrics.wait_input_ns);
+            rx.recv().await.ok()?
         }
     };
     metrics.sample_queue(rx.len());
@@ -363,13 +422,30 @@ pub(crate) async fn recv<T>(rx: &Rx<T>, metrics: &StageMetrics) -> Option<Batch<
     Some(batch)
 }
 
+/// Why an item was dropped in flight when the run aborted.
+pub(crate) const ABORTED: &str = "pipeline aborted before the item was committed";
+
 /// Abandons a batch because the run is aborting: the items are counted as
 /// dropped and their acks fail.
 pub(crate) fn abandon<T>(batch: Batch<T>, metrics: &StageMetrics) {
-    StageMetrics::add(&metrics.dropped, batch.len());
-    for e in batch {
+    drop_items(batch, metrics, ABORTED);
+}
+
+/// Counts items a stage received and will never finish as dropped, and
+/// fails their acks with `reason`, so that the stage still balances
+/// (`received = ok + filtered + dead_lettered + dropped`) and the source
+/// learns why.
+pub(crate) fn drop_items<T>(
+    items: impl IntoIterator<Item = Envelope<T>>,
+    metrics: &StageMetrics,
+    reason: &str,
+) {
+    let mut n = 0;
+    for e in items {
+        n += 1;
         if let Some(a) = e.ack {
-            a.fail("pipeline aborted before the item was committed");
+            a.fail(reason);
         }
     }
+    StageMetrics::add(&metrics.dropped, n);
 }

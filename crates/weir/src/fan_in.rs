@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ack::Ack;
-use crate::channel::{Emitter, Envelope, Rx, abandon, recv, resolve};
+use crate::channel::{Emitter, Envelope, Halt, Rx, abandon, recv, resolve};
 use crate::error::BoxError;
 use crate::metrics::{BusyClock, StageMetrics};
 use crate::pipeline::Flow;
@@ -176,7 +176,9 @@ where
                 Some(t) => tokio::select! {
                     b = recv(&rx, m) => b,
                     _ = t.tick() => {
-                        self.emit_all(&mut em);
+                        if let Err(h) = self.emit_all(&mut em).await {
+                            return ctx.halted(h);
+                        }
                         if let Err(h) = em.flush(true).await {
                             return ctx.halted(h);
                         }
@@ -201,7 +203,9 @@ where
                 return ctx.halted(h);
             }
         }
-        self.emit_all(&mut em);
+        if let Err(h) = self.emit_all(&mut em).await {
+            return ctx.halted(h);
+        }
         match em.close().await {
             Ok(()) => Ok(()),
             Err(h) => ctx.halted(h),
@@ -251,7 +255,10 @@ where
         }
     }
 
-    fn emit_all(&mut self, em: &mut Emitter<(K, A)>) {
+    /// Emits every open group, sending each batch as it fills: the groups
+    /// are in memory already, but the edge must not get them all as one
+    /// batch.
+    async fn emit_all(&mut self, em: &mut Emitter<(K, A)>) -> Result<(), Halt> {
         let mut groups: Vec<(K, Group<A>)> = self.groups.drain().collect();
         groups.sort_unstable_by_key(|(_, g)| g.first_seen);
         // A whole-input aggregate: every group carries a fork of one ack
@@ -264,10 +271,16 @@ where
                 env.ack = Some(s.fork());
             }
             em.push(env);
+            if em.has_full() {
+                // On failure the shared ack is dropped unsettled: the inputs'
+                // acks fail, as they must for groups never committed.
+                em.flush(false).await?;
+            }
         }
         if let Some(s) = shared {
             s.deliver();
         }
+        Ok(())
     }
 }
 

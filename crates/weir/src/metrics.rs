@@ -149,7 +149,10 @@ pub struct StageReport {
     pub filtered: u64,
     /// Items sent to the dead-letter output.
     pub dead_lettered: u64,
-    /// Items abandoned in flight because the run was aborted.
+    /// Items the stage received and gave up on because the run failed or
+    /// was aborted (calls in flight, items waiting for a retry, the rest of
+    /// a batch whose item failed fatally, what a failed sink did not
+    /// commit); their acks failed.
     pub dropped: u64,
     /// Retry attempts made (not counting first attempts).
     pub retries: u64,
@@ -157,11 +160,14 @@ pub struct StageReport {
     /// async stage: the summed duration of its calls (with 100 calls in
     /// flight it grows 100 times faster than the clock).
     pub busy: Duration,
-    /// Time workers waited for input, summed over workers.
+    /// Time workers waited for input, summed over workers. A wait that
+    /// ended because something else woke the worker (a window's timer, an
+    /// async call finishing) counts up to that moment.
     pub waiting_for_input: Duration,
     /// Time workers waited for room downstream (backpressure), summed.
     pub waiting_for_output: Duration,
-    /// Workers waiting for input right now (starved).
+    /// Workers waiting for input right now (starved); at most `workers`,
+    /// and 0 once the run ended.
     pub workers_waiting_for_input: u64,
     /// Workers waiting for room downstream right now (backpressured).
     pub workers_waiting_for_output: u64,

@@ -4,9 +4,16 @@
 //! Each op is monomorphised over the user's closure, so the inner loop over a
 //! batch compiles to a plain loop; the worker calls it through one virtual
 //! call per batch. Fallible functions borrow their input, so a failed item is
-//! still there to retry or to dead-letter.
+//! still there to retry or to dead-letter; a failure remembers where its
+//! outputs belong, so a retry that succeeds later does not reorder the batch.
+//!
+//! `flat_map` can yield any number of outputs per input, so its worker
+//! applies it a slice of the batch at a time ([`ItemOp::apply_some`]) and
+//! sends each slice's outputs before it makes more: a stage holds about one
+//! batch of outputs, not a batch's worth of expansions.
 
 use std::marker::PhantomData;
+use std::vec;
 
 use crate::ack::Ack;
 use crate::channel::{Batch, Envelope};
@@ -19,8 +26,17 @@ pub(crate) struct Tally {
     pub filtered: usize,
 }
 
-/// An item whose function failed, with the error.
-pub(crate) type Failure<I> = (Envelope<I>, BoxError);
+/// An attempt that failed: the item back, and the error.
+pub(crate) type Attempt<I> = Result<(), (Envelope<I>, BoxError)>;
+
+/// An item whose function failed.
+pub(crate) struct Failure<I> {
+    pub item: Envelope<I>,
+    pub error: BoxError,
+    /// Where its outputs belong if a retry succeeds: the length of the
+    /// output batch when it failed (the outputs of the items before it).
+    pub at: usize,
+}
 
 /// A sync stage function over batches.
 pub(crate) trait ItemOp<I, O>: Send + Sync + 'static {
@@ -34,10 +50,42 @@ pub(crate) trait ItemOp<I, O>: Send + Sync + 'static {
         t: &mut Tally,
     );
 
+    /// True when one input may yield many outputs: the worker then applies
+    /// the op with [`apply_some`](Self::apply_some).
+    fn expands(&self) -> bool {
+        false
+    }
+
+    /// Applies the function to items of `input` until `out` holds at least
+    /// `limit` items or `input` is empty; the rest stays in `input`.
+    fn apply_some(
+        &self,
+        input: &mut vec::IntoIter<Envelope<I>>,
+        out: &mut Batch<O>,
+        failed: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+        limit: usize,
+    ) {
+        let _ = limit;
+        self.apply(std::mem::take(input).collect(), out, failed, t);
+    }
+
     /// One more attempt at a failed item (only fallible ops fail).
-    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Result<(), Failure<I>> {
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Attempt<I> {
         let _ = (out, t);
         Err((e, "this stage cannot retry".into()))
+    }
+}
+
+/// Records a failed attempt made while filling `out`.
+#[inline]
+fn failed_at<I, O>(attempt: Attempt<I>, out: &Batch<O>, failed: &mut Vec<Failure<I>>) {
+    if let Err((item, error)) = attempt {
+        failed.push(Failure {
+            item,
+            error,
+            at: out.len(),
+        });
     }
 }
 
@@ -165,6 +213,26 @@ where
             push_derived((self.0)(e.value), e.ack, out, t);
         }
     }
+
+    fn expands(&self) -> bool {
+        true
+    }
+
+    fn apply_some(
+        &self,
+        input: &mut vec::IntoIter<Envelope<I>>,
+        out: &mut Batch<O>,
+        _: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+        limit: usize,
+    ) {
+        for e in input.by_ref() {
+            push_derived((self.0)(e.value), e.ack, out, t);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
 }
 
 impl<F, I, E> ItemOp<I, I> for TryFilter<F, I>
@@ -181,13 +249,12 @@ where
         t: &mut Tally,
     ) {
         for e in batch {
-            if let Err(f) = self.retry(e, out, t) {
-                failed.push(f);
-            }
+            let attempt = self.retry(e, out, t);
+            failed_at(attempt, out, failed);
         }
     }
 
-    fn retry(&self, e: Envelope<I>, out: &mut Batch<I>, t: &mut Tally) -> Result<(), Failure<I>> {
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<I>, t: &mut Tally) -> Attempt<I> {
         match (self.0)(&e.value) {
             Ok(true) => {
                 t.ok += 1;
@@ -220,13 +287,33 @@ where
         t: &mut Tally,
     ) {
         for e in batch {
-            if let Err(f) = self.retry(e, out, t) {
-                failed.push(f);
+            let attempt = self.retry(e, out, t);
+            failed_at(attempt, out, failed);
+        }
+    }
+
+    fn expands(&self) -> bool {
+        true
+    }
+
+    fn apply_some(
+        &self,
+        input: &mut vec::IntoIter<Envelope<I>>,
+        out: &mut Batch<O>,
+        failed: &mut Vec<Failure<I>>,
+        t: &mut Tally,
+        limit: usize,
+    ) {
+        for e in input.by_ref() {
+            let attempt = self.retry(e, out, t);
+            failed_at(attempt, out, failed);
+            if out.len() >= limit {
+                break;
             }
         }
     }
 
-    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Result<(), Failure<I>> {
+    fn retry(&self, e: Envelope<I>, out: &mut Batch<O>, t: &mut Tally) -> Attempt<I> {
         match (self.0)(&e.value) {
             Ok(outs) => {
                 push_derived(outs, e.ack, out, t);

@@ -328,10 +328,16 @@ impl<T: Send + 'static> Flow<T> {
         })
     }
 
-    /// Batches an ordered pool may hold beyond its oldest unfinished one
-    /// (default: 4 per worker). When one item is slow, the other workers
-    /// go on until the window is full, then wait: memory stays at
-    /// `window * batch_size` items, never more.
+    /// Batches an ordered pool may have taken and not yet emitted, the
+    /// oldest unfinished one included (default: 4 per worker). When one
+    /// item is slow, the other workers go on until the window is full, then
+    /// wait: the pool holds at most `batches` input batches and their
+    /// outputs, never more.
+    ///
+    /// The window is honoured exactly. Below the worker count it also caps
+    /// how many workers are busy at once (`reorder_window(1)` runs one
+    /// batch at a time): memory is what it bounds, and the caller asked for
+    /// that bound.
     pub fn reorder_window(self, batches: usize) -> Self {
         self.set("reorder_window()", |node| {
             if batches == 0 {

@@ -14,7 +14,15 @@
 //!   calls outstanding). Ordered mode completes them in input order.
 //!
 //! Every loop applies the stage's [`ErrorPolicy`] the same way, through
-//! [`settle_failures`].
+//! [`settle_failures`]: a retried item's outputs take the place of the item
+//! in its batch, so retries never reorder a one-worker stage or an ordered
+//! pool.
+//!
+//! Every item a worker received ends counted as ok, filtered, dead-lettered
+//! or dropped, whichever way the worker stops: a fatal error, an abort
+//! during a retry's backoff or during an async call. Items it gives up on
+//! are counted as dropped and their acks fail with the reason
+//! ([`drop_items`]); the report then balances even for a failed run.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -29,7 +37,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{Ack, AckOutcome};
-use crate::channel::{Batch, Downstream, Emitter, Envelope, Halt, Rx, Tx, abandon, recv};
+use crate::channel::{
+    ABORTED, Batch, Downstream, Emitter, Envelope, Halt, Rx, Tx, abandon, drop_items, recv,
+};
 use crate::dead_letter::DeadLetter;
 use crate::error::{BoxError, StageFailure, panic_message};
 use crate::metrics::{BusyClock, StageMetrics};
@@ -89,16 +99,36 @@ impl StageCtx {
         }
     }
 
-    /// Sends items to the dead-letter output, marking their acks.
+    /// Sends items to the dead-letter output (their acks already marked by
+    /// [`letter`](Self::letter)), in batches of at most `batch_size`. They
+    /// count as dead-lettered once the dead-letter edge took them; if it is
+    /// closed (the run is aborting) they count as dropped instead.
     pub async fn dead_letter(&self, letters: Batch<DeadLetter>) -> Result<(), BoxError> {
         if letters.is_empty() {
             return Ok(());
         }
-        StageMetrics::add(&self.metrics.dead_lettered, letters.len());
-        if self.dead_letters.send(letters).await.is_err() {
-            return self.stopped();
+        let mut letters = letters.into_iter();
+        while letters.len() > 0 {
+            let chunk: Batch<DeadLetter> = letters.by_ref().take(self.batch_size).collect();
+            let n = chunk.len();
+            if let Err(async_channel::SendError(back)) = self.dead_letters.send(chunk).await {
+                drop_items(back.into_iter().chain(letters), &self.metrics, ABORTED);
+                return self.stopped();
+            }
+            StageMetrics::add(&self.metrics.dead_lettered, n);
         }
         Ok(())
+    }
+
+    /// Counts `items` as dropped because this stage failed on an item (the
+    /// run is about to abort), failing their acks with the error.
+    pub fn drop_on_failure<T>(&self, items: impl IntoIterator<Item = Envelope<T>>, err: &BoxError) {
+        let reason = format!(
+            "stage '{}' failed: {}",
+            self.name,
+            crate::dead_letter::error_chain(err.as_ref())
+        );
+        drop_items(items, &self.metrics, &reason);
     }
 
     /// Wraps one failed item as a dead letter.
@@ -132,37 +162,81 @@ impl StageCtx {
     }
 }
 
-/// Applies the error policy to the failures of one batch: retries them (their
-/// outputs join `out`), then dead-letters what still fails, or returns the
-/// fatal error under [`ErrorPolicy::Fail`].
+/// Applies the error policy to the failures of one batch (or slice): retries
+/// each in turn, putting the outputs of a retry that succeeds where the item
+/// stood in `out`; dead-letters what still fails; under
+/// [`ErrorPolicy::Fail`] returns the error.
+///
+/// # Errors
+/// [`Halt::Failed`] under `Fail`, [`Halt::Stopped`] when the run aborted
+/// during a backoff. Either way every failure not settled is counted as
+/// dropped with its ack failed; the outputs already in `out` are counted in
+/// `t` as usual.
 async fn settle_failures<I: Send + 'static, O: 'static>(
     op: &dyn ItemOp<I, O>,
     failed: &mut Vec<Failure<I>>,
     out: &mut Batch<O>,
     t: &mut Tally,
     ctx: &StageCtx,
-) -> Result<(), BoxError> {
+) -> Result<(), Halt> {
     let max = ctx.options.max_attempts();
     let mut letters = Vec::new();
-    'items: for (first, first_err) in failed.drain(..) {
-        let (mut e, mut err) = (first, first_err);
+    // Outputs of retries that succeeded, with where they go in `out`.
+    let mut retried: Vec<(usize, Batch<O>)> = Vec::new();
+    let mut halt = None;
+    let mut pending = failed.drain(..);
+    'items: for Failure { item, error, at } in pending.by_ref() {
+        let (mut e, mut err) = (item, error);
         let mut attempts = 1;
         while attempts < max {
             if !ctx.backoff(attempts).await {
-                return Ok(());
+                drop_items([e], &ctx.metrics, ABORTED);
+                halt = Some(Halt::Stopped);
+                break 'items;
             }
             attempts += 1;
-            match op.retry(e, out, t) {
-                Ok(()) => continue 'items,
+            let mut outs = Vec::new();
+            match op.retry(e, &mut outs, t) {
+                Ok(()) => {
+                    retried.push((at, outs));
+                    continue 'items;
+                }
                 Err((back, why)) => (e, err) = (back, why),
             }
         }
         if matches!(ctx.options.on_error, ErrorPolicy::Fail) {
-            return Err(err);
+            ctx.drop_on_failure([e], &err);
+            halt = Some(Halt::Failed(err));
+            break;
         }
         letters.push(ctx.letter(e.ack, e.value, &err, attempts));
     }
-    ctx.dead_letter(letters).await
+    match &halt {
+        Some(Halt::Failed(err)) => ctx.drop_on_failure(pending.map(|f| f.item), err),
+        Some(Halt::Stopped) => drop_items(pending.map(|f| f.item), &ctx.metrics, ABORTED),
+        None => {}
+    }
+    if !retried.is_empty() {
+        *out = put_back(std::mem::take(out), retried);
+    }
+    ctx.dead_letter(letters).await.map_err(Halt::Failed)?;
+    halt.map_or(Ok(()), Err)
+}
+
+/// Merges the outputs of retried items into a batch at their positions
+/// (given in order, as positions in `out` before any insertion).
+fn put_back<O>(out: Batch<O>, retried: Vec<(usize, Batch<O>)>) -> Batch<O> {
+    let extra: usize = retried.iter().map(|(_, v)| v.len()).sum();
+    let mut merged = Vec::with_capacity(out.len() + extra);
+    let mut rest = out.into_iter();
+    let mut taken = 0;
+    for (at, mut outs) in retried {
+        merged.extend(rest.by_ref().take(at - taken));
+        taken = at;
+        merged.append(&mut outs);
+    }
+    merged.extend(rest);
+    merged
 }
 
 fn tally(m: &StageMetrics, t: Tally) {
@@ -193,22 +267,59 @@ impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
 
     /// Applies the stage to one batch and hands on what is ready.
     pub async fn process(&mut self, batch: Batch<I>) -> Result<(), Halt> {
-        let m = &*self.ctx.metrics;
         if self.ctx.abort.is_cancelled() {
-            abandon(batch, m);
+            abandon(batch, &self.ctx.metrics);
             return Err(Halt::Stopped);
         }
-        let t0 = self.clock.start();
-        let mut out = Vec::new();
-        let mut t = Tally::default();
-        self.op.apply(batch, &mut out, &mut self.failed, &mut t);
-        if !self.failed.is_empty() {
-            settle_failures(&*self.op, &mut self.failed, &mut out, &mut t, &self.ctx)
-                .await
-                .map_err(Halt::Failed)?;
+        if !self.op.expands() {
+            let t0 = self.clock.start();
+            let mut out = Vec::new();
+            let mut t = Tally::default();
+            self.op.apply(batch, &mut out, &mut self.failed, &mut t);
+            return self.hand_on(out, t, t0).await;
         }
+        // A slice at a time, so that one batch of inputs never becomes
+        // batch_size times their expansion in memory at once.
+        let mut input = batch.into_iter();
+        while input.len() > 0 {
+            if self.ctx.abort.is_cancelled() {
+                abandon(input.collect(), &self.ctx.metrics);
+                return Err(Halt::Stopped);
+            }
+            let t0 = self.clock.start();
+            let mut out = Vec::new();
+            let mut t = Tally::default();
+            let limit = self.ctx.batch_size;
+            self.op
+                .apply_some(&mut input, &mut out, &mut self.failed, &mut t, limit);
+            if let Err(h) = self.hand_on(out, t, t0).await {
+                match &h {
+                    Halt::Stopped => abandon(input.collect(), &self.ctx.metrics),
+                    Halt::Failed(err) => self.ctx.drop_on_failure(input, err),
+                }
+                return Err(h);
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles the failures of what was just applied, counts it, and hands
+    /// the outputs to the emitter.
+    async fn hand_on(
+        &mut self,
+        mut out: Batch<O>,
+        mut t: Tally,
+        t0: Option<Instant>,
+    ) -> Result<(), Halt> {
+        let m = &*self.ctx.metrics;
+        let settled = if self.failed.is_empty() {
+            Ok(())
+        } else {
+            settle_failures(&*self.op, &mut self.failed, &mut out, &mut t, &self.ctx).await
+        };
         tally(m, t);
         BusyClock::stop(m, t0);
+        settled?;
         self.em.push_batch(out);
         if self.em.has_full() {
             self.em.flush(false).await?;
@@ -294,6 +405,10 @@ pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
         let (n, batch) = {
             let mut next = seq.next.lock().await;
             let Some(batch) = recv(&rx, m).await else {
+                // No batch to go with the permit: give it back, or a worker
+                // still waiting for one would never learn that input ended
+                // (with fewer permits than workers, it would wait for ever).
+                seq.window.add_permits(1);
                 break;
             };
             let n = *next;
@@ -308,11 +423,16 @@ pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
         let mut out = Vec::with_capacity(batch.len());
         let mut t = Tally::default();
         op.apply(batch, &mut out, &mut failed, &mut t);
-        if !failed.is_empty() {
-            settle_failures(&*op, &mut failed, &mut out, &mut t, &ctx).await?;
-        }
+        let settled = if failed.is_empty() {
+            Ok(())
+        } else {
+            settle_failures(&*op, &mut failed, &mut out, &mut t, &ctx).await
+        };
         tally(m, t);
         BusyClock::stop(m, t0);
+        if let Err(h) = settled {
+            return ctx.halted(h);
+        }
         if to_reorder.send((n, out)).await.is_err() {
             return ctx.stopped();
         }
@@ -370,7 +490,15 @@ pub(crate) type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// How one item fared in an async pool.
 struct Done<I, O> {
     ack: Option<Ack>,
-    result: Result<O, (Option<I>, BoxError, u32)>,
+    result: Outcome<I, O>,
+}
+
+enum Outcome<I, O> {
+    Ok(O),
+    /// Failed for good after `attempts`; the item, when it could be kept.
+    Failed(Option<I>, BoxError, u32),
+    /// The run aborted while the item waited to be retried.
+    Interrupted,
 }
 
 fn item_future<I: Send + 'static, O: Send + 'static>(
@@ -392,12 +520,15 @@ fn item_future<I: Send + 'static, O: Send + 'static>(
                 _ => value.take().expect("called once"),
             };
             match (f.call)(arg).await {
-                Ok(o) => break Ok(o),
+                Ok(o) => break Outcome::Ok(o),
                 Err(err) => {
-                    if attempts < max && value.is_some() && ctx.backoff(attempts).await {
-                        continue;
+                    if attempts < max && value.is_some() {
+                        if ctx.backoff(attempts).await {
+                            continue;
+                        }
+                        break Outcome::Interrupted;
                     }
-                    break Err((value.take(), err, attempts));
+                    break Outcome::Failed(value.take(), err, attempts);
                 }
             }
         };
@@ -450,35 +581,41 @@ pub(crate) async fn async_pool<I: Send + 'static, O: Send + 'static>(
         InFlight::Unordered(FuturesUnordered::new())
     };
     let mut open = true;
-    loop {
+    let ended: Result<(), Halt> = loop {
         while inflight.len() < limit {
             let Some(e) = queue.pop_front() else { break };
             inflight.push(item_future(f.clone(), e, ctx.clone()));
         }
         if !open && queue.is_empty() && inflight.len() == 0 {
-            break;
+            break em.close().await;
         }
         let want_input = open && queue.is_empty();
         let busy = inflight.len() > 0;
         tokio::select! {
             biased;
-            _ = ctx.abort.cancelled() => {
-                abandon(queue.into_iter().collect(), m);
-                return Ok(());
-            }
+            _ = ctx.abort.cancelled() => break Err(Halt::Stopped),
             done = inflight.next(), if busy => {
                 let mut letters = Vec::new();
                 let mut next = done;
+                let mut fatal = None;
                 while let Some(d) = next {
-                    finish_item(d, &mut em, &mut letters, &ctx)?;
+                    if let Err(h) = finish_item(d, &mut em, &mut letters, &ctx) {
+                        fatal = Some(h);
+                        break;
+                    }
                     next = inflight.next().now_or_never().flatten();
                 }
-                ctx.dead_letter(letters).await?;
+                if let Err(e) = ctx.dead_letter(letters).await {
+                    break Err(Halt::Failed(e));
+                }
+                if let Some(h) = fatal {
+                    break Err(h);
+                }
                 // Nothing else is ready: send what we have rather than sit on it.
                 if em.pending() > 0
                     && let Err(h) = em.flush(true).await
                 {
-                    return ctx.halted(h);
+                    break Err(h);
                 }
             }
             batch = recv(&rx, m), if want_input => match batch {
@@ -486,11 +623,16 @@ pub(crate) async fn async_pool<I: Send + 'static, O: Send + 'static>(
                 None => open = false,
             },
         }
+    };
+    // What is still in flight or queued was received and will never finish.
+    // Dropping a call fails its item's ack.
+    StageMetrics::add(&m.dropped, inflight.len());
+    drop(inflight);
+    match &ended {
+        Err(Halt::Failed(err)) => ctx.drop_on_failure(queue, err),
+        _ => drop_items(queue, m, ABORTED),
     }
-    match em.close().await {
-        Ok(()) => Ok(()),
-        Err(h) => ctx.halted(h),
-    }
+    ended.or_else(|h| ctx.halted(h))
 }
 
 fn finish_item<I: Send + 'static, O>(
@@ -498,14 +640,33 @@ fn finish_item<I: Send + 'static, O>(
     em: &mut Emitter<O>,
     letters: &mut Batch<DeadLetter>,
     ctx: &StageCtx,
-) -> Result<(), BoxError> {
+) -> Result<(), Halt> {
     match d.result {
-        Ok(value) => {
+        Outcome::Ok(value) => {
             StageMetrics::add(&ctx.metrics.ok, 1);
             em.push(Envelope { value, ack: d.ack });
         }
-        Err((item, err, attempts)) => match (&ctx.options.on_error, item) {
-            (ErrorPolicy::Fail, _) => return Err(err),
+        Outcome::Interrupted => {
+            drop_items(
+                [Envelope {
+                    value: (),
+                    ack: d.ack,
+                }],
+                &ctx.metrics,
+                ABORTED,
+            );
+        }
+        Outcome::Failed(item, err, attempts) => match (&ctx.options.on_error, item) {
+            (ErrorPolicy::Fail, _) => {
+                ctx.drop_on_failure(
+                    [Envelope {
+                        value: (),
+                        ack: d.ack,
+                    }],
+                    &err,
+                );
+                return Err(Halt::Failed(err));
+            }
             (_, Some(item)) => letters.push(ctx.letter(d.ack, item, &err, attempts)),
             // The item was consumed by the call (it cannot be cloned): the
             // dead letter carries the error alone.
@@ -513,4 +674,36 @@ fn finish_item<I: Send + 'static, O>(
         },
     }
     Ok(())
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::put_back;
+    use crate::channel::{Batch, Envelope};
+
+    fn batch(v: &[i32]) -> Batch<i32> {
+        v.iter().map(|&x| Envelope::new(x)).collect()
+    }
+
+    fn values(b: Batch<i32>) -> Vec<i32> {
+        b.into_iter().map(|e| e.value).collect()
+    }
+
+    #[test]
+    fn put_back_inserts_at_the_positions_given_before_insertion() {
+        // Outputs of items 0, 2, 3, 5 went out; an item before all of them,
+        // item 1, item 4 (two outputs) and one after the last were retried.
+        let retried = vec![
+            (0, batch(&[-1])),
+            (1, batch(&[1])),
+            (3, batch(&[40, 41])),
+            (4, batch(&[9])),
+        ];
+        assert_eq!(
+            values(put_back(batch(&[0, 2, 3, 5]), retried)),
+            vec![-1, 0, 1, 2, 3, 40, 41, 5, 9]
+        );
+        let two_at_start = vec![(0, batch(&[7])), (0, batch(&[8]))];
+        assert_eq!(values(put_back(batch(&[]), two_at_start)), vec![7, 8]);
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 
 use crate::ack::Ack;
-use crate::channel::{Batch, Downstream, Halt, Rx, abandon, recv};
+use crate::channel::{ABORTED, Batch, Downstream, Envelope, Halt, Rx, abandon, drop_items, recv};
 use crate::error::{BoxError, WriteError};
 use crate::metrics::{BusyClock, StageMetrics};
 use crate::pool::{StageCtx, fused_step};
@@ -151,6 +151,12 @@ impl<T: Send + 'static> Sink<T> for Collect<T> {
 
 /// A sink stage: writes batches, settles acks, applies the error policy.
 /// Runs as its own worker or fused into its producer.
+///
+/// Counts: `ok` is what a write committed. Whatever the sink received and
+/// did not commit is dead-lettered (under a dead-letter or retry policy) or,
+/// when the sink fails for good or the run aborts meanwhile, counted as
+/// dropped with its ack failed; so a failed sink still balances
+/// (`received = ok + dead_lettered + dropped`).
 pub(crate) struct SinkStage<T, S: Sink<T>> {
     sink: Option<S>,
     ctx: Arc<StageCtx>,
@@ -195,6 +201,7 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
         // Position in the original batch of `values[0]`.
         let mut base = 0;
         let mut attempts = 1;
+        let fail = matches!(ctx.options.on_error, ErrorPolicy::Fail);
         loop {
             let n = values.len();
             let (unwritten, err, first_is_bad) = match sink.write(values).await {
@@ -208,25 +215,26 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
             settle_before(&mut acks, base);
             let Some(err) = err else { break };
             values = unwritten;
-            let fail = matches!(ctx.options.on_error, ErrorPolicy::Fail);
+            if fail {
+                // What is left will never be written: count it and fail its
+                // acks with the sink's error before failing the run.
+                ctx.drop_on_failure(unsettled(values, &mut acks, base), &err);
+                return Err(Halt::Failed(err));
+            }
             if values.is_empty() {
-                if fail {
-                    return Err(Halt::Failed(err));
-                }
                 break;
             }
             if first_is_bad {
                 // One item is the problem: retrying cannot help it, and the
                 // items behind it deserve their own attempt.
-                if fail {
-                    return Err(Halt::Failed(err));
-                }
                 let bad = values.remove(0);
                 let ack = take_ack(&mut acks, base);
                 base += 1;
-                ctx.dead_letter(vec![ctx.letter(ack, bad, &err, attempts)])
-                    .await
-                    .map_err(Halt::Failed)?;
+                let letter = ctx.letter(ack, bad, &err, attempts);
+                if let Err(e) = ctx.dead_letter(vec![letter]).await {
+                    ctx.drop_on_failure(unsettled(values, &mut acks, base), &e);
+                    return Err(Halt::Failed(e));
+                }
                 attempts = 1;
                 if values.is_empty() {
                     break;
@@ -235,13 +243,11 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
             }
             if attempts < max {
                 if !ctx.backoff(attempts).await {
+                    drop_items(unsettled(values, &mut acks, base), m, ABORTED);
                     return Err(Halt::Stopped);
                 }
                 attempts += 1;
                 continue;
-            }
-            if fail {
-                return Err(Halt::Failed(err));
             }
             let letters: Batch<_> = values
                 .into_iter()
@@ -288,6 +294,23 @@ fn settle_before(acks: &mut VecDeque<(usize, Ack)>, base: usize) {
             a.deliver();
         }
     }
+}
+
+/// The unwritten items, from position `base` on, as envelopes again (with
+/// their acks), to be dropped.
+fn unsettled<T>(
+    values: Vec<T>,
+    acks: &mut VecDeque<(usize, Ack)>,
+    base: usize,
+) -> impl Iterator<Item = Envelope<T>> {
+    let mut acks = std::mem::take(acks);
+    values
+        .into_iter()
+        .enumerate()
+        .map(move |(j, value)| Envelope {
+            value,
+            ack: take_ack(&mut acks, base + j),
+        })
 }
 
 /// The ack of the item at position `at`, if it has one.

@@ -156,7 +156,10 @@ where
         let t0 = clock.start();
         let mut batch = Vec::with_capacity(ctx.batch_size);
         for item in iter.by_ref().take(ctx.batch_size) {
-            batch.push(item?);
+            match item {
+                Ok(e) => batch.push(e),
+                Err(err) => return Err(lost_with(batch, err, &ctx)),
+            }
         }
         if batch.is_empty() {
             break;
@@ -173,6 +176,14 @@ where
         Ok(()) => Ok(()),
         Err(h) => ctx.halted(h),
     }
+}
+
+/// A source failed with items of a batch already pulled: they count as
+/// produced and dropped (their acks fail), so the report shows them.
+fn lost_with<T>(batch: Vec<Envelope<T>>, err: BoxError, ctx: &StageCtx) -> BoxError {
+    StageMetrics::add(&ctx.metrics.received, batch.len());
+    ctx.drop_on_failure(batch, &err);
+    err
 }
 
 fn stream_source<T, S>(stream: S) -> Source<T>
@@ -203,8 +214,16 @@ where
         StageMetrics::time(&m.wait_input_ns, t0.elapsed());
         let Some(chunk) = chunk else { break };
         let mut batch = Vec::with_capacity(chunk.len());
-        for item in chunk {
-            batch.push(item?);
+        let mut chunk = chunk.into_iter();
+        for item in chunk.by_ref() {
+            match item {
+                Ok(e) => batch.push(e),
+                Err(err) => {
+                    // Items after the error in this chunk were pulled too.
+                    batch.extend(chunk.filter_map(Result::ok));
+                    return Err(lost_with(batch, err, &ctx));
+                }
+            }
         }
         StageMetrics::add(&m.received, batch.len());
         StageMetrics::add(&m.ok, batch.len());

@@ -3,14 +3,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How many items travel together between stages. Users still write
+/// The most items that travel together between stages. Users still write
 /// per-item functions; batches only amortise channel and wake-up costs.
+/// A stage that emits more at once (a `flat_map`, an aggregate's flush) has
+/// its output split into batches of this size.
 ///
 /// Choosing it: larger batches cost less per item but hold more items in
-/// flight (memory per edge is about `buffer * batch_size` items) and add
+/// flight (an edge holds at most `buffer * batch_size` items) and add
 /// latency at low rates. 1024 keeps the per-item channel cost near 1 ns for
-/// small items (measured in B1: 1024 runs 1.6x faster than 512 on this
-/// machine) while an edge holds at most about eight thousand. Sources that wait
+/// small items (measured in B1: 1024 runs 1.6x faster than 512) while an
+/// edge holds at most 8,192 with the default buffer. Sources that wait
 /// for input (streams) send what they have instead of waiting to fill a batch.
 pub const DEFAULT_BATCH_SIZE: usize = 1024;
 
@@ -145,13 +147,13 @@ impl Default for StageOptions {
 }
 
 impl StageOptions {
-    /// Reorder window of an ordered pool: enough batches in flight to keep
-    /// every worker busy while one batch is slow, and no more.
+    /// Reorder window of an ordered pool, in batches taken but not yet
+    /// emitted. The default, 4 per worker, keeps every worker busy while one
+    /// batch is slow. A window set by the user is honoured exactly, also
+    /// below the worker count (then at most that many workers are busy at
+    /// once): it is the memory bound the user asked for.
     pub fn reorder_window(&self) -> usize {
-        self.window
-            .unwrap_or(self.workers * 4)
-            .max(self.workers)
-            .max(1)
+        self.window.unwrap_or(self.workers * 4).max(1)
     }
 
     pub fn max_attempts(&self) -> u32 {

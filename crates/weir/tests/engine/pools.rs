@@ -205,3 +205,36 @@ fn sync_stage_code_does_not_block_the_async_reactor() {
         );
     });
 }
+
+#[test]
+fn a_reorder_window_below_the_worker_count_is_honoured() {
+    within(30, async {
+        let inside = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (i, pk) = (inside.clone(), peak.clone());
+        let p = Pipeline::with_options(PipelineOptions {
+            batch_size: 1,
+            ..Default::default()
+        });
+        let out = p
+            .source("n", from_iter(0..200u64))
+            .map("slow", move |x| {
+                let now = i.fetch_add(1, SeqCst) + 1;
+                pk.fetch_max(now, SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+                i.fetch_sub(1, SeqCst);
+                x
+            })
+            .workers(4)
+            .ordered()
+            .reorder_window(2)
+            .sink("out", collect());
+        let report = p.run().await.unwrap();
+        assert_eq!(out.take().unwrap(), (0..200).collect::<Vec<_>>());
+        // A window of 2 one-item batches: at most 2 items taken and not yet
+        // emitted, so at most 2 in the function at once.
+        assert!(peak.load(SeqCst) <= 2, "{} at once", peak.load(SeqCst));
+        assert_eq!(peak.load(SeqCst), 2, "the window was not used");
+        assert_balanced(&report);
+    });
+}

@@ -74,3 +74,46 @@ impl AckLog {
         v
     }
 }
+
+/// Counts live values: [`Gauge::item`] makes one, dropping it gives it back.
+/// The peak is the most that were ever alive at once, which is what a
+/// memory bound is about.
+#[derive(Default)]
+pub struct Gauge {
+    live: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl Gauge {
+    pub fn item(self: &Arc<Self>, v: u64) -> Tracked {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.live.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        Tracked {
+            v,
+            gauge: self.clone(),
+        }
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A value counted by a [`Gauge`] while it lives.
+pub struct Tracked {
+    pub v: u64,
+    gauge: Arc<Gauge>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.gauge
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
