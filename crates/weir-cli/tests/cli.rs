@@ -7,7 +7,8 @@
 //! * [`dead_letter`]: what reaches the dead-letter file, and its count;
 //! * [`example`]: the bundled `examples/pipelines/orders.yaml`;
 //! * [`commands`]: `weir list`, `weir explain`, `--report json` on failure;
-//! * [`fuzz`]: mutated pipeline files never crash `weir check`.
+//! * [`fuzz`]: mutated pipeline files never crash `weir check`;
+//! * [`options`]: numeric options out of range, reported at their line.
 
 #[path = "cli/util.rs"]
 mod util;
@@ -22,5 +23,7 @@ mod dead_letter;
 mod example;
 #[path = "cli/fuzz.rs"]
 mod fuzz;
+#[path = "cli/options.rs"]
+mod options;
 #[path = "cli/run.rs"]
 mod run;

@@ -720,13 +720,26 @@ async fn generate_events_preset_and_rate() {
     assert_eq!(got, expected);
     assert!(decoder.decode(&raws[0]).is_ok());
 
-    for bad in [
-        "count: 1\n",
-        "count: 1\npreset: events\ntemplate: {a: 1}\n",
-        "count: 1\npreset: events\nrate: 0\n",
-    ] {
+    for bad in ["count: 1\n", "count: 1\npreset: events\ntemplate: {a: 1}\n"] {
         let cfg: GenerateSource = serde_saphyr::from_str(bad).unwrap();
         assert!(cfg.build(&ctx(dir.path())).is_err(), "{bad}");
+    }
+    // Rates that cannot be paced are errors at the `rate` value (a tiny
+    // one used to panic in `Duration::from_secs_f64`).
+    for rate in ["0", "-1", "1e-300", "5e-6", ".nan", ".inf", "1e300"] {
+        let yaml = format!("count: 1\npreset: events\nrate: {rate}\n");
+        let cfg: GenerateSource = serde_saphyr::from_str(&yaml).unwrap();
+        let e = match cfg.build(&ctx(dir.path())) {
+            Ok(_) => panic!("rate {rate} was accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(e.at, Some((3, 7)), "{e}");
+        assert!(
+            e.message.starts_with(
+                "generate source: rate must be between 1/86400 (one record a day) and 1e9 records per second, not "
+            ),
+            "{e}"
+        );
     }
 }
 
