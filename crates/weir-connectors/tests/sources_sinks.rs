@@ -395,6 +395,41 @@ async fn sqlite_read_only_and_locked_databases_are_clear_errors() {
     assert_eq!(e.at, Some((1, 7)));
 }
 
+/// A write waits `busy_timeout_ms` for another connection's lock, then
+/// fails; the default is 5 s; a value SQLite cannot hold is a config error
+/// at the option.
+#[tokio::test]
+async fn sqlite_busy_timeout_is_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db/out.db");
+    assert_eq!(
+        sqlite_cfg(dir.path(), "").busy_timeout().unwrap(),
+        Duration::from_secs(5)
+    );
+    let cfg = sqlite_cfg(dir.path(), "busy_timeout_ms: 400\n");
+    let mut w = cfg.build(&ctx(dir.path())).unwrap();
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let t0 = std::time::Instant::now();
+    let err = bounded(w.write(orders())).await.unwrap_err();
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(4),
+        "waited {waited:?}"
+    );
+    assert_eq!(err.unwritten.len(), 3);
+    other.execute_batch("ROLLBACK").unwrap();
+
+    let cfg = sqlite_cfg(dir.path(), "busy_timeout_ms: 2147483648\n");
+    let e = cfg.build(&ctx(dir.path())).unwrap_err();
+    assert_eq!(
+        e.message,
+        "sqlite sink: busy_timeout_ms must be at most 86400000 (a day), not 2147483648"
+    );
+    assert_eq!(e.at, Some((8, 18)));
+    assert_eq!(cfg.check().unwrap_err(), e);
+}
+
 #[tokio::test]
 async fn sqlite_table_that_does_not_fit_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();

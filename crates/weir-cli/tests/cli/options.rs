@@ -119,3 +119,45 @@ error: generate source: template.a: '{{float:-1e308..1e308}}': empty or infinite
 1 error in p.yaml",
     );
 }
+
+/// `busy_timeout_ms` beyond a day is refused at its line by `weir check`
+/// and `weir run` alike (above 2^31 - 1 ms, opening the database used to
+/// panic in rusqlite, "too big", after `weir check` had said ok).
+#[test]
+fn sqlite_busy_timeout_out_of_range_is_a_config_error() {
+    let d = Dir::new();
+    d.file("in.jsonl", "{\"id\":1}\n").file(
+        "p.yaml",
+        "\
+inputs:
+  - name: in
+    file: { path: in.jsonl }
+outputs:
+  - name: db
+    sqlite:
+      path: out.db
+      table: t
+      columns: { id: integer }
+      busy_timeout_ms: 3000000000
+",
+    );
+    let expected = "\
+error: sqlite sink: busy_timeout_ms must be at most 86400000 (a day), not 3000000000
+  --> p.yaml:10:24
+   |
+10 |       busy_timeout_ms: 3000000000
+   |                        ^
+
+1 error in p.yaml
+";
+    let (code, stdout, stderr) = d.check("p.yaml");
+    assert_eq!((code, stdout.as_str(), stderr.as_str()), (2, "", expected));
+    let out = d.weir(&["run", "p.yaml"]).output().unwrap();
+    assert_eq!(crate::util::text(&out.stderr), expected);
+    assert_eq!(crate::util::code(&out), 2);
+    assert!(!d.join("out.db").exists(), "nothing was created");
+
+    // The largest value is accepted.
+    d.file("p.yaml", d.read("p.yaml").replace("3000000000", "86400000"));
+    assert_eq!(d.check("p.yaml"), (0, "p.yaml: ok\n".into(), String::new()));
+}
