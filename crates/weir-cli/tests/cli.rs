@@ -8,7 +8,8 @@
 //! * [`example`]: the bundled `examples/pipelines/orders.yaml`;
 //! * [`commands`]: `weir list`, `weir explain`, `--report json` on failure;
 //! * [`fuzz`]: mutated pipeline files never crash `weir check`;
-//! * [`options`]: numeric options out of range, reported at their line.
+//! * [`options`]: numeric options out of range, reported at their line;
+//! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered.
 
 #[path = "cli/util.rs"]
 mod util;
@@ -25,5 +26,7 @@ mod example;
 mod fuzz;
 #[path = "cli/options.rs"]
 mod options;
+#[path = "cli/records.rs"]
+mod records;
 #[path = "cli/run.rs"]
 mod run;

@@ -395,6 +395,76 @@ async fn sqlite_read_only_and_locked_databases_are_clear_errors() {
     assert_eq!(e.at, Some((1, 7)));
 }
 
+/// A keyed table refuses a record whose key is missing or null (SQLite
+/// would store it, and every rerun would add it again): it alone is
+/// dead-lettered, naming its position and the key column, the rest is
+/// written, and a rerun leaves the same rows.
+#[tokio::test]
+async fn sqlite_missing_or_null_key_is_dead_lettered_and_reruns_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sqlite_cfg(dir.path(), "key: [id]\n");
+    let records = || {
+        vec![
+            rec(json!({"id": 1, "user": "a"}), 1),
+            rec(json!({"id": null, "user": "b"}), 2),
+            rec(json!({"user": "c"}), 3),
+            rec(json!({"id": 2, "user": "d"}), 4),
+        ]
+    };
+    for _run in 0..2 {
+        let p = Pipeline::new();
+        let dead = p.dead_letter_sink(weir::collect());
+        let written = p
+            .source("in", weir::from_iter(records()))
+            .sink("db", cfg.build(&ctx(dir.path())).unwrap())
+            .on_error(ErrorPolicy::DeadLetter);
+        let report = bounded(p.run()).await.unwrap();
+        let db = report.stage("db").unwrap();
+        assert_eq!((db.received, db.ok, db.dead_lettered), (4, 2, 2));
+        assert_eq!(written.take(), Some(2));
+        let letters: Vec<(String, String, u64)> = dead
+            .take()
+            .unwrap()
+            .iter()
+            .map(|d: &weir::DeadLetter| {
+                (
+                    d.stage.clone(),
+                    d.error.clone(),
+                    d.item::<Record>().unwrap().pos.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            letters,
+            vec![
+                (
+                    "db".to_string(),
+                    "record at t.jsonl:2: key column id is null".to_string(),
+                    2
+                ),
+                (
+                    "db".to_string(),
+                    "record at t.jsonl:3: key column id is missing".to_string(),
+                    3
+                ),
+            ]
+        );
+        assert_eq!(
+            rows(&dir.path().join("db/out.db")),
+            vec![
+                (1, Some("a".into()), None, None),
+                (2, Some("d".into()), None, None)
+            ]
+        );
+    }
+    // Without a key, null ids are rows like any other.
+    let cfg = sqlite_cfg(dir.path(), "");
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut w = cfg.build(&ctx(dir2.path())).unwrap();
+    bounded(w.write(records())).await.unwrap();
+    assert_eq!(bounded(w.finish()).await.unwrap(), 4);
+}
+
 /// A write waits `busy_timeout_ms` for another connection's lock, then
 /// fails; the default is 5 s; a value SQLite cannot hold is a config error
 /// at the option.

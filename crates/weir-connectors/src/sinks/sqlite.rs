@@ -15,13 +15,21 @@
 //! JSON text; a `json` column stores any value as JSON text. JSON null is
 //! SQL NULL everywhere.
 //!
-//! A record with a value that does not fit is not written, and neither is
-//! anything after it in the batch: the records before it are committed, and
-//! the write fails with an error naming the record's position and the
-//! column, giving back the rest of the batch (the sink contract only allows
-//! a suffix). The engine then applies the sink's error policy to that rest
-//! (retry, dead-letter, or fail). To keep good records out of the dead
-//! letters, check types upstream (a `validate` processor).
+//! With a `key`, a record whose key column is missing or null does not fit
+//! either. SQLite would store it as a new row on every write (a NULL never
+//! equals another; in a single `integer` key it becomes the next free
+//! rowid, which a later record's real key can then overwrite), so every
+//! rerun or `--resume` would add it again.
+//!
+//! A record that does not fit is not written: the records before it are
+//! committed, and the write fails with an error naming the record's
+//! position and the column, giving back the rest of the batch with that
+//! record first ([`weir::WriteError::bad_item`]; the sink contract only
+//! allows a suffix). The engine dead-letters that record alone and writes
+//! the rest, unless the output's policy is to fail (the default of outputs
+//! in a pipeline file: `on_error: dead_letter` on the output keeps the run
+//! going). To keep good records out of the dead letters, check types
+//! upstream (a `validate` processor).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -293,6 +301,7 @@ impl SqliteSink {
             path: full.to_path_buf(),
             insert,
             columns: self.columns.0.clone(),
+            key: self.key.clone(),
             rows: 0,
         })
     }
@@ -306,6 +315,8 @@ pub struct SqliteWriter {
     path: PathBuf,
     insert: String,
     columns: Vec<(String, SqlType)>,
+    /// The key columns: a record needs a value in each.
+    key: Vec<String>,
     rows: u64,
 }
 
@@ -375,6 +386,16 @@ impl SqliteWriter {
                 r.pos
             ));
         };
+        // A NULL key is a new row on every write (see "Values that do not
+        // fit"): refuse it, so that reruns and resumes stay idempotent.
+        for k in &self.key {
+            let what = match m.get(k) {
+                None => "missing",
+                Some(Value::Null) => "null",
+                Some(_) => continue,
+            };
+            return Err(format!("record at {}: key column {k} is {what}", r.pos));
+        }
         self.columns
             .iter()
             .map(|(name, ty)| match m.get(name) {
