@@ -99,20 +99,139 @@ async fn decode_errors_carry_position_and_reason() {
     assert_eq!(decoded[2].as_ref().unwrap().pos.line, 4);
 }
 
+/// Each decoded item: its line, and its record's value or its error.
+fn outcomes(
+    raws: &[Raw],
+    decoded: Vec<Result<Record, String>>,
+) -> Vec<(u64, Result<Value, String>)> {
+    raws.iter()
+        .zip(decoded)
+        .map(|(raw, d)| (raw.pos().line, d.map(|r| r.value)))
+        .collect()
+}
+
+/// A line that is not UTF-8 is rejected with reason `invalid_utf8` and the
+/// byte offset of the first bad byte, in every text format, gzipped or
+/// not; the lines around it are read as usual. It used to be decoded with
+/// U+FFFD in place of the bad bytes, silently.
 #[tokio::test]
-async fn invalid_utf8_and_crlf_do_not_stop_the_run() {
+async fn invalid_utf8_is_rejected_with_its_byte_offset_in_every_format() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("x.log");
-    std::fs::write(&p, b"one\r\ntw\xffo\nthree").unwrap();
-    let (_, decoded) = decode_all("path: x.log\n", dir.path()).await;
-    let lines: Vec<Value> = decoded.into_iter().map(|r| r.unwrap().value).collect();
+    let bad = |what: &str, at: usize, hex: &str| {
+        Err(format!(
+            "invalid_utf8: invalid UTF-8 at byte offset {at} of the {what} ({hex})"
+        ))
+    };
+    std::fs::write(dir.path().join("x.log"), b"one\r\ntw\xffo\r\nthree").unwrap();
+    let (raws, decoded) = decode_all("path: x.log\n", dir.path()).await;
     assert_eq!(
-        lines,
+        outcomes(&raws, decoded),
         vec![
-            json!({"line": "one"}),
-            json!({"line": "tw\u{fffd}o"}),
-            json!({"line": "three"})
+            (1, Ok(json!({"line": "one"}))),
+            (2, bad("line", 2, "0xff")),
+            (3, Ok(json!({"line": "three"}))),
         ]
+    );
+    // The dead-letter file shows the line with U+FFFD for the bad byte.
+    assert_eq!(
+        raws[1],
+        Raw::NotUtf8 {
+            pos: raws[1].pos().clone(),
+            text: "tw\u{fffd}o".into(),
+            detail: "invalid UTF-8 at byte offset 2 of the line (0xff)".into(),
+        }
+    );
+
+    let jsonl: &[u8] =
+        b"{\"a\":\"ok\"}\n{\"a\":\"bad\xff\"}\n{\"a\":\"caf\xc3\xa9\"}\n{\"a\":\"\xe2\x82\"}\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(jsonl).unwrap();
+    std::fs::write(dir.path().join("a.jsonl"), jsonl).unwrap();
+    std::fs::write(dir.path().join("b.jsonl.gz"), gz.finish().unwrap()).unwrap();
+    for path in ["a.jsonl", "b.jsonl.gz"] {
+        let (raws, decoded) = decode_all(&format!("path: {path}\n"), dir.path()).await;
+        assert_eq!(
+            outcomes(&raws, decoded),
+            vec![
+                (1, Ok(json!({"a": "ok"}))),
+                (2, bad("line", 9, "0xff")),
+                (3, Ok(json!({"a": "café"}))),
+                (
+                    4,
+                    Err(
+                        "invalid_utf8: invalid UTF-8 at byte offset 6 of the line (0xe2 0x82)"
+                            .into()
+                    )
+                ),
+            ],
+            "{path}"
+        );
+    }
+
+    std::fs::write(
+        dir.path().join("c.csv"),
+        b"id,name,note\n1,ok,x\n2,b\xffd,\"q\xfe\"\n3,fine,y\n4,x,y,\xff\n",
+    )
+    .unwrap();
+    let (raws, decoded) = decode_all("path: c.csv\ncolumns: {id: int}\n", dir.path()).await;
+    assert_eq!(
+        outcomes(&raws, decoded),
+        vec![
+            (2, Ok(json!({"id": 1, "name": "ok", "note": "x"}))),
+            (
+                3,
+                Err(
+                    "invalid_utf8: column name: invalid UTF-8 at byte offset 1 of the field (0xff)"
+                        .into()
+                )
+            ),
+            (4, Ok(json!({"id": 3, "name": "fine", "note": "y"}))),
+            (
+                5,
+                Err(
+                    "invalid_utf8: field 4: invalid UTF-8 at byte offset 0 of the field (0xff)"
+                        .into()
+                )
+            ),
+        ]
+    );
+    match &raws[1] {
+        Raw::NotUtf8 { text, .. } => assert_eq!(text, "2,b\u{fffd}d,q\u{fffd}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A csv header that is not UTF-8 stops the run, naming the file.
+    std::fs::write(dir.path().join("h.csv"), b"id,n\xffme\n1,2\n").unwrap();
+    let cfg: FileSource = serde_saphyr::from_str("path: h.csv\n").unwrap();
+    let (source, _) = cfg.build(&ctx(dir.path())).unwrap();
+    let p = Pipeline::new();
+    let _out = p.source("in", source).sink("all", weir::collect::<Raw>());
+    let err = bounded(p.run()).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "stage 'in' failed: cannot read h.csv at line 1: header field 2: invalid UTF-8 at byte offset 1 of the field (0xff); set `invalid_utf8: replace` to read it anyway"
+    );
+}
+
+/// `invalid_utf8: replace` keeps the old behaviour: U+FFFD for each invalid
+/// sequence, and the line is decoded.
+#[tokio::test]
+async fn invalid_utf8_replace_decodes_the_repaired_text() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.log"), b"one\ntw\xffo\n").unwrap();
+    std::fs::write(dir.path().join("h.csv"), b"id,n\xffme\n1,\xfe\n").unwrap();
+    let (raws, decoded) = decode_all("path: x.log\ninvalid_utf8: replace\n", dir.path()).await;
+    assert_eq!(
+        outcomes(&raws, decoded),
+        vec![
+            (1, Ok(json!({"line": "one"}))),
+            (2, Ok(json!({"line": "tw\u{fffd}o"}))),
+        ]
+    );
+    let (raws, decoded) = decode_all("path: h.csv\ninvalid_utf8: replace\n", dir.path()).await;
+    assert_eq!(
+        outcomes(&raws, decoded),
+        vec![(2, Ok(json!({"id": "1", "n\u{fffd}me": "\u{fffd}"})))]
     );
 }
 

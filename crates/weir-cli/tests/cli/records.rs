@@ -80,3 +80,124 @@ fn with_on_error_fail_a_record_without_its_key_stops_the_run() {
     );
     assert_eq!(ids(&d.join("out.db")), vec![(Some(1), Some("a".into()))]);
 }
+
+/// A line that is not UTF-8 is dead-lettered by `<input>/decode` with its
+/// file:line, reason `invalid_utf8` and the byte offset, in every text
+/// format; it used to be stored with U+FFFD in place of the bad byte.
+#[test]
+fn lines_that_are_not_utf8_are_dead_lettered_in_every_format() {
+    let d = Dir::new();
+    d.file(
+        "data/a.jsonl",
+        b"{\"id\":1}\n{\"id\":2,\"s\":\"bad\xff\"}\n{\"id\":3}\n",
+    )
+    .file("data/b.csv", b"id,s\n4,ok\n5,\xc3\x28\n")
+    .file("data/c.log", b"fine\n\xfe tail\n")
+    .file(
+        "p.yaml",
+        "\
+inputs:
+  - name: j
+    file: { path: data/a.jsonl }
+  - name: c
+    file: { path: data/b.csv }
+  - name: l
+    file: { path: data/c.log }
+outputs:
+  - name: out
+    file: { path: out/all.jsonl }
+",
+    );
+    let report = d.run_ok("p.yaml");
+    let mut got = d.jsonl("out/all.jsonl");
+    got.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        got,
+        vec![
+            json!({"id": "4", "s": "ok"}),
+            json!({"id": 1}),
+            json!({"id": 3}),
+            json!({"line": "fine"}),
+        ]
+    );
+    let mut dead = d.jsonl("dead-letters.jsonl");
+    dead.sort_by_key(|x| x["position"].as_str().unwrap().to_string());
+    let letter = |stage: &str, error: &str, position: &str, input: &str, raw: &str| {
+        json!({"stage": stage, "error": error, "attempts": 1, "position": position,
+               "input": input, "record": null, "raw": raw})
+    };
+    assert_eq!(
+        dead,
+        vec![
+            letter(
+                "j/decode",
+                "invalid_utf8: invalid UTF-8 at byte offset 16 of the line (0xff)",
+                "data/a.jsonl:2",
+                "j",
+                "{\"id\":2,\"s\":\"bad\u{fffd}\"}",
+            ),
+            letter(
+                "c/decode",
+                "invalid_utf8: column s: invalid UTF-8 at byte offset 0 of the field (0xc3)",
+                "data/b.csv:3",
+                "c",
+                "5,\u{fffd}(",
+            ),
+            letter(
+                "l/decode",
+                "invalid_utf8: invalid UTF-8 at byte offset 0 of the line (0xfe)",
+                "data/c.log:2",
+                "l",
+                "\u{fffd} tail",
+            ),
+        ]
+    );
+    for (input, read, dead) in [("j", 3, 1), ("c", 2, 1), ("l", 2, 1)] {
+        assert_eq!(n(&report, input, "out"), read);
+        assert_eq!(n(&report, &format!("{input}/decode"), "in"), read);
+        assert_eq!(
+            n(&report, &format!("{input}/decode"), "dead_lettered"),
+            dead
+        );
+    }
+    assert_eq!(report["dead_lettered"], 3);
+    assert_accounting(&report);
+    assert_conserved(&report);
+}
+
+/// Standard input too, jsonl and lines.
+#[test]
+fn stdin_lines_that_are_not_utf8_are_dead_lettered() {
+    for (format, ok) in [
+        ("jsonl", json!({"a": 1})),
+        ("lines", json!({"line": "{\"a\":1}"})),
+    ] {
+        let d = Dir::new();
+        d.file(
+            "p.yaml",
+            format!(
+                "inputs:\n  - name: s\n    stdin: {{ format: {format} }}\noutputs:\n  - name: out\n    file: {{ path: out.jsonl }}\n"
+            ),
+        );
+        let out = d
+            .weir(&["run", "p.yaml", "--report", "json"])
+            .write_stdin(b"{\"a\":1}\n\"x\xff\"\n".to_vec())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        let report: serde_json::Value =
+            serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+        assert_eq!(d.jsonl("out.jsonl"), vec![ok]);
+        assert_eq!(
+            d.jsonl("dead-letters.jsonl"),
+            vec![json!({"stage": "s/decode",
+                "error": "invalid_utf8: invalid UTF-8 at byte offset 2 of the line (0xff)",
+                "attempts": 1, "position": "s#2", "input": "s", "record": null,
+                "raw": "\"x\u{fffd}\""})]
+        );
+        assert_eq!(n(&report, "s", "out"), 2);
+        assert_eq!(n(&report, "s/decode", "dead_lettered"), 1);
+        assert_accounting(&report);
+        assert_conserved(&report);
+    }
+}

@@ -8,7 +8,9 @@
 //!
 //! `record` is the record when the item was a [`Record`] (or a
 //! `Raw::Record`), `raw` the text when it was a line or a CSV row (the row
-//! re-encoded as CSV with `,`); `position` and `input` come from the item.
+//! re-encoded as CSV with `,`; a line that is not UTF-8 with U+FFFD for each
+//! invalid sequence, the error saying where the first one was); `position`
+//! and `input` come from the item.
 //! Items of other types have all four null. The file is truncated when the
 //! sink is created, and flushed after every batch (like the file sink).
 
@@ -22,7 +24,7 @@ use serde_saphyr::Spanned;
 use crate::error::ConfigError;
 use crate::record::{Position, Record};
 use crate::sinks::file::create;
-use crate::sources::{BuildContext, Raw};
+use crate::sources::{BuildContext, Raw, csv_line};
 
 /// Where dead letters go: a JSON Lines file.
 #[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
@@ -143,17 +145,6 @@ impl DeadLetterFile {
     }
 }
 
-/// A CSV row as one line of text.
-fn csv_line(fields: &[String]) -> String {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    let _ = w.write_record(fields);
-    let bytes = w.into_inner().unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes);
-    text.strip_suffix('\n').unwrap_or(&text).to_string()
-}
-
 /// The JSON object for one dead letter.
 pub fn letter_json(d: &weir::DeadLetter) -> Value {
     let (pos, record, raw): (Option<&Position>, Value, Value) = if let Some(r) = d.item::<Record>()
@@ -161,7 +152,9 @@ pub fn letter_json(d: &weir::DeadLetter) -> Value {
         (Some(&r.pos), r.value.clone(), Value::Null)
     } else if let Some(raw) = d.item::<Raw>() {
         match raw {
-            Raw::Line { pos, text } => (Some(pos), Value::Null, Value::String(text.clone())),
+            Raw::Line { pos, text } | Raw::NotUtf8 { pos, text, .. } => {
+                (Some(pos), Value::Null, Value::String(text.clone()))
+            }
             Raw::Row { pos, fields, .. } => {
                 (Some(pos), Value::Null, Value::String(csv_line(fields)))
             }
@@ -224,10 +217,5 @@ mod tests {
         let f = cfg.build(&ctx).unwrap();
         assert_eq!(f.written(), 0);
         assert!(dir.path().join("out/dead-letters.jsonl").is_file());
-    }
-
-    #[test]
-    fn csv_rows_as_text() {
-        assert_eq!(csv_line(&["a".into(), "b,c".into()]), "a,\"b,c\"");
     }
 }

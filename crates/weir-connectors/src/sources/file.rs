@@ -7,8 +7,11 @@
 //! its [`Position`]; decoding is left to the [`Decoder`] the source comes
 //! with, so that it can run in parallel. An I/O error (including a corrupt
 //! gzip stream) stops the run with a message naming the file and line.
-//! Invalid UTF-8 does not: the line is decoded lossily (U+FFFD) and left to
-//! the decoder.
+//! Invalid UTF-8 does not: such a line (csv: row) is yielded as
+//! `Raw::NotUtf8`, which the decoder dead-letters with reason
+//! `invalid_utf8` and the byte offset of the first bad byte, unless the
+//! source says `invalid_utf8: replace`. A csv header that is not UTF-8
+//! stops the run (column names cannot be guessed).
 //!
 //! A CSV record whose field count differs from the header's is not an I/O
 //! error: it is yielded as a `Raw::Row` with the fields it has, and the
@@ -28,7 +31,7 @@ use crate::checkpoint::{CHUNK_LINES, Checkpoint, Chunk};
 use crate::error::ConfigError;
 use crate::record::Position;
 use crate::sources::decode::{ColumnType, Decoder, Format};
-use crate::sources::{BuildContext, Raw};
+use crate::sources::{BuildContext, InvalidUtf8, Raw, Text, csv_line};
 
 /// Read buffer size: large enough that a read is a few system calls per
 /// megabyte, small enough not to matter for memory.
@@ -59,6 +62,12 @@ pub struct FileSource {
     /// parse as its type dead-letters the row. Default: none.
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnType>,
+    /// What to do with a line (csv: a row) that is not valid UTF-8:
+    /// `dead_letter` it, with reason `invalid_utf8` and the byte offset of
+    /// the first invalid byte, or `replace` each invalid sequence with
+    /// U+FFFD and decode the line as usual. Default: `dead_letter`.
+    #[serde(default)]
+    pub invalid_utf8: InvalidUtf8,
 }
 
 impl FileSource {
@@ -135,6 +144,7 @@ impl FileSource {
             input: ctx.input.clone(),
             format,
             delimiter,
+            invalid_utf8: self.invalid_utf8,
             files: files.into(),
             current: None,
         };
@@ -354,19 +364,21 @@ impl fmt::Display for ReadError {
 impl std::error::Error for ReadError {}
 
 /// Reads lines from a buffered reader: 1-based line numbers, newline (and a
-/// `\r` before it) removed, invalid UTF-8 replaced by U+FFFD.
+/// `\r` before it) removed, invalid UTF-8 handled as `invalid_utf8` says.
 pub(crate) struct LineReader<R> {
     reader: R,
     buf: Vec<u8>,
     line: u64,
+    invalid_utf8: InvalidUtf8,
 }
 
 impl<R: BufRead> LineReader<R> {
-    pub(crate) fn new(reader: R) -> Self {
+    pub(crate) fn new(reader: R, invalid_utf8: InvalidUtf8) -> Self {
         LineReader {
             reader,
             buf: Vec::with_capacity(1024),
             line: 0,
+            invalid_utf8,
         }
     }
 
@@ -376,7 +388,7 @@ impl<R: BufRead> LineReader<R> {
     }
 
     /// The next line and its number; `None` at the end.
-    pub(crate) fn next_line(&mut self) -> Option<io::Result<(u64, String)>> {
+    pub(crate) fn next_line(&mut self) -> Option<io::Result<(u64, Text)>> {
         self.buf.clear();
         match self.reader.read_until(b'\n', &mut self.buf) {
             Ok(0) => return None,
@@ -391,11 +403,10 @@ impl<R: BufRead> LineReader<R> {
                 bytes = b;
             }
         }
-        let text = match std::str::from_utf8(bytes) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-        };
-        Some(Ok((self.line, text)))
+        Some(Ok((
+            self.line,
+            Text::decode(bytes, self.invalid_utf8, "line"),
+        )))
     }
 }
 
@@ -425,6 +436,7 @@ struct FileReader {
     input: Arc<str>,
     format: Format,
     delimiter: u8,
+    invalid_utf8: InvalidUtf8,
     files: VecDeque<FileEntry>,
     current: Option<Current>,
 }
@@ -453,10 +465,28 @@ impl FileReader {
                     .buffer_capacity(BUF_SIZE)
                     .from_reader(raw);
                 let headers: Arc<[String]> = match reader.byte_headers() {
-                    Ok(h) => h
-                        .iter()
-                        .map(|f| String::from_utf8_lossy(f).into_owned())
-                        .collect(),
+                    Ok(h) => {
+                        let mut names = Vec::with_capacity(h.len());
+                        for (i, f) in h.iter().enumerate() {
+                            match Text::decode(f, self.invalid_utf8, "field") {
+                                Text::Valid(name) => names.push(name),
+                                Text::Invalid { detail, .. } => {
+                                    return Err(ReadError {
+                                        file: entry.display.clone(),
+                                        line: Some(1),
+                                        source: io::Error::new(
+                                            io::ErrorKind::InvalidData,
+                                            format!(
+                                                "header field {}: {detail}; set `invalid_utf8: replace` to read it anyway",
+                                                i + 1
+                                            ),
+                                        ),
+                                    });
+                                }
+                            }
+                        }
+                        names.into()
+                    }
                     Err(e) => {
                         return Err(ReadError {
                             file: entry.display.clone(),
@@ -474,7 +504,10 @@ impl FileReader {
             }
             Format::Jsonl | Format::Lines => Ok(Current::Lines {
                 file: entry.display.clone(),
-                reader: LineReader::new(Box::new(BufReader::with_capacity(BUF_SIZE, raw))),
+                reader: LineReader::new(
+                    Box::new(BufReader::with_capacity(BUF_SIZE, raw)),
+                    self.invalid_utf8,
+                ),
             }),
         }
     }
@@ -482,6 +515,7 @@ impl FileReader {
     /// The next item of the current file; `None` when it is exhausted.
     fn next_in_current(&mut self) -> Option<Result<Raw, ReadError>> {
         let skip_blank = self.format == Format::Jsonl;
+        let invalid_utf8 = self.invalid_utf8;
         let input = &self.input;
         let pos = |file: &Arc<str>, line: u64| {
             Arc::new(Position {
@@ -494,13 +528,8 @@ impl FileReader {
         match cur {
             Current::Lines { file, reader } => loop {
                 match reader.next_line()? {
-                    Ok((_, text)) if skip_blank && is_blank(&text) => continue,
-                    Ok((line, text)) => {
-                        return Some(Ok(Raw::Line {
-                            pos: pos(file, line),
-                            text,
-                        }));
-                    }
+                    Ok((_, Text::Valid(text))) if skip_blank && is_blank(&text) => continue,
+                    Ok((line, text)) => return Some(Ok(Raw::from_text(pos(file, line), text))),
                     Err(source) => {
                         return Some(Err(ReadError {
                             file: file.clone(),
@@ -519,14 +548,32 @@ impl FileReader {
                 Ok(false) => None,
                 Ok(true) => {
                     let line = record.position().map_or(0, |p| p.line());
-                    let fields = record
-                        .iter()
-                        .map(|f| String::from_utf8_lossy(f).into_owned())
-                        .collect();
-                    Some(Ok(Raw::Row {
-                        pos: pos(file, line),
-                        headers: headers.clone(),
-                        fields,
+                    let mut fields = Vec::with_capacity(record.len());
+                    let mut invalid = None;
+                    for (i, f) in record.iter().enumerate() {
+                        match Text::decode(f, invalid_utf8, "field") {
+                            Text::Valid(s) => fields.push(s),
+                            Text::Invalid { lossy, detail } => {
+                                invalid.get_or_insert_with(|| match headers.get(i) {
+                                    Some(name) => format!("column {name}: {detail}"),
+                                    None => format!("field {}: {detail}", i + 1),
+                                });
+                                fields.push(lossy);
+                            }
+                        }
+                    }
+                    let pos = pos(file, line);
+                    Some(Ok(match invalid {
+                        None => Raw::Row {
+                            pos,
+                            headers: headers.clone(),
+                            fields,
+                        },
+                        Some(detail) => Raw::NotUtf8 {
+                            pos,
+                            text: csv_line(&fields),
+                            detail,
+                        },
                     }))
                 }
                 Err(e) => {
@@ -602,21 +649,28 @@ mod tests {
     }
 
     #[test]
-    fn line_reader_strips_newlines_and_replaces_bad_utf8() {
-        let data: &[u8] = b"a\r\nb\xff\n\nlast";
-        let mut r = LineReader::new(data);
-        let mut got = Vec::new();
-        while let Some(l) = r.next_line() {
-            got.push(l.unwrap());
+    fn line_reader_strips_newlines_and_flags_bad_utf8() {
+        let data: &[u8] = b"a\r\nb\xff\r\n\nlast";
+        for policy in [InvalidUtf8::DeadLetter, InvalidUtf8::Replace] {
+            let mut r = LineReader::new(data, policy);
+            let mut got = Vec::new();
+            while let Some(l) = r.next_line() {
+                got.push(match l.unwrap() {
+                    (n, Text::Valid(s)) => (n, s, None),
+                    (n, Text::Invalid { lossy, detail }) => (n, lossy, Some(detail)),
+                });
+            }
+            let bad = (policy == InvalidUtf8::DeadLetter)
+                .then(|| "invalid UTF-8 at byte offset 1 of the line (0xff)".to_string());
+            assert_eq!(
+                got,
+                vec![
+                    (1, "a".to_string(), None),
+                    (2, "b\u{fffd}".to_string(), bad),
+                    (3, String::new(), None),
+                    (4, "last".to_string(), None),
+                ]
+            );
         }
-        assert_eq!(
-            got,
-            vec![
-                (1, "a".to_string()),
-                (2, "b\u{fffd}".to_string()),
-                (3, String::new()),
-                (4, "last".to_string()),
-            ]
-        );
     }
 }
