@@ -9,6 +9,7 @@
 //! * [`commands`]: `weir list`, `weir explain`, `--report json` on failure;
 //! * [`fuzz`]: mutated pipeline files never crash `weir check`;
 //! * [`options`]: numeric options out of range, reported at their line;
+//! * [`paths`]: outputs that would write over an input are refused;
 //! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered.
 
 #[path = "cli/util.rs"]
@@ -26,6 +27,8 @@ mod example;
 mod fuzz;
 #[path = "cli/options.rs"]
 mod options;
+#[path = "cli/paths.rs"]
+mod paths;
 #[path = "cli/records.rs"]
 mod records;
 #[path = "cli/run.rs"]

@@ -152,6 +152,123 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// Whether this source reads the file at `path` (relative to
+    /// `base_dir`, like the source's own path) or, for a glob, would read
+    /// it once it exists: the same file under another spelling, through a
+    /// symbolic link or a hard link counts. `weir check` uses it to refuse
+    /// outputs that would overwrite their own input.
+    pub fn reads(&self, base_dir: &Path, path: &Path) -> bool {
+        let pattern = self.path.value.as_str();
+        if pattern.is_empty() {
+            return false;
+        }
+        let target = Located::of(&base_dir.join(path));
+        if !pattern.contains(['*', '?', '[']) {
+            return Located::of(&base_dir.join(pattern)).is(&target);
+        }
+        // The pattern over the canonical base, so that it can be compared
+        // with the canonical target, existing or not.
+        let base = Located::of(base_dir).path;
+        let full = if Path::new(pattern).is_relative() {
+            format!(
+                "{}/{pattern}",
+                glob::Pattern::escape(&base.to_string_lossy()).trim_end_matches('/')
+            )
+        } else {
+            pattern.to_string()
+        };
+        let full = lexical(Path::new(&full)).to_string_lossy().into_owned();
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        if glob::Pattern::new(&full).is_ok_and(|p| p.matches_path_with(&target.path, options)) {
+            return true;
+        }
+        glob::glob_with(&full, options).is_ok_and(|matches| {
+            matches
+                .flatten()
+                .any(|m| m.is_file() && Located::of(&m).is(&target))
+        })
+    }
+}
+
+/// Whether `a` and `b` name the same file (existing or not), under any
+/// spelling, through links.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    Located::of(a).is(&Located::of(b))
+}
+
+/// A file by its canonical path and, when it exists, its device and inode.
+struct Located {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl Located {
+    /// Canonical when `p` exists; else its canonical directory and its
+    /// name; else `p` made absolute with `.` and `..` resolved by hand.
+    fn of(p: &Path) -> Located {
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        if let Ok(path) = std::fs::canonicalize(p) {
+            return Located {
+                id: file_id(&path),
+                path,
+            };
+        }
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let abs = lexical(&abs);
+        let path = match (abs.parent(), abs.file_name()) {
+            (Some(dir), Some(name)) => match std::fs::canonicalize(dir) {
+                Ok(d) => d.join(name),
+                Err(_) => abs,
+            },
+            _ => abs,
+        };
+        Located { path, id: None }
+    }
+
+    fn is(&self, other: &Located) -> bool {
+        self.path == other.path || (self.id.is_some() && self.id == other.id)
+    }
+}
+
+/// `p` with `.` dropped and `..` taking off the component before it.
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &Path) -> Option<(u64, u64)> {
+    None
+}
+
 /// A [`FileReader`] that skips what a checkpoint says is done and gives
 /// every line a fork of its chunk's ack.
 struct Resumable {
