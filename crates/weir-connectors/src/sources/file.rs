@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
-use crate::checkpoint::{CHUNK_LINES, Checkpoint, Chunk};
+use crate::checkpoint::{CHUNK_LINES, Checkpoint, Chunk, FileIdentity};
 use crate::error::ConfigError;
 use crate::record::Position;
 use crate::sources::decode::{ColumnType, Decoder, Format};
@@ -68,6 +68,25 @@ pub struct FileSource {
     /// U+FFFD and decode the line as usual. Default: `dead_letter`.
     #[serde(default)]
     pub invalid_utf8: InvalidUtf8,
+    /// What `weir run --resume` does with a file of this input that changed
+    /// since the checkpoint other than by growing (truncated, rewritten,
+    /// rotated: the lines the checkpoint counts as done are not its lines):
+    /// `refuse` to start, naming the file, or `restart` it, reading it
+    /// again from line 1. Default: `refuse`.
+    #[serde(default)]
+    pub on_rewrite: OnRewrite,
+}
+
+/// What `--resume` does with a file that is not the one its checkpoint
+/// was made on; see [`FileSource::on_rewrite`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRewrite {
+    /// Stop before anything runs, naming the file.
+    #[default]
+    Refuse,
+    /// Read the file again from line 1.
+    Restart,
 }
 
 impl FileSource {
@@ -90,15 +109,20 @@ impl FileSource {
     /// Like [`build`](Self::build), with progress kept in `checkpoint`: each
     /// line carries an ack that marks it done once its records are committed,
     /// and lines an earlier run finished are skipped (`weir run --resume`).
+    /// Each file's [`FileIdentity`] is recorded; a file whose checkpoint was
+    /// made on other content is refused or restarted, as `on_rewrite` says.
     ///
     /// # Errors
-    /// As [`build`](Self::build).
+    /// As [`build`](Self::build); a file that cannot be read; with
+    /// `on_rewrite: refuse`, files that changed since the checkpoint other
+    /// than by growing (every one is named).
     pub fn build_resumable(
         &self,
         ctx: &BuildContext,
         checkpoint: Arc<Checkpoint>,
     ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         let (reader, decoder) = self.prepare(ctx)?;
+        self.check_identities(ctx, &reader.files, &checkpoint)?;
         let items = Resumable {
             reader,
             input: ctx.input.clone(),
@@ -107,6 +131,72 @@ impl FileSource {
             chunk: None,
         };
         Ok((weir::from_try_acked_iter(items), decoder))
+    }
+
+    /// Records what each file is, and checks that each file with progress
+    /// in the checkpoint is the file (perhaps grown) that progress counts.
+    fn check_identities(
+        &self,
+        ctx: &BuildContext,
+        files: &VecDeque<FileEntry>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), ConfigError> {
+        let input = &*ctx.input;
+        let unreadable = |f: &FileEntry, e: io::Error| {
+            ConfigError::at(
+                format!("file source: cannot read {}: {e}", f.display),
+                &self.path,
+            )
+        };
+        let mut changed = Vec::new();
+        for f in files {
+            let file = &*f.display;
+            let now = FileIdentity::of(&f.path).map_err(|e| unreadable(f, e))?;
+            let verdict = match checkpoint.saved(input, file) {
+                Some(saved) if saved.line > 0 => match &saved.identity {
+                    Some(then) => then
+                        .continued_by(&now, &f.path)
+                        .map_err(|e| unreadable(f, e))?
+                        .map_err(|why| (why, saved.line)),
+                    None => Err((
+                        "the checkpoint, written by an older weir, does not record what the file was".to_string(),
+                        saved.line,
+                    )),
+                },
+                _ => Ok(()),
+            };
+            match verdict {
+                Ok(()) => checkpoint.read_as(input, file, now),
+                Err(_) if self.on_rewrite == OnRewrite::Restart => {
+                    checkpoint
+                        .restart(input, file, now)
+                        .map_err(|e| ConfigError::new(format!("checkpoint database: {e}")))?;
+                }
+                Err((why, done)) => changed.push((file.to_string(), why, done)),
+            }
+        }
+        let message = match changed.as_slice() {
+            [] => return Ok(()),
+            [(file, why, done)] => format!(
+                "--resume: {file} changed since the checkpoint other than by growing ({why}); \
+                 resuming would skip its first {done} lines. Run without --resume to start over, \
+                 or set `on_rewrite: restart` on this input to read it again from line 1"
+            ),
+            many => {
+                let list: Vec<String> = many
+                    .iter()
+                    .map(|(file, why, done)| format!("{file} ({why}; {done} lines done)"))
+                    .collect();
+                format!(
+                    "--resume: {} files changed since the checkpoint other than by growing: {}; \
+                     resuming would skip those lines. Run without --resume to start over, \
+                     or set `on_rewrite: restart` on this input to read them again from line 1",
+                    many.len(),
+                    list.join(", ")
+                )
+            }
+        };
+        Err(ConfigError::at(message, &self.path))
     }
 
     /// Checks the options and resolves the files: the line reader over
