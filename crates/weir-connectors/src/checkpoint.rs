@@ -13,8 +13,9 @@
 //!   past lines whose acks settled as delivered or dead-lettered;
 //! * lines handled after the last saved watermark are processed again on
 //!   resume, so outputs must be idempotent (a `sqlite` output with a `key`
-//!   upserts; a keyless table could get a row twice, and the dead-letter file
-//!   may repeat a rejected line);
+//!   upserts; a keyless table could get a row twice; the dead-letter file
+//!   skips the letters it already holds, see
+//!   [`DeadLetterFile::append`](crate::sinks::dead_letter::DeadLetterFile::append));
 //! * records that feed a whole-input aggregate are acknowledged only when the
 //!   aggregate is written at the end, so such a pipeline saves no progress
 //!   before it finishes (resuming it starts over, which is still exact).

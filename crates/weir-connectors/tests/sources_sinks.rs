@@ -811,6 +811,85 @@ async fn dead_letter_file_content() {
     assert_eq!(l["raw"], "1,\"x,y\"");
 }
 
+/// The dead letters of a stage that rejects a record per line of `lines`.
+async fn letters_for(lines: &[u64]) -> Vec<weir::DeadLetter> {
+    let p = Pipeline::new();
+    let dead = p.dead_letter_sink(weir::collect());
+    let records: Vec<Record> = lines.iter().map(|&l| rec(json!({"n": l}), l)).collect();
+    let _out = p
+        .source("in", weir::from_iter(records))
+        .try_map("check", |r: &Record| {
+            Err::<Record, _>(weir_connectors::ProcessError::new(
+                "bad",
+                format!("line {}", r.pos.line),
+            ))
+        })
+        .on_error(ErrorPolicy::DeadLetter)
+        .sink("out", weir::collect());
+    bounded(p.run()).await.unwrap();
+    dead.take().unwrap()
+}
+
+/// The positions of the letters in a dead-letter file, in file order.
+fn letter_positions(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["position"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Opened for a resumed run, the dead-letter file skips the letters it
+/// already holds (as many times as it holds each), writes the others, and
+/// cuts off a line torn by a crash.
+#[tokio::test]
+async fn dead_letter_file_appends_each_letter_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl/dead.jsonl");
+    let mut f = DeadLetterFile::create(&path).unwrap();
+    f.write_batch(letters_for(&[1, 2, 3]).await).unwrap();
+    drop(f);
+    let mut torn = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    torn.write_all(b"{\"stage\":\"check\",\"err").unwrap();
+    drop(torn);
+
+    let mut f = DeadLetterFile::append(&path).unwrap();
+    f.write_batch(letters_for(&[2, 3, 4]).await).unwrap();
+    assert_eq!((f.written(), f.repeats()), (1, 2));
+    bounded(f.finish()).await.unwrap();
+    assert_eq!(
+        letter_positions(&path),
+        ["t.jsonl:1", "t.jsonl:2", "t.jsonl:3", "t.jsonl:4"]
+    );
+
+    // A letter met twice where the file holds it once is written once more.
+    let mut f = DeadLetterFile::append(&path).unwrap();
+    f.write_batch(letters_for(&[4, 4]).await).unwrap();
+    assert_eq!((f.written(), f.repeats()), (1, 1));
+    drop(f);
+    assert_eq!(
+        letter_positions(&path),
+        [
+            "t.jsonl:1",
+            "t.jsonl:2",
+            "t.jsonl:3",
+            "t.jsonl:4",
+            "t.jsonl:4"
+        ]
+    );
+    // A fresh run starts the file over.
+    let mut f = DeadLetterFile::create(&path).unwrap();
+    f.write_batch(letters_for(&[9]).await).unwrap();
+    drop(f);
+    assert_eq!(letter_positions(&path), ["t.jsonl:9"]);
+}
+
 /// An `io::Write` that hashes and counts.
 struct HashWriter(sha2::Sha256, u64);
 
