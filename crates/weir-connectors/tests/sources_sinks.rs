@@ -1046,6 +1046,49 @@ async fn generate_events_preset_and_rate() {
     }
 }
 
+/// A paced source hands each record on when it is due, and a cancelled run
+/// stops it at once: it used to fill a whole batch first (at 20 records a
+/// second, 1024 records took 51 s, and Ctrl-C waited for them).
+#[tokio::test]
+async fn paced_generate_is_prompt_and_stops_when_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: GenerateSource =
+        serde_saphyr::from_str("count: 200\nrate: 20\ntemplate: { a: 1 }\n").unwrap();
+    let (source, decoder) = cfg.build(&ctx(dir.path())).unwrap();
+    let p = Pipeline::new();
+    let t0 = std::time::Instant::now();
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let seen = first.clone();
+    let out = p
+        .source("gen", source)
+        .try_map("decode", move |raw: &Raw| decoder.decode(raw))
+        .sink(
+            "out",
+            weir::fold(0u64, move |n, _r: Record| {
+                seen.lock().unwrap().get_or_insert_with(|| t0.elapsed());
+                n + 1
+            }),
+        );
+    let cancel = p.cancel_token();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel();
+    });
+    let report = tokio::time::timeout(Duration::from_secs(5), p.run())
+        .await
+        .expect("the cancelled run did not stop within 5 s")
+        .unwrap();
+    let first = first.lock().unwrap().expect("a record arrived");
+    assert!(
+        first < Duration::from_millis(400),
+        "first record after {first:?}"
+    );
+    let got = out.take().unwrap();
+    // About 10 records in 500 ms; all of them drained to the sink.
+    assert!((5..=20).contains(&got), "{got}");
+    assert_eq!(report.stage("gen").unwrap().ok, got);
+}
+
 /// A manual throughput check of reading and decoding (B4 data):
 /// `cargo test --release -p weir-connectors --test sources_sinks -- --ignored --nocapture throughput`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,7 +139,7 @@ impl GenerateSource {
                             pos: pos(i as u64),
                             text,
                         });
-                Ok((weir::from_iter(paced(iter, pacer)), Decoder::jsonl()))
+                Ok((paced(iter, pacer), Decoder::jsonl()))
             }
             (Some(t), None) => {
                 let template =
@@ -147,7 +147,7 @@ impl GenerateSource {
                 let mut rng = SplitMix64::new(self.seed);
                 let iter = (0..self.count)
                     .map(move |i| Raw::Record(Record::new(template.render(i, &mut rng), pos(i))));
-                Ok((weir::from_iter(paced(iter, pacer)), Decoder::jsonl()))
+                Ok((paced(iter, pacer), Decoder::jsonl()))
             }
         }
     }
@@ -193,35 +193,47 @@ impl Pacer {
         }
     }
 
-    fn wait(&mut self) {
+    /// Waits until the next item is due.
+    ///
+    /// # Cancel safety
+    /// Dropped while waiting (the run stopping), it drops the item it was
+    /// waiting for, which nothing has seen or counted yet.
+    async fn wait(&mut self) {
         let start = *self.start.get_or_insert_with(Instant::now);
         // In u128 nanoseconds: `count` items a day apart overflow neither
         // this product nor, for any run that could finish, the instant.
         let offset = self.interval_ns.saturating_mul(u128::from(self.n));
         self.n = self.n.saturating_add(1);
         let offset = Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX));
-        let Some(due) = start.checked_add(offset) else {
+        match start.checked_add(offset) {
+            Some(due) => tokio::time::sleep_until(due.into()).await,
             // Centuries away: as good as never.
-            std::thread::sleep(offset);
-            return;
-        };
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+            None => std::future::pending().await,
         }
     }
 }
 
-fn paced<I: Iterator + Send>(
-    iter: I,
+/// The source over `iter`, paced when `pacer` is set. Paced, it is a
+/// stream rather than an iterator: the engine fills a whole batch from an
+/// iterator before it hands anything on or looks at cancellation, so at 10
+/// records a second nothing would arrive for minutes and Ctrl-C would wait
+/// for the batch; a stream hands each record on when it is due and stops
+/// when the run is cancelled.
+fn paced<T: Send + 'static>(
+    iter: impl Iterator<Item = T> + Send + 'static,
     pacer: Option<Pacer>,
-) -> impl Iterator<Item = I::Item> + Send {
-    let mut pacer = pacer;
-    iter.inspect(move |_| {
-        if let Some(p) = pacer.as_mut() {
-            p.wait();
-        }
-    })
+) -> weir::Source<T> {
+    let Some(pacer) = pacer else {
+        return weir::from_iter(iter);
+    };
+    weir::from_stream(futures::stream::unfold(
+        (iter, pacer),
+        |(mut iter, mut pacer)| async move {
+            let item = iter.next()?;
+            pacer.wait().await;
+            Some((item, (iter, pacer)))
+        },
+    ))
 }
 
 /// One generator in a template.
