@@ -10,6 +10,9 @@ pub struct Diagnostic {
     pub message: String,
     /// 1-based line and column, when known.
     pub at: Option<(u64, u64)>,
+    /// Other places the problem involves (the input an output would
+    /// overwrite, say), each shown with its line.
+    pub notes: Vec<(String, (u64, u64))>,
 }
 
 impl Diagnostic {
@@ -17,14 +20,25 @@ impl Diagnostic {
         Diagnostic {
             message: message.into(),
             at,
+            notes: Vec::new(),
         }
     }
 
     /// A diagnostic at the position of a spanned YAML value.
     pub fn at<T>(message: impl Into<String>, span: &serde_saphyr::Spanned<T>) -> Self {
-        let l = span.referenced;
-        Diagnostic::new(message, Some((l.line(), l.column())))
+        Diagnostic::new(message, Some(location(span)))
     }
+
+    /// Adds a note pointing at another YAML value.
+    pub fn note<T>(mut self, message: impl Into<String>, span: &serde_saphyr::Spanned<T>) -> Self {
+        self.notes.push((message.into(), location(span)));
+        self
+    }
+}
+
+fn location<T>(span: &serde_saphyr::Spanned<T>) -> (u64, u64) {
+    let l = span.referenced;
+    (l.line(), l.column())
 }
 
 impl From<weir_connectors::ConfigError> for Diagnostic {
@@ -33,7 +47,7 @@ impl From<weir_connectors::ConfigError> for Diagnostic {
     }
 }
 
-/// Renders diagnostics rustc-style:
+/// Renders diagnostics rustc-style, each note with its own snippet:
 ///
 /// ```text
 /// error: unknown stage 'dedup' in `from`
@@ -47,27 +61,36 @@ pub fn render(file: &str, source: &str, diags: &[Diagnostic]) -> String {
     let mut out = String::new();
     for d in diags {
         let _ = writeln!(out, "error: {}", d.message);
-        match d.at {
-            Some((line, col)) if line >= 1 => {
-                let _ = writeln!(out, "  --> {file}:{line}:{col}");
-                if let Some(text) = lines.get(line as usize - 1) {
-                    let num = line.to_string();
-                    let pad = " ".repeat(num.len());
-                    let caret = " ".repeat(col.saturating_sub(1) as usize);
-                    let _ = writeln!(out, "{pad} |");
-                    let _ = writeln!(out, "{num} | {text}");
-                    let _ = writeln!(out, "{pad} | {caret}^");
-                }
-            }
-            _ => {
-                let _ = writeln!(out, "  --> {file}");
-            }
+        snippet(&mut out, file, &lines, d.at);
+        for (message, at) in &d.notes {
+            let _ = writeln!(out, "note: {message}");
+            snippet(&mut out, file, &lines, Some(*at));
         }
         out.push('\n');
     }
     let n = diags.len();
     let _ = write!(out, "{n} error{} in {file}", if n == 1 { "" } else { "s" });
     out
+}
+
+/// `  --> file:line:col`, then the line with a caret under the column.
+fn snippet(out: &mut String, file: &str, lines: &[&str], at: Option<(u64, u64)>) {
+    match at {
+        Some((line, col)) if line >= 1 => {
+            let _ = writeln!(out, "  --> {file}:{line}:{col}");
+            if let Some(text) = lines.get(line as usize - 1) {
+                let num = line.to_string();
+                let pad = " ".repeat(num.len());
+                let caret = " ".repeat(col.saturating_sub(1) as usize);
+                let _ = writeln!(out, "{pad} |");
+                let _ = writeln!(out, "{num} | {text}");
+                let _ = writeln!(out, "{pad} | {caret}^");
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "  --> {file}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
-//! The pipeline file's graph: names, `from` references, defaults, cycles.
+//! The pipeline file's graph: names, `from` references, defaults, cycles,
+//! and the files its inputs read and its outputs write (none may be both).
 //! Checked before any component is built, reporting every problem.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+
+use serde_saphyr::Spanned;
+use weir_connectors::sources::file::same_file;
 
 use crate::config::PipelineFile;
 use crate::diag::Diagnostic;
@@ -45,7 +50,8 @@ fn switch_above(
     }
 }
 
-pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
+/// Checks the graph; `base_dir` is where the file's relative paths start.
+pub fn check(file: &PipelineFile, base_dir: &Path) -> Result<Wiring, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut kinds: HashMap<String, NodeKind> = HashMap::new();
     let mut declare =
@@ -313,5 +319,127 @@ pub fn check(file: &PipelineFile) -> Result<Wiring, Vec<Diagnostic>> {
     for (o, from) in file.outputs.iter().zip(output_from) {
         w.from.entry(o.value.name.value.clone()).or_insert(from);
     }
+    diags.extend(same_files(file, base_dir));
     if diags.is_empty() { Ok(w) } else { Err(diags) }
+}
+
+/// A file the pipeline writes: an output's, or the dead-letter file.
+struct Written<'a> {
+    /// "output 'db'", "the dead-letter file".
+    who: String,
+    /// The path as written, and where; `None` for the default dead-letter
+    /// file, which the pipeline file does not name.
+    span: Option<&'a Spanned<String>>,
+    path: &'a str,
+    /// Several sqlite outputs may share a database (one table each).
+    sqlite: bool,
+}
+
+/// The default dead-letter file, beside the pipeline file.
+const DEFAULT_DEAD_LETTERS: &str = "dead-letters.jsonl";
+
+/// Outputs that would write over an input, and files written twice: the
+/// run would truncate its own input (or interleave two writers) before
+/// reading a line, so the file is refused before anything is opened. Paths
+/// are compared after resolving them against `base_dir`, links and globs
+/// (a glob also matches files that do not exist yet: the next run would
+/// read them).
+fn same_files(file: &PipelineFile, base_dir: &Path) -> Vec<Diagnostic> {
+    let mut written: Vec<Written> = Vec::new();
+    for o in &file.outputs {
+        let e = &o.value;
+        let who = format!("output '{}'", e.name.value);
+        if let Some(s) = &e.sqlite {
+            written.push(Written {
+                who,
+                span: Some(&s.path),
+                path: &s.path.value,
+                sqlite: true,
+            });
+        } else if let Some(f) = &e.file {
+            written.push(Written {
+                who,
+                span: Some(&f.path),
+                path: &f.path.value,
+                sqlite: false,
+            });
+        }
+    }
+    written.push(match &file.dead_letter {
+        Some(d) => Written {
+            who: "the dead-letter file".into(),
+            span: Some(&d.path),
+            path: &d.path.value,
+            sqlite: false,
+        },
+        None => Written {
+            who: "the dead-letter file".into(),
+            span: None,
+            path: DEFAULT_DEAD_LETTERS,
+            sqlite: false,
+        },
+    });
+    written.retain(|w| !w.path.is_empty());
+
+    let mut diags = Vec::new();
+    for w in &written {
+        for i in &file.inputs {
+            let Some(src) = &i.value.file else { continue };
+            if !src.reads(base_dir, Path::new(w.path)) {
+                continue;
+            }
+            let input = &i.value.name.value;
+            let glob = src.path.value.contains(['*', '?', '[']);
+            let how = if glob {
+                format!(
+                    "input '{input}' reads it here (it matches '{}')",
+                    src.path.value
+                )
+            } else {
+                format!("input '{input}' reads it here")
+            };
+            diags.push(match w.span {
+                Some(span) => Diagnostic::at(
+                    format!(
+                        "{} would write over {}, which input '{input}' reads",
+                        w.who, w.path
+                    ),
+                    span,
+                )
+                .note(how, &src.path),
+                None => Diagnostic::at(
+                    format!(
+                        "input '{input}' would read {DEFAULT_DEAD_LETTERS}, where dead letters go by default: set `dead_letter: {{ path: ... }}` to another file"
+                    ),
+                    &src.path,
+                ),
+            });
+        }
+    }
+    for (k, b) in written.iter().enumerate() {
+        for a in &written[..k] {
+            if (a.sqlite && b.sqlite) || !same_file(&base_dir.join(a.path), &base_dir.join(b.path))
+            {
+                continue;
+            }
+            // `b` comes after `a`, so only the default dead-letter file can
+            // lack a span here; then the output is the one to point at.
+            diags.push(match (a.span, b.span) {
+                (Some(sa), Some(sb)) => Diagnostic::at(
+                    format!("{} would write over {}, which {} writes too", b.who, b.path, a.who),
+                    sb,
+                )
+                .note(format!("{} writes it here", a.who), sa),
+                (Some(sa), None) => Diagnostic::at(
+                    format!(
+                        "{} writes {DEFAULT_DEAD_LETTERS}, where dead letters go by default: set `dead_letter: {{ path: ... }}` to another file",
+                        a.who
+                    ),
+                    sa,
+                ),
+                _ => continue,
+            });
+        }
+    }
+    diags
 }

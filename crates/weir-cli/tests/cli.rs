@@ -7,7 +7,10 @@
 //! * [`dead_letter`]: what reaches the dead-letter file, and its count;
 //! * [`example`]: the bundled `examples/pipelines/orders.yaml`;
 //! * [`commands`]: `weir list`, `weir explain`, `--report json` on failure;
-//! * [`fuzz`]: mutated pipeline files never crash `weir check`.
+//! * [`fuzz`]: mutated pipeline files never crash `weir check`;
+//! * [`options`]: numeric options out of range, reported at their line;
+//! * [`paths`]: outputs that would write over an input are refused;
+//! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered.
 
 #[path = "cli/util.rs"]
 mod util;
@@ -22,5 +25,11 @@ mod dead_letter;
 mod example;
 #[path = "cli/fuzz.rs"]
 mod fuzz;
+#[path = "cli/options.rs"]
+mod options;
+#[path = "cli/paths.rs"]
+mod paths;
+#[path = "cli/records.rs"]
+mod records;
 #[path = "cli/run.rs"]
 mod run;

@@ -99,20 +99,139 @@ async fn decode_errors_carry_position_and_reason() {
     assert_eq!(decoded[2].as_ref().unwrap().pos.line, 4);
 }
 
+/// Each decoded item: its line, and its record's value or its error.
+fn outcomes(
+    raws: &[Raw],
+    decoded: Vec<Result<Record, String>>,
+) -> Vec<(u64, Result<Value, String>)> {
+    raws.iter()
+        .zip(decoded)
+        .map(|(raw, d)| (raw.pos().line, d.map(|r| r.value)))
+        .collect()
+}
+
+/// A line that is not UTF-8 is rejected with reason `invalid_utf8` and the
+/// byte offset of the first bad byte, in every text format, gzipped or
+/// not; the lines around it are read as usual. It used to be decoded with
+/// U+FFFD in place of the bad bytes, silently.
 #[tokio::test]
-async fn invalid_utf8_and_crlf_do_not_stop_the_run() {
+async fn invalid_utf8_is_rejected_with_its_byte_offset_in_every_format() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("x.log");
-    std::fs::write(&p, b"one\r\ntw\xffo\nthree").unwrap();
-    let (_, decoded) = decode_all("path: x.log\n", dir.path()).await;
-    let lines: Vec<Value> = decoded.into_iter().map(|r| r.unwrap().value).collect();
+    let bad = |what: &str, at: usize, hex: &str| {
+        Err(format!(
+            "invalid_utf8: invalid UTF-8 at byte offset {at} of the {what} ({hex})"
+        ))
+    };
+    std::fs::write(dir.path().join("x.log"), b"one\r\ntw\xffo\r\nthree").unwrap();
+    let (raws, decoded) = decode_all("path: x.log\n", dir.path()).await;
     assert_eq!(
-        lines,
+        outcomes(&raws, decoded),
         vec![
-            json!({"line": "one"}),
-            json!({"line": "tw\u{fffd}o"}),
-            json!({"line": "three"})
+            (1, Ok(json!({"line": "one"}))),
+            (2, bad("line", 2, "0xff")),
+            (3, Ok(json!({"line": "three"}))),
         ]
+    );
+    // The dead-letter file shows the line with U+FFFD for the bad byte.
+    assert_eq!(
+        raws[1],
+        Raw::NotUtf8 {
+            pos: raws[1].pos().clone(),
+            text: "tw\u{fffd}o".into(),
+            detail: "invalid UTF-8 at byte offset 2 of the line (0xff)".into(),
+        }
+    );
+
+    let jsonl: &[u8] =
+        b"{\"a\":\"ok\"}\n{\"a\":\"bad\xff\"}\n{\"a\":\"caf\xc3\xa9\"}\n{\"a\":\"\xe2\x82\"}\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(jsonl).unwrap();
+    std::fs::write(dir.path().join("a.jsonl"), jsonl).unwrap();
+    std::fs::write(dir.path().join("b.jsonl.gz"), gz.finish().unwrap()).unwrap();
+    for path in ["a.jsonl", "b.jsonl.gz"] {
+        let (raws, decoded) = decode_all(&format!("path: {path}\n"), dir.path()).await;
+        assert_eq!(
+            outcomes(&raws, decoded),
+            vec![
+                (1, Ok(json!({"a": "ok"}))),
+                (2, bad("line", 9, "0xff")),
+                (3, Ok(json!({"a": "café"}))),
+                (
+                    4,
+                    Err(
+                        "invalid_utf8: invalid UTF-8 at byte offset 6 of the line (0xe2 0x82)"
+                            .into()
+                    )
+                ),
+            ],
+            "{path}"
+        );
+    }
+
+    std::fs::write(
+        dir.path().join("c.csv"),
+        b"id,name,note\n1,ok,x\n2,b\xffd,\"q\xfe\"\n3,fine,y\n4,x,y,\xff\n",
+    )
+    .unwrap();
+    let (raws, decoded) = decode_all("path: c.csv\ncolumns: {id: int}\n", dir.path()).await;
+    assert_eq!(
+        outcomes(&raws, decoded),
+        vec![
+            (2, Ok(json!({"id": 1, "name": "ok", "note": "x"}))),
+            (
+                3,
+                Err(
+                    "invalid_utf8: column name: invalid UTF-8 at byte offset 1 of the field (0xff)"
+                        .into()
+                )
+            ),
+            (4, Ok(json!({"id": 3, "name": "fine", "note": "y"}))),
+            (
+                5,
+                Err(
+                    "invalid_utf8: field 4: invalid UTF-8 at byte offset 0 of the field (0xff)"
+                        .into()
+                )
+            ),
+        ]
+    );
+    match &raws[1] {
+        Raw::NotUtf8 { text, .. } => assert_eq!(text, "2,b\u{fffd}d,q\u{fffd}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A csv header that is not UTF-8 stops the run, naming the file.
+    std::fs::write(dir.path().join("h.csv"), b"id,n\xffme\n1,2\n").unwrap();
+    let cfg: FileSource = serde_saphyr::from_str("path: h.csv\n").unwrap();
+    let (source, _) = cfg.build(&ctx(dir.path())).unwrap();
+    let p = Pipeline::new();
+    let _out = p.source("in", source).sink("all", weir::collect::<Raw>());
+    let err = bounded(p.run()).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "stage 'in' failed: cannot read h.csv at line 1: header field 2: invalid UTF-8 at byte offset 1 of the field (0xff); set `invalid_utf8: replace` to read it anyway"
+    );
+}
+
+/// `invalid_utf8: replace` keeps the old behaviour: U+FFFD for each invalid
+/// sequence, and the line is decoded.
+#[tokio::test]
+async fn invalid_utf8_replace_decodes_the_repaired_text() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.log"), b"one\ntw\xffo\n").unwrap();
+    std::fs::write(dir.path().join("h.csv"), b"id,n\xffme\n1,\xfe\n").unwrap();
+    let (raws, decoded) = decode_all("path: x.log\ninvalid_utf8: replace\n", dir.path()).await;
+    assert_eq!(
+        outcomes(&raws, decoded),
+        vec![
+            (1, Ok(json!({"line": "one"}))),
+            (2, Ok(json!({"line": "tw\u{fffd}o"}))),
+        ]
+    );
+    let (raws, decoded) = decode_all("path: h.csv\ninvalid_utf8: replace\n", dir.path()).await;
+    assert_eq!(
+        outcomes(&raws, decoded),
+        vec![(2, Ok(json!({"id": "1", "n\u{fffd}me": "\u{fffd}"})))]
     );
 }
 
@@ -395,6 +514,111 @@ async fn sqlite_read_only_and_locked_databases_are_clear_errors() {
     assert_eq!(e.at, Some((1, 7)));
 }
 
+/// A keyed table refuses a record whose key is missing or null (SQLite
+/// would store it, and every rerun would add it again): it alone is
+/// dead-lettered, naming its position and the key column, the rest is
+/// written, and a rerun leaves the same rows.
+#[tokio::test]
+async fn sqlite_missing_or_null_key_is_dead_lettered_and_reruns_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sqlite_cfg(dir.path(), "key: [id]\n");
+    let records = || {
+        vec![
+            rec(json!({"id": 1, "user": "a"}), 1),
+            rec(json!({"id": null, "user": "b"}), 2),
+            rec(json!({"user": "c"}), 3),
+            rec(json!({"id": 2, "user": "d"}), 4),
+        ]
+    };
+    for _run in 0..2 {
+        let p = Pipeline::new();
+        let dead = p.dead_letter_sink(weir::collect());
+        let written = p
+            .source("in", weir::from_iter(records()))
+            .sink("db", cfg.build(&ctx(dir.path())).unwrap())
+            .on_error(ErrorPolicy::DeadLetter);
+        let report = bounded(p.run()).await.unwrap();
+        let db = report.stage("db").unwrap();
+        assert_eq!((db.received, db.ok, db.dead_lettered), (4, 2, 2));
+        assert_eq!(written.take(), Some(2));
+        let letters: Vec<(String, String, u64)> = dead
+            .take()
+            .unwrap()
+            .iter()
+            .map(|d: &weir::DeadLetter| {
+                (
+                    d.stage.clone(),
+                    d.error.clone(),
+                    d.item::<Record>().unwrap().pos.line,
+                )
+            })
+            .collect();
+        assert_eq!(
+            letters,
+            vec![
+                (
+                    "db".to_string(),
+                    "record at t.jsonl:2: key column id is null".to_string(),
+                    2
+                ),
+                (
+                    "db".to_string(),
+                    "record at t.jsonl:3: key column id is missing".to_string(),
+                    3
+                ),
+            ]
+        );
+        assert_eq!(
+            rows(&dir.path().join("db/out.db")),
+            vec![
+                (1, Some("a".into()), None, None),
+                (2, Some("d".into()), None, None)
+            ]
+        );
+    }
+    // Without a key, null ids are rows like any other.
+    let cfg = sqlite_cfg(dir.path(), "");
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut w = cfg.build(&ctx(dir2.path())).unwrap();
+    bounded(w.write(records())).await.unwrap();
+    assert_eq!(bounded(w.finish()).await.unwrap(), 4);
+}
+
+/// A write waits `busy_timeout_ms` for another connection's lock, then
+/// fails; the default is 5 s; a value SQLite cannot hold is a config error
+/// at the option.
+#[tokio::test]
+async fn sqlite_busy_timeout_is_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db/out.db");
+    assert_eq!(
+        sqlite_cfg(dir.path(), "").busy_timeout().unwrap(),
+        Duration::from_secs(5)
+    );
+    let cfg = sqlite_cfg(dir.path(), "busy_timeout_ms: 400\n");
+    let mut w = cfg.build(&ctx(dir.path())).unwrap();
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let t0 = std::time::Instant::now();
+    let err = bounded(w.write(orders())).await.unwrap_err();
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(4),
+        "waited {waited:?}"
+    );
+    assert_eq!(err.unwritten.len(), 3);
+    other.execute_batch("ROLLBACK").unwrap();
+
+    let cfg = sqlite_cfg(dir.path(), "busy_timeout_ms: 2147483648\n");
+    let e = cfg.build(&ctx(dir.path())).unwrap_err();
+    assert_eq!(
+        e.message,
+        "sqlite sink: busy_timeout_ms must be at most 86400000 (a day), not 2147483648"
+    );
+    assert_eq!(e.at, Some((8, 18)));
+    assert_eq!(cfg.check().unwrap_err(), e);
+}
+
 #[tokio::test]
 async fn sqlite_table_that_does_not_fit_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -587,6 +811,85 @@ async fn dead_letter_file_content() {
     assert_eq!(l["raw"], "1,\"x,y\"");
 }
 
+/// The dead letters of a stage that rejects a record per line of `lines`.
+async fn letters_for(lines: &[u64]) -> Vec<weir::DeadLetter> {
+    let p = Pipeline::new();
+    let dead = p.dead_letter_sink(weir::collect());
+    let records: Vec<Record> = lines.iter().map(|&l| rec(json!({"n": l}), l)).collect();
+    let _out = p
+        .source("in", weir::from_iter(records))
+        .try_map("check", |r: &Record| {
+            Err::<Record, _>(weir_connectors::ProcessError::new(
+                "bad",
+                format!("line {}", r.pos.line),
+            ))
+        })
+        .on_error(ErrorPolicy::DeadLetter)
+        .sink("out", weir::collect());
+    bounded(p.run()).await.unwrap();
+    dead.take().unwrap()
+}
+
+/// The positions of the letters in a dead-letter file, in file order.
+fn letter_positions(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["position"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Opened for a resumed run, the dead-letter file skips the letters it
+/// already holds (as many times as it holds each), writes the others, and
+/// cuts off a line torn by a crash.
+#[tokio::test]
+async fn dead_letter_file_appends_each_letter_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dl/dead.jsonl");
+    let mut f = DeadLetterFile::create(&path).unwrap();
+    f.write_batch(letters_for(&[1, 2, 3]).await).unwrap();
+    drop(f);
+    let mut torn = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    torn.write_all(b"{\"stage\":\"check\",\"err").unwrap();
+    drop(torn);
+
+    let mut f = DeadLetterFile::append(&path).unwrap();
+    f.write_batch(letters_for(&[2, 3, 4]).await).unwrap();
+    assert_eq!((f.written(), f.repeats()), (1, 2));
+    bounded(f.finish()).await.unwrap();
+    assert_eq!(
+        letter_positions(&path),
+        ["t.jsonl:1", "t.jsonl:2", "t.jsonl:3", "t.jsonl:4"]
+    );
+
+    // A letter met twice where the file holds it once is written once more.
+    let mut f = DeadLetterFile::append(&path).unwrap();
+    f.write_batch(letters_for(&[4, 4]).await).unwrap();
+    assert_eq!((f.written(), f.repeats()), (1, 1));
+    drop(f);
+    assert_eq!(
+        letter_positions(&path),
+        [
+            "t.jsonl:1",
+            "t.jsonl:2",
+            "t.jsonl:3",
+            "t.jsonl:4",
+            "t.jsonl:4"
+        ]
+    );
+    // A fresh run starts the file over.
+    let mut f = DeadLetterFile::create(&path).unwrap();
+    f.write_batch(letters_for(&[9]).await).unwrap();
+    drop(f);
+    assert_eq!(letter_positions(&path), ["t.jsonl:9"]);
+}
+
 /// An `io::Write` that hashes and counts.
 struct HashWriter(sha2::Sha256, u64);
 
@@ -720,14 +1023,70 @@ async fn generate_events_preset_and_rate() {
     assert_eq!(got, expected);
     assert!(decoder.decode(&raws[0]).is_ok());
 
-    for bad in [
-        "count: 1\n",
-        "count: 1\npreset: events\ntemplate: {a: 1}\n",
-        "count: 1\npreset: events\nrate: 0\n",
-    ] {
+    for bad in ["count: 1\n", "count: 1\npreset: events\ntemplate: {a: 1}\n"] {
         let cfg: GenerateSource = serde_saphyr::from_str(bad).unwrap();
         assert!(cfg.build(&ctx(dir.path())).is_err(), "{bad}");
     }
+    // Rates that cannot be paced are errors at the `rate` value (a tiny
+    // one used to panic in `Duration::from_secs_f64`).
+    for rate in ["0", "-1", "1e-300", "5e-6", ".nan", ".inf", "1e300"] {
+        let yaml = format!("count: 1\npreset: events\nrate: {rate}\n");
+        let cfg: GenerateSource = serde_saphyr::from_str(&yaml).unwrap();
+        let e = match cfg.build(&ctx(dir.path())) {
+            Ok(_) => panic!("rate {rate} was accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(e.at, Some((3, 7)), "{e}");
+        assert!(
+            e.message.starts_with(
+                "generate source: rate must be between 1/86400 (one record a day) and 1e9 records per second, not "
+            ),
+            "{e}"
+        );
+    }
+}
+
+/// A paced source hands each record on when it is due, and a cancelled run
+/// stops it at once: it used to fill a whole batch first (at 20 records a
+/// second, 1024 records took 51 s, and Ctrl-C waited for them).
+#[tokio::test]
+async fn paced_generate_is_prompt_and_stops_when_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: GenerateSource =
+        serde_saphyr::from_str("count: 200\nrate: 20\ntemplate: { a: 1 }\n").unwrap();
+    let (source, decoder) = cfg.build(&ctx(dir.path())).unwrap();
+    let p = Pipeline::new();
+    let t0 = std::time::Instant::now();
+    let first = Arc::new(std::sync::Mutex::new(None));
+    let seen = first.clone();
+    let out = p
+        .source("gen", source)
+        .try_map("decode", move |raw: &Raw| decoder.decode(raw))
+        .sink(
+            "out",
+            weir::fold(0u64, move |n, _r: Record| {
+                seen.lock().unwrap().get_or_insert_with(|| t0.elapsed());
+                n + 1
+            }),
+        );
+    let cancel = p.cancel_token();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel();
+    });
+    let report = tokio::time::timeout(Duration::from_secs(5), p.run())
+        .await
+        .expect("the cancelled run did not stop within 5 s")
+        .unwrap();
+    let first = first.lock().unwrap().expect("a record arrived");
+    assert!(
+        first < Duration::from_millis(400),
+        "first record after {first:?}"
+    );
+    let got = out.take().unwrap();
+    // About 10 records in 500 ms; all of them drained to the sink.
+    assert!((5..=20).contains(&got), "{got}");
+    assert_eq!(report.stage("gen").unwrap().ok, got);
 }
 
 /// A manual throughput check of reading and decoding (B4 data):

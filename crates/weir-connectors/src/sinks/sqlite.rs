@@ -15,13 +15,21 @@
 //! JSON text; a `json` column stores any value as JSON text. JSON null is
 //! SQL NULL everywhere.
 //!
-//! A record with a value that does not fit is not written, and neither is
-//! anything after it in the batch: the records before it are committed, and
-//! the write fails with an error naming the record's position and the
-//! column, giving back the rest of the batch (the sink contract only allows
-//! a suffix). The engine then applies the sink's error policy to that rest
-//! (retry, dead-letter, or fail). To keep good records out of the dead
-//! letters, check types upstream (a `validate` processor).
+//! With a `key`, a record whose key column is missing or null does not fit
+//! either. SQLite would store it as a new row on every write (a NULL never
+//! equals another; in a single `integer` key it becomes the next free
+//! rowid, which a later record's real key can then overwrite), so every
+//! rerun or `--resume` would add it again.
+//!
+//! A record that does not fit is not written: the records before it are
+//! committed, and the write fails with an error naming the record's
+//! position and the column, giving back the rest of the batch with that
+//! record first ([`weir::WriteError::bad_item`]; the sink contract only
+//! allows a suffix). The engine dead-letters that record alone and writes
+//! the rest, unless the output's policy is to fail (the default of outputs
+//! in a pipeline file: `on_error: dead_letter` on the output keeps the run
+//! going). To keep good records out of the dead letters, check types
+//! upstream (a `validate` processor).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,9 +95,16 @@ impl<'de> serde::Deserialize<'de> for Columns {
     }
 }
 
-fn default_busy_timeout_ms() -> u64 {
-    5000
-}
+/// How long a write waits for another connection's lock when
+/// `busy_timeout_ms` is not set: long enough to ride out another writer's
+/// transaction or a WAL checkpoint, short enough that a database held by a
+/// stuck process is reported while someone is still watching.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest `busy_timeout_ms`: a day. SQLite counts it in an `int` of
+/// milliseconds (rusqlite panics beyond 2^31 - 1, about 24.8 days), and a
+/// write that waits longer than a day for a lock is a hang, not a wait.
+pub const MAX_BUSY_TIMEOUT_MS: u64 = 86_400_000;
 
 /// Writes records as rows of a SQLite table, creating the database file and
 /// the table when they do not exist.
@@ -111,10 +126,15 @@ pub struct SqliteSink {
     /// reruns are idempotent. Default: none (plain inserts).
     #[serde(default)]
     pub key: Vec<String>,
-    /// How long a write waits for another connection's lock before it
-    /// fails, in milliseconds. Default: 5000.
-    #[serde(default = "default_busy_timeout_ms")]
-    pub busy_timeout_ms: u64,
+    /// How long a write waits for another connection's lock (another
+    /// process writing to the same database) before it fails, in
+    /// milliseconds, from 0 (fail at once) to 86400000 (a day). Raise it
+    /// when other writers hold long transactions; the write then fails with
+    /// "database ... is locked by another connection" and the output's
+    /// `on_error` decides what follows. Default: 5000.
+    #[serde(default)]
+    #[schemars(with = "Option<u64>")]
+    pub busy_timeout_ms: Option<Spanned<u64>>,
 }
 
 fn quote(ident: &str) -> String {
@@ -176,11 +196,32 @@ impl SqliteSink {
         sql
     }
 
+    /// How long a write waits for a lock.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] at `busy_timeout_ms` when it exceeds
+    /// [`MAX_BUSY_TIMEOUT_MS`].
+    pub fn busy_timeout(&self) -> Result<Duration, ConfigError> {
+        match &self.busy_timeout_ms {
+            None => Ok(DEFAULT_BUSY_TIMEOUT),
+            Some(ms) if ms.value > MAX_BUSY_TIMEOUT_MS => Err(ConfigError::at(
+                format!(
+                    "sqlite sink: busy_timeout_ms must be at most {MAX_BUSY_TIMEOUT_MS} (a day), not {}",
+                    ms.value
+                ),
+                ms,
+            )),
+            Some(ms) => Ok(Duration::from_millis(ms.value)),
+        }
+    }
+
     /// Checks the options without opening the database (`weir check`).
     ///
     /// # Errors
-    /// An empty table name, a key that is not a column, and the like.
+    /// An empty table name, a key that is not a column, a busy timeout out
+    /// of range, and the like.
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.busy_timeout()?;
         if self.table.is_empty() {
             return Err(ConfigError::new("sqlite sink: 'table' is empty"));
         }
@@ -237,8 +278,8 @@ impl SqliteSink {
         }
         let fail = |e: rusqlite::Error| format!("sqlite sink: {}", describe(&e, shown));
         let conn = Connection::open(full).map_err(fail)?;
-        conn.busy_timeout(Duration::from_millis(self.busy_timeout_ms))
-            .map_err(fail)?;
+        let busy = self.busy_timeout().map_err(|e| e.message)?;
+        conn.busy_timeout(busy).map_err(fail)?;
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
             .map_err(fail)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -260,6 +301,7 @@ impl SqliteSink {
             path: full.to_path_buf(),
             insert,
             columns: self.columns.0.clone(),
+            key: self.key.clone(),
             rows: 0,
         })
     }
@@ -273,6 +315,8 @@ pub struct SqliteWriter {
     path: PathBuf,
     insert: String,
     columns: Vec<(String, SqlType)>,
+    /// The key columns: a record needs a value in each.
+    key: Vec<String>,
     rows: u64,
 }
 
@@ -342,6 +386,16 @@ impl SqliteWriter {
                 r.pos
             ));
         };
+        // A NULL key is a new row on every write (see "Values that do not
+        // fit"): refuse it, so that reruns and resumes stay idempotent.
+        for k in &self.key {
+            let what = match m.get(k) {
+                None => "missing",
+                Some(Value::Null) => "null",
+                Some(_) => continue,
+            };
+            return Err(format!("record at {}: key column {k} is {what}", r.pos));
+        }
         self.columns
             .iter()
             .map(|(name, ty)| match m.get(name) {

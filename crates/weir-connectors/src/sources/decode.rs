@@ -2,8 +2,9 @@
 //!
 //! A [`Decoder`] is cheap to clone and `Send + Sync`: the pipeline runs it as
 //! a stage of its own, on several workers. A line that does not decode is
-//! rejected with reason `parse_error` and a detail that says what is wrong
-//! and where in the line; the record's position says which file and line.
+//! rejected with reason `parse_error` (or `invalid_utf8`) and a detail that
+//! says what is wrong and where in the line; the record's position says
+//! which file and line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -124,7 +125,8 @@ impl Decoder {
     /// # Errors
     /// A [`ProcessError`] with reason `parse_error`: invalid JSON (with the
     /// column in the line), a CSV field that does not fit its column type, a
-    /// CSV row with the wrong number of fields.
+    /// CSV row with the wrong number of fields; with reason `invalid_utf8`:
+    /// a line that is not UTF-8 (`Raw::NotUtf8`).
     pub fn decode(&self, raw: &Raw) -> Result<Record, ProcessError> {
         match raw {
             Raw::Line { pos, text } => {
@@ -143,6 +145,7 @@ impl Decoder {
                 headers,
                 fields,
             } => Ok(Record::new(self.decode_row(headers, fields)?, pos.clone())),
+            Raw::NotUtf8 { detail, .. } => Err(ProcessError::new("invalid_utf8", detail.clone())),
             Raw::Record(r) => Ok(r.clone()),
         }
     }

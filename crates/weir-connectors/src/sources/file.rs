@@ -7,8 +7,11 @@
 //! its [`Position`]; decoding is left to the [`Decoder`] the source comes
 //! with, so that it can run in parallel. An I/O error (including a corrupt
 //! gzip stream) stops the run with a message naming the file and line.
-//! Invalid UTF-8 does not: the line is decoded lossily (U+FFFD) and left to
-//! the decoder.
+//! Invalid UTF-8 does not: such a line (csv: row) is yielded as
+//! `Raw::NotUtf8`, which the decoder dead-letters with reason
+//! `invalid_utf8` and the byte offset of the first bad byte, unless the
+//! source says `invalid_utf8: replace`. A csv header that is not UTF-8
+//! stops the run (column names cannot be guessed).
 //!
 //! A CSV record whose field count differs from the header's is not an I/O
 //! error: it is yielded as a `Raw::Row` with the fields it has, and the
@@ -24,11 +27,11 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
-use crate::checkpoint::{CHUNK_LINES, Checkpoint, Chunk};
+use crate::checkpoint::{CHUNK_LINES, Checkpoint, Chunk, FileIdentity};
 use crate::error::ConfigError;
 use crate::record::Position;
 use crate::sources::decode::{ColumnType, Decoder, Format};
-use crate::sources::{BuildContext, Raw};
+use crate::sources::{BuildContext, InvalidUtf8, Raw, Text, csv_line};
 
 /// Read buffer size: large enough that a read is a few system calls per
 /// megabyte, small enough not to matter for memory.
@@ -59,6 +62,31 @@ pub struct FileSource {
     /// parse as its type dead-letters the row. Default: none.
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnType>,
+    /// What to do with a line (csv: a row) that is not valid UTF-8:
+    /// `dead_letter` it, with reason `invalid_utf8` and the byte offset of
+    /// the first invalid byte, or `replace` each invalid sequence with
+    /// U+FFFD and decode the line as usual. Default: `dead_letter`.
+    #[serde(default)]
+    pub invalid_utf8: InvalidUtf8,
+    /// What `weir run --resume` does with a file of this input that changed
+    /// since the checkpoint other than by growing (truncated, rewritten,
+    /// rotated: the lines the checkpoint counts as done are not its lines):
+    /// `refuse` to start, naming the file, or `restart` it, reading it
+    /// again from line 1. Default: `refuse`.
+    #[serde(default)]
+    pub on_rewrite: OnRewrite,
+}
+
+/// What `--resume` does with a file that is not the one its checkpoint
+/// was made on; see [`FileSource::on_rewrite`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRewrite {
+    /// Stop before anything runs, naming the file.
+    #[default]
+    Refuse,
+    /// Read the file again from line 1.
+    Restart,
 }
 
 impl FileSource {
@@ -81,15 +109,20 @@ impl FileSource {
     /// Like [`build`](Self::build), with progress kept in `checkpoint`: each
     /// line carries an ack that marks it done once its records are committed,
     /// and lines an earlier run finished are skipped (`weir run --resume`).
+    /// Each file's [`FileIdentity`] is recorded; a file whose checkpoint was
+    /// made on other content is refused or restarted, as `on_rewrite` says.
     ///
     /// # Errors
-    /// As [`build`](Self::build).
+    /// As [`build`](Self::build); a file that cannot be read; with
+    /// `on_rewrite: refuse`, files that changed since the checkpoint other
+    /// than by growing (every one is named).
     pub fn build_resumable(
         &self,
         ctx: &BuildContext,
         checkpoint: Arc<Checkpoint>,
     ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         let (reader, decoder) = self.prepare(ctx)?;
+        self.check_identities(ctx, &reader.files, &checkpoint)?;
         let items = Resumable {
             reader,
             input: ctx.input.clone(),
@@ -98,6 +131,72 @@ impl FileSource {
             chunk: None,
         };
         Ok((weir::from_try_acked_iter(items), decoder))
+    }
+
+    /// Records what each file is, and checks that each file with progress
+    /// in the checkpoint is the file (perhaps grown) that progress counts.
+    fn check_identities(
+        &self,
+        ctx: &BuildContext,
+        files: &VecDeque<FileEntry>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), ConfigError> {
+        let input = &*ctx.input;
+        let unreadable = |f: &FileEntry, e: io::Error| {
+            ConfigError::at(
+                format!("file source: cannot read {}: {e}", f.display),
+                &self.path,
+            )
+        };
+        let mut changed = Vec::new();
+        for f in files {
+            let file = &*f.display;
+            let now = FileIdentity::of(&f.path).map_err(|e| unreadable(f, e))?;
+            let verdict = match checkpoint.saved(input, file) {
+                Some(saved) if saved.line > 0 => match &saved.identity {
+                    Some(then) => then
+                        .continued_by(&now, &f.path)
+                        .map_err(|e| unreadable(f, e))?
+                        .map_err(|why| (why, saved.line)),
+                    None => Err((
+                        "the checkpoint, written by an older weir, does not record what the file was".to_string(),
+                        saved.line,
+                    )),
+                },
+                _ => Ok(()),
+            };
+            match verdict {
+                Ok(()) => checkpoint.read_as(input, file, now),
+                Err(_) if self.on_rewrite == OnRewrite::Restart => {
+                    checkpoint
+                        .restart(input, file, now)
+                        .map_err(|e| ConfigError::new(format!("checkpoint database: {e}")))?;
+                }
+                Err((why, done)) => changed.push((file.to_string(), why, done)),
+            }
+        }
+        let message = match changed.as_slice() {
+            [] => return Ok(()),
+            [(file, why, done)] => format!(
+                "--resume: {file} changed since the checkpoint other than by growing ({why}); \
+                 resuming would skip its first {done} lines. Run without --resume to start over, \
+                 or set `on_rewrite: restart` on this input to read it again from line 1"
+            ),
+            many => {
+                let list: Vec<String> = many
+                    .iter()
+                    .map(|(file, why, done)| format!("{file} ({why}; {done} lines done)"))
+                    .collect();
+                format!(
+                    "--resume: {} files changed since the checkpoint other than by growing: {}; \
+                     resuming would skip those lines. Run without --resume to start over, \
+                     or set `on_rewrite: restart` on this input to read them again from line 1",
+                    many.len(),
+                    list.join(", ")
+                )
+            }
+        };
+        Err(ConfigError::at(message, &self.path))
     }
 
     /// Checks the options and resolves the files: the line reader over
@@ -135,11 +234,129 @@ impl FileSource {
             input: ctx.input.clone(),
             format,
             delimiter,
+            invalid_utf8: self.invalid_utf8,
             files: files.into(),
             current: None,
         };
         Ok((reader, Decoder::new(format, self.columns.clone())))
     }
+}
+
+impl FileSource {
+    /// Whether this source reads the file at `path` (relative to
+    /// `base_dir`, like the source's own path) or, for a glob, would read
+    /// it once it exists: the same file under another spelling, through a
+    /// symbolic link or a hard link counts. `weir check` uses it to refuse
+    /// outputs that would overwrite their own input.
+    pub fn reads(&self, base_dir: &Path, path: &Path) -> bool {
+        let pattern = self.path.value.as_str();
+        if pattern.is_empty() {
+            return false;
+        }
+        let target = Located::of(&base_dir.join(path));
+        if !pattern.contains(['*', '?', '[']) {
+            return Located::of(&base_dir.join(pattern)).is(&target);
+        }
+        // The pattern over the canonical base, so that it can be compared
+        // with the canonical target, existing or not.
+        let base = Located::of(base_dir).path;
+        let full = if Path::new(pattern).is_relative() {
+            format!(
+                "{}/{pattern}",
+                glob::Pattern::escape(&base.to_string_lossy()).trim_end_matches('/')
+            )
+        } else {
+            pattern.to_string()
+        };
+        let full = lexical(Path::new(&full)).to_string_lossy().into_owned();
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        if glob::Pattern::new(&full).is_ok_and(|p| p.matches_path_with(&target.path, options)) {
+            return true;
+        }
+        glob::glob_with(&full, options).is_ok_and(|matches| {
+            matches
+                .flatten()
+                .any(|m| m.is_file() && Located::of(&m).is(&target))
+        })
+    }
+}
+
+/// Whether `a` and `b` name the same file (existing or not), under any
+/// spelling, through links.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    Located::of(a).is(&Located::of(b))
+}
+
+/// A file by its canonical path and, when it exists, its device and inode.
+struct Located {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl Located {
+    /// Canonical when `p` exists; else its canonical directory and its
+    /// name; else `p` made absolute with `.` and `..` resolved by hand.
+    fn of(p: &Path) -> Located {
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        if let Ok(path) = std::fs::canonicalize(p) {
+            return Located {
+                id: file_id(&path),
+                path,
+            };
+        }
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let abs = lexical(&abs);
+        let path = match (abs.parent(), abs.file_name()) {
+            (Some(dir), Some(name)) => match std::fs::canonicalize(dir) {
+                Ok(d) => d.join(name),
+                Err(_) => abs,
+            },
+            _ => abs,
+        };
+        Located { path, id: None }
+    }
+
+    fn is(&self, other: &Located) -> bool {
+        self.path == other.path || (self.id.is_some() && self.id == other.id)
+    }
+}
+
+/// `p` with `.` dropped and `..` taking off the component before it.
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 /// A [`FileReader`] that skips what a checkpoint says is done and gives
@@ -354,19 +571,21 @@ impl fmt::Display for ReadError {
 impl std::error::Error for ReadError {}
 
 /// Reads lines from a buffered reader: 1-based line numbers, newline (and a
-/// `\r` before it) removed, invalid UTF-8 replaced by U+FFFD.
+/// `\r` before it) removed, invalid UTF-8 handled as `invalid_utf8` says.
 pub(crate) struct LineReader<R> {
     reader: R,
     buf: Vec<u8>,
     line: u64,
+    invalid_utf8: InvalidUtf8,
 }
 
 impl<R: BufRead> LineReader<R> {
-    pub(crate) fn new(reader: R) -> Self {
+    pub(crate) fn new(reader: R, invalid_utf8: InvalidUtf8) -> Self {
         LineReader {
             reader,
             buf: Vec::with_capacity(1024),
             line: 0,
+            invalid_utf8,
         }
     }
 
@@ -376,7 +595,7 @@ impl<R: BufRead> LineReader<R> {
     }
 
     /// The next line and its number; `None` at the end.
-    pub(crate) fn next_line(&mut self) -> Option<io::Result<(u64, String)>> {
+    pub(crate) fn next_line(&mut self) -> Option<io::Result<(u64, Text)>> {
         self.buf.clear();
         match self.reader.read_until(b'\n', &mut self.buf) {
             Ok(0) => return None,
@@ -391,11 +610,10 @@ impl<R: BufRead> LineReader<R> {
                 bytes = b;
             }
         }
-        let text = match std::str::from_utf8(bytes) {
-            Ok(s) => s.to_owned(),
-            Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-        };
-        Some(Ok((self.line, text)))
+        Some(Ok((
+            self.line,
+            Text::decode(bytes, self.invalid_utf8, "line"),
+        )))
     }
 }
 
@@ -425,6 +643,7 @@ struct FileReader {
     input: Arc<str>,
     format: Format,
     delimiter: u8,
+    invalid_utf8: InvalidUtf8,
     files: VecDeque<FileEntry>,
     current: Option<Current>,
 }
@@ -453,10 +672,28 @@ impl FileReader {
                     .buffer_capacity(BUF_SIZE)
                     .from_reader(raw);
                 let headers: Arc<[String]> = match reader.byte_headers() {
-                    Ok(h) => h
-                        .iter()
-                        .map(|f| String::from_utf8_lossy(f).into_owned())
-                        .collect(),
+                    Ok(h) => {
+                        let mut names = Vec::with_capacity(h.len());
+                        for (i, f) in h.iter().enumerate() {
+                            match Text::decode(f, self.invalid_utf8, "field") {
+                                Text::Valid(name) => names.push(name),
+                                Text::Invalid { detail, .. } => {
+                                    return Err(ReadError {
+                                        file: entry.display.clone(),
+                                        line: Some(1),
+                                        source: io::Error::new(
+                                            io::ErrorKind::InvalidData,
+                                            format!(
+                                                "header field {}: {detail}; set `invalid_utf8: replace` to read it anyway",
+                                                i + 1
+                                            ),
+                                        ),
+                                    });
+                                }
+                            }
+                        }
+                        names.into()
+                    }
                     Err(e) => {
                         return Err(ReadError {
                             file: entry.display.clone(),
@@ -474,7 +711,10 @@ impl FileReader {
             }
             Format::Jsonl | Format::Lines => Ok(Current::Lines {
                 file: entry.display.clone(),
-                reader: LineReader::new(Box::new(BufReader::with_capacity(BUF_SIZE, raw))),
+                reader: LineReader::new(
+                    Box::new(BufReader::with_capacity(BUF_SIZE, raw)),
+                    self.invalid_utf8,
+                ),
             }),
         }
     }
@@ -482,6 +722,7 @@ impl FileReader {
     /// The next item of the current file; `None` when it is exhausted.
     fn next_in_current(&mut self) -> Option<Result<Raw, ReadError>> {
         let skip_blank = self.format == Format::Jsonl;
+        let invalid_utf8 = self.invalid_utf8;
         let input = &self.input;
         let pos = |file: &Arc<str>, line: u64| {
             Arc::new(Position {
@@ -494,13 +735,8 @@ impl FileReader {
         match cur {
             Current::Lines { file, reader } => loop {
                 match reader.next_line()? {
-                    Ok((_, text)) if skip_blank && is_blank(&text) => continue,
-                    Ok((line, text)) => {
-                        return Some(Ok(Raw::Line {
-                            pos: pos(file, line),
-                            text,
-                        }));
-                    }
+                    Ok((_, Text::Valid(text))) if skip_blank && is_blank(&text) => continue,
+                    Ok((line, text)) => return Some(Ok(Raw::from_text(pos(file, line), text))),
                     Err(source) => {
                         return Some(Err(ReadError {
                             file: file.clone(),
@@ -519,14 +755,32 @@ impl FileReader {
                 Ok(false) => None,
                 Ok(true) => {
                     let line = record.position().map_or(0, |p| p.line());
-                    let fields = record
-                        .iter()
-                        .map(|f| String::from_utf8_lossy(f).into_owned())
-                        .collect();
-                    Some(Ok(Raw::Row {
-                        pos: pos(file, line),
-                        headers: headers.clone(),
-                        fields,
+                    let mut fields = Vec::with_capacity(record.len());
+                    let mut invalid = None;
+                    for (i, f) in record.iter().enumerate() {
+                        match Text::decode(f, invalid_utf8, "field") {
+                            Text::Valid(s) => fields.push(s),
+                            Text::Invalid { lossy, detail } => {
+                                invalid.get_or_insert_with(|| match headers.get(i) {
+                                    Some(name) => format!("column {name}: {detail}"),
+                                    None => format!("field {}: {detail}", i + 1),
+                                });
+                                fields.push(lossy);
+                            }
+                        }
+                    }
+                    let pos = pos(file, line);
+                    Some(Ok(match invalid {
+                        None => Raw::Row {
+                            pos,
+                            headers: headers.clone(),
+                            fields,
+                        },
+                        Some(detail) => Raw::NotUtf8 {
+                            pos,
+                            text: csv_line(&fields),
+                            detail,
+                        },
                     }))
                 }
                 Err(e) => {
@@ -602,21 +856,28 @@ mod tests {
     }
 
     #[test]
-    fn line_reader_strips_newlines_and_replaces_bad_utf8() {
-        let data: &[u8] = b"a\r\nb\xff\n\nlast";
-        let mut r = LineReader::new(data);
-        let mut got = Vec::new();
-        while let Some(l) = r.next_line() {
-            got.push(l.unwrap());
+    fn line_reader_strips_newlines_and_flags_bad_utf8() {
+        let data: &[u8] = b"a\r\nb\xff\r\n\nlast";
+        for policy in [InvalidUtf8::DeadLetter, InvalidUtf8::Replace] {
+            let mut r = LineReader::new(data, policy);
+            let mut got = Vec::new();
+            while let Some(l) = r.next_line() {
+                got.push(match l.unwrap() {
+                    (n, Text::Valid(s)) => (n, s, None),
+                    (n, Text::Invalid { lossy, detail }) => (n, lossy, Some(detail)),
+                });
+            }
+            let bad = (policy == InvalidUtf8::DeadLetter)
+                .then(|| "invalid UTF-8 at byte offset 1 of the line (0xff)".to_string());
+            assert_eq!(
+                got,
+                vec![
+                    (1, "a".to_string(), None),
+                    (2, "b\u{fffd}".to_string(), bad),
+                    (3, String::new(), None),
+                    (4, "last".to_string(), None),
+                ]
+            );
         }
-        assert_eq!(
-            got,
-            vec![
-                (1, "a".to_string()),
-                (2, "b\u{fffd}".to_string()),
-                (3, String::new()),
-                (4, "last".to_string()),
-            ]
-        );
     }
 }

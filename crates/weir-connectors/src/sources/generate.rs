@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+use serde_saphyr::Spanned;
 
 use crate::error::ConfigError;
 use crate::record::{Position, Record};
@@ -39,9 +40,17 @@ pub enum Preset {
     Events,
 }
 
-fn default_users() -> u64 {
-    10_000
-}
+/// `preset: events` users when `users` is not set.
+const DEFAULT_USERS: u64 = 10_000;
+
+/// The slowest `rate`: one record a day. Slower than that is almost surely
+/// a typo (a rate in records per hour, say), and a pause far longer than
+/// any run is indistinguishable from a hang.
+pub const MIN_RATE: f64 = 1.0 / 86_400.0;
+
+/// The fastest `rate`: one record a nanosecond, the resolution of the
+/// pacing clock; above it a rate could not be kept, only ignored.
+pub const MAX_RATE: f64 = 1e9;
 
 /// Generates `count` synthetic records, from a template or a preset.
 #[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
@@ -52,21 +61,26 @@ pub struct GenerateSource {
     /// The random seed: the same seed gives the same records. Default: 0.
     #[serde(default)]
     pub seed: u64,
-    /// Records per second, paced evenly. Default: as fast as possible.
+    /// Records per second, paced evenly: from one a day (1/86400, about
+    /// 0.0000116) to 1e9. Default: as fast as possible.
     #[serde(default)]
-    pub rate: Option<f64>,
+    #[schemars(with = "Option<f64>")]
+    pub rate: Option<Spanned<f64>>,
     /// The record to generate: a mapping whose string values may contain
     /// `{{seq}}`, `{{int:A..B}}`, `{{float:A..B}}` and `{{choice:a|b|c}}`
     /// placeholders. Exactly one of `template` and `preset` is required.
     #[serde(default)]
-    pub template: Option<Map<String, Value>>,
+    #[schemars(with = "Option<Map<String, Value>>")]
+    pub template: Option<Spanned<Map<String, Value>>>,
     /// A ready-made generator instead of a template: `events` (the B4
     /// benchmark lines, decoded as jsonl).
     #[serde(default)]
     pub preset: Option<Preset>,
-    /// `preset: events` only: the number of distinct users. Default: 10000.
-    #[serde(default = "default_users")]
-    pub users: u64,
+    /// `preset: events` only: the number of distinct users, at least 1.
+    /// Default: 10000.
+    #[serde(default)]
+    #[schemars(with = "Option<u64>")]
+    pub users: Option<Spanned<u64>>,
 }
 
 impl GenerateSource {
@@ -78,17 +92,29 @@ impl GenerateSource {
     ///
     /// # Errors
     /// A [`ConfigError`] when neither or both of `template` and `preset` are
-    /// set, when a placeholder is malformed, or when `rate` is not a
-    /// positive number.
+    /// set, when a placeholder is malformed, when `rate` is not between
+    /// [`MIN_RATE`] and [`MAX_RATE`], or when `users` is 0 or set with a
+    /// template; at the option's line when it has one.
     pub fn build(&self, ctx: &BuildContext) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
-        let pacer = match self.rate {
+        let pacer = match &self.rate {
             None => None,
-            Some(r) if r.is_finite() && r > 0.0 => Some(Pacer::new(r)),
-            Some(r) => {
-                return Err(ConfigError::new(format!(
-                    "generate source: rate must be a positive number of records per second, not {r}"
-                )));
+            Some(r) => Some(Pacer::new(check_rate(r)?)),
+        };
+        let users = match &self.users {
+            None => DEFAULT_USERS,
+            Some(u) if self.template.is_some() => {
+                return Err(ConfigError::at(
+                    "generate source: 'users' applies to preset: events only",
+                    u,
+                ));
             }
+            Some(u) if u.value == 0 => {
+                return Err(ConfigError::at(
+                    "generate source: users must be at least 1",
+                    u,
+                ));
+            }
+            Some(u) => u.value,
         };
         let input = ctx.input.clone();
         let pos = move |i: u64| {
@@ -107,23 +133,41 @@ impl GenerateSource {
             )),
             (None, Some(Preset::Events)) => {
                 let iter =
-                    events(self.seed, self.count, self.users)
+                    events(self.seed, self.count, users)
                         .enumerate()
                         .map(move |(i, text)| Raw::Line {
                             pos: pos(i as u64),
                             text,
                         });
-                Ok((weir::from_iter(paced(iter, pacer)), Decoder::jsonl()))
+                Ok((paced(iter, pacer), Decoder::jsonl()))
             }
             (Some(t), None) => {
-                let template = Template::compile(t)?;
+                let template =
+                    Template::compile(&t.value).map_err(|e| ConfigError::at(e.message, t))?;
                 let mut rng = SplitMix64::new(self.seed);
                 let iter = (0..self.count)
                     .map(move |i| Raw::Record(Record::new(template.render(i, &mut rng), pos(i))));
-                Ok((weir::from_iter(paced(iter, pacer)), Decoder::jsonl()))
+                Ok((paced(iter, pacer), Decoder::jsonl()))
             }
         }
     }
+}
+
+/// `rate` when it is a number of records per second that can be paced:
+/// NaN, infinities, zero and negative rates, and rates outside
+/// [`MIN_RATE`]..=[`MAX_RATE`] are errors at the option.
+fn check_rate(rate: &Spanned<f64>) -> Result<f64, ConfigError> {
+    let r = rate.value;
+    if (MIN_RATE..=MAX_RATE).contains(&r) {
+        return Ok(r);
+    }
+    // `{:?}` keeps `1e-300` short where `{}` writes out 300 digits.
+    Err(ConfigError::at(
+        format!(
+            "generate source: rate must be between 1/86400 (one record a day) and 1e9 records per second, not {r:?}"
+        ),
+        rate,
+    ))
 }
 
 /// Even pacing: item `k` is not released before `start + k / rate`, so a
@@ -131,41 +175,65 @@ impl GenerateSource {
 /// the schedule).
 #[derive(Debug)]
 struct Pacer {
-    interval: Duration,
+    /// Nanoseconds between items: at least 1 and at most a day, by
+    /// [`check_rate`].
+    interval_ns: u128,
     start: Option<Instant>,
-    n: u32,
+    n: u64,
 }
 
 impl Pacer {
+    /// # Panics
+    /// Never for a rate [`check_rate`] accepted.
     fn new(rate: f64) -> Self {
         Pacer {
-            interval: Duration::from_secs_f64(1.0 / rate),
+            interval_ns: Duration::from_secs_f64(1.0 / rate).as_nanos().max(1),
             start: None,
             n: 0,
         }
     }
 
-    fn wait(&mut self) {
+    /// Waits until the next item is due.
+    ///
+    /// # Cancel safety
+    /// Dropped while waiting (the run stopping), it drops the item it was
+    /// waiting for, which nothing has seen or counted yet.
+    async fn wait(&mut self) {
         let start = *self.start.get_or_insert_with(Instant::now);
-        let due = start + self.interval.saturating_mul(self.n);
+        // In u128 nanoseconds: `count` items a day apart overflow neither
+        // this product nor, for any run that could finish, the instant.
+        let offset = self.interval_ns.saturating_mul(u128::from(self.n));
         self.n = self.n.saturating_add(1);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        let offset = Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX));
+        match start.checked_add(offset) {
+            Some(due) => tokio::time::sleep_until(due.into()).await,
+            // Centuries away: as good as never.
+            None => std::future::pending().await,
         }
     }
 }
 
-fn paced<I: Iterator + Send>(
-    iter: I,
+/// The source over `iter`, paced when `pacer` is set. Paced, it is a
+/// stream rather than an iterator: the engine fills a whole batch from an
+/// iterator before it hands anything on or looks at cancellation, so at 10
+/// records a second nothing would arrive for minutes and Ctrl-C would wait
+/// for the batch; a stream hands each record on when it is due and stops
+/// when the run is cancelled.
+fn paced<T: Send + 'static>(
+    iter: impl Iterator<Item = T> + Send + 'static,
     pacer: Option<Pacer>,
-) -> impl Iterator<Item = I::Item> + Send {
-    let mut pacer = pacer;
-    iter.inspect(move |_| {
-        if let Some(p) = pacer.as_mut() {
-            p.wait();
-        }
-    })
+) -> weir::Source<T> {
+    let Some(pacer) = pacer else {
+        return weir::from_iter(iter);
+    };
+    weir::from_stream(futures::stream::unfold(
+        (iter, pacer),
+        |(mut iter, mut pacer)| async move {
+            let item = iter.next()?;
+            pacer.wait().await;
+            Some((item, (iter, pacer)))
+        },
+    ))
 }
 
 /// One generator in a template.
@@ -201,8 +269,10 @@ impl Gen {
                 let (a, b) = range(arg)?;
                 let a: f64 = a.parse().map_err(|_| format!("'{a}' is not a number"))?;
                 let b: f64 = b.parse().map_err(|_| format!("'{b}' is not a number"))?;
-                if !(a.is_finite() && b.is_finite() && a < b) {
-                    return Err(format!("empty or infinite range {a}..{b}"));
+                // A finite width too: `a + u * (b - a)` with an infinite
+                // width would always give `b`.
+                if !(a.is_finite() && b.is_finite() && a < b && (b - a).is_finite()) {
+                    return Err(format!("empty or infinite range {a:?}..{b:?}"));
                 }
                 Ok(Gen::Float(a, b))
             }
@@ -363,7 +433,7 @@ mod tests {
     #[test]
     fn template_values() {
         let cfg: GenerateSource = serde_saphyr::from_str(GenerateSource::EXAMPLE).unwrap();
-        let t = Template::compile(cfg.template.as_ref().unwrap()).unwrap();
+        let t = Template::compile(&cfg.template.as_ref().unwrap().value).unwrap();
         let mut rng = SplitMix64::new(7);
         for i in 0..200 {
             let v = t.render(i, &mut rng);
@@ -385,6 +455,7 @@ mod tests {
             "x{{seq",
             "{{float:a..b}}",
             "{{choice:}}",
+            "{{float:-1e308..1e308}}",
         ] {
             let m: Map<String, Value> =
                 serde_json::from_value(serde_json::json!({ "f": bad })).unwrap();

@@ -37,18 +37,113 @@ pub enum Raw {
         /// The fields, as text.
         fields: Vec<String>,
     },
+    /// A line (csv: a record) that is not valid UTF-8: the decoder rejects
+    /// it with reason `invalid_utf8`, so it is dead-lettered with its
+    /// position instead of being changed silently.
+    NotUtf8 {
+        /// Where it was read.
+        pos: Arc<Position>,
+        /// The text with each invalid sequence replaced by U+FFFD, for the
+        /// dead-letter file (a csv row re-encoded with `,`).
+        text: String,
+        /// Where the first invalid byte is, for a human.
+        detail: String,
+    },
     /// A record that needs no decoding (the `generate` source).
     Record(Record),
 }
 
 impl Raw {
+    /// A line as read: `Raw::Line`, or `Raw::NotUtf8` when it is not UTF-8.
+    pub(crate) fn from_text(pos: Arc<Position>, text: Text) -> Raw {
+        match text {
+            Text::Valid(text) => Raw::Line { pos, text },
+            Text::Invalid { lossy, detail } => Raw::NotUtf8 {
+                pos,
+                text: lossy,
+                detail,
+            },
+        }
+    }
+
     /// Where the item was read.
     pub fn pos(&self) -> &Arc<Position> {
         match self {
-            Raw::Line { pos, .. } | Raw::Row { pos, .. } => pos,
+            Raw::Line { pos, .. } | Raw::Row { pos, .. } | Raw::NotUtf8 { pos, .. } => pos,
             Raw::Record(r) => &r.pos,
         }
     }
+}
+
+/// What a source does with text that is not valid UTF-8.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidUtf8 {
+    /// Dead-letter the line (csv: the row) with reason `invalid_utf8`,
+    /// naming the byte offset of the first invalid byte.
+    #[default]
+    DeadLetter,
+    /// Replace each invalid sequence with U+FFFD and decode the line.
+    Replace,
+}
+
+/// Text read as bytes: valid UTF-8, or why not.
+#[derive(Debug)]
+pub(crate) enum Text {
+    /// Valid UTF-8 (or repaired, under [`InvalidUtf8::Replace`]).
+    Valid(String),
+    /// Not UTF-8: the text with U+FFFD for each invalid sequence, and
+    /// where the first one is.
+    Invalid {
+        /// The text, repaired.
+        lossy: String,
+        /// `invalid UTF-8 at byte offset 3 of the line (0xff)`.
+        detail: String,
+    },
+}
+
+impl Text {
+    /// `bytes` as text; `what` names them in the detail ("line", "field").
+    pub(crate) fn decode(bytes: &[u8], policy: InvalidUtf8, what: &str) -> Text {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Text::Valid(s.to_owned()),
+            Err(_) if policy == InvalidUtf8::Replace => {
+                Text::Valid(String::from_utf8_lossy(bytes).into_owned())
+            }
+            Err(e) => Text::Invalid {
+                lossy: String::from_utf8_lossy(bytes).into_owned(),
+                detail: utf8_detail(bytes, &e, what),
+            },
+        }
+    }
+}
+
+/// Where the first invalid sequence of `bytes` is, and its bytes in hex.
+fn utf8_detail(bytes: &[u8], e: &std::str::Utf8Error, what: &str) -> String {
+    let at = e.valid_up_to();
+    let bad = match e.error_len() {
+        Some(n) => &bytes[at..at + n],
+        None => &bytes[at..],
+    };
+    let hex: Vec<String> = bad.iter().map(|b| format!("0x{b:02x}")).collect();
+    let hex = hex.join(" ");
+    match e.error_len() {
+        Some(_) => format!("invalid UTF-8 at byte offset {at} of the {what} ({hex})"),
+        None => {
+            format!("truncated UTF-8 sequence at byte offset {at}, the end of the {what} ({hex})")
+        }
+    }
+}
+
+/// CSV fields as one line of text (`,`-separated, quoted as needed).
+pub(crate) fn csv_line(fields: &[String]) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let _ = w.write_record(fields);
+    let bytes = w.into_inner().unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    text.strip_suffix('\n').unwrap_or(&text).to_string()
 }
 
 /// What a source needs from the pipeline that builds it.
@@ -59,4 +154,42 @@ pub struct BuildContext {
     /// The directory relative paths in the pipeline file resolve against
     /// (the pipeline file's own directory).
     pub base_dir: std::path::PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_is_located() {
+        let detail = |b: &[u8]| match Text::decode(b, InvalidUtf8::DeadLetter, "line") {
+            Text::Invalid { lossy, detail } => (lossy, detail),
+            Text::Valid(s) => panic!("{s:?} is valid"),
+        };
+        assert_eq!(
+            detail(b"bad\xff"),
+            (
+                "bad\u{fffd}".to_string(),
+                "invalid UTF-8 at byte offset 3 of the line (0xff)".to_string()
+            )
+        );
+        // A lead byte followed by a byte that cannot continue it.
+        assert_eq!(
+            detail(b"\xc3\xa9t\xe9\x28x").1,
+            "invalid UTF-8 at byte offset 3 of the line (0xe9)"
+        );
+        assert_eq!(
+            detail(b"ab\xe2\x82").1,
+            "truncated UTF-8 sequence at byte offset 2, the end of the line (0xe2 0x82)"
+        );
+        match Text::decode(b"bad\xff", InvalidUtf8::Replace, "line") {
+            Text::Valid(s) => assert_eq!(s, "bad\u{fffd}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn csv_rows_as_text() {
+        assert_eq!(csv_line(&["a".into(), "b,c".into()]), "a,\"b,c\"");
+    }
 }

@@ -1,6 +1,7 @@
 //! The `stdin` source: reads standard input line by line, as jsonl or plain
 //! lines, on a thread of its own. Positions have no file; the line is the
-//! 1-based line number on standard input.
+//! 1-based line number on standard input. A line that is not UTF-8 is
+//! dead-lettered (`invalid_utf8`), as in the `file` source.
 
 use std::io::{self, BufReader};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use crate::error::ConfigError;
 use crate::record::Position;
 use crate::sources::decode::Decoder;
 use crate::sources::file::{LineReader, is_blank};
-use crate::sources::{BuildContext, Raw};
+use crate::sources::{BuildContext, InvalidUtf8, Raw, Text};
 
 /// The line formats standard input can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
@@ -29,6 +30,12 @@ pub struct StdinSource {
     /// `{"line": "..."}`). Default: `jsonl`.
     #[serde(default)]
     pub format: Option<StdinFormat>,
+    /// What to do with a line that is not valid UTF-8: `dead_letter` it,
+    /// with reason `invalid_utf8` and the byte offset of the first invalid
+    /// byte, or `replace` each invalid sequence with U+FFFD and decode the
+    /// line as usual. Default: `dead_letter`.
+    #[serde(default)]
+    pub invalid_utf8: InvalidUtf8,
 }
 
 impl StdinSource {
@@ -46,19 +53,22 @@ impl StdinSource {
             StdinFormat::Lines => (Decoder::lines(), false),
         };
         let input = ctx.input.clone();
-        let mut reader = LineReader::new(BufReader::with_capacity(256 * 1024, io::stdin()));
+        let mut reader = LineReader::new(
+            BufReader::with_capacity(256 * 1024, io::stdin()),
+            self.invalid_utf8,
+        );
         let iter = std::iter::from_fn(move || {
             loop {
                 return match reader.next_line()? {
-                    Ok((_, text)) if skip_blank && is_blank(&text) => continue,
-                    Ok((line, text)) => Some(Ok(Raw::Line {
-                        pos: Arc::new(Position {
+                    Ok((_, Text::Valid(text))) if skip_blank && is_blank(&text) => continue,
+                    Ok((line, text)) => Some(Ok(Raw::from_text(
+                        Arc::new(Position {
                             input: input.clone(),
                             file: None,
                             line,
                         }),
                         text,
-                    })),
+                    ))),
                     Err(e) => Some(Err(io::Error::new(
                         e.kind(),
                         format!(
