@@ -169,8 +169,8 @@ async fn edge_sink_batches_records_and_a_deterministic_rerun_adds_nothing() {
         let (records, ids) = drain(&job, "double", n as usize).await;
         assert_each_once(&records, 0..n);
         assert_eq!(ids.len(), 11);
-        assert_eq!(ids[0], "numbers>double:0");
-        assert_eq!(ids[10], "numbers>double:10");
+        assert_eq!(ids[0], "numbers>double:numbers:0");
+        assert_eq!(ids[10], "numbers>double:numbers:10");
         assert_eq!(
             records
                 .iter()
