@@ -710,7 +710,8 @@ fn attach_one(
     }
 }
 
-/// Runs a built pipeline: Ctrl-C once drains, twice aborts the process.
+/// Runs a built pipeline: SIGINT or SIGTERM once drains, twice aborts the
+/// process (see [`crate::signals`]).
 pub async fn run(
     built: Built,
     live: bool,
@@ -723,16 +724,10 @@ pub async fn run(
     } = built;
     let token = pipeline.cancel_token();
     let metrics = pipeline.metrics();
-    let signals = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ninterrupted: draining in-flight records (Ctrl-C again to abort)");
-            token.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("aborted");
-                std::process::exit(130);
-            }
-        }
-    });
+    let signals = tokio::spawn(crate::signals::drain_on_signal(
+        token,
+        "draining in-flight records",
+    ));
     let done = weir::CancellationToken::new();
     let view = live.then(|| {
         tokio::spawn(crate::progress::live(

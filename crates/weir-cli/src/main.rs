@@ -32,6 +32,7 @@ mod progress;
 mod registry;
 mod report;
 mod runtime;
+mod signals;
 
 #[derive(Parser)]
 #[command(
@@ -382,7 +383,7 @@ fn run(
         }
     }
     match error {
-        None => Ok(ExitCode::SUCCESS),
+        None => Ok(signals::exit_code().map_or(ExitCode::SUCCESS, ExitCode::from)),
         Some(e) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(1))

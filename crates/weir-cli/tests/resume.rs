@@ -181,6 +181,19 @@ fn resume_refuses_outputs_it_cannot_resume() {
 
 #[test]
 fn ctrl_c_drains_what_is_in_flight_and_reports() {
+    signal_drains_what_is_in_flight_and_reports("-INT", 130);
+}
+
+/// systemd and Kubernetes stop a service with SIGTERM: the same drain, and
+/// exit status 143 (before issue 8 the process died at once, no report).
+#[test]
+fn sigterm_drains_what_is_in_flight_and_reports() {
+    signal_drains_what_is_in_flight_and_reports("-TERM", 143);
+}
+
+/// Sends `signal` mid-run: the run drains, prints its report and exits
+/// with `code` (128 + the signal's number).
+fn signal_drains_what_is_in_flight_and_reports(signal: &str, code: i32) {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path());
     let child = weir()
@@ -196,13 +209,13 @@ fn ctrl_c_drains_what_is_in_flight_and_reports() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let st = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
     assert!(stderr.contains("interrupted: draining"), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["cancelled"], true);

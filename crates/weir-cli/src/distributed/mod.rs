@@ -271,7 +271,7 @@ pub fn run_coordinator(
                 return Ok(ExitCode::from(1));
             }
             match error {
-                None => Ok(ExitCode::SUCCESS),
+                None => Ok(crate::signals::exit_code().map_or(ExitCode::SUCCESS, ExitCode::from)),
                 Some(e) => {
                     eprintln!("error: {e}");
                     Ok(ExitCode::from(1))
@@ -505,7 +505,10 @@ pub fn run_worker(
             stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
         );
         let cancel = CancellationToken::new();
-        let signals = tokio::spawn(drain_on_signal(cancel.clone()));
+        let signals = tokio::spawn(crate::signals::drain_on_signal(
+            cancel.clone(),
+            "draining: finishing the messages in hand",
+        ));
         let stats = weir_nats::worker::run(
             job,
             stages,
@@ -535,28 +538,6 @@ pub fn run_worker(
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// SIGTERM or Ctrl-C once: drain; twice: exit at once.
-async fn drain_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return;
-    };
-    let mut first = true;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        if first {
-            eprintln!("draining: finishing the messages in hand (signal again to stop at once)");
-            cancel.cancel();
-            first = false;
-        } else {
-            std::process::exit(130);
-        }
-    }
 }
 
 /// `weir status --broker URL [--job J]`.
