@@ -55,6 +55,9 @@ pub struct Built {
     /// Distributed mode: the job's inboxes and their producers, for
     /// [`weir_nats::completion::watch`].
     pub nodes: Vec<Node>,
+    /// Distributed mode: the counters of the coordinator's inbox readers,
+    /// by inbox (shown by `weir status`).
+    pub inbox_counters: Vec<(String, Arc<weir_nats::consume::ReaderCounters>)>,
 }
 
 /// Opens the checkpoint for a run, refusing `--resume` where resuming could
@@ -230,14 +233,14 @@ pub fn build(
     };
     // Inbox readers of the coordinator: (inbox, producers-done flag).
     let mut reader_flags: HashMap<String, Arc<AtomicBool>> = HashMap::new();
+    let mut inbox_counters = Vec::new();
     let mut inbox_source = |name: &str| -> Flow<Record> {
         let d = dist.expect("inboxes exist only in distributed mode");
         let flag = Arc::new(AtomicBool::new(false));
         reader_flags.insert(name.to_string(), flag.clone());
-        p.source(
-            &format!("{name}/inbox"),
-            InboxReader::new(&d.job, name, flag).source(),
-        )
+        let reader = InboxReader::new(&d.job, name, flag);
+        inbox_counters.push((name.to_string(), reader.counters()));
+        p.source(&format!("{name}/inbox"), reader.source())
     };
 
     for input in &file.inputs {
@@ -430,6 +433,7 @@ pub fn build(
                 dead_letter_path: dl_path,
                 checkpoint: None,
                 nodes,
+                inbox_counters,
             })
         } else {
             Err(diags)
@@ -456,6 +460,7 @@ pub fn build(
             dead_letter_path: dl_path,
             checkpoint,
             nodes,
+            inbox_counters,
         })
     } else {
         Err(diags)

@@ -148,6 +148,23 @@ pub fn run_coordinator(
             let dead_letter_path = built.dead_letter_path.clone();
             let nodes = built.nodes.clone();
             let stop_watch = CancellationToken::new();
+            // The coordinator's own inbox readers, shown by `weir status`
+            // like a worker's stages.
+            let counters = built.inbox_counters.clone();
+            let own_stats = {
+                let job = job.clone();
+                let counters = counters.clone();
+                let stop = stop_watch.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let _ = job.put_worker(&coordinator_stats(&counters, run, false)).await;
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                })
+            };
             // Another coordinator took the job over (this one was presumed
             // dead): stop reading, and leave the job's state to it.
             let lost = lease.lost();
@@ -219,6 +236,8 @@ pub fn run_coordinator(
                 Ok(report) => (report, None),
                 Err(e) => (*e.report, Some(e.error)),
             };
+            let _ = own_stats.await;
+            let _ = job.put_worker(&coordinator_stats(&counters, run, true)).await;
             let workers = final_worker_stats(&job, run).await;
             let dead = copy_dead_letters(&job, &dead_letter_path).await;
             let finished = error.is_none() && !report.cancelled;
@@ -237,13 +256,19 @@ pub fn run_coordinator(
                     finished.then(|| format!("finished in {:.1} s", report.elapsed.as_secs_f64()));
                 let _ = job.put_state(&state).await;
             }
-            let remote = remote_table(&dist.placement, &workers);
+            let exact = exact_figures(
+                &job,
+                &dist.placement,
+                dead.as_deref().unwrap_or_default(),
+            )
+            .await;
+            let remote = remote_table(&dist.placement, &workers, &exact);
             match format {
                 Some(ReportFormat::Json) => {
                     let mut v = crate::report::json(&report, error.as_ref());
                     v["job"] = job.names.job().into();
-                    v["remote"] = remote_json(&dist.placement, &workers);
-                    v["broker_dead_letters"] = dead.as_ref().map_or(0, |d| *d).into();
+                    v["remote"] = remote_json(&dist.placement, &workers, &exact);
+                    v["broker_dead_letters"] = dead.as_ref().map_or(0, Vec::len).into();
                     v["swept"] = swept.into();
                     out!("{v}");
                 }
@@ -253,8 +278,9 @@ pub fn run_coordinator(
                 }
             }
             match &dead {
-                Ok(n) if *n > 0 => eprintln!(
-                    "dead letters: {n} (weir dlq list --broker {url} --job {}; copied to {})",
+                Ok(d) if !d.is_empty() => eprintln!(
+                    "dead letters: {} (weir dlq list --broker {url} --job {}; copied to {})",
+                    d.len(),
                     job.names.job(),
                     dead_letter_path.display()
                 ),
@@ -284,6 +310,34 @@ pub fn run_coordinator(
     })
 }
 
+/// The coordinator's inbox readers as a worker's statistics (worker
+/// `coordinator`): records taken from each inbox it reads.
+fn coordinator_stats(
+    counters: &[(String, Arc<weir_nats::consume::ReaderCounters>)],
+    run: u64,
+    stopped: bool,
+) -> WorkerStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    WorkerStats {
+        worker: "coordinator".to_string(),
+        concurrency: 1,
+        stages: counters
+            .iter()
+            .map(|(inbox, c)| {
+                let stats = weir_nats::job::StageStats {
+                    messages: c.messages.load(Relaxed),
+                    records_in: c.records.load(Relaxed),
+                    ..Default::default()
+                };
+                (inbox.clone(), stats)
+            })
+            .collect(),
+        updated_ms: now_ms(),
+        stopped,
+        run,
+    }
+}
+
 /// The workers' statistics for this run, once each live worker has
 /// reported after the job's end (they report every second), or after 3 s.
 async fn final_worker_stats(job: &Job, run: u64) -> Vec<WorkerStats> {
@@ -304,8 +358,8 @@ async fn final_worker_stats(job: &Job, run: u64) -> Vec<WorkerStats> {
 }
 
 /// Writes the job's dead-letter stream to the dead-letter file (the same
-/// place and shape as a local run's); returns how many.
-async fn copy_dead_letters(job: &Job, path: &Path) -> Result<u64> {
+/// place and shape as a local run's); returns the entries.
+async fn copy_dead_letters(job: &Job, path: &Path) -> Result<Vec<weir_nats::codec::DlqEntry>> {
     let entries = weir_nats::dlq::list(job).await?;
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -320,7 +374,7 @@ async fn copy_dead_letters(job: &Job, path: &Path) -> Result<u64> {
         f.write_all(b"\n")?;
     }
     f.flush()?;
-    Ok(entries.len() as u64)
+    Ok(entries.into_iter().map(|(_, e)| e).collect())
 }
 
 /// Worker statistics summed per stage: (workers that took part, totals).
@@ -350,34 +404,71 @@ fn per_stage(workers: &[WorkerStats]) -> BTreeMap<String, (usize, weir_nats::job
     out
 }
 
-fn remote_table(p: &Placement, workers: &[WorkerStats]) -> String {
+/// What the broker knows exactly of one remote stage: messages settled
+/// (acknowledged and deleted from its work queue, or swept) and records
+/// dead-lettered by it (its entries in the dead-letter stream, each once).
+#[derive(Debug, Default, Clone, Copy)]
+struct Exact {
+    settled: u64,
+    dead: u64,
+}
+
+/// [`Exact`] figures of every remote stage.
+async fn exact_figures(
+    job: &Job,
+    p: &Placement,
+    dead: &[weir_nats::codec::DlqEntry],
+) -> BTreeMap<String, Exact> {
+    let mut out = BTreeMap::new();
+    for name in p.pool_stages() {
+        let settled = job.inbox_counts(name).await.map_or(0, |c| c.done());
+        let dead = dead.iter().filter(|e| e.stage == name).count() as u64;
+        out.insert(name.to_string(), Exact { settled, dead });
+    }
+    out
+}
+
+/// The footnote of the remote tables: which figures are exact.
+const REMOTE_NOTE: &str = "(messages settled and dead-lettered are counted on the broker; records in/out (~) are the workers' own reports: a killed worker's last second is missing and a redelivered message is counted again)";
+
+fn remote_table(p: &Placement, workers: &[WorkerStats], exact: &BTreeMap<String, Exact>) -> String {
     let sums = per_stage(workers);
     let mut s = String::from(
-        "remote stage          workers   messages  records in   out          dead-lettered  redelivered  retried\n",
+        "remote stage          workers   settled  records in ~      out ~  dead-lettered  redelivered  retried\n",
     );
     for name in p.pool_stages() {
         let (n, st) = sums.get(name).cloned().unwrap_or_default();
+        let e = exact.get(name).copied().unwrap_or_default();
         s.push_str(&format!(
-            "{name:<21} {n:>7} {:>10} {:>11} {:>12} {:>14} {:>12} {:>8}\n",
-            st.messages, st.records_in, st.records_out, st.dead, st.redelivered, st.retried
+            "{name:<21} {n:>7} {:>9} {:>13} {:>10} {:>14} {:>12} {:>8}\n",
+            e.settled, st.records_in, st.records_out, e.dead, st.redelivered, st.retried
         ));
     }
+    s.push_str(REMOTE_NOTE);
+    s.push('\n');
     s
 }
 
-fn remote_json(p: &Placement, workers: &[WorkerStats]) -> serde_json::Value {
+fn remote_json(
+    p: &Placement,
+    workers: &[WorkerStats],
+    exact: &BTreeMap<String, Exact>,
+) -> serde_json::Value {
     let sums = per_stage(workers);
     let mut m = serde_json::Map::new();
     for name in p.pool_stages() {
         let (n, st) = sums.get(name).cloned().unwrap_or_default();
+        let e = exact.get(name).copied().unwrap_or_default();
         m.insert(
             name.to_string(),
             serde_json::json!({
                 "workers": n,
                 "messages": st.messages,
+                "messages_settled": e.settled,
                 "in": st.records_in,
                 "out": st.records_out,
-                "dead_lettered": st.dead,
+                "records_estimated": true,
+                "dead_lettered": e.dead,
                 "redelivered": st.redelivered,
                 "retried": st.retried,
             }),

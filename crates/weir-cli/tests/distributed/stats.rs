@@ -51,6 +51,18 @@ fn report_counts_every_remote_record() {
             "run {run}: {}",
             report["remote"]
         );
+        // Counted on the broker: exact whatever happens to workers.
+        assert_eq!(
+            remote_counter(&report, "work", "messages_settled"),
+            RECORDS / PER_MESSAGE,
+            "{}",
+            report["remote"]
+        );
+        assert_eq!(report["remote"]["work"]["records_estimated"], true);
+        // `weir status` shows what the coordinator read from its own inbox
+        // (it said 0 before issue 8).
+        let status = d.status(&url, &job, &deadline);
+        assert_eq!(status.inbox("db").records_in, RECORDS, "{}", status.text);
     }
 }
 
