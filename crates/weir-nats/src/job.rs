@@ -82,6 +82,13 @@ pub struct InboxSpec {
     pub name: String,
     /// Read by a worker pool (`true`) or by the coordinator alone.
     pub pool: bool,
+    /// Its reader holds messages unacknowledged until a window closes (a
+    /// coordinator aggregate or batch, or stages feeding one): the stream
+    /// is then not bounded by `edge_capacity`, since a bound would stop
+    /// the producers before the window can close, and the job would never
+    /// end. Its backlog waits on the broker's disk, not in memory.
+    #[serde(default)]
+    pub holds: bool,
 }
 
 /// Names on the broker for a job.
@@ -478,7 +485,7 @@ impl Job {
         };
         self.put_state(&state).await?;
         for i in inboxes {
-            let s = self.create_inbox(&i.name).await?;
+            let s = self.create_inbox(i).await?;
             if !i.pool {
                 // A restarted coordinator: drop the old reader so that what
                 // it held is delivered again now, not after its ack wait.
@@ -500,7 +507,16 @@ impl Job {
         Ok(start)
     }
 
-    async fn create_inbox(&self, inbox: &str) -> Result<stream::Stream, BrokerError> {
+    async fn create_inbox(&self, spec: &InboxSpec) -> Result<stream::Stream, BrokerError> {
+        let inbox = spec.name.as_str();
+        let (max_messages, max_bytes) = if spec.holds {
+            (-1, -1)
+        } else {
+            (
+                self.settings.edge_capacity,
+                self.settings.edge_capacity_bytes,
+            )
+        };
         self.broker
             .js
             .get_or_create_stream(stream::Config {
@@ -508,8 +524,8 @@ impl Job {
                 subjects: vec![self.names.subject(inbox)],
                 retention: stream::RetentionPolicy::WorkQueue,
                 discard: stream::DiscardPolicy::New,
-                max_messages: self.settings.edge_capacity,
-                max_bytes: self.settings.edge_capacity_bytes,
+                max_messages,
+                max_bytes,
                 storage: stream::StorageType::File,
                 duplicate_window: self.settings.duplicate_window,
                 ..Default::default()
@@ -561,6 +577,7 @@ impl Job {
         let spec = InboxSpec {
             name: inbox.to_string(),
             pool: false,
+            holds: false,
         };
         self.create_consumer(&s, &spec).await
     }

@@ -131,12 +131,40 @@ impl Placement {
                 readers.entry(f).or_default().push(c.to_string());
             }
         }
+        // Inboxes whose messages stay unacknowledged until a window closes
+        // in the coordinator: read by an aggregate or batch, or by stages
+        // that feed one in-process.
+        let windowed: HashSet<&str> = file
+            .stages
+            .iter()
+            .filter(|s| s.value.aggregate.is_some() || s.value.batch.is_some())
+            .map(|s| s.value.name.value.as_str())
+            .collect();
+        let holds = |start: &str| -> bool {
+            let mut todo = vec![start.to_string()];
+            let mut seen = HashSet::new();
+            while let Some(c) = todo.pop() {
+                if windowed.contains(c.as_str()) {
+                    return true;
+                }
+                if !seen.insert(c.clone()) {
+                    continue;
+                }
+                for (producer, rs) in &readers {
+                    if producer_component(producer, &stage_names) == c {
+                        todo.extend(rs.iter().filter(|r| !inboxes.contains(*r)).cloned());
+                    }
+                }
+            }
+            false
+        };
         let specs = order
             .iter()
             .filter(|c| inboxes.contains(**c))
             .map(|c| InboxSpec {
                 name: (*c).to_string(),
                 pool: pool.contains(*c),
+                holds: !pool.contains(*c) && holds(c),
             })
             .collect();
         let mut settings = EdgeSettings::default();

@@ -314,3 +314,54 @@ fn dead_letters_are_not_repeated_after_a_coordinator_restart() {
     assert_eq!(file.len(), bad, "the dead-letter file has each once");
     drain(&mut workers, &deadline);
 }
+
+/// A remote stage feeding a whole-input aggregate in the coordinator: the
+/// aggregate holds its inbox's messages until it has them all, so an
+/// inbox bounded by `edge_capacity` (here 20 messages of 10 records, for
+/// 2,000 records) filled up and the job hung forever (found measuring
+/// coordinator memory at 5M records with the default 10,000). Such an
+/// inbox is not bounded now; the job ends with the local run's totals.
+#[test]
+fn a_whole_input_aggregate_behind_a_remote_stage_is_not_deadlocked_by_edge_capacity() {
+    let deadline = Deadline::new();
+    let d = Dir::new();
+    d.file(
+        "p.yaml",
+        r#"
+inputs:
+  - name: events
+    file: { path: events.jsonl }
+stages:
+  - name: work
+    remote: true
+    jq: { program: '{user, cents: (.amount * 100 | round)}' }
+  - name: per-user
+    aggregate:
+      group_by: .user
+      fields: { count: count, cents: { sum: .cents } }
+      window: all
+outputs:
+  - name: db
+    sqlite:
+      path: out/a.db
+      table: users
+      key: [key]
+      columns: { key: text, count: integer, cents: integer }
+broker:
+  records_per_message: 10
+  edge_capacity: 20
+"#,
+    );
+    crate::util::write_events(&d.join("events.jsonl"), 2_000);
+    run_local(&d, "p.yaml", &deadline);
+    let want = rows(&d.join("out/a.db"), "SELECT * FROM users ORDER BY key");
+    std::fs::remove_dir_all(d.join("out")).unwrap();
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut coordinator = d.coordinator("p.yaml", &url, "holds");
+    let mut workers = vec![d.worker("w1", "p.yaml", &url, "holds", 2)];
+    report_of(&mut coordinator, Duration::from_secs(60), &deadline);
+    let got = rows(&d.join("out/a.db"), "SELECT * FROM users ORDER BY key");
+    assert_same_rows("users", &got, &want);
+    drain(&mut workers, &deadline);
+}

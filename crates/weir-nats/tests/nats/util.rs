@@ -60,6 +60,7 @@ pub fn pool(name: &str) -> InboxSpec {
     InboxSpec {
         name: name.to_string(),
         pool: true,
+        holds: false,
     }
 }
 
@@ -68,6 +69,7 @@ pub fn coordinator(name: &str) -> InboxSpec {
     InboxSpec {
         name: name.to_string(),
         pool: false,
+        holds: false,
     }
 }
 
