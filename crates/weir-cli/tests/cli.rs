@@ -7,7 +7,9 @@
 //! * [`dead_letter`]: what reaches the dead-letter file, and its count;
 //! * [`example`]: the bundled `examples/pipelines/orders.yaml`;
 //! * [`commands`]: `weir list`, `weir explain`, `--report json` on failure;
-//! * [`fuzz`]: mutated pipeline files never crash `weir check`.
+//! * [`fuzz`]: mutated pipeline files never crash `weir check`;
+//! * [`jq_limits`]: records that drive jq into deep recursion, huge
+//!   outputs or endless loops, and jq reading the environment.
 
 #[path = "cli/util.rs"]
 mod util;
@@ -22,5 +24,7 @@ mod dead_letter;
 mod example;
 #[path = "cli/fuzz.rs"]
 mod fuzz;
+#[path = "cli/jq_limits.rs"]
+mod jq_limits;
 #[path = "cli/run.rs"]
 mod run;
