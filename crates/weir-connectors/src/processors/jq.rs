@@ -93,12 +93,23 @@ pub struct JqConfig {
     /// an unknown function is reported with its position in the program.
     #[schemars(with = "String")]
     pub program: Spanned<String>,
-    /// Per-record limits: outputs and time (see `max_outputs` and
-    /// `timeout_ms`).
+    /// Per-record limits, `{max_outputs: N, timeout_ms: T}`; a record over
+    /// one is dead-lettered with reason `jq_limit` and the run goes on.
+    /// `max_outputs` (default 100000): outputs of the program for one
+    /// record; more is a runaway (`range(.n)` on a bad `n`) far more often
+    /// than data, and the default keeps one record's outputs to tens of MB.
+    /// `timeout_ms` (default 1000): wall-clock time for one record; jq
+    /// takes microseconds per record, so a second is a thousand times the
+    /// norm yet costs a worker little per runaway record, and bounds what
+    /// one evaluation can allocate. A call that cannot be interrupted and
+    /// is still running a second after `timeout_ms` stops the run (exit
+    /// status 1, naming the stage, the record and the limit).
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// The environment variables the program may read with `env` or `$ENV`
-    /// (default: none).
+    /// The environment variables the program may read with `env` or `$ENV`,
+    /// for example `[REGION]` (default: none). The environment holds
+    /// secrets and records are untrusted (`env[.field]`), so a program that
+    /// uses `env` or `$ENV` without this list is refused at `weir check`.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub env: EnvConfig,
