@@ -309,6 +309,7 @@ pub fn build(
 
     let pctx = ProcessorContext {
         base_dir: base_dir.to_path_buf(),
+        stage: String::new(),
     };
     for &i in &wiring.stage_order {
         let e = &file.stages[i].value;
@@ -580,6 +581,10 @@ pub(crate) fn component(
         }
         Some(w) => w.value,
         None => 1,
+    };
+    let ctx = &ProcessorContext {
+        stage: name.to_owned(),
+        ..ctx.clone()
     };
     let err = |err: weir_connectors::ConfigError| vec![located(err, &e.name)];
     let component = if let Some(c) = &e.jq {

@@ -10,7 +10,9 @@
 //! * [`fuzz`]: mutated pipeline files never crash `weir check`;
 //! * [`options`]: numeric options out of range, reported at their line;
 //! * [`paths`]: outputs that would write over an input are refused;
-//! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered.
+//! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered;
+//! * [`jq_limits`]: records that drive jq into deep recursion, huge
+//!   outputs or endless loops, and jq reading the environment.
 
 #[path = "cli/util.rs"]
 mod util;
@@ -25,6 +27,8 @@ mod dead_letter;
 mod example;
 #[path = "cli/fuzz.rs"]
 mod fuzz;
+#[path = "cli/jq_limits.rs"]
+mod jq_limits;
 #[path = "cli/options.rs"]
 mod options;
 #[path = "cli/paths.rs"]

@@ -12,6 +12,10 @@
 //! * [`processors`] transform records: `jq`, `filter`, `validate`, `dedupe`,
 //!   `aggregate`, `batch`. A processor is a function from one record to zero
 //!   or more records, or an error that dead-letters the record.
+//! * [`limits`] and [`watchdog`]: every jq evaluation runs under per-record
+//!   limits (outputs, time, stack), so a record that drives a program
+//!   astray is dead-lettered; one that cannot be stopped is reported to a
+//!   process-wide hook (by default: exit with status 1).
 //! * [`sinks`] write records: `sqlite` (the embedded default store), `file`,
 //!   `stdout`.
 //!
@@ -21,10 +25,12 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod limits;
 pub mod processors;
 pub mod record;
 pub mod sinks;
 pub mod sources;
+pub mod watchdog;
 
 pub use error::{ConfigError, ProcessError};
 pub use record::{Position, Record};

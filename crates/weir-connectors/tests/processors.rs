@@ -280,6 +280,7 @@ mod validate {
         std::fs::write(dir.path().join("schemas/order.json"), file_text).unwrap();
         let ctx = ProcessorContext {
             base_dir: dir.path().to_owned(),
+            ..ProcessorContext::default()
         };
         (dir, ctx)
     }
@@ -843,6 +844,8 @@ fn per_record_cost() {
         "jq {id, cents: (.amount * 100)}",
         &jq("{id, cents: (.amount * 100)}"),
     );
+    time("jq .items[]", &jq(".items[]"));
+    time("jq [.items[].qty] | add", &jq("[.items[].qty] | add"));
     let f: FilterConfig = serde_saphyr::from_str("condition: .amount >= 10").unwrap();
     time("filter .amount >= 10", &f.build(&ctx()).unwrap());
     let v: ValidateConfig = serde_saphyr::from_str(

@@ -497,6 +497,7 @@ fn remote_stages(
     }
     let ctx = ProcessorContext {
         base_dir: l.base_dir.clone(),
+        stage: String::new(),
     };
     let mut out = Vec::new();
     let mut diags = Vec::new();

@@ -110,7 +110,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `progam`, expected one of program
+error: unknown field `progam`, expected one of program, limits, env
   --> p.yaml:8:7
   |
 8 |       progam: .id

@@ -6,7 +6,7 @@
 //! 1. [`Aggregator::extract`] runs on each record (in a `try_map` stage, on
 //!    any number of workers): it evaluates the group key and every field's
 //!    expression, and rejects a record whose values do not fit (reason
-//!    `aggregate_type`, `jq_error` or `missing_key`);
+//!    `aggregate_type`, `jq_error`, `jq_limit` or `missing_key`);
 //! 2. [`Aggregator::init`] and [`Aggregator::fold`] are the aggregate's
 //!    accumulator, keyed by [`Extracted::key`], emitted per
 //!    [`Aggregator::window`]; [`Aggregator::finish`] turns a group into a
@@ -55,8 +55,9 @@ use serde_json::{Map, Number, Value};
 use serde_saphyr::Spanned;
 
 use super::ProcessorContext;
-use super::jq::{JqProgram, jq_error, to_val};
+use super::jq::{EnvConfig, JqProgram, RecordBudget, StageLimits};
 use crate::error::{ConfigError, ProcessError};
+use crate::limits::LimitsConfig;
 use crate::record::{Position, Record};
 
 /// Group records by a key and compute fields per group.
@@ -66,7 +67,7 @@ use crate::record::{Position, Record};
 /// written. Groups are emitted in the order their keys were first seen.
 ///
 /// A record is rejected (dead-lettered) when `group_by` fails (`jq_error`)
-/// or gives no output (`missing_key`; a `null` key is a group of its own),
+/// or goes over one of the `limits` (`jq_limit`), or gives no output (`missing_key`; a `null` key is a group of its own),
 /// or when a `sum`, `min`, `max` or `avg` expression gives something other
 /// than a number (`aggregate_type`, naming the field). An expression with no
 /// output (`.discount // empty`) leaves that field of that record out.
@@ -97,6 +98,16 @@ pub struct AggregateConfig {
     #[serde(default)]
     #[schemars(with = "Option<WindowConfig>")]
     pub window: Option<Spanned<WindowConfig>>,
+    /// Per-record limits of the expressions' evaluation: `max_outputs` per
+    /// expression, `timeout_ms` for `group_by` and all fields of one record
+    /// together (see `weir explain jq`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The environment variables the expressions may read with `env` or
+    /// `$ENV` (default: none; see `weir explain jq`).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub env: EnvConfig,
 }
 
 /// A minimal `aggregate` configuration.
@@ -198,12 +209,13 @@ impl AggregateConfig {
     /// # Errors
     /// An expression does not compile, a field is named `key`, or the
     /// window is invalid.
-    pub fn build(&self, _ctx: &ProcessorContext) -> Result<Aggregator, ConfigError> {
-        let group_by = JqProgram::compile_spanned(&self.group_by, "group_by")?;
+    pub fn build(&self, ctx: &ProcessorContext) -> Result<Aggregator, ConfigError> {
+        let group_by = JqProgram::compile_spanned(&self.group_by, "group_by", &self.env)?;
         let mut fields = Vec::with_capacity(self.fields.0.len());
         for (name, field) in &self.fields.0 {
-            let compile =
-                |e: &Spanned<String>| JqProgram::compile_spanned(e, &format!("field '{name}'"));
+            let compile = |e: &Spanned<String>| {
+                JqProgram::compile_spanned(e, &format!("field '{name}'"), &self.env)
+            };
             let (kind, expr) = match field {
                 FieldConfig::Count => (Kind::Count, None),
                 FieldConfig::Sum(e) => (Kind::Sum, Some((compile(e)?, e))),
@@ -233,6 +245,7 @@ impl AggregateConfig {
             group_by,
             fields,
             window,
+            limits: StageLimits::new(ctx, &self.limits)?,
         })
     }
 }
@@ -261,6 +274,7 @@ pub struct Aggregator {
     group_by: JqProgram,
     fields: Vec<Field>,
     window: weir::Window,
+    limits: StageLimits,
 }
 
 /// A group key: the key's JSON text (what is compared and hashed) and its
@@ -427,44 +441,38 @@ impl Aggregator {
     /// Evaluates the group key and every field's expression on `r`.
     ///
     /// # Errors
-    /// `jq_error` (an expression failed), `missing_key` (`group_by` gave no
+    /// `jq_error` (an expression failed), `jq_limit` (it went over a
+    /// limit), `missing_key` (`group_by` gave no
     /// output) or `aggregate_type` (a `sum`/`min`/`max`/`avg` expression
     /// gave something other than a number), naming the field.
     pub fn extract(&self, r: &Record) -> Result<Extracted, ProcessError> {
-        // Convert the record to jq's value type only if some expression
-        // needs it: plain paths (`.user`, `.cents`) read the JSON directly.
-        let mut converted: Option<jaq_json::Val> = None;
-        let mut input = || converted.get_or_insert_with(|| to_val(&r.value)).clone();
-        let key = match self.group_by.fast(&r.value) {
-            Some(v) => Some(v),
-            None => self
-                .group_by
-                .first_val(input())
-                .map_err(|e| jq_error(format!("group_by: {e}")))?,
-        }
-        .ok_or_else(|| {
-            ProcessError::new(
-                "missing_key",
-                format!("group_by `{}` gave no value", self.group_by.source()),
-            )
-        })?;
+        // The record's budget and its conversion to jq's value type are made
+        // only if some expression needs them: plain paths (`.user`,
+        // `.cents`) read the JSON directly.
+        let mut budget = RecordBudget::new(&self.limits, r);
+        let key = self
+            .group_by
+            .record_first(r, &mut budget)
+            .map_err(|e| e.context("group_by"))?
+            .ok_or_else(|| {
+                ProcessError::new(
+                    "missing_key",
+                    format!("group_by `{}` gave no value", self.group_by.source()),
+                )
+            })?;
         let mut values = Vec::with_capacity(self.fields.len());
         for f in &self.fields {
             let Some(expr) = &f.expr else {
                 values.push(None);
                 continue;
             };
-            let field_err = |e: String| jq_error(format!("field '{}': {e}", f.name));
+            let field_err = |e: super::jq::JqError| e.context(&format!("field '{}'", f.name));
             let v = if f.kind == Kind::Collect {
-                Some(Extract::Values(match expr.fast(&r.value) {
-                    Some(v) => vec![v],
-                    None => expr.run_val(input()).map_err(field_err)?,
-                }))
+                Some(Extract::Values(
+                    expr.record_run(r, &mut budget).map_err(field_err)?,
+                ))
             } else {
-                let first = match expr.fast(&r.value) {
-                    Some(v) => Some(v),
-                    None => expr.first_val(input()).map_err(field_err)?,
-                };
+                let first = expr.record_first(r, &mut budget).map_err(field_err)?;
                 match first {
                     None => None,
                     Some(Value::Number(n)) => Some(Extract::Num(Num::from_json(&n))),

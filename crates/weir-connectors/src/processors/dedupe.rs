@@ -13,9 +13,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
-use super::jq::{JqProgram, jq_error};
+use super::jq::{EnvConfig, JqError, JqProgram, RecordBudget, StageLimits};
 use super::{Processor, ProcessorContext};
 use crate::error::{ConfigError, ProcessError};
+use crate::limits::LimitsConfig;
 use crate::record::Record;
 
 fn default_capacity() -> usize {
@@ -35,7 +36,8 @@ fn default_capacity() -> usize {
 /// With several workers, which of two duplicates is kept depends on which
 /// worker gets there first; use `workers: 1` when the first one in input
 /// order must win. A runtime error in `key` rejects the record with reason
-/// `jq_error`; a `null` key or no output rejects it with `missing_key`.
+/// `jq_error`, a record over one of the `limits` with `jq_limit`; a `null`
+/// key or no output rejects it with `missing_key`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeConfig {
@@ -46,6 +48,15 @@ pub struct DedupeConfig {
     /// How many distinct keys to remember (default 1000000, about 40 MB).
     #[serde(default = "default_capacity")]
     pub capacity: usize,
+    /// Per-record limits of the key's evaluation (`max_outputs`,
+    /// `timeout_ms`; see `weir explain jq`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The environment variables the key may read with `env` or `$ENV`
+    /// (default: none; see `weir explain jq`).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub env: EnvConfig,
 }
 
 /// A minimal `dedupe` configuration.
@@ -55,9 +66,9 @@ impl DedupeConfig {
     /// Compiles the key expression.
     ///
     /// # Errors
-    /// The key does not compile, or `capacity` is 0.
-    pub fn build(&self, _ctx: &ProcessorContext) -> Result<Dedupe, ConfigError> {
-        let key = JqProgram::compile_spanned(&self.key, "key")?;
+    /// The key does not compile, or `capacity` or a limit is 0.
+    pub fn build(&self, ctx: &ProcessorContext) -> Result<Dedupe, ConfigError> {
+        let key = JqProgram::compile_spanned(&self.key, "key", &self.env)?;
         if self.capacity == 0 {
             return Err(ConfigError::new("dedupe capacity must be at least 1"));
         }
@@ -65,6 +76,7 @@ impl DedupeConfig {
             key,
             capacity: self.capacity,
             seen: Mutex::new(Seen::default()),
+            limits: StageLimits::new(ctx, &self.limits)?,
         })
     }
 }
@@ -81,6 +93,7 @@ pub struct Dedupe {
     key: JqProgram,
     capacity: usize,
     seen: Mutex<Seen>,
+    limits: StageLimits,
 }
 
 impl Dedupe {
@@ -114,7 +127,11 @@ impl Dedupe {
 
 impl Processor for Dedupe {
     fn process(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), ProcessError> {
-        let key = self.key.first(&record.value).map_err(jq_error)?;
+        let mut budget = RecordBudget::new(&self.limits, record);
+        let key = self
+            .key
+            .record_first(record, &mut budget)
+            .map_err(JqError::into_process_error)?;
         let key = match key {
             None | Some(Value::Null) => {
                 return Err(ProcessError::new(

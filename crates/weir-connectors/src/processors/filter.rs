@@ -9,16 +9,18 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::jq::{JqProgram, jq_error};
+use super::jq::{EnvConfig, JqError, JqProgram, RecordBudget, StageLimits};
 use super::{Processor, ProcessorContext};
 use crate::error::{ConfigError, ProcessError};
+use crate::limits::LimitsConfig;
 use crate::record::Record;
 
 /// Keep the records for which a jq condition is true.
 ///
 /// The condition's first output decides: anything but `false` and `null`
 /// keeps the record; `false`, `null` or no output drops it. A runtime error
-/// in the condition rejects the record with reason `jq_error`.
+/// in the condition rejects the record with reason `jq_error`, a record over
+/// one of the `limits` with reason `jq_limit`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
@@ -34,6 +36,15 @@ pub struct FilterConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub drop_reason: Option<Spanned<String>>,
+    /// Per-record limits of the condition's evaluation (`max_outputs`,
+    /// `timeout_ms`; see `weir explain jq`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The environment variables the condition may read with `env` or
+    /// `$ENV` (default: none; see `weir explain jq`).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub env: EnvConfig,
 }
 
 /// A minimal `filter` configuration.
@@ -43,9 +54,10 @@ impl FilterConfig {
     /// Compiles the condition.
     ///
     /// # Errors
-    /// The condition does not compile, or `drop_reason` is empty.
-    pub fn build(&self, _ctx: &ProcessorContext) -> Result<Filter, ConfigError> {
-        let condition = JqProgram::compile_spanned(&self.condition, "condition")?;
+    /// The condition does not compile, `drop_reason` is empty, or a limit
+    /// is 0.
+    pub fn build(&self, ctx: &ProcessorContext) -> Result<Filter, ConfigError> {
+        let condition = JqProgram::compile_spanned(&self.condition, "condition", &self.env)?;
         if let Some(reason) = &self.drop_reason
             && reason.value.trim().is_empty()
         {
@@ -54,6 +66,7 @@ impl FilterConfig {
         Ok(Filter {
             condition,
             drop_reason: self.drop_reason.as_ref().map(|r| r.value.clone()),
+            limits: StageLimits::new(ctx, &self.limits)?,
         })
     }
 }
@@ -63,14 +76,16 @@ impl FilterConfig {
 pub struct Filter {
     condition: JqProgram,
     drop_reason: Option<String>,
+    limits: StageLimits,
 }
 
 impl Processor for Filter {
     fn process(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), ProcessError> {
+        let mut budget = RecordBudget::new(&self.limits, record);
         if self
             .condition
-            .first_truthy(&record.value)
-            .map_err(jq_error)?
+            .record_truthy(record, &mut budget)
+            .map_err(JqError::into_process_error)?
         {
             out.push(record.clone());
             return Ok(());

@@ -6,8 +6,47 @@
 //! rejects the record with reason `jq_error` and jq's message.
 //!
 //! [`JqProgram`] is the compiled form, shared by the other processors that
-//! take jq expressions (`filter`, `dedupe`, `aggregate`): a program is
-//! compiled once per stage and run by every worker (it is `Send + Sync`).
+//! take jq expressions (`filter`, `dedupe`, `aggregate`, `switch`): a
+//! program is compiled once per stage and run by every worker (it is
+//! `Send + Sync`).
+//!
+//! # Untrusted records
+//!
+//! Pipeline files are trusted, records are not, and a record can drive a
+//! correct program anywhere: `range(.n)` with `n = 1e12`, a recursion `.n`
+//! levels deep, a loop that never yields. Every evaluation therefore runs
+//! under the stage's [`limits`](crate::limits) (outputs and time per
+//! record, with defaults) and a stack guard; a record over a limit is
+//! rejected with reason `jq_limit` and the limit in the detail (`more than
+//! 100000 outputs (limits.max_outputs)`, `took longer than 1s
+//! (limits.timeout_ms)`, `recursed deeper than the thread's stack
+//! allows`), and the run goes on. The checkpoints are jaq's own: every
+//! call and variable binding clones jaq's context, and our context's
+//! `Clone` checks the stack and the watchdog's time flag (about a
+//! nanosecond); `range` is replaced by one that checks at every step.
+//!
+//! * **Depth.** A recursion is stopped before the stack runs out, whatever
+//!   the thread's stack; how deep it can go before that depends on the
+//!   stack: about 400,000 levels on [`STACK_SIZE`](crate::limits::STACK_SIZE)
+//!   threads (release build; the CLI's threads), 700 on a 2 MiB thread.
+//!   What cannot be survived: freeing a value nested deeper than the
+//!   thread's stack can free (about 20 million levels on 1 GiB, 40,000 on
+//!   2 MiB), which a program can only build within its time limit; see
+//!   [`STACK_SIZE`](crate::limits::STACK_SIZE). Outputs nest at most
+//!   [`MAX_OUTPUT_DEPTH`] levels (what serde_json, and so every reader of
+//!   weir's records, accepts), and `fromjson` refuses deeper texts.
+//! * **Time.** A call that works for long inside jaq without a checkpoint
+//!   (`indices` of a long string, `sort` of a huge array) cannot be stopped:
+//!   the [`watchdog`](crate::watchdog) reports it one second after the
+//!   limit, and by default ends the process with exit status 1, naming the
+//!   stage, the record's position and the limit.
+//! * **Memory.** See [`limits`](crate::limits): outputs are bounded by
+//!   count, one huge value inside one evaluation only by time.
+//! * **Environment.** `env` and `$ENV` read only the variables the stage
+//!   lists (`env: [NAME]`); without a list a program that uses them does
+//!   not compile (see [`EnvConfig`]). jaq has no `input`, `inputs`,
+//!   `$__prog_args` or `$__loc__` here, and `debug`/`stderr` write to the
+//!   log, never to a record.
 //!
 //! # Values
 //!
@@ -22,9 +61,11 @@
 //! [jaq]: https://github.com/01mf02/jaq
 
 use std::fmt;
+use std::sync::Arc;
 
 use jaq_core::load::{self, Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars};
+use jaq_core::native::{Fun, bome, v};
+use jaq_core::{Compiler, Ctx, DataT, Vars, data::HasLut};
 use jaq_json::{Num, Val};
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,15 +73,18 @@ use serde_saphyr::Spanned;
 
 use super::{Processor, ProcessorContext};
 use crate::error::{ConfigError, ProcessError};
-use crate::record::Record;
+use crate::limits::{Budget, LimitExceeded, Limits, LimitsConfig};
+use crate::record::{Position, Record};
 
 /// Transform each record with a jq program.
 ///
 /// Each output of the program becomes a record: one output replaces the
 /// record, several split it, none drops it (counted as filtered). A runtime
-/// error rejects the record with reason `jq_error`. Programs are jq as
-/// implemented by jaq, with its standard library; modules (`import`,
-/// `include`), `input`/`inputs` and `$ENV` are not available.
+/// error rejects the record with reason `jq_error`; a record that drives
+/// the program over one of its `limits` is rejected with reason `jq_limit`.
+/// Programs are jq as implemented by jaq, with its standard library;
+/// modules (`import`, `include`) and `input`/`inputs` are not available, and
+/// `env`/`$ENV` only with an `env` list.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JqConfig {
@@ -49,6 +93,26 @@ pub struct JqConfig {
     /// an unknown function is reported with its position in the program.
     #[schemars(with = "String")]
     pub program: Spanned<String>,
+    /// Per-record limits, `{max_outputs: N, timeout_ms: T}`; a record over
+    /// one is dead-lettered with reason `jq_limit` and the run goes on.
+    /// `max_outputs` (default 100000): outputs of the program for one
+    /// record; more is a runaway (`range(.n)` on a bad `n`) far more often
+    /// than data, and the default keeps one record's outputs to tens of MB.
+    /// `timeout_ms` (default 1000): wall-clock time for one record; jq
+    /// takes microseconds per record, so a second is a thousand times the
+    /// norm yet costs a worker little per runaway record, and bounds what
+    /// one evaluation can allocate. A call that cannot be interrupted and
+    /// is still running a second after `timeout_ms` stops the run (exit
+    /// status 1, naming the stage, the record and the limit).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The environment variables the program may read with `env` or `$ENV`,
+    /// for example `[REGION]` (default: none). The environment holds
+    /// secrets and records are untrusted (`env[.field]`), so a program that
+    /// uses `env` or `$ENV` without this list is refused at `weir check`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub env: EnvConfig,
 }
 
 /// A minimal `jq` configuration.
@@ -58,11 +122,37 @@ impl JqConfig {
     /// Compiles the program.
     ///
     /// # Errors
-    /// The program does not compile; the error points at `program`.
-    pub fn build(&self, _ctx: &ProcessorContext) -> Result<Jq, ConfigError> {
+    /// The program does not compile (the error points at `program`), or a
+    /// limit is 0.
+    pub fn build(&self, ctx: &ProcessorContext) -> Result<Jq, ConfigError> {
         Ok(Jq {
-            program: JqProgram::compile_spanned(&self.program, "jq program")?,
+            program: JqProgram::compile_spanned(&self.program, "jq program", &self.env)?,
+            limits: StageLimits::new(ctx, &self.limits)?,
         })
+    }
+}
+
+/// The environment variables a stage's jq expressions may read, as written
+/// in the pipeline file: `env: [REGION, DEPLOY_ENV]`.
+///
+/// Records are untrusted and the environment holds secrets (broker
+/// credentials, cloud keys): a program that can read any variable can copy
+/// it into a record (`env[.field]`), so no variable is readable unless it is
+/// listed. Without a list, a program that uses `env` or `$ENV` is refused
+/// when the pipeline is checked, with a message saying how to list the
+/// variables, rather than given an empty object: a program that reads the
+/// environment expects something there, and `null`s in every record would
+/// be found much later than an error at `weir check`. With a list, `env`
+/// and `$ENV` are an object of the listed variables that are set, read
+/// once when the pipeline starts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct EnvConfig(pub Vec<Spanned<String>>);
+
+impl EnvConfig {
+    /// The listed names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| s.value.as_str())
     }
 }
 
@@ -70,6 +160,7 @@ impl JqConfig {
 #[derive(Debug)]
 pub struct Jq {
     program: JqProgram,
+    limits: StageLimits,
 }
 
 impl Jq {
@@ -81,7 +172,15 @@ impl Jq {
 
 impl Processor for Jq {
     fn process(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), ProcessError> {
-        let outputs = self.program.run(&record.value).map_err(jq_error)?;
+        if let Some(v) = self.program.fast(&record.value) {
+            out.push(record.derive(v));
+            return Ok(());
+        }
+        let budget = self.limits.start(&record.pos);
+        let outputs = self
+            .program
+            .run_in(&budget, to_val(&record.value))
+            .map_err(JqError::into_process_error)?;
         out.extend(outputs.into_iter().map(|v| record.derive(v)));
         Ok(())
     }
@@ -92,16 +191,185 @@ pub(crate) fn jq_error(message: String) -> ProcessError {
     ProcessError::new("jq_error", message)
 }
 
-type Data = jaq_core::data::JustLut<Val>;
+/// Why an evaluation gave no (complete) result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JqError {
+    /// jq's runtime error (`error("x")` gives `x`, `.a + 1` on a string
+    /// jq's message); the record is rejected with reason `jq_error`.
+    Runtime(String),
+    /// The evaluation went over a limit; the record is rejected with reason
+    /// `jq_limit`.
+    Limit(LimitExceeded),
+}
+
+impl JqError {
+    /// The rejection of the record: reason `jq_error` or `jq_limit`.
+    pub fn into_process_error(self) -> ProcessError {
+        match self {
+            JqError::Runtime(m) => jq_error(m),
+            JqError::Limit(l) => l.into_process_error(),
+        }
+    }
+
+    /// Like [`into_process_error`](Self::into_process_error), with the
+    /// detail prefixed (`field 'total': ...`).
+    pub(crate) fn context(self, prefix: &str) -> ProcessError {
+        let mut e = self.into_process_error();
+        e.detail = format!("{prefix}: {}", e.detail);
+        e
+    }
+}
+
+impl fmt::Display for JqError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JqError::Runtime(m) => f.write_str(m),
+            JqError::Limit(l) => l.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for JqError {}
+
+/// A component's limits and stage name: one [`Budget`] per record is
+/// started from it.
+#[derive(Debug, Clone)]
+pub(crate) struct StageLimits {
+    stage: Arc<str>,
+    limits: Limits,
+}
+
+impl StageLimits {
+    pub(crate) fn new(ctx: &ProcessorContext, cfg: &LimitsConfig) -> Result<Self, ConfigError> {
+        Ok(StageLimits {
+            stage: ctx.stage.as_str().into(),
+            limits: cfg.build()?,
+        })
+    }
+
+    /// The budget of one record's evaluations.
+    pub(crate) fn start(&self, pos: &Arc<Position>) -> Budget {
+        Budget::start(self.limits, &self.stage, Some(pos))
+    }
+}
+
+/// jaq's view of our data: JSON-like values ([`Val`]) and, in every
+/// context, the record's [`Budget`] and the readable environment.
+struct Guarded;
+
+impl DataT for Guarded {
+    type V<'a> = Val;
+    type Data<'a> = Scope<'a>;
+}
+
+/// What every jaq context of one evaluation carries: one pointer, so that
+/// jaq's contexts, copied everywhere, stay as small as with its own data.
+struct Scope<'a>(&'a Shared<'a>);
+
+struct Shared<'a> {
+    lut: &'a jaq_core::Lut<Guarded>,
+    budget: &'a Budget,
+    env: &'a Val,
+}
+
+impl Clone for Scope<'_> {
+    /// jaq clones its context at every call of a definition and every
+    /// variable binding, also inside loops that yield nothing: the one
+    /// place an evaluation can be stopped from inside.
+    #[inline]
+    fn clone(&self) -> Self {
+        self.0.budget.checkpoint();
+        Scope(self.0)
+    }
+}
+
+impl<'a> HasLut<'a, Guarded> for Scope<'a> {
+    fn lut(&self) -> &'a jaq_core::Lut<Guarded> {
+        self.0.lut
+    }
+}
+
+/// Our replacements of jaq's natives: `range` with a checkpoint at every
+/// step (it is the one loop of the standard library written in Rust, and
+/// `[range(1e10)]` would otherwise build its array unchecked), `env` that
+/// reads only the listed variables, and `fromjson` that refuses a text
+/// nested deeper than [`MAX_OUTPUT_DEPTH`] (jaq's parser recurses once per
+/// level: a record holding `"[[[[…"` a million deep would overflow any
+/// stack).
+fn own_funs() -> impl Iterator<Item = Fun<Guarded>> {
+    let range: jaq_core::RunPtr<Guarded> = |mut cv| {
+        let budget = cv.0.data().0.budget;
+        let by = cv.0.pop_var();
+        let to = cv.0.pop_var();
+        let from = cv.0.pop_var();
+        Box::new(range(from, to, by).inspect(move |_| budget.checkpoint()))
+    };
+    let env: jaq_core::RunPtr<Guarded> = |cv| bome(Ok(cv.0.data().0.env.clone()));
+    let fromjson: jaq_core::RunPtr<Guarded> = |cv| {
+        let text = cv.1;
+        let bytes = match text.try_as_utf8_bytes_owned() {
+            Ok(b) if json_nesting_exceeds(&b, MAX_OUTPUT_DEPTH) => {
+                return bome(Err(jaq_core::Error::str(format_args!(
+                    "cannot parse a JSON text nested deeper than {MAX_OUTPUT_DEPTH} levels"
+                ))));
+            }
+            Ok(b) => b,
+            Err(e) => return bome(Err(e)),
+        };
+        let values = jaq_json::bytes_valrs(bytes, move |s| {
+            Box::new(jaq_json::read::parse_many(s).map(move |r| {
+                r.map_err(|e| {
+                    jaq_core::Error::str(format_args!("cannot parse {text} as JSON: {e}"))
+                })
+            }))
+        });
+        Box::new(values.map(|r| r.map_err(jaq_core::Exn::from)))
+    };
+    let own: [jaq_core::native::Filter<jaq_core::RunPtr<Guarded>>; 3] = [
+        ("range", v(3), range),
+        ("env", v(0), env),
+        ("fromjson", v(0), fromjson),
+    ];
+    own.into_iter().map(jaq_core::native::run::<Guarded>)
+}
+
+/// jaq's `range($from; $to; $by)`: from `$from` while below `$to` (above
+/// for a negative `$by`, different for a zero one), adding `$by`.
+fn range<'a>(from: Val, to: Val, by: Val) -> impl Iterator<Item = jaq_core::ValX<'a, Val>> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let cmp = by.partial_cmp(&Val::from(0usize)).unwrap_or(Equal);
+    let mut next: Option<jaq_core::ValX<'a, Val>> = Some(Ok(from));
+    std::iter::from_fn(move || match next.take()? {
+        Ok(x) => {
+            let go_on = match cmp {
+                Greater => x < to,
+                Less => x > to,
+                Equal => x != to,
+            };
+            if go_on {
+                next = Some((x.clone() + by.clone()).map_err(jaq_core::Exn::from));
+                Some(Ok(x))
+            } else {
+                None
+            }
+        }
+        Err(e) => Some(Err(e)),
+    })
+}
 
 /// A compiled jq program, `Send + Sync`: compile once, run on many threads.
 pub struct JqProgram {
-    filter: jaq_core::Filter<Data>,
+    filter: jaq_core::Filter<Guarded>,
     source: String,
     /// When the program is a plain path (`.`, `.a`, `.a.b`): its fields.
     /// Such a program is evaluated directly on the JSON value, skipping the
     /// conversion to jaq's value type that costs about 1 µs per record.
     path: Option<Vec<String>>,
+    /// The readable environment: the listed variables that are set.
+    env: Val,
+    /// Whether `$ENV` is bound (only when variables are listed).
+    env_var: bool,
 }
 
 /// The fields of a program that is a plain path: `.` or `.a`, `.a.b`, ...
@@ -157,30 +425,67 @@ impl fmt::Display for JqCompileError {
 
 impl std::error::Error for JqCompileError {}
 
+/// The name `$ENV` has for jaq's compiler.
+const ENV_VAR: &str = "$ENV";
+
 impl JqProgram {
-    /// Compiles `code` with jq's core and standard definitions.
+    /// Compiles `code` with jq's core and standard definitions; `env` and
+    /// `$ENV` are refused (see [`compile_with_env`](Self::compile_with_env)).
     ///
     /// # Errors
     /// A lex, parse or compile (undefined name) error, with its position.
     pub fn compile(code: &str) -> Result<Self, JqCompileError> {
+        Self::compile_with_env(code, &[] as &[&str])
+    }
+
+    /// Compiles `code`; `env` and `$ENV` are the object of the variables
+    /// named in `env` that are set now. With no names, a program that uses
+    /// them does not compile (see [`EnvConfig`] for why).
+    ///
+    /// # Errors
+    /// A lex, parse or compile (undefined name) error, with its position.
+    pub fn compile_with_env(code: &str, env: &[impl AsRef<str>]) -> Result<Self, JqCompileError> {
+        let allowed = !env.is_empty();
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
-        let funs = jaq_core::funs()
+        let replaced = |name: &str, arity: usize| {
+            (name == "range" && arity == 3) || (arity == 0 && (name == "env" || name == "fromjson"))
+        };
+        let funs = jaq_core::funs::<Guarded>()
             .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
+            .chain(jaq_json::funs())
+            .filter(|(name, args, _)| !replaced(name, args.len()))
+            .chain(own_funs().filter(|(name, ..)| allowed || *name != "env"));
         let arena = Arena::default();
         let modules = Loader::new(defs)
             .load(&arena, File { code, path: () })
             .map_err(|errs| load_errors(code, errs))?;
+        let globals: &[&str] = if allowed { &[ENV_VAR] } else { &[] };
         let filter = Compiler::default()
             .with_funs(funs)
+            .with_global_vars(globals.iter().copied())
             .compile(modules)
             .map_err(|errs| compile_errors(code, errs))?;
+        let env = Val::obj(
+            env.iter()
+                .filter_map(|name| {
+                    let name = name.as_ref();
+                    let value = std::env::var_os(name)?;
+                    let value = value.to_string_lossy().into_owned();
+                    Some((
+                        Val::utf8_str(name.as_bytes().to_vec()),
+                        Val::utf8_str(value.into_bytes()),
+                    ))
+                })
+                .collect(),
+        );
         Ok(JqProgram {
             filter,
             source: code.to_owned(),
             path: simple_path(code),
+            env,
+            env_var: allowed,
         })
     }
 
@@ -190,8 +495,13 @@ impl JqProgram {
     /// # Errors
     /// A [`ConfigError`] at the value's location, with jq's message and the
     /// position within the program.
-    pub fn compile_spanned(code: &Spanned<String>, what: &str) -> Result<Self, ConfigError> {
-        JqProgram::compile(&code.value)
+    pub fn compile_spanned(
+        code: &Spanned<String>,
+        what: &str,
+        env: &EnvConfig,
+    ) -> Result<Self, ConfigError> {
+        let names: Vec<&str> = env.names().collect();
+        JqProgram::compile_with_env(&code.value, &names)
             .map_err(|e| ConfigError::at(format!("{what} does not compile: {e}"), code))
     }
 
@@ -200,15 +510,17 @@ impl JqProgram {
         &self.source
     }
 
-    /// Runs the program on `input`, collecting every output.
+    /// Runs the program on `input` under the default [`Limits`],
+    /// collecting every output.
     ///
     /// # Errors
-    /// jq's runtime error message (the outputs before it are discarded).
-    pub fn run(&self, input: &Value) -> Result<Vec<Value>, String> {
+    /// jq's runtime error (the outputs before it are discarded), or the
+    /// limit the evaluation went over.
+    pub fn run(&self, input: &Value) -> Result<Vec<Value>, JqError> {
         if let Some(v) = self.fast(input) {
             return Ok(vec![v]);
         }
-        self.run_val(to_val(input))
+        self.run_in(&default_budget(), to_val(input))
     }
 
     /// The output of a plain-path program, computed directly on JSON; `None`
@@ -230,72 +542,223 @@ impl JqProgram {
         Some(cur.clone())
     }
 
-    /// Runs the program on `input` and returns its first output (the rest is
-    /// not computed).
+    /// Runs the program on `input` under the default [`Limits`] and
+    /// returns its first output (the rest is not computed).
     ///
     /// # Errors
-    /// jq's runtime error message, if it comes before the first output.
-    pub fn first(&self, input: &Value) -> Result<Option<Value>, String> {
+    /// jq's runtime error, if it comes before the first output, or the
+    /// limit the evaluation went over.
+    pub fn first(&self, input: &Value) -> Result<Option<Value>, JqError> {
         if let Some(v) = self.fast(input) {
             return Ok(Some(v));
         }
-        self.first_val(to_val(input))
+        self.first_in(&default_budget(), to_val(input))
     }
 
-    /// Whether the first output is truthy (neither `false` nor `null`); no
-    /// output is `false`.
+    /// Whether the first output, under the default [`Limits`], is truthy
+    /// (neither `false` nor `null`); no output is `false`.
     ///
     /// # Errors
-    /// jq's runtime error message, if it comes before the first output.
-    pub fn first_truthy(&self, input: &Value) -> Result<bool, String> {
+    /// jq's runtime error, if it comes before the first output, or the
+    /// limit the evaluation went over.
+    pub fn first_truthy(&self, input: &Value) -> Result<bool, JqError> {
         if let Some(v) = self.fast(input) {
-            return Ok(!matches!(v, Value::Null | Value::Bool(false)));
+            return Ok(truthy_json(&v));
         }
-        let mut truthy = false;
-        self.each_val(to_val(input), |v| {
-            truthy = !matches!(v, Val::Null | Val::Bool(false));
-            false
-        })?;
-        Ok(truthy)
+        self.first_truthy_in(&default_budget(), to_val(input))
     }
 
-    /// Like [`run`](Self::run), on an input already converted with
-    /// [`to_val`] (to run several programs on one record).
-    pub(crate) fn run_val(&self, input: Val) -> Result<Vec<Value>, String> {
+    /// Like [`first_truthy`](Self::first_truthy), on a record under its
+    /// budget.
+    pub(crate) fn record_truthy(
+        &self,
+        record: &Record,
+        budget: &mut RecordBudget<'_>,
+    ) -> Result<bool, JqError> {
+        if let Some(v) = self.fast(&record.value) {
+            return Ok(truthy_json(&v));
+        }
+        let (budget, input) = budget.get();
+        self.first_truthy_in(budget, input)
+    }
+
+    /// Like [`first`](Self::first), on a record under its budget.
+    pub(crate) fn record_first(
+        &self,
+        record: &Record,
+        budget: &mut RecordBudget<'_>,
+    ) -> Result<Option<Value>, JqError> {
+        if let Some(v) = self.fast(&record.value) {
+            return Ok(Some(v));
+        }
+        let (budget, input) = budget.get();
+        self.first_in(budget, input)
+    }
+
+    /// Like [`run`](Self::run), on a record under its budget.
+    pub(crate) fn record_run(
+        &self,
+        record: &Record,
+        budget: &mut RecordBudget<'_>,
+    ) -> Result<Vec<Value>, JqError> {
+        if let Some(v) = self.fast(&record.value) {
+            return Ok(vec![v]);
+        }
+        let (budget, input) = budget.get();
+        self.run_in(budget, input)
+    }
+
+    /// Every output of the program on `input`, under `budget`.
+    pub(crate) fn run_in(&self, budget: &Budget, input: Val) -> Result<Vec<Value>, JqError> {
         let mut outputs = Vec::new();
-        self.each_val(input, |v| {
-            outputs.push(val_to_json(&v));
-            true
+        self.each_val(budget, input, |v| {
+            outputs.push(val_to_json(&v, 0)?);
+            Ok(true)
         })?;
         Ok(outputs)
     }
 
-    /// Like [`first`](Self::first), on an input already converted with
-    /// [`to_val`].
-    pub(crate) fn first_val(&self, input: Val) -> Result<Option<Value>, String> {
+    /// The first output of the program on `input`, under `budget`.
+    pub(crate) fn first_in(&self, budget: &Budget, input: Val) -> Result<Option<Value>, JqError> {
         let mut first = None;
-        self.each_val(input, |v| {
-            first = Some(val_to_json(&v));
-            false
+        self.each_val(budget, input, |v| {
+            first = Some(val_to_json(&v, 0)?);
+            Ok(false)
         })?;
         Ok(first)
     }
 
-    /// Runs the program, calling `f` with each output until it returns
-    /// `false`.
-    fn each_val(&self, input: Val, mut f: impl FnMut(Val) -> bool) -> Result<(), String> {
-        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
-        for out in self.filter.id.run((ctx, input)) {
-            match out {
-                Ok(v) => {
-                    if !f(v) {
-                        break;
+    fn first_truthy_in(&self, budget: &Budget, input: Val) -> Result<bool, JqError> {
+        let mut truthy = false;
+        self.each_val(budget, input, |v| {
+            truthy = !matches!(v, Val::Null | Val::Bool(false));
+            Ok(false)
+        })?;
+        Ok(truthy)
+    }
+
+    /// Runs the program under `budget`, calling `f` with each output until
+    /// it returns `false`. Outputs are counted as they are pulled from
+    /// jaq's lazy iterator, so the one past the limit is never computed
+    /// beyond its own value.
+    fn each_val(
+        &self,
+        budget: &Budget,
+        input: Val,
+        mut f: impl FnMut(Val) -> Result<bool, LimitExceeded>,
+    ) -> Result<(), JqError> {
+        let shared = Shared {
+            lut: &self.filter.lut,
+            budget,
+            env: &self.env,
+        };
+        let vars = if self.env_var {
+            Vars::new([self.env.clone()])
+        } else {
+            Vars::new([])
+        };
+        let max = budget.max_outputs();
+        let run = || {
+            let ctx = Ctx::<Guarded>::new(Scope(&shared), vars);
+            let mut n = 0u64;
+            let mut outputs = self.filter.id.run((ctx, input));
+            let result = loop {
+                match outputs.next() {
+                    None => break Ok(()),
+                    Some(Ok(v)) => {
+                        n += 1;
+                        if n > max {
+                            break Err(LimitExceeded::Outputs(max));
+                        }
+                        if let Err(e) = budget.check_time() {
+                            break Err(e);
+                        }
+                        match f(v) {
+                            Ok(true) => {}
+                            Ok(false) => break Ok(()),
+                            Err(e) => break Err(e),
+                        }
                     }
+                    Some(Err(exn)) => return Err(JqError::Runtime(exn_message(exn))),
                 }
-                Err(exn) => return Err(exn_message(exn)),
+            };
+            if result.is_err() {
+                // Freeing what the evaluation built is bounded but may be
+                // long (a deep value): not a stuck evaluation.
+                budget.stopping();
             }
+            drop(outputs);
+            result.map_err(JqError::Limit)
+        };
+        crate::limits::guarded(run).map_err(JqError::Limit)?
+    }
+}
+
+/// Whether `json` nests arrays and objects deeper than `max` (brackets
+/// inside strings do not count).
+fn json_nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
         }
-        Ok(())
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn truthy_json(v: &Value) -> bool {
+    !matches!(v, Value::Null | Value::Bool(false))
+}
+
+/// The budget of an evaluation that is not of a record (no stage, no
+/// position): the default limits.
+fn default_budget() -> Budget {
+    static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Budget::start(Limits::default(), ANONYMOUS.get_or_init(|| "".into()), None)
+}
+
+/// One record's budget and its value in jaq's type, both made on first
+/// use: a record whose expressions are all plain paths needs neither.
+pub(crate) struct RecordBudget<'r> {
+    limits: &'r StageLimits,
+    record: &'r Record,
+    started: Option<(Budget, Val)>,
+}
+
+impl<'r> RecordBudget<'r> {
+    pub(crate) fn new(limits: &'r StageLimits, record: &'r Record) -> Self {
+        RecordBudget {
+            limits,
+            record,
+            started: None,
+        }
+    }
+
+    fn get(&mut self) -> (&Budget, Val) {
+        let (b, v) = self.started.get_or_insert_with(|| {
+            (
+                self.limits.start(&self.record.pos),
+                to_val(&self.record.value),
+            )
+        });
+        (b, v.clone())
     }
 }
 
@@ -357,7 +820,14 @@ fn compile_errors(code: &str, errs: jaq_core::compile::Errors<&str, ()>) -> JqCo
             if at.is_none() && std::ptr::eq(file.code, code) {
                 at = Some(line_col(code, load::span(file.code, name).start));
             }
-            problems.push(format!("undefined {} '{name}'", undefined.as_str()));
+            problems.push(if name == "env" || name == ENV_VAR {
+                format!(
+                    "`{name}` is not available: the environment may hold secrets, so a \
+                     program reads only the variables its stage lists, as in `env: [NAME]`"
+                )
+            } else {
+                format!("undefined {} '{name}'", undefined.as_str())
+            });
         }
     }
     JqCompileError {
@@ -409,29 +879,60 @@ pub(crate) fn to_val(v: &Value) -> Val {
     }
 }
 
+/// How deeply an output may nest arrays and objects: the deepest document
+/// serde_json reads.
+///
+/// serde_json reads every record weir reads (files, the broker between a
+/// coordinator and its workers) and refuses deeper documents; and writing
+/// or freeing a deeper value recurses on the stack of whatever thread does
+/// it (a sink's, where nothing guards the stack). A jq program can build
+/// any depth (`reduce range(1e6) as $x (null; [.])`), so a deeper output is
+/// rejected here, where it is built.
+pub const MAX_OUTPUT_DEPTH: usize = 127;
+
 /// Converts a jq value to JSON. Integers stay integers (a big integer that
 /// fits neither `i64` nor `u64` becomes a float); a non-finite float becomes
 /// `null`; byte strings become (lossy UTF-8) strings; non-string object keys
 /// are written as their JSON text.
-pub fn val_to_json(v: &Val) -> Value {
-    match v {
+///
+/// # Errors
+/// The value nests arrays and objects deeper than [`MAX_OUTPUT_DEPTH`].
+fn val_to_json(v: &Val, depth: usize) -> Result<Value, LimitExceeded> {
+    let inner = || {
+        if depth >= MAX_OUTPUT_DEPTH {
+            Err(LimitExceeded::Nesting(MAX_OUTPUT_DEPTH))
+        } else {
+            Ok(depth + 1)
+        }
+    };
+    Ok(match v {
         Val::Null => Value::Null,
         Val::Bool(b) => Value::Bool(*b),
         Val::Num(n) => num_to_json(n),
         Val::TStr(s) | Val::BStr(s) => Value::String(bytes_to_string(s)),
-        Val::Arr(a) => Value::Array(a.iter().map(val_to_json).collect()),
-        Val::Obj(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Val::TStr(s) | Val::BStr(s) => bytes_to_string(s),
-                        other => other.to_string(),
-                    };
-                    (key, val_to_json(v))
-                })
-                .collect(),
-        ),
-    }
+        // Loops rather than `collect::<Result<..>>`, which would lose the
+        // size hint and grow (rehash) every map.
+        Val::Arr(a) => {
+            let d = inner()?;
+            let mut out = Vec::with_capacity(a.len());
+            for x in a.iter() {
+                out.push(val_to_json(x, d)?);
+            }
+            Value::Array(out)
+        }
+        Val::Obj(o) => {
+            let d = inner()?;
+            let mut out = serde_json::Map::with_capacity(o.len());
+            for (k, v) in o.iter() {
+                let key = match k {
+                    Val::TStr(s) | Val::BStr(s) => bytes_to_string(s),
+                    other => other.to_string(),
+                };
+                out.insert(key, val_to_json(v, d)?);
+            }
+            Value::Object(out)
+        }
+    })
 }
 
 fn bytes_to_string(b: &[u8]) -> String {
@@ -498,7 +999,7 @@ mod fast_path_tests {
             let p = JqProgram::compile(code).unwrap();
             assert!(p.path.is_some(), "{code} should take the fast path");
             for input in &inputs {
-                let slow = p.run_val(to_val(input));
+                let slow = p.run_in(&default_budget(), to_val(input));
                 match p.fast(input) {
                     Some(v) => assert_eq!(Ok(vec![v]), slow, "{code} on {input}"),
                     None => assert!(
@@ -547,7 +1048,7 @@ mod tests {
     #[test]
     fn halt_is_an_error_not_an_exit() {
         let p = JqProgram::compile("halt").unwrap();
-        assert!(p.run(&json!(1)).unwrap_err().contains("halt"));
+        assert!(p.run(&json!(1)).unwrap_err().to_string().contains("halt"));
     }
 
     #[test]

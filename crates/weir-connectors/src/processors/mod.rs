@@ -23,6 +23,9 @@ pub struct ProcessorContext {
     /// The directory relative paths in the configuration are resolved
     /// against: the directory of the pipeline file.
     pub base_dir: std::path::PathBuf,
+    /// The stage's name in the pipeline file: errors that are not about one
+    /// record (a jq evaluation that cannot be stopped) name it.
+    pub stage: String,
 }
 
 /// A per-record transformation.

@@ -10,14 +10,16 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::ProcessorContext;
-use super::jq::{JqProgram, jq_error};
+use super::jq::{EnvConfig, JqError, JqProgram, RecordBudget, StageLimits};
 use crate::error::{ConfigError, ProcessError};
+use crate::limits::LimitsConfig;
 use crate::record::Record;
 
 /// Route records to named branches by jq conditions, first match wins.
 ///
 /// Downstream entries read a branch with `from: <switch>/<case>`. A runtime
-/// error in a condition rejects the record with reason `jq_error`.
+/// error in a condition rejects the record with reason `jq_error`, a record
+/// over one of the `limits` with reason `jq_limit`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchConfig {
@@ -28,6 +30,16 @@ pub struct SwitchConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub default: Option<Spanned<String>>,
+    /// Per-record limits of the conditions' evaluation, all cases of one
+    /// record together (`max_outputs`, `timeout_ms`; see `weir explain
+    /// jq`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The environment variables the conditions may read with `env` or
+    /// `$ENV` (default: none; see `weir explain jq`).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub env: EnvConfig,
 }
 
 /// One case of a `switch`.
@@ -51,7 +63,7 @@ impl SwitchConfig {
     /// # Errors
     /// A condition that does not compile, an empty, duplicate or `/`-holding
     /// branch name, or no case at all.
-    pub fn build(&self, _ctx: &ProcessorContext) -> Result<Switch, ConfigError> {
+    pub fn build(&self, ctx: &ProcessorContext) -> Result<Switch, ConfigError> {
         if self.cases.is_empty() {
             return Err(ConfigError::new("switch: at least one case is needed"));
         }
@@ -76,7 +88,11 @@ impl SwitchConfig {
         let mut cases = Vec::new();
         for c in &self.cases {
             check(&c.name)?;
-            cases.push(JqProgram::compile_spanned(&c.when, "switch condition")?);
+            cases.push(JqProgram::compile_spanned(
+                &c.when,
+                "switch condition",
+                &self.env,
+            )?);
         }
         if let Some(d) = &self.default {
             check(d)?;
@@ -84,6 +100,7 @@ impl SwitchConfig {
         Ok(Switch {
             cases,
             branches: names,
+            limits: StageLimits::new(ctx, &self.limits)?,
         })
     }
 
@@ -102,6 +119,7 @@ impl SwitchConfig {
 pub struct Switch {
     cases: Vec<JqProgram>,
     branches: Vec<String>,
+    limits: StageLimits,
 }
 
 impl Switch {
@@ -114,10 +132,13 @@ impl Switch {
     /// goes to; `None` when it matches nothing and there is no default.
     ///
     /// # Errors
-    /// A condition failed at run time.
+    /// A condition failed at run time, or went over a limit.
     pub fn route(&self, record: &Record) -> Result<Option<usize>, ProcessError> {
+        let mut budget = RecordBudget::new(&self.limits, record);
         for (i, c) in self.cases.iter().enumerate() {
-            if c.first_truthy(&record.value).map_err(jq_error)? {
+            if c.record_truthy(record, &mut budget)
+                .map_err(JqError::into_process_error)?
+            {
                 return Ok(Some(i));
             }
         }
