@@ -69,14 +69,16 @@ struct State {
     /// Since when the inbox has stored messages this reader neither holds
     /// nor can be delivered (lost in transit).
     stranded_since: Option<std::time::Instant>,
+    /// To the acknowledger task, started with the first message.
+    acks: Option<AckTx>,
 }
 
 /// Messages taken in this run, by stream sequence: a message delivered
 /// again (its ack lost in a broker crash, or a consumer reset) is not
 /// processed twice; its new copy is acknowledged with the original.
 ///
-/// Only what is needed to acknowledge is kept (an [`Acker`]: the reply
-/// subject), never the payload, so a whole-input aggregate holding its
+/// Only what is needed to acknowledge is kept (the reply subject, made an
+/// [`Acker`] with the job's context when it is used)/// subject), never the payload, so a whole-input aggregate holding its
 /// inputs costs about a hundred bytes per message. Entries whose
 /// acknowledgement the broker confirmed are pruned once the stream's first
 /// sequence has passed them: a message deleted from a work queue is never
@@ -85,7 +87,7 @@ type Seen = Arc<Mutex<HashMap<u64, Taken>>>;
 
 enum Taken {
     /// In the engine; copies delivered meanwhile, to acknowledge with it.
-    Pending(Vec<Acker>),
+    Pending(Vec<Reply>),
     /// Committed; its acknowledgement is on its way to the broker.
     Acking,
     /// Committed, and the broker confirmed the acknowledgement.
@@ -127,6 +129,7 @@ impl InboxReader {
             seen: Arc::default(),
             since_prune: 0,
             stranded_since: None,
+            acks: None,
         };
         let batches = futures::stream::unfold(state, |mut st| async move {
             loop {
@@ -280,13 +283,20 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
         }
     }
     // Decided under the lock, acted on after it (no lock across an await).
-    let (msg, acker) = msg.split();
+    // Copied: the subject as received may share the connection's read
+    // buffer, which it would keep alive while its message is held.
+    let reply: Reply = msg
+        .message
+        .reply
+        .as_ref()
+        .map(|r| async_nats::Subject::from(r.as_str().to_string()));
+    let msg: async_nats::Message = msg.into();
     let already_done = {
         let mut seen = st.seen.lock().unwrap_or_else(|p| p.into_inner());
         match seen.get_mut(&seq) {
             Some(Taken::Done | Taken::Acking) => true,
             Some(Taken::Pending(copies)) => {
-                copies.push(acker);
+                copies.push(reply);
                 return Vec::new();
             }
             None => {
@@ -297,7 +307,7 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
     };
     if already_done {
         // Its content is committed: acknowledge the copy.
-        let _ = acker.double_ack().await;
+        let _ = st.job.acker(reply).double_ack().await;
         return Vec::new();
     }
     let records =
@@ -308,7 +318,12 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
             st.counters
                 .records
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
-            let ack = message_ack(acker, seq, st.seen.clone());
+            let tx = st.acks.get_or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(acknowledger(rx, st.seen.clone(), st.job.clone()));
+                tx
+            });
+            let ack = message_ack(reply, seq, tx.clone());
             out.reserve(records.len());
             for r in records {
                 out.push((r, ack.fork()));
@@ -321,50 +336,110 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(seq, Taken::Done);
-            garbage(&st.job, &st.inbox, seq, &msg, acker, e.to_string()).await;
+            garbage(
+                &st.job,
+                &st.inbox,
+                seq,
+                &msg,
+                st.job.acker(reply),
+                e.to_string(),
+            )
+            .await;
         }
     }
     out
 }
 
-/// The ack of one message: acknowledged with confirmation once its records
-/// settle (with any copy delivered meanwhile); given back on failure.
-fn message_ack(acker: Acker, seq: u64, seen: Seen) -> Ack {
-    let handle = tokio::runtime::Handle::current();
+/// A delivered message's reply subject: all that acknowledging it needs.
+type Reply = Option<async_nats::Subject>;
+
+/// A message whose records settled, waiting for its acknowledgement.
+struct Settled {
+    reply: Reply,
+    seq: u64,
+    outcome: AckOutcome,
+}
+
+/// Acknowledgements in flight at once. A whole-input aggregate settles all
+/// its messages together at the end: one task each used to hold ~5 KB per
+/// message (100 MB at 5M records), where a few dozen requests in flight
+/// keep the broker just as busy.
+const ACKS_IN_FLIGHT: usize = 64;
+
+/// Where settled messages go to be acknowledged (see [`acknowledger`]).
+///
+/// Unbounded on purpose: an ack callback runs wherever the last record
+/// settles (any engine thread, never async) and must not block; what waits
+/// here is at most one small entry per message the reader holds.
+type AckTx = tokio::sync::mpsc::UnboundedSender<Settled>;
+
+/// Acknowledges settled messages, [`ACKS_IN_FLIGHT`] at a time; ends when
+/// the reader and every outstanding ack are gone.
+async fn acknowledger(mut rx: tokio::sync::mpsc::UnboundedReceiver<Settled>, seen: Seen, job: Job) {
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            next = rx.recv(), if in_flight.len() < ACKS_IN_FLIGHT => match next {
+                Some(s) => in_flight.push(settle(s, seen.clone(), job.clone())),
+                None => break,
+            },
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+        }
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+/// Acknowledges one message (with any copy delivered meanwhile), with
+/// confirmation; gives it back (nak) when its records failed.
+async fn settle(s: Settled, seen: Seen, job: Job) {
+    let Settled {
+        reply,
+        seq,
+        outcome,
+    } = s;
+    let failed = matches!(outcome, AckOutcome::Failed { .. });
+    let copies = {
+        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+        let copies = match s.remove(&seq) {
+            Some(Taken::Pending(c)) => c,
+            _ => Vec::new(),
+        };
+        if !failed {
+            s.insert(seq, Taken::Acking);
+        }
+        copies
+    };
+    let mut confirmed = false;
+    for a in std::iter::once(reply).chain(copies).map(|r| job.acker(r)) {
+        if failed {
+            let _ = a.ack_with(AckKind::Nak(None)).await;
+            continue;
+        }
+        for _ in 0..20 {
+            if a.double_ack().await.is_ok() {
+                confirmed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    if confirmed {
+        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = s.get_mut(&seq) {
+            *t = Taken::Done;
+        }
+    }
+}
+
+/// The ack of one message: once its records settle, it goes to the
+/// [`acknowledger`].
+fn message_ack(reply: Reply, seq: u64, tx: AckTx) -> Ack {
     Ack::new(move |outcome| {
-        handle.spawn(async move {
-            let failed = matches!(outcome, AckOutcome::Failed { .. });
-            let copies = {
-                let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                let copies = match s.remove(&seq) {
-                    Some(Taken::Pending(c)) => c,
-                    _ => Vec::new(),
-                };
-                if !failed {
-                    s.insert(seq, Taken::Acking);
-                }
-                copies
-            };
-            let mut confirmed = false;
-            for a in std::iter::once(acker).chain(copies) {
-                if failed {
-                    let _ = a.ack_with(AckKind::Nak(None)).await;
-                    continue;
-                }
-                for _ in 0..20 {
-                    if a.double_ack().await.is_ok() {
-                        confirmed = true;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-            if confirmed {
-                let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(t) = s.get_mut(&seq) {
-                    *t = Taken::Done;
-                }
-            }
+        // The acknowledger outlives every ack (each holds a sender).
+        let _ = tx.send(Settled {
+            reply,
+            seq,
+            outcome,
         });
     })
 }

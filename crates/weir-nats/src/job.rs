@@ -582,6 +582,15 @@ impl Job {
         self.create_consumer(&s, &spec).await
     }
 
+    /// Acknowledges a delivered message by its reply subject (kept instead
+    /// of the whole message while its records are processed).
+    pub fn acker(
+        &self,
+        reply: Option<async_nats::Subject>,
+    ) -> async_nats::jetstream::message::Acker {
+        async_nats::jetstream::message::Acker::new(self.broker.js.clone(), reply)
+    }
+
     /// The stream of an inbox.
     ///
     /// # Errors
