@@ -76,6 +76,11 @@ pub struct WorkerOptions {
     /// must run something else (another version of the pipeline file).
     /// `None` skips the check.
     pub fingerprint: Option<crate::job::Fingerprint>,
+    /// Install [`give_back_and_exit`] as the process's jq watchdog hook
+    /// (see `weir_connectors::watchdog`): a record whose evaluation cannot
+    /// be interrupted ends the worker, after it gave back every other
+    /// message it holds.
+    pub exit_on_stuck: bool,
 }
 
 /// Why a worker refused a job, set by whichever pull noticed first.
@@ -118,7 +123,7 @@ impl Counters {
 }
 
 /// Messages pulled and not yet acknowledged, for in-progress acks.
-type InFlight = Arc<Mutex<HashMap<(usize, u64), jetstream::Message>>>;
+pub type InFlight = Arc<Mutex<HashMap<(usize, u64), jetstream::Message>>>;
 
 struct Delivery {
     msg: jetstream::Message,
@@ -167,6 +172,14 @@ pub async fn run(
     });
     let in_flight: InFlight = Arc::default();
     let refusal: Refusal = Arc::default();
+    if opts.exit_on_stuck {
+        let held = in_flight.clone();
+        let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+        let handle = tokio::runtime::Handle::current();
+        weir_connectors::watchdog::set_hook(move |stuck| {
+            give_back_and_exit(stuck, &held, &names, &handle);
+        });
+    }
     let mut counters = Vec::new();
     for (idx, stage) in stages.iter().enumerate() {
         let c = Arc::new(Counters::default());
@@ -392,6 +405,61 @@ fn pull_stream(st: Puller) -> impl futures::Stream<Item = Delivery> + Send + 'st
             }
         }
     })
+}
+
+/// How long messages given back by a stuck worker wait before they are
+/// delivered again: long enough for the worker to be gone.
+const GIVE_BACK_DELAY: Duration = Duration::from_secs(1);
+
+/// What a worker does with a record whose jq evaluation went over its time
+/// limit and cannot be interrupted (its thread cannot be stopped, and
+/// would spin for ever): it says so (stage, position, limit), gives back
+/// (nak) every message it holds except the one with that record, so they
+/// go to other workers at once, and exits with status 1. The stuck
+/// message is no longer extended by in-progress acks: after `ack_wait` the
+/// broker delivers it again, and after `max_deliver` deliveries the
+/// coordinator dead-letters it ("no result after N deliveries").
+pub fn give_back_and_exit(
+    stuck: &weir_connectors::watchdog::Stuck,
+    held: &InFlight,
+    stages: &[String],
+    handle: &tokio::runtime::Handle,
+) {
+    eprintln!("error: {stuck}");
+    let held: Vec<(usize, jetstream::Message)> = held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|((idx, _), m)| (*idx, m.clone()))
+        .collect();
+    let others: Vec<jetstream::Message> = held
+        .into_iter()
+        .filter(|(idx, m)| {
+            let holds_it = stages.get(*idx).is_some_and(|s| *s == stuck.stage)
+                && codec::decode(&m.payload).is_ok_and(|records| {
+                    records
+                        .iter()
+                        .any(|r| stuck.position.as_deref() == Some(&r.pos.to_string()))
+                });
+            !holds_it
+        })
+        .map(|(_, m)| m)
+        .collect();
+    let n = others.len();
+    // On the watchdog's thread, not the runtime's: blocking is allowed.
+    handle.block_on(async move {
+        // Confirmed: an unconfirmed nak may still sit in the client when
+        // the process exits. Delayed: this worker's own pull requests stay
+        // open until it exits, and would take the messages back.
+        let naks = futures::future::join_all(
+            others
+                .iter()
+                .map(|m| m.double_ack_with(AckKind::Nak(Some(GIVE_BACK_DELAY)))),
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), naks).await;
+    });
+    eprintln!("worker exiting: {n} other messages given back to the pool");
+    std::process::exit(1);
 }
 
 /// Checks this worker's fingerprint against the job's; on a difference,

@@ -609,6 +609,7 @@ pub fn run_worker(
                 concurrency,
                 report_every: Duration::from_secs(1),
                 fingerprint: Some(print),
+                exit_on_stuck: true,
             },
             cancel,
         )

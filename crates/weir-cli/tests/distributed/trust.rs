@@ -365,3 +365,91 @@ broker:
     assert_same_rows("users", &got, &want);
     drain(&mut workers, &deadline);
 }
+
+/// A record whose jq evaluation cannot be interrupted (one native call
+/// running for minutes) on a remote stage: the worker running it reports
+/// the stage, position and limit and exits (its thread cannot be stopped),
+/// so it stops extending the message's ack; the broker delivers the message
+/// to another worker, up to `max_deliver` times, and the coordinator then
+/// dead-letters it. Every other record is written. Before issue 8 the
+/// worker hung with the message in flight, renewed forever by in-progress
+/// acks, and the job never ended.
+#[test]
+fn a_record_that_hangs_jq_on_a_worker_is_dead_lettered_after_max_deliver() {
+    let deadline = Deadline::new();
+    let d = Dir::new();
+    d.file(
+        "p.yaml",
+        r#"
+inputs:
+  - name: in
+    file: { path: in.jsonl }
+stages:
+  - name: slow
+    remote: true
+    jq:
+      program: '.n as $n | .hits = ("a" * $n | indices(("a" * ($n / 2 | floor)) + "b") | length)'
+      limits: { timeout_ms: 300 }
+outputs:
+  - name: db
+    sqlite: { path: out/h.db, table: t, key: [id], columns: { id: integer, hits: integer } }
+broker:
+  records_per_message: 1
+  max_deliver: 2
+  ack_wait_secs: 2
+"#,
+    );
+    let mut input = String::new();
+    for id in 0..20 {
+        let n = if id == 7 { 4_000_000 } else { 3 };
+        input.push_str(&format!("{{\"id\":{id},\"n\":{n}}}\n"));
+    }
+    d.file("in.jsonl", input);
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut coordinator = d.coordinator("p.yaml", &url, "hang");
+    wait_started(&mut coordinator, &deadline);
+    // Workers die on the stuck record; replace them until the job ends.
+    let mut workers = vec![d.worker("w0", "p.yaml", &url, "hang", 1)];
+    let mut died = Vec::new();
+    let mut n = 1;
+    while coordinator.try_status().is_none() {
+        deadline.check("the job to end");
+        let mut i = 0;
+        while i < workers.len() {
+            if let Some(st) = workers[i].try_status() {
+                let w = workers.remove(i);
+                died.push((w.name.clone(), st, w.stderr()));
+                workers.push(d.worker(&format!("w{n}"), "p.yaml", &url, "hang", 1));
+                n += 1;
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let report = report_of(&mut coordinator, Duration::from_secs(5), &deadline);
+    assert_eq!(died.len(), 2, "one worker per delivery: {died:?}");
+    for (name, st, err) in &died {
+        assert_eq!(st.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("stage 'slow': the jq evaluation of the record at in.jsonl:8 took longer than 300ms (limits.timeout_ms) and cannot be interrupted"),
+            "{name}: {err}"
+        );
+    }
+    let ids: Vec<_> = rows(&d.join("out/h.db"), "SELECT id FROM t ORDER BY id");
+    assert_eq!(ids.len(), 19, "every other record: {ids:?}");
+    let dlq = d.dlq(&url, "hang", &deadline);
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0]["position"], "in.jsonl:8");
+    assert!(
+        dlq[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no result after 2 deliveries"),
+        "{}",
+        dlq[0]
+    );
+    assert_eq!(report["swept"], 1, "{report}");
+    drain(&mut workers, &deadline);
+}

@@ -159,6 +159,7 @@ pub fn worker_opts(id: &str) -> WorkerOptions {
         concurrency: 2,
         report_every: Duration::from_millis(200),
         fingerprint: None,
+        exit_on_stuck: false,
     }
 }
 
