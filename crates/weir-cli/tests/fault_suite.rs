@@ -338,6 +338,11 @@ fn fault_suite() {
             .filter(|k| !got_letters.contains_key(*k))
             .take(5)
             .collect();
+        let repeated: Vec<_> = got_letters
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .take(5)
+            .collect();
         results.push(r);
         print_table(n, &results);
         util::assert_same_rows(&format!("round {round}: events"), &got_rows, &want_rows);
@@ -346,7 +351,11 @@ fn fault_suite() {
             "round {round}: dead letters differ: unexpected {extra:?}, missing {missing:?}"
         );
         let last = results.last().expect("this round");
-        assert_eq!((last.duplicates, last.lost), (0, 0), "round {round}");
+        assert_eq!(
+            (last.duplicates, last.lost),
+            (0, 0),
+            "round {round}: repeated dead letters {repeated:?}"
+        );
     }
 }
 

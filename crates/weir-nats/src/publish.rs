@@ -3,10 +3,11 @@
 //! **Message ids.** Every message carries a deterministic `Nats-Msg-Id`, so
 //! a publish repeated after a crash or a lost acknowledgement is dropped by
 //! the broker (within the stream's duplicate window):
-//! - a worker's outputs: `<stage>:<input seq>:<port>:<n>`: the input message's
-//!   stream sequence and the output message's index. Remote stages are
-//!   deterministic functions of their input message, so a redelivered input
-//!   produces the same messages with the same ids;
+//! - a worker's outputs: `<stage>:<input key>:<port>:<n>`: a hash of the
+//!   input message's own id and the output message's index (its dead
+//!   letters `<stage>:<input key>:dl:<i>`). Remote stages are deterministic
+//!   functions of their input message, so a redelivered (or republished)
+//!   input produces the same messages with the same ids;
 //! - a coordinator's flows (sources and the stages after them):
 //!   `<producer>><inbox>:<input>:<n>`, the n-th message of that producer's
 //!   records read from pipeline input `<input>`, when those come in the same
@@ -728,7 +729,7 @@ impl DlqSink {
 }
 
 /// FNV-1a, 64 bits: stable across Rust releases (`DefaultHasher` is not).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in *p {

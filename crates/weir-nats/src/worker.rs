@@ -8,7 +8,7 @@
 //!
 //! The unit of work is one **message** (a batch of records), so the outputs
 //! of an input message can be published as messages with ids derived from
-//! the input (`<stage>:<input seq>:<port>:<n>`), and a redelivered input
+//! the input's own id (`<stage>:<input key>:<port>:<n>`), and a redelivered input
 //! republishes the same ids, which the broker drops. The input is
 //! acknowledged only after every output and dead letter is stored
 //! (at-least-once, duplicates removed by id, sinks idempotent on key).
@@ -563,6 +563,25 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What names the messages a worker publishes for input message `msg`:
+/// a hash of the input's own `Nats-Msg-Id`, which is the same whenever
+/// the same content is published (see [`crate::publish`]). Not its stream
+/// sequence: after a broker restart the broker no longer knows the ids of
+/// messages it had already deleted, so a restarted coordinator's
+/// republished input can be stored again under a new sequence, and outputs
+/// named after the sequence would then be new messages (and dead letters
+/// twice). The sequence is the fallback for messages without an id.
+fn message_key(msg: &jetstream::Message, seq: u64) -> String {
+    match msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+    {
+        Some(id) => format!("{:016x}", crate::publish::fnv1a(&[id.as_str().as_bytes()])),
+        None => format!("s{seq}"),
+    }
+}
+
 /// Nak delay before delivery `delivered + 1`: 1 s, 2 s, 4 s, … up to 30 s.
 pub fn retry_delay(delivered: i64) -> Duration {
     let exp = delivered.clamp(1, 6) - 1;
@@ -591,6 +610,7 @@ impl Sink<Outcome> for OutcomeSink {
         let max_body = limits.bytes;
         for o in &mut items {
             let seq = o.seq;
+            let key = message_key(&o.msg, seq);
             match &mut o.verdict {
                 Verdict::Publish { outputs, dead } => {
                     for (port, records) in outputs.iter_mut().enumerate() {
@@ -601,7 +621,7 @@ impl Sink<Outcome> for OutcomeSink {
                                 records,
                                 limits,
                                 &names.subject(inbox),
-                                &format!("{}:{}:{port}", self.stage.name, seq),
+                                &format!("{}:{key}:{port}", self.stage.name),
                                 &mut n,
                             );
                             out.extend(chunks.messages);
@@ -620,7 +640,7 @@ impl Sink<Outcome> for OutcomeSink {
                         }
                     }
                     for (i, d) in dead.iter().enumerate() {
-                        let id = format!("{}:{}:dl:{i}", self.stage.name, seq);
+                        let id = format!("{}:{key}:dl:{i}", self.stage.name);
                         out.push(Outgoing::dead_letter(names, id, d, max_body));
                     }
                 }
@@ -631,7 +651,7 @@ impl Sink<Outcome> for OutcomeSink {
                         o.delivered as u32,
                         &o.msg.payload,
                     );
-                    let id = format!("{}:{}:garbage", self.stage.name, seq);
+                    let id = format!("{}:{key}:garbage", self.stage.name);
                     out.push(Outgoing::dead_letter(names, id, &entry, max_body));
                 }
                 Verdict::Retry(_) => {}
