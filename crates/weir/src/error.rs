@@ -79,10 +79,11 @@ impl std::error::Error for RunError {
 /// engine can retry or dead-letter them instead of losing them.
 ///
 /// Two kinds of failure call for different handling, so the sink says which:
-/// the destination failed ([`WriteError::all`], [`WriteError::partial`]: retry
-/// the unwritten items, then dead-letter them), or one item cannot be written
-/// at all ([`WriteError::bad_item`]: dead-letter that item alone and write the
-/// rest).
+/// the destination failed ([`WriteError::all`], [`WriteError::partial`]: the
+/// stage's policy applies: fail, or retry the unwritten items and then
+/// dead-letter them), or one item cannot be written at all
+/// ([`WriteError::bad_item`]: dead-letter that item alone, under any policy,
+/// and write the rest).
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct WriteError<T> {
@@ -113,7 +114,9 @@ impl<T> WriteError<T> {
     }
 
     /// A prefix was written; `unwritten[0]` cannot be written (`error` says
-    /// why) and the rest was not tried.
+    /// why) and the rest was not tried. The engine dead-letters that item
+    /// under every error policy (`Fail` included: the record is bad, the
+    /// destination is fine) and writes the rest.
     pub fn bad_item(unwritten: Vec<T>, error: impl Into<BoxError>) -> Self {
         WriteError {
             unwritten,

@@ -215,7 +215,11 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
             settle_before(&mut acks, base);
             let Some(err) = err else { break };
             values = unwritten;
-            if fail {
+            // One item that can never be written (a value its column cannot
+            // take) is a bad record, not a failed destination: it is
+            // dead-lettered under every policy, `Fail` included.
+            let one_bad = first_is_bad && !values.is_empty();
+            if fail && !one_bad {
                 // What is left will never be written: count it and fail its
                 // acks with the sink's error before failing the run.
                 ctx.drop_on_failure(unsettled(values, &mut acks, base), &err);

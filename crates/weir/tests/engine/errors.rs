@@ -331,6 +331,14 @@ impl Sink<u64> for Picky {
 
 #[test]
 fn a_sink_rejecting_one_item_dead_letters_that_item_alone() {
+    for policy in [ErrorPolicy::DeadLetter, ErrorPolicy::Fail] {
+        a_sink_rejecting_one_item_dead_letters_it_under(policy);
+    }
+}
+
+/// Under `Fail` too: the item is bad, the destination is not (a run that
+/// stopped on the first bad value lost the rest of its input's work).
+fn a_sink_rejecting_one_item_dead_letters_it_under(policy: ErrorPolicy) {
     within(20, async {
         let p = Pipeline::with_options(PipelineOptions {
             batch_size: 16,
@@ -339,7 +347,7 @@ fn a_sink_rejecting_one_item_dead_letters_that_item_alone() {
         let out = p
             .source("n", from_iter(1..=1_000u64))
             .sink("db", Picky(Vec::new()))
-            .on_error(ErrorPolicy::DeadLetter);
+            .on_error(policy);
         let report = p.run().await.unwrap();
         let stored = out.take().unwrap();
         assert_eq!(
