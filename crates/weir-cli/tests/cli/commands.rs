@@ -144,7 +144,9 @@ outputs:
         text(&out.stderr)
     );
 
-    // A sink that cannot write a record fails the run by default, too.
+    // A sink that cannot write one record does not fail the run, even under
+    // its default `on_error: fail`: the record is bad, the database is fine,
+    // so that record alone is dead-lettered with its reason.
     d.file(
         "q.yaml",
         "\
@@ -158,11 +160,13 @@ outputs:
 ",
     );
     let (out, report) = d.run_with_stdin("q.yaml", "");
-    assert_eq!(code(&out), 1);
-    assert_eq!(report["ok"], false);
-    assert_eq!(
-        report["error"],
-        "stage 'db' failed: record at in.jsonl:2: column a: expected an integer, got \"x\""
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(report["ok"], true);
+    let dead = std::fs::read_to_string(d.join("dead-letters.jsonl")).unwrap();
+    assert_eq!(dead.lines().count(), 1, "{dead}");
+    assert!(
+        dead.contains("record at in.jsonl:2: column a: expected an integer, got"),
+        "{dead}"
     );
 }
 
