@@ -155,6 +155,9 @@ struct Offers<'a> {
     /// records of each come in the same order in every run; `None` when
     /// timing can change them.
     lineage: HashMap<String, Option<BTreeSet<String>>>,
+    /// The pipeline's cancel token: publishing sinks learn from it that the
+    /// run is being stopped, not ending.
+    stopping: weir::CancellationToken,
 }
 
 impl Offers<'_> {
@@ -184,7 +187,8 @@ impl Offers<'_> {
                 let flag = done.clone();
                 let sink = EdgeSink::new(&d.job, &inbox, name, deterministic, move |_| {
                     flag.store(true, Ordering::Release);
-                });
+                })
+                .stopping(self.stopping.clone());
                 flow.sink(&format!("{name}>{inbox}"), sink);
                 self.local_done.entry(inbox).or_default().push(done);
             }
@@ -230,6 +234,7 @@ pub fn build(
         flows: HashMap::new(),
         local_done: HashMap::new(),
         lineage: HashMap::new(),
+        stopping: p.cancel_token(),
     };
     // Inbox readers of the coordinator: (inbox, producers-done flag).
     let mut reader_flags: HashMap<String, Arc<AtomicBool>> = HashMap::new();

@@ -151,7 +151,7 @@ impl Publisher {
     fn headers(id: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(FORMAT_HEADER, FORMAT_VERSION);
-        h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        h.insert(async_nats::header::NATS_MESSAGE_ID, wire_id(id).as_ref());
         h
     }
 
@@ -303,6 +303,22 @@ impl Publisher {
     }
 }
 
+/// Ids hold stage, input and file names, which users choose: a long one is
+/// replaced by its hash (the same for the same id), so that headers stay
+/// well within [`HEADER_ROOM`].
+pub fn wire_id(id: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 200;
+    if id.len() <= MAX {
+        std::borrow::Cow::Borrowed(id)
+    } else {
+        std::borrow::Cow::Owned(format!(
+            "h:{:016x}{:016x}",
+            fnv1a(&[id.as_bytes()]),
+            fnv1a(&[id.as_bytes(), b"weir"])
+        ))
+    }
+}
+
 /// The error of a message the server refused.
 fn refused(m: &Outgoing, why: &str) -> BrokerError {
     BrokerError::Request(format!(
@@ -377,7 +393,11 @@ pub fn chunk(
     // The first record of the open message.
     let mut first = 0;
     let mut emit = |buf: &mut Vec<u8>, range: Range<usize>, out: &mut Chunks| {
-        let id = format!("{prefix}:{next}");
+        // The content's hash too: an id must never name two different
+        // contents (the broker would drop the second as a duplicate, and
+        // its records would be lost), whatever cut them (a drained run's
+        // partial last message, a stage that is not deterministic).
+        let id = format!("{prefix}:{next}.{:016x}", fnv1a(&[buf.as_slice()]));
         *next += 1;
         out.messages.push(Outgoing {
             subject: subject.to_string(),
@@ -461,6 +481,13 @@ pub struct EdgeSink {
     too_large: u64,
     carry: bool,
     window: std::collections::VecDeque<Sent>,
+    /// Other flows: records taken so far (they name too-large letters).
+    consumed: u64,
+    /// Fired when the run is being stopped (a signal, a lost lease): the
+    /// flow then ends early, and a lane's partial last message is not
+    /// published (its records carry no acks: the resumed run reads them
+    /// again and sends the complete message).
+    stopping: Option<weir::CancellationToken>,
 }
 
 /// One input's share of a deterministic flow.
@@ -532,7 +559,16 @@ impl EdgeSink {
             too_large: 0,
             carry: deterministic,
             window: std::collections::VecDeque::new(),
+            consumed: 0,
+            stopping: None,
         }
+    }
+
+    /// Tells the sink when the run is being stopped rather than ending
+    /// (see [`EdgeSink`]'s `stopping`).
+    pub fn stopping(mut self, token: weir::CancellationToken) -> Self {
+        self.stopping = Some(token);
+        self
     }
 
     /// Cuts `records` into messages with ids `<prefix>:<n>` from `next`,
@@ -580,12 +616,13 @@ impl EdgeSink {
             if self.pending.is_empty() {
                 return Ok(());
             }
-            let cut = self.cut(&self.pending, &self.prefix, self.next, 0, true);
+            let cut = self.cut(&self.pending, &self.prefix, self.next, self.consumed, true);
             if !cut.dead.is_empty() {
                 self.publisher.publish_all(&cut.dead).await?;
             }
             self.publisher.publish_all(&cut.messages).await?;
             self.next = cut.next;
+            self.consumed += cut.taken as u64;
             self.published += cut.records;
             self.too_large += cut.dead.len() as u64;
             self.pending.clear();
@@ -678,7 +715,10 @@ impl Sink<Record> for EdgeSink {
     }
 
     async fn finish(mut self) -> Result<u64, BoxError> {
-        self.flush(true)
+        // A stopped run's lanes end anywhere: their partial last messages
+        // stay unsent (a resumed run sends them whole).
+        let all = !self.stopping.as_ref().is_some_and(|t| t.is_cancelled());
+        self.flush(all)
             .await
             .map_err(|e| BoxError::from(e.to_string()))?;
         let rest: Vec<Sent> = self.window.drain(..).collect();
