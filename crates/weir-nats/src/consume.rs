@@ -232,17 +232,50 @@ async fn end_check(st: &mut State) -> EndCheck {
     let Ok(c) = st.job.inbox_counts(&st.inbox).await else {
         return EndCheck::Wait;
     };
-    let held = prune(&st.seen, c.first_seq);
+    prune(&st.seen, c.first_seq);
     if c.pending > 0 {
         st.stranded_since = None;
         return EndCheck::Wait;
     }
-    if c.stored <= held {
+    // Messages whose acknowledgement was sent but not confirmed: gone from
+    // the stream (the ack was applied, its answer lost) or not. Asked one by
+    // one: counts cannot tell an ack in flight from a lost delivery.
+    let acking: Vec<u64> = {
+        let s = st.seen.lock().unwrap_or_else(|p| p.into_inner());
+        s.iter()
+            .filter(|(_, t)| matches!(t, Taken::Acking))
+            .map(|(seq, _)| *seq)
+            .collect()
+    };
+    if !acking.is_empty() {
+        let Ok(stream) = st.job.inbox(&st.inbox).await else {
+            return EndCheck::Wait;
+        };
+        for seq in acking {
+            if stream.get_raw_message(seq).await.is_err_and(|e| {
+                e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+            }) {
+                mark_done(&st.seen, seq);
+            }
+        }
+    }
+    let (held, acking) = {
+        let s = st.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let held = s
+            .values()
+            .filter(|t| matches!(t, Taken::Pending(_)))
+            .count() as u64;
+        let acking = s.values().filter(|t| matches!(t, Taken::Acking)).count() as u64;
+        (held, acking)
+    };
+    // Every message held here is stored (not acknowledged): when no ack is
+    // in doubt and the inbox stores as many, it stores exactly these.
+    if acking == 0 && c.stored <= held {
         return EndCheck::End;
     }
     // Stored but neither pending nor held: acknowledgements on their way
     // (wait), or deliveries lost in transit (reset), which only time tells
-    // apart.
+    // apart. A reset also delivers again what an unconfirmed ack left.
     match st.stranded_since {
         Some(t) if t.elapsed() >= STRANDED_AFTER => {
             st.stranded_since = None;
@@ -250,6 +283,7 @@ async fn end_check(st: &mut State) -> EndCheck {
                 inbox = %st.inbox,
                 stored = c.stored,
                 held,
+                acking,
                 "messages delivered but never received (lost in a broker restart?): asking for them again"
             );
             EndCheck::Reset
@@ -262,13 +296,19 @@ async fn end_check(st: &mut State) -> EndCheck {
     }
 }
 
+/// Marks message `seq` committed and its acknowledgement confirmed.
+fn mark_done(seen: &Seen, seq: u64) {
+    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = s.get_mut(&seq) {
+        *t = Taken::Done;
+    }
+}
+
 /// Forgets confirmed messages below `first_seq` (they are deleted and never
-/// delivered again); returns how many messages the reader still holds
-/// (in the engine, or being acknowledged).
-fn prune(seen: &Seen, first_seq: u64) -> u64 {
+/// delivered again).
+fn prune(seen: &Seen, first_seq: u64) {
     let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
     s.retain(|seq, t| !(matches!(t, Taken::Done) && *seq < first_seq));
-    s.values().filter(|t| !matches!(t, Taken::Done)).count() as u64
 }
 
 /// One delivered message: its records with forks of its ack.
@@ -306,8 +346,11 @@ async fn take(st: &mut State, msg: jetstream::Message) -> Vec<(Record, Ack)> {
         }
     };
     if already_done {
-        // Its content is committed: acknowledge the copy.
-        let _ = st.job.acker(reply).double_ack().await;
+        // Its content is committed: acknowledge the copy (which settles an
+        // acknowledgement left unconfirmed).
+        if st.job.acker(reply).double_ack().await.is_ok() {
+            mark_done(&st.seen, seq);
+        }
         return Vec::new();
     }
     let records =
@@ -424,10 +467,7 @@ async fn settle(s: Settled, seen: Seen, job: Job) {
         }
     }
     if confirmed {
-        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = s.get_mut(&seq) {
-            *t = Taken::Done;
-        }
+        mark_done(&seen, seq);
     }
 }
 
