@@ -43,6 +43,11 @@ pub struct Holder {
     pub what: String,
     /// When it last renewed, by its own clock (shown, never compared).
     pub renewed_ms: u64,
+    /// Which process this is, beyond host and pid: the kernel's boot id
+    /// and pid namespace (a pid means the same process only within one
+    /// namespace of one boot: containers share host names), and a nonce.
+    #[serde(default)]
+    pub instance: String,
 }
 
 impl Holder {
@@ -52,7 +57,17 @@ impl Holder {
             pid: std::process::id(),
             what: what.to_string(),
             renewed_ms: now_ms(),
+            instance: format!("{}/{}", pid_space(), nonce()),
         }
+    }
+
+    /// Whether `self` was a process of this boot and pid namespace (so its
+    /// pid can be looked up here).
+    fn same_pid_space(&self, me: &Holder) -> bool {
+        self.host == me.host
+            && !self.instance.is_empty()
+            && self.instance.rsplit_once('/').map(|(space, _)| space)
+                == me.instance.rsplit_once('/').map(|(space, _)| space)
     }
 
     fn body(&self) -> bytes::Bytes {
@@ -76,6 +91,27 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// This kernel boot and pid namespace, as `<boot id>:<pid ns>`; empty
+/// parts when unknown (then pids are never compared).
+pub fn pid_space() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if boot.is_empty() || ns.is_empty() {
+        format!("unknown-{}", nonce())
+    } else {
+        format!("{boot}:{ns}")
+    }
+}
+
+/// A value no other process will pick: time and pid mixed.
+fn nonce() -> String {
+    format!("{:x}{:x}", now_ms(), std::process::id())
 }
 
 /// Whether process `pid` of this host is gone (or a zombie).
@@ -132,7 +168,7 @@ impl Lease {
             let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
             let gone = holder
                 .as_ref()
-                .is_some_and(|h| h.host == me.host && h.pid != me.pid && process_gone(h.pid));
+                .is_some_and(|h| h.same_pid_space(&me) && h.pid != me.pid && process_gone(h.pid));
             if !gone {
                 // Live while renewed: watch it for two renewal periods.
                 tokio::time::sleep(RENEW_EVERY * 2 + Duration::from_millis(500)).await;
@@ -200,7 +236,12 @@ impl Lease {
         if self.lost.is_cancelled() {
             return false;
         }
-        matches!(self.kv.entry(&self.key).await, Ok(Some(e)) if e.revision == self.revision.load(Ordering::Acquire))
+        match self.kv.entry(&self.key).await {
+            Ok(Some(e)) => e.revision == self.revision.load(Ordering::Acquire),
+            Ok(None) => false,
+            // The broker unreachable: nobody took it over that we know of.
+            Err(_) => true,
+        }
     }
 
     /// Stops renewing and removes the lease (if still ours), so the next
@@ -237,6 +278,16 @@ async fn renew(
         {
             Ok(rev) => revision.store(rev, Ordering::Release),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // Maybe our own renewal, applied, whose answer was lost (a
+                // broker restart): then the lease still names us.
+                if let Ok(Some(entry)) = kv.entry(&key).await
+                    && entry.operation == Operation::Put
+                    && serde_json::from_slice::<Holder>(&entry.value)
+                        .is_ok_and(|h| h.instance == me.instance)
+                {
+                    revision.store(entry.revision, Ordering::Release);
+                    continue;
+                }
                 tracing::error!("lost the lease of '{key}': another process took it over");
                 lost.cancel();
                 return;

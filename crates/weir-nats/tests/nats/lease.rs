@@ -67,11 +67,27 @@ async fn a_dead_holders_lease_is_taken_over() {
             pid: 4_000_000,
             what: "weir run --broker".into(),
             renewed_ms: 0,
+            instance: format!("{}/x", weir_nats::lease::pid_space()),
         })
         .await;
         let t = Instant::now();
         let lease = Lease::acquire(&job, "weir run --broker").await.unwrap();
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        lease.release().await;
+
+        // The same host name in another pid namespace (a container): its
+        // pid means nothing here, so only silence tells.
+        put(Holder {
+            host: weir_nats::lease::hostname(),
+            pid: 4_000_000,
+            what: "weir run --broker".into(),
+            renewed_ms: 0,
+            instance: "other-boot:pid:[1]/x".into(),
+        })
+        .await;
+        let t = Instant::now();
+        let lease = Lease::acquire(&job, "weir run --broker").await.unwrap();
+        assert!(t.elapsed() >= RENEW_EVERY * 2, "{:?}", t.elapsed());
         lease.release().await;
 
         // Another host: only silence tells.
@@ -80,6 +96,7 @@ async fn a_dead_holders_lease_is_taken_over() {
             pid: 1,
             what: "weir run --broker".into(),
             renewed_ms: 0,
+            instance: String::new(),
         })
         .await;
         let t = Instant::now();
