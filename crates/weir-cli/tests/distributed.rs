@@ -19,7 +19,9 @@
 //! * [`errors`]: an unreachable broker, a stateful stage marked `remote`;
 //! * [`trust`]: issue 8's defects: records too large for a message, a
 //!   worker on another pipeline version, a coordinator killed in a merging
-//!   job, two coordinators on one job, dead letters after a restart.
+//!   job, two coordinators on one job, dead letters after a restart;
+//! * [`versions`]: an unfinished job resumed with changed inputs or another
+//!   pipeline file is refused; names that would share an inbox too.
 
 #[path = "distributed/util.rs"]
 mod util;
@@ -38,3 +40,5 @@ mod pool;
 mod stats;
 #[path = "distributed/trust.rs"]
 mod trust;
+#[path = "distributed/versions.rs"]
+mod versions;

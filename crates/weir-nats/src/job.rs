@@ -203,6 +203,17 @@ pub struct JobState {
 pub struct Fingerprint {
     /// By stage name.
     pub stages: BTreeMap<String, StagePrint>,
+    /// The coordinator's part (empty in a worker's): a hash of the whole
+    /// pipeline file as data. A resumed job reads its inputs again and
+    /// relies on the broker dropping what it published before; with other
+    /// coordinator-side stages or outputs the two runs' results would mix.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pipeline: String,
+    /// The coordinator's part (empty in a worker's): what each input file
+    /// was (size and a hash of its first and last 4 KiB, as a local
+    /// `--resume` checks), by path as shown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// One remote stage's part of a [`Fingerprint`].
@@ -243,6 +254,39 @@ impl Fingerprint {
                         "stage '{stage}': the job's reads {path}, this one does not"
                     ));
                 }
+            }
+        }
+        out
+    }
+
+    /// How `now` (a coordinator's, resuming this job) differs from what the
+    /// job was started with, beyond [`differences`](Self::differences):
+    /// the pipeline file and the input files. Empty when it may resume. A
+    /// job recorded by an older weir (no coordinator part) is not compared.
+    pub fn resume_differences(&self, now: &Fingerprint) -> Vec<String> {
+        let mut out = self.differences(now);
+        out.extend(
+            self.stages
+                .keys()
+                .filter(|k| !now.stages.contains_key(*k))
+                .map(|k| format!("stage '{k}' is no longer remote")),
+        );
+        if self.pipeline.is_empty() {
+            return out;
+        }
+        if self.pipeline != now.pipeline {
+            out.push("the pipeline file differs".to_string());
+        }
+        for (path, was) in &self.inputs {
+            match now.inputs.get(path) {
+                Some(is) if is == was => {}
+                Some(is) => out.push(format!("input file {path} changed ({was} -> {is})")),
+                None => out.push(format!("input file {path} is no longer read")),
+            }
+        }
+        for path in now.inputs.keys() {
+            if !self.inputs.contains_key(path) {
+                out.push(format!("input file {path} is new"));
             }
         }
         out
@@ -402,19 +446,8 @@ impl Job {
         let start = match &prior {
             Some(s) if matches!(s.status, Status::Running | Status::Failed) && !fresh => {
                 if let Some(theirs) = &s.fingerprint {
-                    let diffs = theirs.differences(fingerprint);
-                    let missing: Vec<&String> = theirs
-                        .stages
-                        .keys()
-                        .filter(|k| !fingerprint.stages.contains_key(*k))
-                        .collect();
-                    if !diffs.is_empty() || !missing.is_empty() {
-                        let mut why = diffs;
-                        why.extend(
-                            missing
-                                .iter()
-                                .map(|k| format!("stage '{k}' is no longer remote")),
-                        );
+                    let why = theirs.resume_differences(fingerprint);
+                    if !why.is_empty() {
                         return Err(BrokerError::Mismatch(format!(
                             "job '{}' was started with another version of the pipeline ({}); finish it with the same file, or start over with --fresh",
                             self.names.job(),

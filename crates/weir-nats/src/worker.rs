@@ -462,7 +462,7 @@ pub fn give_back_and_exit(
     std::process::exit(1);
 }
 
-/// Checks this worker's fingerprint against the job's; on a difference,
+/// Checks this worker's fingerprint against an unfinished job's; on a difference,
 /// records why and stops the worker. Returns whether it refused.
 fn refuse(
     check: &(Option<crate::job::Fingerprint>, Refusal),
@@ -473,6 +473,15 @@ fn refuse(
     let (Some(mine), Some(theirs)) = (&check.0, &state.fingerprint) else {
         return false;
     };
+    // A finished job's fingerprint says what ran, not what will: a worker
+    // started before the coordinator of the next run (of an edited file)
+    // waits for that run instead of refusing the old one.
+    if !matches!(
+        state.status,
+        crate::job::Status::Running | crate::job::Status::Failed
+    ) {
+        return false;
+    }
     let diffs = theirs.differences(mine);
     if diffs.is_empty() {
         return false;

@@ -7,7 +7,8 @@
 //! cannot change what it outputs (`workers`, `ordered`, `remote`), together
 //! with the inboxes each of its output ports publishes into; and, per file
 //! the stage reads (a `validate` schema and the local files its `$ref`s
-//! name), a hash of the file's content.
+//! name), a hash of the file's content. The coordinator's copy also covers
+//! the whole file and the input files ([`of_job`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -57,7 +58,40 @@ pub fn of(l: &Loaded, placement: &Placement, only: Option<&[String]>) -> Fingerp
         }
         stages.insert(name.to_string(), StagePrint { config, files });
     }
-    Fingerprint { stages }
+    Fingerprint {
+        stages,
+        ..Fingerprint::default()
+    }
+}
+
+/// The fingerprint a coordinator records in the job: [`of`] all remote
+/// stages, plus a hash of the whole pipeline file as data (stage keys that
+/// cannot change results left out) and what each input file is now, so that
+/// a resumed job refuses to mix two versions of either.
+pub fn of_job(l: &Loaded, placement: &Placement) -> Fingerprint {
+    let mut print = of(l, placement, None);
+    let mut doc: Value = serde_saphyr::from_str(&l.source).unwrap_or(Value::Null);
+    if let Some(stages) = doc["stages"].as_array_mut() {
+        for entry in stages.iter_mut().filter_map(Value::as_object_mut) {
+            for k in IGNORED {
+                entry.remove(*k);
+            }
+        }
+    }
+    print.pipeline = hash(canonical(&doc).as_bytes());
+    for input in &l.file.inputs {
+        let Some(src) = &input.value.file else {
+            continue;
+        };
+        // A path that matches nothing readable: the build says why.
+        for (path, id) in src.identities(&l.base_dir).unwrap_or_default() {
+            let sample: String = id.sample.iter().map(|b| format!("{b:02x}")).collect();
+            print
+                .inputs
+                .insert(path, format!("{} bytes, sample {}", id.size, &sample[..16]));
+        }
+    }
+    print
 }
 
 /// Where each output port of stage `name` publishes (for a switch, per

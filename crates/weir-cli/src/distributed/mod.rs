@@ -94,7 +94,7 @@ pub fn run_coordinator(
         // One coordinator per job: held until the end of the run.
         let lease = Lease::acquire(&job, "weir run --broker").await?;
         let result = async {
-            let print = fingerprint::of(l, &placement, None);
+            let print = fingerprint::of_job(l, &placement);
             let start = match job
                 .start(&l.path.display().to_string(), &placement.specs, &print, fresh)
                 .await
@@ -126,6 +126,18 @@ pub fn run_coordinator(
             }
             let state = job.state().await?;
             let run = state.as_ref().map_or(0, |s| s.started_ms);
+            // The broker recognises a message id again for its duplicate
+            // window only: older messages read again are new to it.
+            let window = placement.settings.duplicate_window;
+            let age = Duration::from_millis(now_ms().saturating_sub(run));
+            if matches!(start, weir_nats::job::Start::Resumed { .. }) && !inputs_done && age > window {
+                eprintln!(
+                    "warning: job '{}' started {} s ago, longer than the broker's duplicate window ({} s, broker.duplicate_window_secs): records published more than that ago are sent again as new, so outputs without a key may receive them twice; run with --fresh to start over",
+                    job.names.job(),
+                    age.as_secs(),
+                    window.as_secs()
+                );
+            }
             let dist = Dist {
                 job: job.clone(),
                 placement,

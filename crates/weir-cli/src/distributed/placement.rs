@@ -158,7 +158,7 @@ impl Placement {
             }
             false
         };
-        let specs = order
+        let specs: Vec<InboxSpec> = order
             .iter()
             .filter(|c| inboxes.contains(**c))
             .map(|c| InboxSpec {
@@ -167,6 +167,34 @@ impl Placement {
                 holds: !pool.contains(*c) && holds(c),
             })
             .collect();
+        // An inbox's stream and subject carry its name with every character
+        // outside `[A-Za-z0-9_-]` replaced: two names that differ only there
+        // would share one inbox and mix their records.
+        let mut tokens: HashMap<String, &str> = HashMap::new();
+        for spec in &specs {
+            let token = weir_nats::job::sanitize(&spec.name);
+            match tokens.get(&token) {
+                Some(first) => {
+                    let span = file
+                        .stages
+                        .iter()
+                        .map(|s| &s.value.name)
+                        .chain(file.outputs.iter().map(|o| &o.value.name))
+                        .find(|n| n.value == spec.name)
+                        .expect("an inbox is a stage or an output");
+                    diags.push(Diagnostic::at(
+                        format!(
+                            "'{}' and '{first}' would share one inbox on the broker ('{token}'): names there keep only letters, digits, '_' and '-'; rename one",
+                            spec.name
+                        ),
+                        span,
+                    ));
+                }
+                None => {
+                    tokens.insert(token, &spec.name);
+                }
+            }
+        }
         let mut settings = EdgeSettings::default();
         if let Some(b) = broker {
             let mut positive =

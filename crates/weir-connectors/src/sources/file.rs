@@ -243,6 +243,28 @@ impl FileSource {
 }
 
 impl FileSource {
+    /// What each file this source would read is now, by name as shown in
+    /// positions: a distributed job records them so that a resumed run on
+    /// changed files is refused.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build) when the path matches no readable file.
+    pub fn identities(&self, base_dir: &Path) -> Result<Vec<(String, FileIdentity)>, ConfigError> {
+        resolve(&self.path, base_dir)?
+            .into_iter()
+            .map(|f| {
+                FileIdentity::of(&f.path)
+                    .map(|id| (f.display.to_string(), id))
+                    .map_err(|e| {
+                        ConfigError::at(
+                            format!("file source: cannot read {}: {e}", f.display),
+                            &self.path,
+                        )
+                    })
+            })
+            .collect()
+    }
+
     /// Whether this source reads the file at `path` (relative to
     /// `base_dir`, like the source's own path) or, for a glob, would read
     /// it once it exists: the same file under another spelling, through a

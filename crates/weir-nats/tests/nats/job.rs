@@ -322,6 +322,7 @@ async fn an_unfinished_job_refuses_another_pipeline_version() {
                 },
             )]
             .into(),
+            ..Default::default()
         };
         job.start("p.yaml", &inboxes, &print("v1"), false)
             .await
@@ -343,6 +344,42 @@ async fn an_unfinished_job_refuses_another_pipeline_version() {
             Start::Resumed {
                 sources_done: false
             }
+        );
+
+        // The coordinator's part: the whole file and its inputs. A job
+        // resumed on changed inputs or with other coordinator-side stages
+        // would mix two runs' results.
+        let whole = |pipeline: &str, input: &str| Fingerprint {
+            pipeline: pipeline.to_string(),
+            inputs: [("in.jsonl".to_string(), input.to_string())].into(),
+            ..print("v1")
+        };
+        job.start("p.yaml", &inboxes, &whole("p1", "i1"), true)
+            .await
+            .unwrap();
+        for (other, why) in [
+            (whole("p2", "i1"), "the pipeline file differs"),
+            (whole("p1", "i2"), "input file in.jsonl changed (i1 -> i2)"),
+        ] {
+            let msg = job
+                .start("p.yaml", &inboxes, &other, false)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(why) && msg.contains("--fresh"), "{msg}");
+        }
+        assert!(matches!(
+            job.start("p.yaml", &inboxes, &whole("p1", "i1"), false)
+                .await
+                .unwrap(),
+            Start::Resumed { .. }
+        ));
+        // --fresh starts over with the new version.
+        assert_eq!(
+            job.start("p.yaml", &inboxes, &whole("p2", "i2"), true)
+                .await
+                .unwrap(),
+            Start::Fresh
         );
     })
     .await;

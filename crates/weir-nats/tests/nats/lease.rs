@@ -151,6 +151,7 @@ async fn a_worker_with_another_fingerprint_refuses_the_job() {
                 },
             )]
             .into(),
+            ..Default::default()
         };
         job.start(
             "p.yaml",
@@ -191,6 +192,28 @@ async fn a_worker_with_another_fingerprint_refuses_the_job() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         cancel.cancel();
         w.await.unwrap().expect("a matching worker runs");
+
+        // A finished job's fingerprint is what ran, not what will: a worker
+        // of the next version, started before the next run's coordinator,
+        // waits instead of refusing.
+        let mut state = job.state().await.unwrap().unwrap();
+        state.status = weir_nats::job::Status::Done;
+        job.put_state(&state).await.unwrap();
+        let mut opts = worker_opts("w3");
+        opts.fingerprint = Some(print("v2"));
+        let cancel = CancellationToken::new();
+        let w = tokio::spawn(worker::run(
+            job.clone(),
+            vec![doubler(|_| Ok(()), false)],
+            opts,
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!w.is_finished(), "a worker refused a finished job");
+        cancel.cancel();
+        w.await
+            .unwrap()
+            .expect("a worker of the next version waits for its run");
     })
     .await;
 }
