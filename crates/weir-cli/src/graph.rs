@@ -51,7 +51,11 @@ fn switch_above(
 }
 
 /// Checks the graph; `base_dir` is where the file's relative paths start.
-pub fn check(file: &PipelineFile, base_dir: &Path) -> Result<Wiring, Vec<Diagnostic>> {
+pub fn check(
+    file: &PipelineFile,
+    base_dir: &Path,
+    pipeline: &Path,
+) -> Result<Wiring, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut kinds: HashMap<String, NodeKind> = HashMap::new();
     let mut declare =
@@ -319,7 +323,7 @@ pub fn check(file: &PipelineFile, base_dir: &Path) -> Result<Wiring, Vec<Diagnos
     for (o, from) in file.outputs.iter().zip(output_from) {
         w.from.entry(o.value.name.value.clone()).or_insert(from);
     }
-    diags.extend(same_files(file, base_dir));
+    diags.extend(same_files(file, base_dir, pipeline));
     if diags.is_empty() { Ok(w) } else { Err(diags) }
 }
 
@@ -339,12 +343,13 @@ struct Written<'a> {
 const DEFAULT_DEAD_LETTERS: &str = "dead-letters.jsonl";
 
 /// Outputs that would write over an input, and files written twice: the
-/// run would truncate its own input (or interleave two writers) before
+/// run would truncate its own input (or interleave two writers, or write
+/// over the pipeline file) before
 /// reading a line, so the file is refused before anything is opened. Paths
 /// are compared after resolving them against `base_dir`, links and globs
 /// (a glob also matches files that do not exist yet: the next run would
 /// read them).
-fn same_files(file: &PipelineFile, base_dir: &Path) -> Vec<Diagnostic> {
+fn same_files(file: &PipelineFile, base_dir: &Path, pipeline: &Path) -> Vec<Diagnostic> {
     let mut written: Vec<Written> = Vec::new();
     for o in &file.outputs {
         let e = &o.value;
@@ -383,6 +388,13 @@ fn same_files(file: &PipelineFile, base_dir: &Path) -> Vec<Diagnostic> {
 
     let mut diags = Vec::new();
     for w in &written {
+        if same_file(&base_dir.join(w.path), pipeline) {
+            let what = format!("{} would write over the pipeline file itself", w.who);
+            diags.push(match w.span {
+                Some(span) => Diagnostic::at(what, span),
+                None => Diagnostic::new(what, None),
+            });
+        }
         for i in &file.inputs {
             let Some(src) = &i.value.file else { continue };
             if !src.reads(base_dir, Path::new(w.path)) {

@@ -301,7 +301,7 @@ fn read(path: &Path) -> Result<std::result::Result<Loaded, String>> {
         Ok(f) => f,
         Err(d) => return Ok(Err(diag::render(&name, &source, &[d]))),
     };
-    let wiring = match graph::check(&file, &base_dir) {
+    let wiring = match graph::check(&file, &base_dir, path) {
         Ok(w) => w,
         Err(diags) => return Ok(Err(diag::render(&name, &source, &diags))),
     };

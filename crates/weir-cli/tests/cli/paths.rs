@@ -253,3 +253,38 @@ outputs:
     d.run_ok("p.yaml");
     assert_eq!(d.read("in.jsonl.out"), "{\"id\":1}\n{\"id\":2}\n");
 }
+
+/// An output (or the dead-letter file) that is the pipeline file itself
+/// would truncate the pipeline before the next run could read it.
+#[test]
+fn an_output_that_is_the_pipeline_file_is_refused() {
+    let d = dir();
+    d.file(
+        "p.yaml",
+        "\
+inputs:
+  - name: orders
+    file: { path: in.jsonl }
+outputs:
+  - name: out
+    file: { path: ./p.yaml }
+",
+    );
+    assert_refused(
+        &d,
+        "p.yaml",
+        "\
+error: output 'out' would write over the pipeline file itself
+  --> p.yaml:6:19
+  |
+6 |     file: { path: ./p.yaml }
+  |                   ^
+
+1 error in p.yaml",
+    );
+    assert!(
+        std::fs::read_to_string(d.join("p.yaml"))
+            .unwrap()
+            .contains("inputs:")
+    );
+}
