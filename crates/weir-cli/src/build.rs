@@ -155,8 +155,8 @@ struct Offers<'a> {
     /// records of each come in the same order in every run; `None` when
     /// timing can change them.
     lineage: HashMap<String, Option<BTreeSet<String>>>,
-    /// The pipeline's cancel token: publishing sinks learn from it that the
-    /// run is being stopped, not ending.
+    /// The pipeline's stop token (a cancel or a failure): publishing sinks
+    /// learn from it that the run is being stopped, not ending.
     stopping: weir::CancellationToken,
 }
 
@@ -234,7 +234,7 @@ pub fn build(
         flows: HashMap::new(),
         local_done: HashMap::new(),
         lineage: HashMap::new(),
-        stopping: p.cancel_token(),
+        stopping: p.stop_token(),
     };
     // Inbox readers of the coordinator: (inbox, producers-done flag).
     let mut reader_flags: HashMap<String, Arc<AtomicBool>> = HashMap::new();

@@ -17,6 +17,8 @@
 //! * [`stats`]: the remote statistics in the coordinator's report and in
 //!   `weir status`;
 //! * [`errors`]: an unreachable broker, a stateful stage marked `remote`;
+//! * [`aborted`]: a failed coordinator run, resumed, stores each record
+//!   once;
 //! * [`trust`]: issue 8's defects: records too large for a message, a
 //!   worker on another pipeline version, a coordinator killed in a merging
 //!   job, two coordinators on one job, dead letters after a restart;
@@ -26,6 +28,8 @@
 #[path = "distributed/util.rs"]
 mod util;
 
+#[path = "distributed/aborted.rs"]
+mod aborted;
 #[path = "distributed/dead_letters.rs"]
 mod dead_letters;
 #[path = "distributed/errors.rs"]

@@ -393,11 +393,18 @@ pub fn chunk(
     // The first record of the open message.
     let mut first = 0;
     let mut emit = |buf: &mut Vec<u8>, range: Range<usize>, out: &mut Chunks| {
-        // The content's hash too: an id must never name two different
-        // contents (the broker would drop the second as a duplicate, and
-        // its records would be lost), whatever cut them (a drained run's
-        // partial last message, a stage that is not deterministic).
-        let id = format!("{prefix}:{next}.{:016x}", fnv1a(&[buf.as_slice()]));
+        // Which records it holds, by origin, too: an id must never name two
+        // different sets of records (the broker would drop the second as a
+        // duplicate, and the records only it holds would be lost), whatever
+        // cut them (a failed run's partial last message, sizes that differ
+        // between runs). Their content is left out on purpose: a stage
+        // whose output differs from run to run (jq `now`) must still give
+        // the same records the same id, so that a resumed run's copy is
+        // dropped instead of stored twice.
+        let id = format!(
+            "{prefix}:{next}.{:016x}",
+            origins_hash(&records[range.clone()])
+        );
         *next += 1;
         out.messages.push(Outgoing {
             subject: subject.to_string(),
@@ -715,8 +722,9 @@ impl Sink<Record> for EdgeSink {
     }
 
     async fn finish(mut self) -> Result<u64, BoxError> {
-        // A stopped run's lanes end anywhere: their partial last messages
-        // stay unsent (a resumed run sends them whole).
+        // A run that stopped (cancelled or failed) ends its lanes anywhere:
+        // their partial last messages stay unsent (a resumed run sends them
+        // whole).
         let all = !self.stopping.as_ref().is_some_and(|t| t.is_cancelled());
         self.flush(all)
             .await
@@ -778,6 +786,26 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
         }
         h ^= 0xff;
         h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A hash of where each of `records` comes from (input, file, line), in
+/// order: equal for the same records in any run of a deterministic flow.
+pub(crate) fn origins_hash(records: &[Record]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for r in records {
+        eat(r.pos.input.as_bytes());
+        eat(r.pos.file.as_deref().unwrap_or("\u{0}").as_bytes());
+        eat(&r.pos.line.to_le_bytes());
     }
     h
 }

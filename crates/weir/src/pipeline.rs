@@ -62,6 +62,8 @@ pub(crate) struct Graph {
     pub dead_letter_sink: Option<Box<dyn FnOnce(Rx<DeadLetter>) -> SpawnFn + Send>>,
     pub metrics: Metrics,
     pub cancel: CancellationToken,
+    /// Child of `cancel`, also cancelled when the run fails.
+    pub stop: CancellationToken,
     pub ran: bool,
 }
 
@@ -170,6 +172,8 @@ impl Pipeline {
         if options.buffer == 0 {
             problems.push("buffer must be at least 1 batch".to_string());
         }
+        let cancel = CancellationToken::new();
+        let stop = cancel.child_token();
         Pipeline {
             graph: Arc::new(Mutex::new(Graph {
                 options,
@@ -179,7 +183,8 @@ impl Pipeline {
                 closers: Vec::new(),
                 dead_letter_sink: None,
                 metrics: Metrics::default(),
-                cancel: CancellationToken::new(),
+                cancel,
+                stop,
                 ran: false,
             })),
         }
@@ -232,6 +237,14 @@ impl Pipeline {
     /// in flight drains to the sinks, sinks finish, `run` returns.
     pub fn cancel_token(&self) -> CancellationToken {
         lock(&self.graph).cancel.clone()
+    }
+
+    /// A token cancelled when the run stops before its sources end: a
+    /// graceful cancel ([`cancel_token`](Self::cancel_token)) or a failure.
+    /// A sink whose `finish` must tell "the input ended" from "the run
+    /// stopped" (to hold back an incomplete unit of output) checks it.
+    pub fn stop_token(&self) -> CancellationToken {
+        lock(&self.graph).stop.clone()
     }
 
     /// Runs the pipeline to completion.

@@ -253,7 +253,7 @@ fn prepare(
         }
     };
     g.nodes[dl_idx].spawn = Some(dl_spawn);
-    let stop = g.cancel.child_token();
+    let stop = g.stop.clone();
     let metrics = g.metrics.clone();
     let fused = fusion(&g.nodes);
     {
