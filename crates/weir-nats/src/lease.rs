@@ -129,6 +129,8 @@ fn process_gone(pid: u32) -> bool {
 pub struct Lease {
     kv: kv::Store,
     key: String,
+    /// [`Holder::instance`] of this process.
+    instance: String,
     revision: Arc<AtomicU64>,
     lost: CancellationToken,
     stop: CancellationToken,
@@ -205,6 +207,7 @@ impl Lease {
             }
         };
         let revision = Arc::new(AtomicU64::new(revision));
+        let instance = me.instance.clone();
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let renewal = tokio::spawn(renew(
@@ -218,6 +221,7 @@ impl Lease {
         Ok(Lease {
             kv: job.kv.clone(),
             key,
+            instance,
             revision,
             lost,
             stop,
@@ -232,16 +236,22 @@ impl Lease {
     }
 
     /// Whether the lease is still ours right now (checked on the broker).
+    /// A broker that cannot be read is asked again for a few seconds; if
+    /// it still cannot say, the answer is no (another process may have
+    /// taken the lease meanwhile: only what is known to be ours counts).
     pub async fn held(&self) -> bool {
-        if self.lost.is_cancelled() {
-            return false;
+        for attempt in 0..4 {
+            if self.lost.is_cancelled() {
+                return false;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if let Ok(yes) = ours(&self.kv, &self.key, &self.instance, &self.revision).await {
+                return yes;
+            }
         }
-        match self.kv.entry(&self.key).await {
-            Ok(Some(e)) => e.revision == self.revision.load(Ordering::Acquire),
-            Ok(None) => false,
-            // The broker unreachable: nobody took it over that we know of.
-            Err(_) => true,
-        }
+        false
     }
 
     /// Stops renewing and removes the lease (if still ours), so the next
@@ -249,13 +259,40 @@ impl Lease {
     pub async fn release(self) {
         self.stop.cancel();
         let _ = self.renewal.await;
-        if !self.lost.is_cancelled() {
+        if !self.lost.is_cancelled()
+            && ours(&self.kv, &self.key, &self.instance, &self.revision)
+                .await
+                .unwrap_or(false)
+        {
             let _ = self
                 .kv
                 .purge_expect_revision(&self.key, Some(self.revision.load(Ordering::Acquire)))
                 .await;
         }
     }
+}
+
+/// Whether the lease entry names this process (`instance`): at the
+/// revision it last wrote, or at a later one written by a renewal of its
+/// own whose answer was lost (a broker restart); then `revision` learns it.
+async fn ours(
+    kv: &kv::Store,
+    key: &str,
+    instance: &str,
+    revision: &AtomicU64,
+) -> Result<bool, kv::EntryError> {
+    let Some(entry) = kv.entry(key).await? else {
+        return Ok(false);
+    };
+    if entry.revision == revision.load(Ordering::Acquire) {
+        return Ok(true);
+    }
+    let mine = entry.operation == Operation::Put
+        && serde_json::from_slice::<Holder>(&entry.value).is_ok_and(|h| h.instance == instance);
+    if mine {
+        revision.store(entry.revision, Ordering::Release);
+    }
+    Ok(mine)
 }
 
 async fn renew(
@@ -266,10 +303,18 @@ async fn renew(
     lost: CancellationToken,
     stop: CancellationToken,
 ) {
+    // After a renewal whose answer was lost, renew again at once: watchers
+    // must see the revision move every period.
+    let mut again = false;
     loop {
+        let wait = if std::mem::take(&mut again) {
+            Duration::ZERO
+        } else {
+            RENEW_EVERY
+        };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(RENEW_EVERY) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         me.renewed_ms = now_ms();
         match kv
@@ -280,13 +325,17 @@ async fn renew(
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 // Maybe our own renewal, applied, whose answer was lost (a
                 // broker restart): then the lease still names us.
-                if let Ok(Some(entry)) = kv.entry(&key).await
-                    && entry.operation == Operation::Put
-                    && serde_json::from_slice::<Holder>(&entry.value)
-                        .is_ok_and(|h| h.instance == me.instance)
-                {
-                    revision.store(entry.revision, Ordering::Release);
-                    continue;
+                match ours(&kv, &key, &me.instance, &revision).await {
+                    Ok(true) => {
+                        again = true;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    // Cannot tell yet: ask again at the next period.
+                    Err(e) => {
+                        tracing::warn!("could not read the lease '{key}': {e}");
+                        continue;
+                    }
                 }
                 tracing::error!("lost the lease of '{key}': another process took it over");
                 lost.cancel();
