@@ -209,9 +209,11 @@ pub struct Fingerprint {
     /// coordinator-side stages or outputs the two runs' results would mix.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pipeline: String,
-    /// The coordinator's part (empty in a worker's): what each input file
-    /// was (size and a hash of its first and last 4 KiB, as a local
-    /// `--resume` checks), by path as shown.
+    /// The coordinator's part (empty in a worker's): what else the job
+    /// reads, by what it is ("input file x.jsonl", "file s.json (read by
+    /// stage 'v')", "environment variable NAME"): a file's size and a hash
+    /// of its first and last 4 KiB (an input) or its content (a file a
+    /// stage reads), a hash of a variable's value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
 }
@@ -261,9 +263,11 @@ impl Fingerprint {
 
     /// How `now` (a coordinator's, resuming this job) differs from what the
     /// job was started with, beyond [`differences`](Self::differences):
-    /// the pipeline file and the input files. Empty when it may resume. A
+    /// the pipeline file and what else it reads (input files only while
+    /// they are still to be read: `inputs_done` says they are not). Empty
+    /// when it may resume. A
     /// job recorded by an older weir (no coordinator part) is not compared.
-    pub fn resume_differences(&self, now: &Fingerprint) -> Vec<String> {
+    pub fn resume_differences(&self, now: &Fingerprint, inputs_done: bool) -> Vec<String> {
         let mut out = self.differences(now);
         out.extend(
             self.stages
@@ -277,16 +281,19 @@ impl Fingerprint {
         if self.pipeline != now.pipeline {
             out.push("the pipeline file differs".to_string());
         }
-        for (path, was) in &self.inputs {
-            match now.inputs.get(path) {
+        // A job whose inputs were read to the end does not read them
+        // again: only what else it reads counts.
+        let counts = |what: &str| !(inputs_done && what.starts_with("input file "));
+        for (what, was) in self.inputs.iter().filter(|(w, _)| counts(w)) {
+            match now.inputs.get(what) {
                 Some(is) if is == was => {}
-                Some(is) => out.push(format!("input file {path} changed ({was} -> {is})")),
-                None => out.push(format!("input file {path} is no longer read")),
+                Some(is) => out.push(format!("{what} changed ({was} -> {is})")),
+                None => out.push(format!("{what} is no longer read")),
             }
         }
-        for path in now.inputs.keys() {
-            if !self.inputs.contains_key(path) {
-                out.push(format!("input file {path} is new"));
+        for what in now.inputs.keys().filter(|w| counts(w)) {
+            if !self.inputs.contains_key(what) {
+                out.push(format!("{what} is new"));
             }
         }
         out
@@ -446,7 +453,7 @@ impl Job {
         let start = match &prior {
             Some(s) if matches!(s.status, Status::Running | Status::Failed) && !fresh => {
                 if let Some(theirs) = &s.fingerprint {
-                    let why = theirs.resume_differences(fingerprint);
+                    let why = theirs.resume_differences(fingerprint, s.sources_done);
                     if !why.is_empty() {
                         return Err(BrokerError::Mismatch(format!(
                             "job '{}' was started with another version of the pipeline ({}); finish it with the same file, or start over with --fresh",

@@ -65,20 +65,54 @@ pub fn of(l: &Loaded, placement: &Placement, only: Option<&[String]>) -> Fingerp
 }
 
 /// The fingerprint a coordinator records in the job: [`of`] all remote
-/// stages, plus a hash of the whole pipeline file as data (stage keys that
-/// cannot change results left out) and what each input file is now, so that
-/// a resumed job refuses to mix two versions of either.
-pub fn of_job(l: &Loaded, placement: &Placement) -> Fingerprint {
+/// stages, plus what else decides the messages a resumed run sends again:
+/// the whole pipeline file as data (stage keys that cannot change results
+/// left out) with the broker's `max_payload` (it decides where messages
+/// are cut), and in `inputs` what each input file is now, the files any
+/// stage reads (schemas), and a hash of each environment variable a stage
+/// lists for jq (`env: [...]`; the value itself is never stored).
+pub fn of_job(l: &Loaded, placement: &Placement, max_payload: usize) -> Fingerprint {
     let mut print = of(l, placement, None);
     let mut doc: Value = serde_saphyr::from_str(&l.source).unwrap_or(Value::Null);
+    let mut env = std::collections::BTreeSet::new();
     if let Some(stages) = doc["stages"].as_array_mut() {
         for entry in stages.iter_mut().filter_map(Value::as_object_mut) {
             for k in IGNORED {
                 entry.remove(*k);
             }
+            let stage = entry.get("name").and_then(Value::as_str).unwrap_or("");
+            for options in entry.values() {
+                if let Some(schema) = options["schema"].as_str() {
+                    let mut files = BTreeMap::new();
+                    read_with_refs(&l.base_dir, schema, &mut files);
+                    for (path, h) in files {
+                        print
+                            .inputs
+                            .insert(format!("file {path} (read by stage '{stage}')"), h);
+                    }
+                }
+                env.extend(
+                    options["env"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string),
+                );
+            }
         }
     }
-    print.pipeline = hash(canonical(&doc).as_bytes());
+    print.pipeline = hash(format!("{}\nmax_payload {max_payload}", canonical(&doc)).as_bytes());
+    for name in env {
+        let value = std::env::var_os(&name).map(|v| v.into_encoded_bytes());
+        let shown = match value {
+            None => "unset".to_string(),
+            Some(v) => format!("set, hash {}", &hash(&v)[..16]),
+        };
+        print
+            .inputs
+            .insert(format!("environment variable {name}"), shown);
+    }
     for input in &l.file.inputs {
         let Some(src) = &input.value.file else {
             continue;
@@ -86,9 +120,10 @@ pub fn of_job(l: &Loaded, placement: &Placement) -> Fingerprint {
         // A path that matches nothing readable: the build says why.
         for (path, id) in src.identities(&l.base_dir).unwrap_or_default() {
             let sample: String = id.sample.iter().map(|b| format!("{b:02x}")).collect();
-            print
-                .inputs
-                .insert(path, format!("{} bytes, sample {}", id.size, &sample[..16]));
+            print.inputs.insert(
+                format!("input file {path}"),
+                format!("{} bytes, sample {}", id.size, &sample[..16]),
+            );
         }
     }
     print

@@ -94,7 +94,30 @@ pub fn run_coordinator(
         // One coordinator per job: held until the end of the run.
         let lease = Lease::acquire(&job, "weir run --broker").await?;
         let result = async {
-            let print = fingerprint::of_job(l, &placement);
+            // A `file` output starts its file over: resuming would lose what
+            // earlier runs of the job wrote there (a local --resume refuses
+            // it too).
+            if !fresh
+                && let Some(s) = job.state().await?
+                && matches!(s.status, Status::Running | Status::Failed)
+            {
+                let files: Vec<&str> = l
+                    .file
+                    .outputs
+                    .iter()
+                    .filter(|o| o.value.file.is_some())
+                    .map(|o| o.value.name.value.as_str())
+                    .collect();
+                if !files.is_empty() {
+                    eprintln!(
+                        "error: job '{}' is unfinished, and resuming it would write output '{}' (a file) from the start, losing what earlier runs wrote there; run with --fresh to start the job over, or use a sqlite output (its upserts resume)",
+                        job.names.job(),
+                        files.join("', '")
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            let print = fingerprint::of_job(l, &placement, broker.client.max_payload());
             let start = match job
                 .start(&l.path.display().to_string(), &placement.specs, &print, fresh)
                 .await

@@ -173,26 +173,33 @@ impl Placement {
         let mut tokens: HashMap<String, &str> = HashMap::new();
         for spec in &specs {
             let token = weir_nats::job::sanitize(&spec.name);
-            match tokens.get(&token) {
-                Some(first) => {
-                    let span = file
-                        .stages
-                        .iter()
-                        .map(|s| &s.value.name)
-                        .chain(file.outputs.iter().map(|o| &o.value.name))
-                        .find(|n| n.value == spec.name)
-                        .expect("an inbox is a stage or an output");
-                    diags.push(Diagnostic::at(
-                        format!(
-                            "'{}' and '{first}' would share one inbox on the broker ('{token}'): names there keep only letters, digits, '_' and '-'; rename one",
-                            spec.name
-                        ),
-                        span,
-                    ));
-                }
-                None => {
-                    tokens.insert(token, &spec.name);
-                }
+            let span = || {
+                file.stages
+                    .iter()
+                    .map(|s| &s.value.name)
+                    .chain(file.outputs.iter().map(|o| &o.value.name))
+                    .find(|n| n.value == spec.name)
+                    .expect("an inbox is a stage or an output")
+            };
+            if token == "_DLQ" {
+                // The job's dead-letter stream is `WEIR_<job>__DLQ`.
+                diags.push(Diagnostic::at(
+                    format!(
+                        "'{}' would share the job's dead-letter stream on the broker; rename it",
+                        spec.name
+                    ),
+                    span(),
+                ));
+            } else if let Some(first) = tokens.get(&token) {
+                diags.push(Diagnostic::at(
+                    format!(
+                        "'{}' and '{first}' would share one inbox on the broker ('{token}'): names there keep only letters, digits, '_' and '-'; rename one",
+                        spec.name
+                    ),
+                    span(),
+                ));
+            } else {
+                tokens.insert(token, &spec.name);
             }
         }
         let mut settings = EdgeSettings::default();

@@ -21,6 +21,8 @@ stages:
   - name: tag
     from: [a, b]
     jq: { program: '.src = "v1"' }
+  - name: check
+    validate: { schema: s.json }
   - name: work
     remote: true
     jq: { program: '.score = (.id * 3)' }
@@ -34,6 +36,8 @@ outputs:
 broker:
   records_per_message: 10
 "#;
+
+const SCHEMA: &str = r#"{ "type": "object", "required": ["id"] }"#;
 
 fn lines(range: std::ops::Range<u64>) -> String {
     range.map(|i| format!("{{\"id\":{i}}}\n")).collect()
@@ -64,6 +68,7 @@ fn an_unfinished_job_is_not_resumed_on_changed_inputs_or_pipeline() {
     let deadline = Deadline::new();
     let d = Dir::new();
     d.file("p.yaml", PIPELINE);
+    d.file("s.json", SCHEMA);
     d.file("a.jsonl", lines(0..500));
     d.file("b.jsonl", lines(500..1000));
     run_local(&d, "p.yaml", &deadline);
@@ -88,6 +93,20 @@ fn an_unfinished_job_is_not_resumed_on_changed_inputs_or_pipeline() {
         &deadline,
     );
     d.file("a.jsonl", lines(0..500));
+
+    // A schema a coordinator-side stage reads changed.
+    d.file(
+        "s.json",
+        SCHEMA.replace("\"object\"", "[\"object\", \"array\"]"),
+    );
+    refused(
+        &d,
+        "p.yaml",
+        &url,
+        &["file s.json (read by stage 'check') changed"],
+        &deadline,
+    );
+    d.file("s.json", SCHEMA);
 
     // A coordinator-side stage changed (the remote stages did not).
     d.file(
@@ -165,6 +184,41 @@ outputs:
             r.stderr
         );
     }
+    // Nor may a name take the job's dead-letter stream.
+    d.file(
+        "q.yaml",
+        r#"
+inputs:
+  - name: in
+    file: { path: in.jsonl }
+stages:
+  - name: _DLQ
+    remote: true
+    jq: { program: '.x = 1' }
+outputs:
+  - name: out
+    file: { path: out.jsonl }
+"#,
+    );
+    let r = d.run(
+        &[
+            "run",
+            "q.yaml",
+            "--broker",
+            "nats://127.0.0.1:9",
+            "--job",
+            "names",
+        ],
+        SHORT,
+        &deadline,
+    );
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("'_DLQ' would share the job's dead-letter stream on the broker"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A job resumed after the broker's duplicate window: what earlier runs
@@ -181,6 +235,7 @@ fn a_job_resumed_after_the_duplicate_window_warns() {
             "  records_per_message: 10\n  duplicate_window_secs: 1\n",
         ),
     );
+    d.file("s.json", SCHEMA);
     d.file("a.jsonl", lines(0..500));
     d.file("b.jsonl", lines(500..1000));
     let server = NatsServer::start();
@@ -204,5 +259,74 @@ fn a_job_resumed_after_the_duplicate_window_warns() {
         rows(&d.join("out/v.db"), "SELECT count(*) FROM v")[0][0],
         rusqlite::types::Value::Integer(1000)
     );
+    drain(&mut workers, &deadline);
+}
+
+/// A `file` output starts its file over: resuming a job that writes one
+/// would lose what the earlier run wrote (the file held only the resumed
+/// run's lines, exit 0). Refused, exit 2; `--fresh` starts over and
+/// writes every record.
+#[test]
+fn an_unfinished_job_with_a_file_output_is_not_resumed() {
+    let deadline = Deadline::new();
+    let d = Dir::new();
+    d.file(
+        "p.yaml",
+        r#"
+inputs:
+  - name: a
+    file: { path: a.jsonl }
+stages:
+  - name: work
+    remote: true
+    jq: { program: '.score = (.id * 3)' }
+outputs:
+  - name: out
+    file: { path: out/v.jsonl }
+broker:
+  records_per_message: 10
+"#,
+    );
+    d.file("a.jsonl", lines(0..1000));
+    let server = NatsServer::start();
+    let url = server.url();
+    let mut first = d.coordinator("p.yaml", &url, "files");
+    crate::util::wait_started(&mut first, &deadline);
+    first.kill9();
+    let r = d.run(
+        &[
+            "run", "p.yaml", "--broker", &url, "--job", "files", "--quiet",
+        ],
+        SHORT,
+        &deadline,
+    );
+    assert_eq!(r.status.code(), Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("resuming it would write output 'out' (a file) from the start")
+            && r.stderr.contains("--fresh"),
+        "{}",
+        r.stderr
+    );
+    let mut workers = vec![d.worker("w1", "p.yaml", &url, "files", 2)];
+    let r = d.run(
+        &[
+            "run", "p.yaml", "--broker", &url, "--job", "files", "--fresh", "--quiet",
+        ],
+        Duration::from_secs(60),
+        &deadline,
+    );
+    assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
+    let out = std::fs::read_to_string(d.join("out/v.jsonl")).unwrap();
+    let mut ids: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>());
     drain(&mut workers, &deadline);
 }

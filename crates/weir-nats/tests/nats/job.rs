@@ -351,7 +351,7 @@ async fn an_unfinished_job_refuses_another_pipeline_version() {
         // would mix two runs' results.
         let whole = |pipeline: &str, input: &str| Fingerprint {
             pipeline: pipeline.to_string(),
-            inputs: [("in.jsonl".to_string(), input.to_string())].into(),
+            inputs: [("input file in.jsonl".to_string(), input.to_string())].into(),
             ..print("v1")
         };
         job.start("p.yaml", &inboxes, &whole("p1", "i1"), true)
