@@ -72,12 +72,31 @@ fn a_failed_run_resumed_stores_each_record_once() {
         &d.join("out/a.db"),
         "SELECT count(*), count(DISTINCT id), min(id), max(id), sum(score = id * 3) FROM t",
     );
-    assert_eq!(
-        counts[0],
-        [n, n, 0, n - 1, n]
-            .map(rusqlite::types::Value::Integer)
-            .to_vec(),
-        "rows, distinct ids, min, max, right scores"
-    );
+    let want = [n, n, 0, n - 1, n]
+        .map(rusqlite::types::Value::Integer)
+        .to_vec();
+    if counts[0] != want {
+        // What went wrong, for the record: which ids are doubled or
+        // missing, and what each coordinator said.
+        let doubled = rows(
+            &d.join("out/a.db"),
+            "SELECT id, count(*) FROM t GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 20",
+        );
+        let present = rows(&d.join("out/a.db"), "SELECT DISTINCT id FROM t ORDER BY id");
+        let present: std::collections::BTreeSet<i64> = present
+            .iter()
+            .filter_map(|r| match r[0] {
+                rusqlite::types::Value::Integer(i) => Some(i),
+                _ => None,
+            })
+            .collect();
+        let missing: Vec<i64> = (0..n).filter(|i| !present.contains(i)).take(20).collect();
+        panic!(
+            "rows, distinct ids, min, max, right scores: {:?}, want {want:?}\ndoubled (first 20): {doubled:?}\nmissing (first 20): {missing:?}\nfirst run: {}\nsecond run: {}\nreport: {report}",
+            counts[0],
+            first.stderr(),
+            second.stderr()
+        );
+    }
     drain(&mut workers, &deadline);
 }
