@@ -493,3 +493,80 @@ fn resume_after_kill_9_writes_each_dead_letter_once() {
         table(&reference.path().join("out/e.db"))
     );
 }
+
+/// Per-user totals over the whole input, in SQLite.
+const TOTALS: &str = r#"
+inputs:
+  - name: events
+    file: { path: events.jsonl }
+stages:
+  - name: totals
+    aggregate:
+      group_by: .user
+      fields: { n: count }
+  - name: row
+    jq: { program: '{user: .key, n}' }
+outputs:
+  - name: db
+    sqlite:
+      path: out/t.db
+      table: totals
+      key: [user]
+      columns: { user: text, n: integer }
+"#;
+
+fn totals(db: &Path) -> Vec<(String, i64)> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut s = c
+        .prepare("SELECT user, n FROM totals ORDER BY user")
+        .unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Ctrl-C in a run with a whole-input aggregate, then `--resume`: the
+/// totals count every record once. Before, the stopped run's aggregate
+/// wrote the totals of what it had read and settled those lines as done;
+/// the resumed run skipped them and overwrote the totals without them.
+#[test]
+fn ctrl_c_then_resume_keeps_whole_input_totals_exact() {
+    let whole = tempfile::tempdir().unwrap();
+    setup(whole.path());
+    std::fs::write(whole.path().join("p.yaml"), TOTALS).unwrap();
+    run_to_end(whole.path(), false);
+    let want = totals(&whole.path().join("out/t.db"));
+    assert!(!want.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    std::fs::write(dir.path().join("p.yaml"), TOTALS).unwrap();
+    let child = weir()
+        .current_dir(dir.path())
+        .args(["run", "p.yaml", "--quiet", "--report", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        stage_in(&report, "events") < LINES,
+        "the run was not stopped early"
+    );
+    // Nothing partial was written.
+    assert!(
+        !dir.path().join("out/t.db").exists() || totals(&dir.path().join("out/t.db")).is_empty()
+    );
+    run_to_end(dir.path(), true);
+    assert_eq!(totals(&dir.path().join("out/t.db")), want);
+}

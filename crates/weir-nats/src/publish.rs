@@ -118,6 +118,10 @@ pub struct Publisher {
     /// warning naming the inbox): a restarting broker takes a second or
     /// two, a misconfigured one forever.
     pub warn_after: Duration,
+    /// Fired when the run is being stopped: a publish still waiting (for
+    /// room in a full inbox, for the broker) gives up then, so that a
+    /// stopping run is not held forever by an inbox nobody reads any more.
+    pub stop: Option<weir::CancellationToken>,
 }
 
 impl Publisher {
@@ -127,6 +131,7 @@ impl Publisher {
             job,
             give_up_after: Duration::from_secs(300),
             warn_after: Duration::from_secs(5),
+            stop: None,
         }
     }
 
@@ -285,6 +290,16 @@ impl Publisher {
                 return Err(BrokerError::Request(format!(
                     "publishing to {subject} failed for {:?}: {last_err}",
                     self.give_up_after
+                )));
+            }
+            if self.stop.as_ref().is_some_and(|t| t.is_cancelled()) {
+                return Err(BrokerError::Request(format!(
+                    "the run stopped while publishing to {subject} waited ({})",
+                    if full {
+                        "the inbox is full"
+                    } else {
+                        last_err.as_str()
+                    }
                 )));
             }
             // Room in a full inbox comes back as soon as its readers
@@ -574,6 +589,7 @@ impl EdgeSink {
     /// Tells the sink when the run is being stopped rather than ending
     /// (see [`EdgeSink`]'s `stopping`).
     pub fn stopping(mut self, token: weir::CancellationToken) -> Self {
+        self.publisher.stop = Some(token.clone());
         self.stopping = Some(token);
         self
     }
@@ -725,15 +741,25 @@ impl Sink<Record> for EdgeSink {
         // A run that stopped (cancelled or failed) ends its lanes anywhere:
         // their partial last messages stay unsent (a resumed run sends them
         // whole).
-        let all = !self.stopping.as_ref().is_some_and(|t| t.is_cancelled());
-        self.flush(all)
-            .await
-            .map_err(|e| BoxError::from(e.to_string()))?;
-        let rest: Vec<Sent> = self.window.drain(..).collect();
-        self.publisher
-            .confirm_all(rest)
-            .await
-            .map_err(|e| BoxError::from(e.to_string()))?;
+        let stopped = self.stopping.as_ref().is_some_and(|t| t.is_cancelled());
+        let mut sent = self.flush(!stopped).await;
+        if sent.is_ok() {
+            let rest: Vec<Sent> = self.window.drain(..).collect();
+            sent = self.publisher.confirm_all(rest).await;
+        }
+        match sent {
+            Ok(()) => {}
+            // A stopped run gave up waiting (an inbox full that nobody
+            // reads any more): what was not stored is read again from the
+            // inputs by the resumed run, so stopping is not a failure.
+            // (Asked again: the run may have been stopped while this
+            // finish waited.)
+            Err(e) if self.stopping.as_ref().is_some_and(|t| t.is_cancelled()) => {
+                tracing::warn!("{}: stopped before all was published: {e}", self.prefix);
+                return Ok(self.published);
+            }
+            Err(e) => return Err(BoxError::from(e.to_string())),
+        }
         if let Some(f) = self.on_finish.take() {
             f(self.published);
         }

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::ack::Ack;
@@ -25,6 +26,10 @@ use crate::error::BoxError;
 use crate::metrics::{BusyClock, StageMetrics};
 use crate::pipeline::Flow;
 use crate::pool::StageCtx;
+
+/// Why a whole-input aggregate's items failed when its run stopped early.
+const STOPPED_EARLY: &str =
+    "the run stopped before the end of input: a whole-input aggregate emits nothing";
 
 /// When an aggregate emits a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +208,20 @@ where
                 return ctx.halted(h);
             }
         }
-        if let Err(h) = self.emit_all(&mut em).await {
+        if self.window == Window::All && ctx.stop.is_cancelled() {
+            // A whole-input aggregate of a run stopped early saw part of
+            // its input: its groups are not the totals, and emitting them
+            // would settle their items as done (a resumed run would skip
+            // them and write totals without them). Nothing is emitted; the
+            // items count as dropped and their acks fail.
+            let absorbed: u64 = self.groups.values().map(|g| g.count as u64).sum();
+            self.groups.clear();
+            for a in self.all_acks.drain(..) {
+                a.fail(STOPPED_EARLY);
+            }
+            m.ok.fetch_sub(absorbed.min(m.ok.load(Relaxed)), Relaxed);
+            m.dropped.fetch_add(absorbed, Relaxed);
+        } else if let Err(h) = self.emit_all(&mut em).await {
             return ctx.halted(h);
         }
         match em.close().await {

@@ -219,6 +219,19 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
             // take) is a bad record, not a failed destination: it is
             // dead-lettered under every policy, `Fail` included.
             let one_bad = first_is_bad && !values.is_empty();
+            if ctx.stop.is_cancelled() && !one_bad {
+                // The run is being stopped (a cancel, a failure elsewhere):
+                // neither retry nor fail the run for what a stopping sink
+                // could not write (a publish that gave up waiting for room
+                // nobody will make). Its acks fail with the reason, so a
+                // checkpoint or an inbox does not count it as done.
+                drop_items(
+                    unsettled(values, &mut acks, base),
+                    m,
+                    &format!("the run stopped before the item was written ({err})"),
+                );
+                break;
+            }
             if fail && !one_bad {
                 // What is left will never be written: count it and fail its
                 // acks with the sink's error before failing the run.

@@ -107,3 +107,102 @@ fn cancel_before_any_item_ends_an_idle_stream_source() {
         assert_eq!(report.stage("out").unwrap().received, 0);
     });
 }
+
+/// A whole-input aggregate of a cancelled run has seen part of its input:
+/// its groups are not the totals. It emits nothing and fails the acks of
+/// what it absorbed, so a checkpoint (or an inbox) does not count those
+/// items done and a resumed run reads them again. Before, it emitted the
+/// partial totals and settled every absorbed item as delivered: a resumed
+/// run skipped them and wrote totals without them.
+#[test]
+fn a_cancelled_whole_input_aggregate_emits_nothing_and_fails_its_acks() {
+    within(20, async {
+        let p = Pipeline::with_options(PipelineOptions {
+            batch_size: 64,
+            ..Default::default()
+        });
+        let token = p.cancel_token();
+        let log = AckLog::default();
+        let l = log.clone();
+        let out = p
+            .source(
+                "endless",
+                from_acked_iter((0..u64::MAX).map(move |i| (i, l.ack(i)))),
+            )
+            .aggregate(
+                "totals",
+                |x| x % 10,
+                |_| 0u64,
+                |a, _x| *a += 1,
+                weir::Window::All,
+            )
+            .sink("out", weir::collect());
+        let run = tokio::spawn(p.run());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        token.cancel();
+        let report = run.await.unwrap().unwrap();
+        assert!(report.cancelled);
+        assert_balanced(&report);
+        assert!(out.take().unwrap().is_empty(), "partial totals emitted");
+        let produced = report.stage("endless").unwrap().emitted;
+        assert!(produced > 0);
+        let totals = report.stage("totals").unwrap();
+        assert_eq!((totals.ok, totals.dropped), (0, produced));
+        let outcomes = log.outcomes();
+        assert_eq!(outcomes.len() as u64, produced, "each item settled once");
+        assert!(
+            outcomes
+                .iter()
+                .all(|(_, o)| matches!(o, AckOutcome::Failed { .. })),
+            "an absorbed item settled as delivered"
+        );
+    });
+}
+
+/// A sink whose write fails while the run is being stopped (a publish that
+/// gave up waiting for room nobody will make) does not fail the run: its
+/// items count as dropped and their acks fail with the reason.
+#[test]
+fn a_sink_failing_while_the_run_stops_gives_its_items_back() {
+    use weir::{BoxError, Sink, WriteError};
+    struct Stuck(weir::CancellationToken);
+    impl Sink<u64> for Stuck {
+        type Output = ();
+        async fn write(&mut self, items: Vec<u64>) -> Result<(), WriteError<u64>> {
+            self.0.cancelled().await;
+            Err(WriteError::all(items, "gave up: the run stopped"))
+        }
+        async fn finish(self) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+    within(20, async {
+        let p = Pipeline::new();
+        let token = p.cancel_token();
+        let log = AckLog::default();
+        let l = log.clone();
+        p.source(
+            "endless",
+            from_acked_iter((0..u64::MAX).map(move |i| (i, l.ack(i)))),
+        )
+        .sink("stuck", Stuck(p.stop_token()));
+        let run = tokio::spawn(p.run());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        token.cancel();
+        let report = run.await.unwrap().expect("a stopped sink is not a failure");
+        assert!(report.cancelled);
+        assert_balanced(&report);
+        let stuck = report.stage("stuck").unwrap();
+        assert_eq!(stuck.ok, 0);
+        assert!(stuck.dropped > 0);
+        let outcomes = log.outcomes();
+        assert_eq!(
+            outcomes.len() as u64,
+            report.stage("endless").unwrap().emitted
+        );
+        assert!(outcomes.iter().all(|(_, o)| matches!(
+            o,
+            AckOutcome::Failed { reason } if reason.contains("the run stopped before the item was written")
+        )));
+    });
+}
