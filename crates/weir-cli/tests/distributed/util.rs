@@ -153,6 +153,17 @@ impl Proc {
         assert!(st.success(), "kill -TERM {} failed", self.pid());
     }
 
+    /// Sends `signal` (a `kill` option: `-INT`, `-TERM`, ...); it must
+    /// still be running.
+    pub fn signal(&mut self, signal: &str) {
+        self.assert_running(&format!("before kill {signal}"));
+        let st = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {signal} {} failed", self.pid());
+    }
+
     /// Panics when it has exited.
     pub fn assert_running(&mut self, when: &str) {
         if let Some(st) = self.try_status() {
