@@ -510,6 +510,11 @@ pub struct EdgeSink {
     /// published (its records carry no acks: the resumed run reads them
     /// again and sends the complete message).
     stopping: Option<weir::CancellationToken>,
+    /// A write failed: its records were given back, and the lanes no
+    /// longer hold what follows what was sent. Nothing more is sent (a
+    /// message cut across the gap would carry an id the resumed run never
+    /// gives it, and its records would be processed twice).
+    broken: bool,
 }
 
 /// One input's share of a deterministic flow.
@@ -583,7 +588,13 @@ impl EdgeSink {
             window: std::collections::VecDeque::new(),
             consumed: 0,
             stopping: None,
+            broken: false,
         }
+    }
+
+    /// Whether the run is being stopped (see [`EdgeSink::stopping`]).
+    fn is_stopping(&self) -> bool {
+        self.stopping.as_ref().is_some_and(|t| t.is_cancelled())
     }
 
     /// Tells the sink when the run is being stopped rather than ending
@@ -693,6 +704,12 @@ impl Sink<Record> for EdgeSink {
     type Output = u64;
 
     async fn write(&mut self, items: Vec<Record>) -> Result<(), WriteError<Record>> {
+        if self.broken {
+            return Err(WriteError::all(
+                items,
+                BoxError::from("not sent: an earlier publish of this edge failed"),
+            ));
+        }
         if self.carry {
             // Deterministic flows: complete messages go now, a partial one
             // waits for more records or the end (see `new`). (They carry
@@ -711,6 +728,7 @@ impl Sink<Record> for EdgeSink {
             return match self.flush(false).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
+                    self.broken = self.is_stopping();
                     // Give back what of this write was not sent, so the
                     // report does not count it as written.
                     let mut unsent = Vec::new();
@@ -730,10 +748,13 @@ impl Sink<Record> for EdgeSink {
             // Nothing of this write is stored for sure: give it all back,
             // so its acks fail (and the inbox messages that fed it are
             // delivered again) instead of being settled as written.
-            Err(e) => Err(WriteError::all(
-                std::mem::take(&mut self.pending),
-                BoxError::from(e.to_string()),
-            )),
+            Err(e) => {
+                self.broken = self.is_stopping();
+                Err(WriteError::all(
+                    std::mem::take(&mut self.pending),
+                    BoxError::from(e.to_string()),
+                ))
+            }
         }
     }
 
@@ -741,7 +762,10 @@ impl Sink<Record> for EdgeSink {
         // A run that stopped (cancelled or failed) ends its lanes anywhere:
         // their partial last messages stay unsent (a resumed run sends them
         // whole).
-        let stopped = self.stopping.as_ref().is_some_and(|t| t.is_cancelled());
+        let stopped = self.is_stopping();
+        if self.broken {
+            return Ok(self.published);
+        }
         let mut sent = self.flush(!stopped).await;
         if sent.is_ok() {
             let rest: Vec<Sent> = self.window.drain(..).collect();
@@ -754,7 +778,7 @@ impl Sink<Record> for EdgeSink {
             // inputs by the resumed run, so stopping is not a failure.
             // (Asked again: the run may have been stopped while this
             // finish waited.)
-            Err(e) if self.stopping.as_ref().is_some_and(|t| t.is_cancelled()) => {
+            Err(e) if self.is_stopping() => {
                 tracing::warn!("{}: stopped before all was published: {e}", self.prefix);
                 return Ok(self.published);
             }
