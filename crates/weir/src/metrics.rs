@@ -152,7 +152,9 @@ pub struct StageReport {
     /// Items the stage received and gave up on because the run failed or
     /// was aborted (calls in flight, items waiting for a retry, the rest of
     /// a batch whose item failed fatally, what a failed sink did not
-    /// commit); their acks failed.
+    /// commit), or because the run was stopped (what a `Window::All`
+    /// aggregate held, what a sink could not write during the drain); their
+    /// acks failed.
     pub dropped: u64,
     /// Retry attempts made (not counting first attempts).
     pub retries: u64,

@@ -256,7 +256,9 @@ impl Pipeline {
     /// # Errors
     /// The first fatal error (a stage under [`ErrorPolicy::Fail`], a
     /// panicking worker, a failed sink) cancels the rest and is returned,
-    /// naming the stage, with the report of what happened until then.
+    /// naming the stage, with the report of what happened until then. A
+    /// sink that fails while the run is being stopped (after a cancel) is
+    /// not one: its items count as dropped and their acks fail.
     ///
     /// # Cancel safety
     /// Dropping the future aborts nothing already spawned; use
