@@ -377,7 +377,10 @@ fn coordinator_stats(
 /// reported after the job's end (they report every second), or after 3 s.
 async fn final_worker_stats(job: &Job, run: u64) -> Vec<WorkerStats> {
     let end = now_ms();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    // Workers report every second; on a loaded machine the report after
+    // the end can take several (the wait ends as soon as every worker has
+    // reported, so a long bound costs nothing when they are prompt).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         // Freshness over every worker (one that has not yet reported this
         // run's id may have worked on it), then this run's.
