@@ -827,37 +827,44 @@ impl DlqSink {
 }
 
 /// FNV-1a, 64 bits: stable across Rust releases (`DefaultHasher` is not).
-pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in *p {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// Parts are fed one by one, each closed by a 0xff byte (so that `["ab",
+/// "c"]` and `["a", "bc"]` differ).
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    fn new() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
     }
-    h
+
+    fn part(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+/// [`Fnv1a`] of `parts`.
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h = Fnv1a::new();
+    for p in parts {
+        h.part(p);
+    }
+    h.0
 }
 
 /// A hash of where each of `records` comes from (input, file, line), in
 /// order: equal for the same records in any run of a deterministic flow.
 pub(crate) fn origins_hash(records: &[Record]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
+    let mut h = Fnv1a::new();
     for r in records {
-        eat(r.pos.input.as_bytes());
-        eat(r.pos.file.as_deref().unwrap_or("\u{0}").as_bytes());
-        eat(&r.pos.line.to_le_bytes());
+        h.part(r.pos.input.as_bytes());
+        h.part(r.pos.file.as_deref().unwrap_or("\u{0}").as_bytes());
+        h.part(&r.pos.line.to_le_bytes());
     }
-    h
+    h.0
 }
 
 /// The content hash of a dead letter: its record, raw text and error.
