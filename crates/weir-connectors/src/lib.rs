@@ -30,8 +30,10 @@ pub mod processors;
 pub mod record;
 pub mod sinks;
 pub mod sources;
+pub mod value;
 pub mod watchdog;
 
 pub use error::{ConfigError, ProcessError};
 pub use record::{Position, Record};
 pub use sources::Raw;
+pub use value::Val;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde_json::Value;
+use crate::value::{self, Val};
 
 /// Where a record was read: enough to point a user at the bad line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,8 +29,8 @@ impl fmt::Display for Position {
 /// A JSON value travelling through a pipeline, with its origin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// The data.
-    pub value: Value,
+    /// The data, in JSON's data model (see [`value`](crate::value)).
+    pub value: Val,
     /// Where it was read. Shared: records derived from one input record
     /// (by `jq`, say) keep the same position.
     pub pos: Arc<Position>,
@@ -38,12 +38,22 @@ pub struct Record {
 
 impl Record {
     /// A record at `pos`.
-    pub fn new(value: Value, pos: Arc<Position>) -> Self {
+    pub fn new(value: Val, pos: Arc<Position>) -> Self {
         Record { value, pos }
     }
 
+    /// A record at `pos` holding a `serde_json::Value`'s data.
+    pub fn from_json(value: &serde_json::Value, pos: Arc<Position>) -> Self {
+        Record::new(value::from_json(value), pos)
+    }
+
+    /// The data as a `serde_json::Value` (a copy).
+    pub fn json(&self) -> serde_json::Value {
+        value::to_json(&self.value)
+    }
+
     /// A record derived from this one (same position).
-    pub fn derive(&self, value: Value) -> Self {
+    pub fn derive(&self, value: Val) -> Self {
         Record {
             value,
             pos: self.pos.clone(),

@@ -246,14 +246,14 @@ proptest! {
             let _ = d.decode(&line(text.clone()));
         }
         let lines = Decoder::lines().decode(&line(text.clone())).expect("lines take any text");
-        prop_assert_eq!(lines.value, serde_json::json!({ "line": text }));
+        prop_assert_eq!(lines.json(), serde_json::json!({ "line": text }));
     }
 
     #[test]
     fn decoders_never_panic_on_json_like_lines(text in "[\\[\\]{}:,\"\\\\0-9eE.+-]{0,60}|[ -~]{0,60}") {
         let d = Decoder::jsonl();
         match d.decode(&line(text.clone())) {
-            Ok(r) => prop_assert_eq!(Some(r.value), serde_json::from_str::<Value>(&text).ok()),
+            Ok(r) => prop_assert_eq!(Some(r.json()), serde_json::from_str::<Value>(&text).ok()),
             Err(e) => {
                 prop_assert_eq!(e.reason.as_str(), "parse_error");
                 prop_assert!(e.detail.starts_with("invalid JSON at column "), "{}", e.detail);
@@ -273,10 +273,10 @@ proptest! {
         }
         let d = Decoder::jsonl();
         let r = d.decode(&line(text.clone())).unwrap();
-        prop_assert_eq!(&r.value, &value);
+        prop_assert_eq!(&r.json(), &value);
         prop_assert_eq!(&r.pos, &pos());
         // Decoding is a function: the same line, the same value.
-        prop_assert_eq!(d.decode(&line(text)).unwrap().value, value);
+        prop_assert_eq!(d.decode(&line(text)).unwrap().json(), value);
     }
 
     #[test]
@@ -294,7 +294,8 @@ proptest! {
         match d.decode(&raw) {
             Ok(r) => {
                 prop_assert_eq!(headers.len(), fields.len());
-                let m = r.value.as_object().expect("a row is an object");
+                let json = r.json();
+                let m = json.as_object().expect("a row is an object");
                 // Duplicate headers: the last field wins.
                 let distinct: std::collections::BTreeSet<&String> = headers.iter().collect();
                 prop_assert_eq!(m.len(), distinct.len());
@@ -343,15 +344,16 @@ proptest! {
             fields: vec![i.to_string(), x.to_string(), bool_text, s.clone()],
         };
         let r = d.decode(&raw).unwrap();
-        prop_assert_eq!(r.value["i"].as_i64(), Some(i));
-        prop_assert_eq!(r.value["x"].as_f64(), Some(x));
-        prop_assert_eq!(r.value["b"].as_bool(), Some(b));
-        prop_assert_eq!(r.value["s"].as_str(), Some(s.as_str()));
+        let r = r.json();
+        prop_assert_eq!(r["i"].as_i64(), Some(i));
+        prop_assert_eq!(r["x"].as_f64(), Some(x));
+        prop_assert_eq!(r["b"].as_bool(), Some(b));
+        prop_assert_eq!(r["s"].as_str(), Some(s.as_str()));
     }
 
     #[test]
     fn a_ready_record_passes_through(v in json_value()) {
-        let rec = Record::new(v.clone(), pos());
+        let rec = Record::from_json(&v.clone(), pos());
         for d in [Decoder::jsonl(), Decoder::lines(), Decoder::new(Format::Csv, BTreeMap::new())] {
             prop_assert_eq!(d.decode(&Raw::Record(rec.clone())).unwrap(), rec.clone());
         }

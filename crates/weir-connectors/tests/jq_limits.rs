@@ -51,8 +51,8 @@ fn ctx(stage: &str) -> ProcessorContext {
 }
 
 fn rec(v: Value) -> Record {
-    Record::new(
-        v,
+    Record::from_json(
+        &v,
         Arc::new(Position {
             input: "in".into(),
             file: Some("in.jsonl".into()),
@@ -96,7 +96,7 @@ fn within<T: Send + 'static>(
 fn process(p: &impl Processor, v: Value) -> Result<Vec<Value>, ProcessError> {
     let mut out = Vec::new();
     p.process(&rec(v), &mut out)?;
-    Ok(out.into_iter().map(|r| r.value).collect())
+    Ok(out.into_iter().map(|r| r.json()).collect())
 }
 
 fn limit_error(detail: &str) -> ProcessError {

@@ -15,6 +15,7 @@ use weir_connectors::processors::dedupe::DedupeConfig;
 use weir_connectors::processors::filter::FilterConfig;
 use weir_connectors::processors::jq::{JqConfig, JqProgram};
 use weir_connectors::processors::validate::ValidateConfig;
+use weir_connectors::value;
 use weir_connectors::{ConfigError, Position, ProcessError, Record};
 
 fn pos(line: u64) -> Arc<Position> {
@@ -26,7 +27,7 @@ fn pos(line: u64) -> Arc<Position> {
 }
 
 fn rec(v: Value) -> Record {
-    Record::new(v, pos(7))
+    Record::from_json(&v, pos(7))
 }
 
 fn ctx() -> ProcessorContext {
@@ -41,7 +42,7 @@ fn run(p: &dyn Processor, v: Value) -> Result<Vec<Value>, ProcessError> {
         out.iter().all(|r| r.pos == pos(7)),
         "outputs keep the position"
     );
-    Ok(out.into_iter().map(|r| r.value).collect())
+    Ok(out.into_iter().map(|r| r.json()).collect())
 }
 
 /// Runs an async test on a multi-thread runtime, bounded in time.
@@ -146,7 +147,8 @@ mod jq {
                 std::thread::spawn(move || {
                     for i in 0..500 {
                         let n = t * 1000 + i;
-                        assert_eq!(p.first(&json!({"n": n})).unwrap(), Some(json!(n * 2)));
+                        let out = p.first(&value::from_json(&json!({"n": n}))).unwrap();
+                        assert_eq!(out.map(|v| value::to_json(&v)), Some(json!(n * 2)));
                     }
                 })
             })
@@ -185,7 +187,7 @@ mod jq {
         #[test]
         fn identity_round_trips(v in json_value()) {
             let p = JqProgram::compile(".").unwrap();
-            let out = p.run(&v).unwrap();
+            let out: Vec<Value> = p.run(&value::from_json(&v)).unwrap().iter().map(value::to_json).collect();
             prop_assert_eq!(out.len(), 1);
             prop_assert_eq!(&out[0], &v);
             // same text too (key order, integer vs float)
@@ -470,7 +472,7 @@ mod aggregate {
             .into_iter()
             .map(|(k, acc)| {
                 let p = acc.first_pos();
-                agg.finish(&k, acc, p).value
+                agg.finish(&k, acc, p).json()
             })
             .collect()
     }
@@ -621,7 +623,7 @@ fields:
         let records = values
             .into_iter()
             .enumerate()
-            .map(|(i, v)| Record::new(v, pos(i as u64 + 1)));
+            .map(|(i, v)| Record::from_json(&v, pos(i as u64 + 1)));
         let p = Pipeline::new();
         let out = p
             .source("in", from_iter(records))
@@ -647,7 +649,7 @@ fields:
             .iter()
             .map(|d| d.error.clone())
             .collect();
-        (out.into_iter().map(|r| r.value).collect(), reasons)
+        (out.into_iter().map(|r| r.json()).collect(), reasons)
     }
 
     #[test]
@@ -719,7 +721,7 @@ mod batch {
         let out = p
             .source(
                 "in",
-                from_iter((0..n).map(|i| Record::new(json!(i), pos(i + 1)))),
+                from_iter((0..n).map(|i| Record::from_json(&json!(i), pos(i + 1)))),
             )
             .aggregate(
                 "batch",
@@ -737,12 +739,12 @@ mod batch {
     fn check(out: &[Record], sizes: &[u64]) {
         let counts: Vec<u64> = out
             .iter()
-            .map(|r| r.value["count"].as_u64().unwrap())
+            .map(|r| r.json()["count"].as_u64().unwrap())
             .collect();
         assert_eq!(counts, sizes);
         let all: Vec<Value> = out
             .iter()
-            .flat_map(|r| r.value["records"].as_array().unwrap().clone())
+            .flat_map(|r| r.json()["records"].as_array().unwrap().clone())
             .collect();
         let n = sizes.iter().sum::<u64>();
         assert_eq!(all, (0..n).map(|i| json!(i)).collect::<Vec<_>>());

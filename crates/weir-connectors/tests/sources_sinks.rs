@@ -49,7 +49,7 @@ fn pos(line: u64) -> Arc<Position> {
 }
 
 fn rec(v: Value, line: u64) -> Record {
-    Record::new(v, pos(line))
+    Record::from_json(&v, pos(line))
 }
 
 /// Every raw item a source yields.
@@ -90,7 +90,7 @@ async fn decode_errors_carry_position_and_reason() {
     assert_eq!(lines, vec![1, 2, 4]);
     assert_eq!(file_of(&raws[1]), "data/a.jsonl");
     assert_eq!(raws[1].pos().input.as_ref(), "in");
-    assert_eq!(decoded[0].as_ref().unwrap().value, json!({"id": 1}));
+    assert_eq!(decoded[0].as_ref().unwrap().json(), json!({"id": 1}));
     let err = decoded[1].as_ref().unwrap_err();
     assert!(
         err.starts_with("parse_error: invalid JSON at column 13: "),
@@ -106,7 +106,7 @@ fn outcomes(
 ) -> Vec<(u64, Result<Value, String>)> {
     raws.iter()
         .zip(decoded)
-        .map(|(raw, d)| (raw.pos().line, d.map(|r| r.value)))
+        .map(|(raw, d)| (raw.pos().line, d.map(|r| r.json())))
         .collect()
 }
 
@@ -276,7 +276,7 @@ async fn gzip_is_read_transparently() {
     }
     std::fs::write(&path, bytes).unwrap();
     let (raws, decoded) = decode_all("path: data/e.jsonl.gz\n", dir.path()).await;
-    let values: Vec<Value> = decoded.into_iter().map(|r| r.unwrap().value).collect();
+    let values: Vec<Value> = decoded.into_iter().map(|r| r.unwrap().json()).collect();
     assert_eq!(values, vec![json!({"n":1}), json!({"n":2}), json!({"n":3})]);
     assert_eq!(raws[2].pos().line, 3);
     assert_eq!(file_of(&raws[2]), "data/e.jsonl.gz");
@@ -309,7 +309,7 @@ async fn csv_typed_columns_and_bad_rows() {
     let lines: Vec<u64> = raws.iter().map(|r| r.pos().line).collect();
     assert_eq!(lines, vec![2, 3, 4, 5, 6, 8]);
     assert_eq!(
-        decoded[0].as_ref().unwrap().value,
+        decoded[0].as_ref().unwrap().json(),
         json!({"id": 1, "amount": 9.5, "paid": true, "note": "hello"})
     );
     assert_eq!(
@@ -325,10 +325,10 @@ async fn csv_typed_columns_and_bad_rows() {
         "parse_error: csv row has 2 fields, the header has 4"
     );
     assert_eq!(
-        decoded[4].as_ref().unwrap().value,
+        decoded[4].as_ref().unwrap().json(),
         json!({"id": 5, "amount": 7.0, "paid": true, "note": "multi\nline"})
     );
-    assert_eq!(decoded[5].as_ref().unwrap().value["note"], json!("end"));
+    assert_eq!(decoded[5].as_ref().unwrap().json()["note"], json!("end"));
 }
 
 fn build_err(yaml: &str, dir: &Path) -> ConfigError {
@@ -649,8 +649,8 @@ async fn file_sink_round_trips() {
     assert_eq!(text.lines().count(), 3);
     assert_eq!(bounded(w.finish()).await.unwrap(), 3);
     let (_, decoded) = decode_all("path: out/o.jsonl\n", dir.path()).await;
-    let back: Vec<Value> = decoded.into_iter().map(|r| r.unwrap().value).collect();
-    let orig: Vec<Value> = orders().into_iter().map(|r| r.value).collect();
+    let back: Vec<Value> = decoded.into_iter().map(|r| r.unwrap().json()).collect();
+    let orig: Vec<Value> = orders().into_iter().map(|r| r.json()).collect();
     assert_eq!(back, orig);
 
     // csv out with default columns (the first record's keys).
@@ -982,19 +982,20 @@ async fn generate_template_is_deterministic() {
     assert_eq!(a, b);
     assert_ne!(a, c);
     for (i, r) in a.iter().enumerate() {
-        assert_eq!(r.value["id"], json!(i));
+        assert_eq!(r.json()["id"], json!(i));
         assert_eq!(r.pos.line, i as u64 + 1);
         assert_eq!(r.pos.file, None);
-        let n = r.value["n"].as_i64().unwrap();
+        let n = r.json()["n"].as_i64().unwrap();
         assert!((-5..5).contains(&n));
-        let label = r.value["label"].as_str().unwrap();
+        let json = r.json();
+        let label = json["label"].as_str().unwrap();
         assert!(
             label.starts_with("k-a-") || label.starts_with("k-b-"),
             "{label}"
         );
-        assert!(r.value["nested"]["x"][0].is_f64());
-        assert_eq!(r.value["nested"]["x"][1], json!(2));
-        assert_eq!(r.value["fixed"], json!(true));
+        assert!(r.json()["nested"]["x"][0].is_f64());
+        assert_eq!(r.json()["nested"]["x"][1], json!(2));
+        assert_eq!(r.json()["fixed"], json!(true));
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use weir_connectors::value::{Json, Val};
 use weir_connectors::{Position, Record};
 
 /// The header naming the format version.
@@ -35,7 +36,7 @@ struct Out<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<&'a str>,
     line: u64,
-    v: &'a Value,
+    v: Json<'a>,
 }
 
 #[derive(Deserialize)]
@@ -45,7 +46,7 @@ struct In {
     #[serde(default)]
     file: Option<String>,
     line: u64,
-    v: Value,
+    v: Val,
 }
 
 /// Appends the encoding of `records` to `buf`.
@@ -55,7 +56,7 @@ pub fn encode_into(records: &[Record], buf: &mut Vec<u8>) {
             input: &r.pos.input,
             file: r.pos.file.as_deref(),
             line: r.pos.line,
-            v: &r.value,
+            v: Json(&r.value),
         };
         serde_json::to_writer(&mut *buf, &out).expect("a JSON value always serializes");
         buf.push(b'\n');
@@ -187,7 +188,7 @@ impl DlqEntry {
             input: Some(record.pos.input.to_string()),
             file: record.pos.file.as_deref().map(str::to_string),
             line: Some(record.pos.line),
-            record: record.value.clone(),
+            record: record.json(),
             raw: Value::Null,
             truncated: None,
         }
@@ -251,8 +252,8 @@ impl DlqEntry {
         if self.record.is_null() {
             return None;
         }
-        Some(Record::new(
-            self.record.clone(),
+        Some(Record::from_json(
+            &self.record,
             Arc::new(Position {
                 input: Arc::from(self.input.as_deref().unwrap_or("replay")),
                 file: self.file.as_deref().map(Arc::from),
@@ -268,8 +269,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn rec(input: &str, file: Option<&str>, line: u64, v: Value) -> Record {
-        Record::new(
-            v,
+        Record::from_json(
+            &v,
             Arc::new(Position {
                 input: Arc::from(input),
                 file: file.map(Arc::from),

@@ -26,7 +26,7 @@
 //! let agg = Arc::new(cfg.build(&ProcessorContext::default()).unwrap());
 //! let pos = Arc::new(Position { input: "in".into(), file: None, line: 1 });
 //! let records = (0..4).map(move |i| {
-//!     Record::new(serde_json::json!({"region": i % 2, "cents": i}), pos.clone())
+//!     Record::from_json(&serde_json::json!({"region": i % 2, "cents": i}), pos.clone())
 //! });
 //!
 //! let p = Pipeline::new();
@@ -38,7 +38,7 @@
 //!     .map("finish", move |(k, acc)| { let pos = acc.first_pos(); agg.finish(&k, acc, pos) })
 //!     .sink("out", collect());
 //! p.run().await?;
-//! let out: Vec<_> = out.take().unwrap().into_iter().map(|r| r.value).collect();
+//! let out: Vec<_> = out.take().unwrap().into_iter().map(|r| r.json()).collect();
 //! assert_eq!(out[0], serde_json::json!({"key": 0, "n": 2, "total": 2}));
 //! # Ok(()) }
 //! ```
@@ -49,9 +49,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::value::{self, Val as Value};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Number, Value};
 use serde_saphyr::Spanned;
 
 use super::ProcessorContext;
@@ -289,7 +289,7 @@ impl GroupKey {
     /// The key of `value`.
     pub fn new(value: Value) -> Self {
         GroupKey {
-            text: value.to_string().into(),
+            text: value::to_text(&value).into(),
             value: Arc::new(value),
         }
     }
@@ -352,11 +352,11 @@ enum Num {
 const EXACT_F64: f64 = 9_007_199_254_740_992.0;
 
 impl Num {
-    fn from_json(n: &Number) -> Num {
-        if let Some(i) = n.as_i64() {
+    fn from_val(n: &Value) -> Num {
+        if let Some(i) = value::as_i64(n) {
             return Num::Int(i);
         }
-        let f = n.as_f64().unwrap_or(f64::NAN);
+        let f = value::as_f64(n).unwrap_or(f64::NAN);
         if f.fract() == 0.0 && f.abs() < EXACT_F64 {
             Num::Int(f as i64)
         } else {
@@ -387,10 +387,10 @@ impl Num {
         }
     }
 
-    fn to_json(self) -> Value {
+    fn to_val(self) -> Value {
         match self {
-            Num::Int(i) => Value::from(i),
-            Num::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+            Num::Int(i) => value::int(i),
+            Num::Float(f) => value::float(f),
         }
     }
 }
@@ -475,7 +475,7 @@ impl Aggregator {
                 let first = expr.record_first(r, &mut budget).map_err(field_err)?;
                 match first {
                     None => None,
-                    Some(Value::Number(n)) => Some(Extract::Num(Num::from_json(&n))),
+                    Some(n @ Value::Num(_)) => Some(Extract::Num(Num::from_val(&n))),
                     Some(other) => {
                         return Err(ProcessError::new(
                             "aggregate_type",
@@ -549,28 +549,29 @@ impl Aggregator {
     /// at `pos` (typically [`Acc::first_pos`]). A `sum` with no values is
     /// 0; `min`, `max` and `avg` with no values are `null`.
     pub fn finish(&self, key: &GroupKey, acc: Acc, pos: Arc<Position>) -> Record {
-        let mut out = Map::with_capacity(self.fields.len() + 1);
-        out.insert("key".to_owned(), key.value().clone());
+        let mut out =
+            value::Map::with_capacity_and_hasher(self.fields.len() + 1, Default::default());
+        out.insert(value::string("key"), key.value().clone());
         for (f, fa) in self.fields.iter().zip(acc.fields) {
             let v = match fa {
-                FieldAcc::Count => Value::from(acc.count),
-                FieldAcc::Sum(s) => s.map_or(Value::from(0), Num::to_json),
-                FieldAcc::Min(m) | FieldAcc::Max(m) => m.map_or(Value::Null, Num::to_json),
+                FieldAcc::Count => Value::Num(value::Num::from_integral(acc.count)),
+                FieldAcc::Sum(s) => s.map_or(value::int(0), Num::to_val),
+                FieldAcc::Min(m) | FieldAcc::Max(m) => m.map_or(Value::Null, Num::to_val),
                 FieldAcc::Avg(s, k) => match s {
-                    Some(s) if k > 0 => Num::Float(s.as_f64() / k as f64).to_json(),
+                    Some(s) if k > 0 => Num::Float(s.as_f64() / k as f64).to_val(),
                     _ => Value::Null,
                 },
-                FieldAcc::Collect(all) => Value::Array(all),
+                FieldAcc::Collect(all) => Value::Arr(all.into()),
             };
-            out.insert(f.name.clone(), v);
+            out.insert(value::string(f.name.as_str()), v);
         }
-        Record::new(Value::Object(out), pos)
+        Record::new(Value::obj(out), pos)
     }
 }
 
 /// A value for an error message, cut to a readable length.
 fn short(v: &Value) -> String {
-    let text = v.to_string();
+    let text = value::to_text(v);
     if text.chars().count() > 40 {
         let cut: String = text.chars().take(40).collect();
         format!("{cut}...")
@@ -601,12 +602,12 @@ mod tests {
         assert_eq!(agg.window(), weir::Window::All);
         let mut acc = agg.init();
         for c in [5, 7] {
-            let r = Record::new(json!({"region": "eu", "cents": c}), pos());
+            let r = Record::from_json(&json!({"region": "eu", "cents": c}), pos());
             agg.fold(&mut acc, agg.extract(&r).unwrap());
         }
-        let out = agg.finish(&GroupKey::new(json!("eu")), acc, pos());
+        let out = agg.finish(&GroupKey::new(value::string("eu")), acc, pos());
         assert_eq!(
-            out.value,
+            out.json(),
             json!({"key": "eu", "orders": 2, "revenue": 12, "largest": 7})
         );
     }
@@ -615,7 +616,7 @@ mod tests {
     fn sums_overflow_to_float() {
         let a = Num::Int(i64::MAX).add(Num::Int(1));
         assert_eq!(a, Num::Float(i64::MAX as f64 + 1.0));
-        assert_eq!(Num::from_json(&Number::from_f64(3.0).unwrap()), Num::Int(3));
+        assert_eq!(Num::from_val(&value::float(3.0)), Num::Int(3));
         assert_eq!(Num::Int(2).add(Num::Float(0.5)), Num::Float(2.5));
     }
 }

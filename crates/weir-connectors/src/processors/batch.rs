@@ -19,8 +19,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::value::{self, Val as Value};
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 use super::ProcessorContext;
 use super::aggregate::seconds;
@@ -141,11 +141,12 @@ impl Batcher {
                 line: 0,
             })
         });
-        let mut out = Map::with_capacity(2);
         let count = acc.records.len();
-        out.insert("records".to_owned(), Value::Array(acc.records));
-        out.insert("count".to_owned(), Value::from(count));
-        Record::new(Value::Object(out), pos)
+        let out = value::object([
+            ("records", Value::Arr(acc.records.into())),
+            ("count", Value::from(count)),
+        ]);
+        Record::new(out, pos)
     }
 }
 

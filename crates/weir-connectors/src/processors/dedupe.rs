@@ -9,8 +9,8 @@ use std::collections::{HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
+use crate::value::{self, Val as Value};
 use serde::Deserialize;
-use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use super::jq::{EnvConfig, JqError, JqProgram, RecordBudget, StageLimits};
@@ -163,14 +163,14 @@ fn hash_canonical(v: &Value, h: &mut DefaultHasher) {
             1u8.hash(h);
             b.hash(h);
         }
-        Value::Number(n) => {
+        Value::Num(_) => {
             2u8.hash(h);
-            if let Some(i) = n.as_i64() {
+            if let Some(i) = value::as_i64(v) {
                 i.hash(h);
-            } else if let Some(u) = n.as_u64() {
+            } else if let Some(u) = value::as_u64(v) {
                 u.hash(h);
             } else {
-                let f = n.as_f64().unwrap_or(0.0);
+                let f = value::as_f64(v).unwrap_or(0.0);
                 if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
                     (f as i64).hash(h);
                 } else {
@@ -178,27 +178,35 @@ fn hash_canonical(v: &Value, h: &mut DefaultHasher) {
                 }
             }
         }
-        Value::String(s) => {
+        Value::TStr(_) | Value::BStr(_) => {
             3u8.hash(h);
-            s.hash(h);
+            key_text(v).hash(h);
         }
-        Value::Array(a) => {
+        Value::Arr(a) => {
             4u8.hash(h);
             a.len().hash(h);
-            for x in a {
+            for x in a.iter() {
                 hash_canonical(x, h);
             }
         }
-        Value::Object(o) => {
+        Value::Obj(o) => {
             5u8.hash(h);
             o.len().hash(h);
-            let mut entries: Vec<_> = o.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut entries: Vec<_> = o.iter().map(|(k, x)| (key_text(k), x)).collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (k, x) in entries {
                 k.hash(h);
                 hash_canonical(x, h);
             }
         }
+    }
+}
+
+/// A string's text (records' strings are UTF-8; see [`value`]).
+fn key_text(v: &Value) -> std::borrow::Cow<'_, str> {
+    match v {
+        Value::TStr(b) | Value::BStr(b) => String::from_utf8_lossy(b),
+        other => value::to_text(other).into(),
     }
 }
 
@@ -219,10 +227,16 @@ mod tests {
     #[test]
     fn canonical_hash() {
         assert_eq!(
-            key_hash(&json!({"a": 1, "b": [1.0, "x"]})),
-            key_hash(&json!({"b": [1, "x"], "a": 1}))
+            key_hash(&value::from_json(&json!({"a": 1, "b": [1.0, "x"]}))),
+            key_hash(&value::from_json(&json!({"b": [1, "x"], "a": 1})))
         );
-        assert_ne!(key_hash(&json!("1")), key_hash(&json!(1)));
-        assert_ne!(key_hash(&json!([[1], 2])), key_hash(&json!([1, [2]])));
+        assert_ne!(
+            key_hash(&value::from_json(&json!("1"))),
+            key_hash(&value::from_json(&json!(1)))
+        );
+        assert_ne!(
+            key_hash(&value::from_json(&json!([[1], 2]))),
+            key_hash(&value::from_json(&json!([1, [2]])))
+        );
     }
 }

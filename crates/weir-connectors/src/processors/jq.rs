@@ -66,15 +66,15 @@ use std::sync::Arc;
 use jaq_core::load::{self, Arena, File, Loader};
 use jaq_core::native::{Fun, bome, v};
 use jaq_core::{Compiler, Ctx, DataT, Vars, data::HasLut};
-use jaq_json::{Num, Val};
+use jaq_json::Val;
 use serde::Deserialize;
-use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use super::{Processor, ProcessorContext};
 use crate::error::{ConfigError, ProcessError};
 use crate::limits::{Budget, LimitExceeded, Limits, LimitsConfig};
 use crate::record::{Position, Record};
+use crate::value::{self, Val as Value};
 
 /// Transform each record with a jq program.
 ///
@@ -179,7 +179,7 @@ impl Processor for Jq {
         let budget = self.limits.start(&record.pos);
         let outputs = self
             .program
-            .run_in(&budget, to_val(&record.value))
+            .run_in(&budget, record.value.clone())
             .map_err(JqError::into_process_error)?;
         out.extend(outputs.into_iter().map(|v| record.derive(v)));
         Ok(())
@@ -520,18 +520,19 @@ impl JqProgram {
         if let Some(v) = self.fast(input) {
             return Ok(vec![v]);
         }
-        self.run_in(&default_budget(), to_val(input))
+        self.run_in(&default_budget(), input.clone())
     }
 
-    /// The output of a plain-path program, computed directly on JSON; `None`
-    /// when the program is not a plain path, or when jq would raise an
-    /// error (indexing a non-object), which jaq then reports itself.
+    /// The output of a plain-path program, computed directly on the
+    /// record; `None` when the program is not a plain path, or when jq
+    /// would raise an error (indexing a non-object), which jaq then reports
+    /// itself.
     pub(crate) fn fast(&self, input: &Value) -> Option<Value> {
         let path = self.path.as_ref()?;
         let mut cur = input;
         for field in path {
             match cur {
-                Value::Object(m) => match m.get(field) {
+                Value::Obj(_) => match value::get(cur, field) {
                     Some(v) => cur = v,
                     None => return Some(Value::Null),
                 },
@@ -552,7 +553,7 @@ impl JqProgram {
         if let Some(v) = self.fast(input) {
             return Ok(Some(v));
         }
-        self.first_in(&default_budget(), to_val(input))
+        self.first_in(&default_budget(), input.clone())
     }
 
     /// Whether the first output, under the default [`Limits`], is truthy
@@ -565,7 +566,7 @@ impl JqProgram {
         if let Some(v) = self.fast(input) {
             return Ok(truthy_json(&v));
         }
-        self.first_truthy_in(&default_budget(), to_val(input))
+        self.first_truthy_in(&default_budget(), input.clone())
     }
 
     /// Like [`first_truthy`](Self::first_truthy), on a record under its
@@ -612,7 +613,7 @@ impl JqProgram {
     pub(crate) fn run_in(&self, budget: &Budget, input: Val) -> Result<Vec<Value>, JqError> {
         let mut outputs = Vec::new();
         self.each_val(budget, input, |v| {
-            outputs.push(val_to_json(&v, 0)?);
+            outputs.push(value::canonical(v)?);
             Ok(true)
         })?;
         Ok(outputs)
@@ -622,7 +623,7 @@ impl JqProgram {
     pub(crate) fn first_in(&self, budget: &Budget, input: Val) -> Result<Option<Value>, JqError> {
         let mut first = None;
         self.each_val(budget, input, |v| {
-            first = Some(val_to_json(&v, 0)?);
+            first = Some(value::canonical(v)?);
             Ok(false)
         })?;
         Ok(first)
@@ -724,7 +725,7 @@ fn json_nesting_exceeds(json: &[u8], max: usize) -> bool {
 }
 
 fn truthy_json(v: &Value) -> bool {
-    !matches!(v, Value::Null | Value::Bool(false))
+    value::truthy(v)
 }
 
 /// The budget of an evaluation that is not of a record (no stage, no
@@ -755,7 +756,7 @@ impl<'r> RecordBudget<'r> {
         let (b, v) = self.started.get_or_insert_with(|| {
             (
                 self.limits.start(&self.record.pos),
-                to_val(&self.record.value),
+                self.record.value.clone(),
             )
         });
         (b, v.clone())
@@ -857,28 +858,6 @@ fn line_col(code: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Converts JSON to a jq value (cheap to clone afterwards).
-pub(crate) fn to_val(v: &Value) -> Val {
-    match v {
-        Value::Null => Val::Null,
-        Value::Bool(b) => Val::Bool(*b),
-        Value::Number(n) => Val::Num(if let Some(i) = n.as_i64() {
-            Num::from_integral(i)
-        } else if let Some(u) = n.as_u64() {
-            Num::from_integral(u)
-        } else {
-            Num::Float(n.as_f64().unwrap_or(f64::NAN))
-        }),
-        Value::String(s) => Val::utf8_str(s.clone().into_bytes()),
-        Value::Array(a) => Val::Arr(jaq_json::Rc::new(a.iter().map(to_val).collect())),
-        Value::Object(o) => Val::obj(
-            o.iter()
-                .map(|(k, v)| (Val::utf8_str(k.clone().into_bytes()), to_val(v)))
-                .collect(),
-        ),
-    }
-}
-
 /// How deeply an output may nest arrays and objects: the deepest document
 /// serde_json reads.
 ///
@@ -888,82 +867,7 @@ pub(crate) fn to_val(v: &Value) -> Val {
 /// it (a sink's, where nothing guards the stack). A jq program can build
 /// any depth (`reduce range(1e6) as $x (null; [.])`), so a deeper output is
 /// rejected here, where it is built.
-pub const MAX_OUTPUT_DEPTH: usize = 127;
-
-/// Converts a jq value to JSON. Integers stay integers (a big integer that
-/// fits neither `i64` nor `u64` becomes a float); a non-finite float becomes
-/// `null`; byte strings become (lossy UTF-8) strings; non-string object keys
-/// are written as their JSON text.
-///
-/// # Errors
-/// The value nests arrays and objects deeper than [`MAX_OUTPUT_DEPTH`].
-fn val_to_json(v: &Val, depth: usize) -> Result<Value, LimitExceeded> {
-    let inner = || {
-        if depth >= MAX_OUTPUT_DEPTH {
-            Err(LimitExceeded::Nesting(MAX_OUTPUT_DEPTH))
-        } else {
-            Ok(depth + 1)
-        }
-    };
-    Ok(match v {
-        Val::Null => Value::Null,
-        Val::Bool(b) => Value::Bool(*b),
-        Val::Num(n) => num_to_json(n),
-        Val::TStr(s) | Val::BStr(s) => Value::String(bytes_to_string(s)),
-        // Loops rather than `collect::<Result<..>>`, which would lose the
-        // size hint and grow (rehash) every map.
-        Val::Arr(a) => {
-            let d = inner()?;
-            let mut out = Vec::with_capacity(a.len());
-            for x in a.iter() {
-                out.push(val_to_json(x, d)?);
-            }
-            Value::Array(out)
-        }
-        Val::Obj(o) => {
-            let d = inner()?;
-            let mut out = serde_json::Map::with_capacity(o.len());
-            for (k, v) in o.iter() {
-                let key = match k {
-                    Val::TStr(s) | Val::BStr(s) => bytes_to_string(s),
-                    other => other.to_string(),
-                };
-                out.insert(key, val_to_json(v, d)?);
-            }
-            Value::Object(out)
-        }
-    })
-}
-
-fn bytes_to_string(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
-    }
-}
-
-fn num_to_json(n: &Num) -> Value {
-    match n {
-        Num::Int(i) => Value::from(*i as i64),
-        Num::Float(f) => float_to_json(*f),
-        other => number_text_to_json(&other.to_string()),
-    }
-}
-
-fn float_to_json(f: f64) -> Value {
-    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
-}
-
-/// A big integer or a decimal literal, from its text.
-fn number_text_to_json(text: &str) -> Value {
-    if let Ok(i) = text.parse::<i64>() {
-        return Value::from(i);
-    }
-    if let Ok(u) = text.parse::<u64>() {
-        return Value::from(u);
-    }
-    text.parse::<f64>().map_or(Value::Null, float_to_json)
-}
+pub const MAX_OUTPUT_DEPTH: usize = value::MAX_DEPTH;
 
 #[cfg(test)]
 mod fast_path_tests {
@@ -999,7 +903,8 @@ mod fast_path_tests {
             let p = JqProgram::compile(code).unwrap();
             assert!(p.path.is_some(), "{code} should take the fast path");
             for input in &inputs {
-                let slow = p.run_in(&default_budget(), to_val(input));
+                let input = &value::from_json(input);
+                let slow = p.run_in(&default_budget(), input.clone());
                 match p.fast(input) {
                     Some(v) => assert_eq!(Ok(vec![v]), slow, "{code} on {input}"),
                     None => assert!(
@@ -1028,8 +933,11 @@ mod tests {
     fn example_parses_and_builds() {
         let cfg: JqConfig = serde_saphyr::from_str(EXAMPLE).unwrap();
         let jq = cfg.build(&ProcessorContext::default()).unwrap();
-        let out = jq.program().run(&json!({"id": 1, "price": 2, "qty": 3}));
-        assert_eq!(out.unwrap(), vec![json!({"id": 1, "total": 6})]);
+        let out = jq
+            .program()
+            .run(&value::from_json(&json!({"id": 1, "price": 2, "qty": 3})));
+        let out: Vec<_> = out.unwrap().iter().map(value::to_json).collect();
+        assert_eq!(out, vec![json!({"id": 1, "total": 6})]);
     }
 
     #[test]
@@ -1048,13 +956,19 @@ mod tests {
     #[test]
     fn halt_is_an_error_not_an_exit() {
         let p = JqProgram::compile("halt").unwrap();
-        assert!(p.run(&json!(1)).unwrap_err().to_string().contains("halt"));
+        assert!(
+            p.run(&value::int(1))
+                .unwrap_err()
+                .to_string()
+                .contains("halt")
+        );
     }
 
     #[test]
     fn big_numbers_and_literals() {
         let p = JqProgram::compile("[1.5, 100000000000000000000, 18446744073709551615]").unwrap();
         let out = p.first(&Value::Null).unwrap().unwrap();
+        let out = value::to_json(&out);
         assert_eq!(out[0], json!(1.5));
         assert_eq!(out[2], json!(18446744073709551615u64));
         assert!(out[1].is_f64());

@@ -161,7 +161,7 @@ mod tests {
             file: None,
             line: 1,
         });
-        let r = |v: serde_json::Value| Record::new(v, pos.clone());
+        let r = |v: serde_json::Value| Record::from_json(&v, pos.clone());
         assert_eq!(
             sw.route(&r(serde_json::json!({"amount": 5000}))).unwrap(),
             Some(0)

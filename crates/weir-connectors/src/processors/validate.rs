@@ -146,11 +146,14 @@ impl Validate {
 
 impl Processor for Validate {
     fn process(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), ProcessError> {
-        if self.validator.is_valid(&record.value) {
+        // jsonschema reads serde_json values only: the one conversion left
+        // on the record path.
+        let json = crate::value::to_json(&record.value);
+        if self.validator.is_valid(&json) {
             out.push(record.clone());
             return Ok(());
         }
-        let mut errors = self.errors(&record.value);
+        let mut errors = self.errors(&json);
         let more = errors.len().saturating_sub(MAX_LISTED_ERRORS);
         errors.truncate(MAX_LISTED_ERRORS);
         let mut detail = errors.join("; ");

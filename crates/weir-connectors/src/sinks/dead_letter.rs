@@ -252,7 +252,7 @@ impl DeadLetterFile {
 pub fn letter_json(d: &weir::DeadLetter) -> Value {
     let (pos, record, raw): (Option<&Position>, Value, Value) = if let Some(r) = d.item::<Record>()
     {
-        (Some(&r.pos), r.value.clone(), Value::Null)
+        (Some(&r.pos), r.json(), Value::Null)
     } else if let Some(raw) = d.item::<Raw>() {
         match raw {
             Raw::Line { pos, text } | Raw::NotUtf8 { pos, text, .. } => {
@@ -261,7 +261,7 @@ pub fn letter_json(d: &weir::DeadLetter) -> Value {
             Raw::Row { pos, fields, .. } => {
                 (Some(pos), Value::Null, Value::String(csv_line(fields)))
             }
-            Raw::Record(r) => (Some(&r.pos), r.value.clone(), Value::Null),
+            Raw::Record(r) => (Some(&r.pos), r.json(), Value::Null),
         }
     } else {
         (None, Value::Null, Value::Null)

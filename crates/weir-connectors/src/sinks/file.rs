@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use serde_json::Value;
+use crate::value::{self, Json, Val as Value};
 use serde_saphyr::Spanned;
 
 use crate::error::ConfigError;
@@ -133,8 +133,10 @@ pub struct FileWriter {
 fn csv_field(v: Option<&Value>) -> std::borrow::Cow<'_, str> {
     match v {
         None | Some(Value::Null) => "".into(),
-        Some(Value::String(s)) => s.as_str().into(),
-        Some(other) => other.to_string().into(),
+        Some(s @ (Value::TStr(_) | Value::BStr(_))) => {
+            value::as_str(s).map_or_else(|| value::to_text(s).into(), Into::into)
+        }
+        Some(other) => value::to_text(other).into(),
     }
 }
 
@@ -146,7 +148,7 @@ impl FileWriter {
             SinkFormat::Jsonl => {
                 for r in items {
                     // Serializing a Value into memory cannot fail.
-                    let _ = serde_json::to_writer(&mut *buf, &r.value);
+                    let _ = serde_json::to_writer(&mut *buf, &Json(&r.value));
                     buf.push(b'\n');
                 }
                 (items.len(), None)
@@ -154,7 +156,7 @@ impl FileWriter {
             SinkFormat::Csv => {
                 let mut w = csv::Writer::from_writer(buf);
                 for (i, r) in items.iter().enumerate() {
-                    let Value::Object(m) = &r.value else {
+                    let Value::Obj(m) = &r.value else {
                         return (
                             i,
                             Some(format!(
@@ -163,14 +165,19 @@ impl FileWriter {
                             )),
                         );
                     };
-                    let cols = self
-                        .columns
-                        .get_or_insert_with(|| m.keys().cloned().collect());
+                    let cols = self.columns.get_or_insert_with(|| {
+                        m.keys()
+                            .map(|k| value::as_str(k).unwrap_or_default().to_owned())
+                            .collect()
+                    });
                     if !self.header_done {
                         let _ = w.write_record(cols.iter());
                         self.header_done = true;
                     }
-                    let _ = w.write_record(cols.iter().map(|c| csv_field(m.get(c)).into_owned()));
+                    let _ = w.write_record(
+                        cols.iter()
+                            .map(|c| csv_field(value::get(&r.value, c)).into_owned()),
+                    );
                 }
                 let _ = w.flush();
                 (items.len(), None)

@@ -34,10 +34,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::value::{self, Val as Value};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use crate::error::ConfigError;
@@ -344,7 +344,7 @@ fn describe(e: &rusqlite::Error, shown: &str) -> String {
 
 /// A short rendering of a value for an error message.
 fn short(v: &Value) -> String {
-    let s = v.to_string();
+    let s = value::to_text(v);
     if s.len() <= 40 {
         s
     } else {
@@ -359,28 +359,31 @@ fn short(v: &Value) -> String {
 fn to_sql(v: &Value, ty: SqlType) -> Result<SqlValue, &'static str> {
     Ok(match (v, ty) {
         (Value::Null, _) => SqlValue::Null,
-        (Value::Number(n), SqlType::Integer) => match n.as_i64() {
+        (Value::Num(_), SqlType::Integer) => match value::as_i64(v) {
             Some(i) => SqlValue::Integer(i),
-            None => match n.as_f64() {
+            None => match value::as_f64(v) {
                 Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => SqlValue::Integer(f as i64),
                 _ => return Err("an integer"),
             },
         },
         (_, SqlType::Integer) => return Err("an integer"),
-        (Value::Number(n), SqlType::Real) => match n.as_f64() {
+        (Value::Num(_), SqlType::Real) => match value::as_f64(v) {
             Some(f) => SqlValue::Real(f),
             None => return Err("a number"),
         },
         (_, SqlType::Real) => return Err("a number"),
-        (Value::String(s), SqlType::Text) => SqlValue::Text(s.clone()),
-        (other, SqlType::Text | SqlType::Json) => SqlValue::Text(other.to_string()),
+        (Value::TStr(_) | Value::BStr(_), SqlType::Text) => match value::as_str(v) {
+            Some(s) => SqlValue::Text(s.to_owned()),
+            None => SqlValue::Text(value::to_text(v)),
+        },
+        (other, SqlType::Text | SqlType::Json) => SqlValue::Text(value::to_text(other)),
     })
 }
 
 impl SqliteWriter {
     /// The row for one record.
     fn row(&self, r: &Record) -> Result<Vec<SqlValue>, String> {
-        let Value::Object(m) = &r.value else {
+        let Value::Obj(_) = &r.value else {
             return Err(format!(
                 "record at {} is not an object, cannot write it to table columns",
                 r.pos
@@ -389,7 +392,7 @@ impl SqliteWriter {
         // A NULL key is a new row on every write (see "Values that do not
         // fit"): refuse it, so that reruns and resumes stay idempotent.
         for k in &self.key {
-            let what = match m.get(k) {
+            let what = match value::get(&r.value, k) {
                 None => "missing",
                 Some(Value::Null) => "null",
                 Some(_) => continue,
@@ -398,7 +401,7 @@ impl SqliteWriter {
         }
         self.columns
             .iter()
-            .map(|(name, ty)| match m.get(name) {
+            .map(|(name, ty)| match value::get(&r.value, name) {
                 None => Ok(SqlValue::Null),
                 Some(v) => to_sql(v, *ty).map_err(|want| {
                     format!(
@@ -521,17 +524,38 @@ mod tests {
     #[test]
     fn values() {
         assert_eq!(
-            to_sql(&serde_json::json!(3.0), SqlType::Integer),
+            to_sql(
+                &crate::value::from_json(&serde_json::json!(3.0)),
+                SqlType::Integer
+            ),
             Ok(SqlValue::Integer(3))
         );
-        assert!(to_sql(&serde_json::json!(3.5), SqlType::Integer).is_err());
-        assert!(to_sql(&serde_json::json!("3"), SqlType::Real).is_err());
+        assert!(
+            to_sql(
+                &crate::value::from_json(&serde_json::json!(3.5)),
+                SqlType::Integer
+            )
+            .is_err()
+        );
+        assert!(
+            to_sql(
+                &crate::value::from_json(&serde_json::json!("3")),
+                SqlType::Real
+            )
+            .is_err()
+        );
         assert_eq!(
-            to_sql(&serde_json::json!([1]), SqlType::Json),
+            to_sql(
+                &crate::value::from_json(&serde_json::json!([1])),
+                SqlType::Json
+            ),
             Ok(SqlValue::Text("[1]".into()))
         );
         assert_eq!(
-            to_sql(&serde_json::json!(null), SqlType::Json),
+            to_sql(
+                &crate::value::from_json(&serde_json::json!(null)),
+                SqlType::Json
+            ),
             Ok(SqlValue::Null)
         );
     }

@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use crate::error::ConfigError;
 use crate::record::Record;
 use crate::sources::BuildContext;
+use crate::value::Json;
 
 /// Writes records to standard output, one JSON value per line.
 #[derive(Debug, Clone, Default, serde::Deserialize, schemars::JsonSchema)]
@@ -55,9 +56,9 @@ impl weir::Sink<Record> for StdoutWriter {
         for r in &items {
             // Serializing a Value into memory cannot fail.
             let _ = if self.pretty {
-                serde_json::to_writer_pretty(&mut self.buf, &r.value)
+                serde_json::to_writer_pretty(&mut self.buf, &Json(&r.value))
             } else {
-                serde_json::to_writer(&mut self.buf, &r.value)
+                serde_json::to_writer(&mut self.buf, &Json(&r.value))
             };
             self.buf.push(b'\n');
         }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use crate::value::{self, Val as Value};
 
 use crate::error::ProcessError;
 use crate::record::Record;
@@ -131,11 +131,7 @@ impl Decoder {
         match raw {
             Raw::Line { pos, text } => {
                 let value = match self.format {
-                    Format::Lines => {
-                        let mut m = Map::with_capacity(1);
-                        m.insert("line".to_string(), Value::String(text.clone()));
-                        Value::Object(m)
-                    }
+                    Format::Lines => value::object([("line", value::string(text.as_str()))]),
                     Format::Jsonl | Format::Csv => parse_json(text)?,
                 };
                 Ok(Record::new(value, pos.clone()))
@@ -161,22 +157,22 @@ impl Decoder {
                 ),
             ));
         }
-        let mut m = Map::with_capacity(headers.len());
+        let mut m = value::Map::with_capacity_and_hasher(headers.len(), Default::default());
         for (name, field) in headers.iter().zip(fields) {
             let ty = self
                 .columns
                 .get(name)
                 .copied()
                 .unwrap_or(ColumnType::String);
-            m.insert(name.clone(), parse_field(name, field, ty)?);
+            m.insert(value::string(name.as_str()), parse_field(name, field, ty)?);
         }
-        Ok(Value::Object(m))
+        Ok(Value::obj(m))
     }
 }
 
 /// Parses one JSON value, with an error that says where in the line.
 fn parse_json(text: &str) -> Result<Value, ProcessError> {
-    serde_json::from_str(text).map_err(|e| {
+    value::parse(text.as_bytes()).map_err(|e| {
         let full = e.to_string();
         let suffix = format!(" at line {} column {}", e.line(), e.column());
         let what = full.strip_suffix(&suffix).unwrap_or(&full);
@@ -200,11 +196,14 @@ fn parse_field(name: &str, field: &str, ty: ColumnType) -> Result<Value, Process
     };
     let t = field.trim();
     Ok(match ty {
-        ColumnType::String => Value::String(field.to_string()),
-        ColumnType::Int => Value::from(t.parse::<i64>().map_err(|_| bad())?),
+        ColumnType::String => value::string(field),
+        ColumnType::Int => value::int(t.parse::<i64>().map_err(|_| bad())?),
         ColumnType::Float => {
             let f = t.parse::<f64>().map_err(|_| bad())?;
-            Value::Number(serde_json::Number::from_f64(f).ok_or_else(bad)?)
+            if !f.is_finite() {
+                return Err(bad());
+            }
+            value::float(f)
         }
         ColumnType::Bool => {
             if t.eq_ignore_ascii_case("true") {
@@ -245,7 +244,7 @@ mod tests {
             pos: pos(),
             text: r#"{"a":1}"#.into(),
         };
-        assert_eq!(d.decode(&ok).unwrap().value, serde_json::json!({"a": 1}));
+        assert_eq!(d.decode(&ok).unwrap().json(), serde_json::json!({"a": 1}));
     }
 
     #[test]
@@ -264,7 +263,7 @@ mod tests {
         };
         let r = d.decode(&row(["1", "2.5", "TRUE", ""])).unwrap();
         assert_eq!(
-            r.value,
+            r.json(),
             serde_json::json!({"n": 1, "x": 2.5, "b": true, "s": null})
         );
         let e = d.decode(&row(["1", "abc", "true", "s"])).unwrap_err();

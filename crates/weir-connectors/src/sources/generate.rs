@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+
+use crate::value::{self, Val};
 use serde_saphyr::Spanned;
 
 use crate::error::ConfigError;
@@ -242,7 +244,7 @@ enum Gen {
     Seq,
     Int(i64, i64),
     Float(f64, f64),
-    Choice(Vec<String>),
+    Choice(Vec<Val>),
 }
 
 impl Gen {
@@ -277,7 +279,7 @@ impl Gen {
                 Ok(Gen::Float(a, b))
             }
             "choice" => {
-                let options: Vec<String> = arg.split('|').map(str::to_string).collect();
+                let options: Vec<Val> = arg.split('|').map(value::string).collect();
                 if arg.is_empty() {
                     return Err("choice needs options, like choice:a|b".into());
                 }
@@ -289,21 +291,22 @@ impl Gen {
         }
     }
 
-    fn value(&self, seq: u64, rng: &mut SplitMix64) -> Value {
+    fn value(&self, seq: u64, rng: &mut SplitMix64) -> Val {
         match self {
-            Gen::Seq => Value::from(seq),
+            Gen::Seq => Val::Num(value::Num::from_integral(seq)),
             Gen::Int(a, b) => {
                 let span = b.wrapping_sub(*a) as u64;
-                Value::from(a.wrapping_add((rng.next() % span) as i64))
+                value::int(a.wrapping_add((rng.next() % span) as i64))
             }
             Gen::Float(a, b) => {
                 let x = a + rng.next_unit() * (b - a);
                 // Finite by construction; fall back to `a` if rounding says not.
-                serde_json::Number::from_f64(x.min(*b)).map_or(Value::from(*a), Value::Number)
+                let x = x.min(*b);
+                value::float(if x.is_finite() { x } else { *a })
             }
             Gen::Choice(opts) => {
                 let i = (rng.next() % opts.len() as u64) as usize;
-                Value::String(opts[i].clone())
+                opts[i].clone()
             }
         }
     }
@@ -320,11 +323,11 @@ enum Part {
 /// placeholders are split once.
 #[derive(Debug, Clone)]
 enum Template {
-    Const(Value),
+    Const(Val),
     Whole(Gen),
     Text(Vec<Part>),
     Array(Vec<Template>),
-    Object(Vec<(String, Template)>),
+    Object(Vec<(Val, Template)>),
 }
 
 impl Template {
@@ -338,8 +341,8 @@ impl Template {
                 let parts = split_placeholders(s)
                     .map_err(|e| ConfigError::new(format!("generate source: {at}: '{s}': {e}")))?;
                 match parts.as_slice() {
-                    [] => Template::Const(Value::String(String::new())),
-                    [Part::Text(t)] => Template::Const(Value::String(t.clone())),
+                    [] => Template::Const(value::string("")),
+                    [Part::Text(t)] => Template::Const(value::string(t.as_str())),
                     [Part::Gen(g)] => Template::Whole(g.clone()),
                     _ => Template::Text(parts),
                 }
@@ -354,15 +357,18 @@ impl Template {
             Value::Object(m) => Template::Object(
                 m.iter()
                     .map(|(k, x)| {
-                        Ok((k.clone(), Template::compile_value(x, &format!("{at}.{k}"))?))
+                        Ok((
+                            value::string(k.as_str()),
+                            Template::compile_value(x, &format!("{at}.{k}"))?,
+                        ))
                     })
                     .collect::<Result<_, ConfigError>>()?,
             ),
-            other => Template::Const(other.clone()),
+            other => Template::Const(value::from_json(other)),
         })
     }
 
-    fn render(&self, seq: u64, rng: &mut SplitMix64) -> Value {
+    fn render(&self, seq: u64, rng: &mut SplitMix64) -> Val {
         match self {
             Template::Const(v) => v.clone(),
             Template::Whole(g) => g.value(seq, rng),
@@ -371,18 +377,25 @@ impl Template {
                 for p in parts {
                     match p {
                         Part::Text(t) => s.push_str(t),
-                        Part::Gen(g) => match g.value(seq, rng) {
-                            Value::String(t) => s.push_str(&t),
-                            other => s.push_str(&other.to_string()),
-                        },
+                        Part::Gen(g) => {
+                            let v = g.value(seq, rng);
+                            match value::as_str(&v) {
+                                Some(t) => s.push_str(t),
+                                None => s.push_str(&value::to_text(&v)),
+                            }
+                        }
                     }
                 }
-                Value::String(s)
+                value::string(s)
             }
-            Template::Array(items) => {
-                Value::Array(items.iter().map(|t| t.render(seq, rng)).collect())
-            }
-            Template::Object(fields) => Value::Object(
+            Template::Array(items) => Val::Arr(
+                items
+                    .iter()
+                    .map(|t| t.render(seq, rng))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+            Template::Object(fields) => Val::obj(
                 fields
                     .iter()
                     .map(|(k, t)| (k.clone(), t.render(seq, rng)))
@@ -436,7 +449,7 @@ mod tests {
         let t = Template::compile(&cfg.template.as_ref().unwrap().value).unwrap();
         let mut rng = SplitMix64::new(7);
         for i in 0..200 {
-            let v = t.render(i, &mut rng);
+            let v = value::to_json(&t.render(i, &mut rng));
             assert_eq!(v["id"], Value::from(i));
             let user = v["user"].as_str().unwrap();
             let n: i64 = user.strip_prefix('u').unwrap().parse().unwrap();

@@ -69,7 +69,7 @@ async fn drain(job: &Job, inbox: &str, want: usize) -> (Vec<Record>, Vec<String>
 fn assert_each_once(records: &[Record], want: std::ops::Range<i64>) {
     let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
     for r in records {
-        *counts.entry(n_of(&r.value)).or_default() += 1;
+        *counts.entry(n_of(&r.json())).or_default() += 1;
     }
     let expected: BTreeMap<i64, usize> = want.map(|n| (n, 1)).collect();
     assert_eq!(counts, expected, "each record exactly once");

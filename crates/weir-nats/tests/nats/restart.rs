@@ -97,7 +97,7 @@ async fn publishing_across_a_broker_restart_stores_each_message_once() {
         while let Some(m) = batch.next().await {
             let m = m.unwrap();
             for r in codec::decode(&m.payload).unwrap() {
-                seen[n_of(&r.value) as usize] += 1;
+                seen[n_of(&r.json()) as usize] += 1;
             }
             m.ack().await.unwrap();
             got += 1;

@@ -22,8 +22,8 @@ use crate::nats::util::{
 
 /// `{"n": i, "pad": "xxx…"}` of about `bytes` bytes, at `numbers#(i+1)`.
 fn padded(i: i64, bytes: usize) -> Record {
-    Record::new(
-        json!({ "n": i, "pad": "x".repeat(bytes) }),
+    Record::from_json(
+        &json!({ "n": i, "pad": "x".repeat(bytes) }),
         Arc::new(Position {
             input: Arc::from("numbers"),
             file: None,
@@ -119,11 +119,13 @@ async fn a_worker_splits_grown_outputs_and_dead_letters_one_too_large() {
             name: "double".to_string(),
             ports: vec![vec!["out".to_string()]],
             process: Arc::new(|r: &Record| {
-                let n = n_of(&r.value);
+                let n = n_of(&r.json());
                 let pad = if n == 777 { 3 << 20 } else { 8 * 1024 };
                 Ok(vec![(
                     0,
-                    r.derive(json!({ "n": n * 2, "pad": "y".repeat(pad) })),
+                    r.derive(weir_connectors::value::from_json(
+                        &json!({ "n": n * 2, "pad": "y".repeat(pad) }),
+                    )),
                 )])
             }),
             retry_errors: false,

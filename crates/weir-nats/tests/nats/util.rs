@@ -92,8 +92,8 @@ pub async fn double_job(broker: Broker, name: &str, settings: EdgeSettings) -> J
 
 /// Record `{"n": i}` read at `numbers#(i+1)`.
 pub fn record(i: i64) -> Record {
-    Record::new(
-        json!({ "n": i }),
+    Record::from_json(
+        &json!({ "n": i }),
         Arc::new(Position {
             input: Arc::from("numbers"),
             file: None,
@@ -144,9 +144,12 @@ pub fn doubler(
         name: "double".to_string(),
         ports: vec![vec!["out".to_string()]],
         process: Arc::new(move |r: &Record| {
-            let n = n_of(&r.value);
+            let n = n_of(&r.json());
             fail(n)?;
-            Ok(vec![(0, r.derive(json!({ "n": n * 2 })))])
+            Ok(vec![(
+                0,
+                r.derive(weir_connectors::value::from_json(&json!({ "n": n * 2 }))),
+            )])
         }),
         retry_errors,
     }
@@ -176,7 +179,7 @@ impl Collected {
     pub fn counts(&self) -> BTreeMap<i64, usize> {
         let mut m = BTreeMap::new();
         for r in &self.records {
-            *m.entry(n_of(&r.value)).or_default() += 1;
+            *m.entry(n_of(&r.json())).or_default() += 1;
         }
         m
     }

@@ -60,7 +60,7 @@ async fn one_worker_doubles_every_record_exactly_once() {
         let r = got
             .records
             .iter()
-            .find(|r| r.value["n"] == 2 * 4321)
+            .find(|r| r.json()["n"] == 2 * 4321)
             .unwrap();
         assert_eq!(r.pos.to_string(), "numbers#4322");
 
