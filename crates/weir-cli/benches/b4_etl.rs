@@ -7,6 +7,8 @@
 //! null) or `negative_amount` (amount < 0), checked in that order; valid
 //! events get `kind` lowercased and `cents = round(amount * 100)` (f64,
 //! half away from zero), and are aggregated per user (count, integer cents).
+//! The rules in full are in `b4/rules.rs`; the YAML variant applies the
+//! same ones (test `b4_rules_agree`).
 //!
 //! Variants, each run in a child process so that its peak RSS is its own:
 //!
@@ -29,7 +31,6 @@
 //! (`B4_ROUNDS=n` sets the number of 1M rounds, default 3; 5M runs once.)
 #![allow(clippy::print_stdout, missing_docs)]
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -38,9 +39,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use weir::{DeadLetter, ErrorPolicy, Pipeline, Window, fold, from_try_iter};
+
+#[path = "b4/rules.rs"]
+mod rules;
+use rules::{Clean, Reject, decode};
 
 const SEED: u64 = 42;
 const USERS: u64 = 10_000;
@@ -104,73 +108,6 @@ const SIZES: [Size; 2] = [
 ];
 
 // ---------------------------------------------------------------- the job
-
-/// An input line as serde sees it: every field optional, so that "absent or
-/// null" is `None` and anything else that does not fit is a parse error.
-/// Unknown fields (`tags`) are skipped without being built.
-#[derive(Deserialize)]
-struct Event<'a> {
-    id: Option<u64>,
-    #[serde(borrow)]
-    user: Option<Cow<'a, str>>,
-    ts: Option<u64>,
-    #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
-    amount: Option<f64>,
-}
-
-/// A valid, transformed event.
-#[allow(dead_code)] // id, ts and kind are carried, not aggregated.
-struct Clean {
-    id: u64,
-    /// Shared, so that the aggregate's key clones are reference counts,
-    /// not allocations.
-    user: Arc<str>,
-    ts: u64,
-    kind: String,
-    cents: i64,
-}
-
-/// Why a line is rejected; the `Display` text is the dead-letter reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reject {
-    ParseError,
-    MissingField,
-    NegativeAmount,
-}
-
-impl std::fmt::Display for Reject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Reject::ParseError => "parse_error",
-            Reject::MissingField => "missing_field",
-            Reject::NegativeAmount => "negative_amount",
-        })
-    }
-}
-
-impl std::error::Error for Reject {}
-
-/// Parse, check (in the spec's order), transform.
-fn decode(line: &str) -> Result<Clean, Reject> {
-    let e: Event<'_> = serde_json::from_str(line).map_err(|_| Reject::ParseError)?;
-    let (Some(id), Some(user), Some(ts), Some(kind), Some(amount)) =
-        (e.id, e.user, e.ts, e.kind, e.amount)
-    else {
-        return Err(Reject::MissingField);
-    };
-    if amount < 0.0 {
-        return Err(Reject::NegativeAmount);
-    }
-    Ok(Clean {
-        id,
-        user: Arc::from(user.as_ref()),
-        ts,
-        kind: kind.to_ascii_lowercase(),
-        // f64::round rounds half away from zero.
-        cents: (amount * 100.0).round() as i64,
-    })
-}
 
 /// What a run counted; compared with [`Expect`].
 #[derive(Debug, Default, Clone, Copy)]
@@ -418,7 +355,7 @@ fn run_yaml(dir: &Path) -> Run {
             .expect("dead_lettered")
     };
     let mut c = Counts {
-        parse_error: stage_dl("events/decode"),
+        parse_error: stage_dl("events/decode") + stage_dl("shape"),
         missing_field: stage_dl("has-fields"),
         negative_amount: stage_dl("non-negative"),
         ..Counts::default()

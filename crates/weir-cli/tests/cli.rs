@@ -2,6 +2,7 @@
 //! and its inputs into a temporary directory, runs `weir` there (bounded in
 //! time) and checks what it printed, its exit code and the files it wrote.
 //!
+//! * [`b4`]: B4's typed rules and `examples/pipelines/b4.yaml` agree;
 //! * [`check`]: `weir check` diagnostics, pinned to the exact text;
 //! * [`run`]: every component in a real run, outputs and report counts;
 //! * [`dead_letter`]: what reaches the dead-letter file, and its count;
@@ -17,6 +18,11 @@
 #[path = "cli/util.rs"]
 mod util;
 
+#[path = "../benches/b4/rules.rs"]
+mod b4_rules;
+
+#[path = "cli/b4.rs"]
+mod b4;
 #[path = "cli/check.rs"]
 mod check;
 #[path = "cli/commands.rs"]
