@@ -25,7 +25,7 @@ pub const MAX_LISTED_ERRORS: usize = 20;
 /// validation).
 ///
 /// Give exactly one of `schema` (a file) and `inline`. An invalid record is
-/// rejected with reason `schema`; the detail lists every violation (up to
+/// rejected with reason `schema` (or the `reason` given); the detail lists every violation (up to
 /// 20) as `<instance path>: <message>`, joined by `; `. References (`$ref`)
 /// may point inside the schema only: remote and file references are not
 /// fetched and fail at start-up.
@@ -42,6 +42,11 @@ pub struct ValidateConfig {
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub inline: Option<Spanned<Value>>,
+    /// The dead-letter reason of a record that does not match (default
+    /// `schema`), for example `parse_error` when the schema is the shape
+    /// the input must have to be read at all.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// A minimal `validate` configuration.
@@ -86,7 +91,15 @@ impl ValidateConfig {
             .should_validate_formats(true)
             .build(&schema)
             .map_err(|e| at(format!("does not compile: {e}")))?;
-        Ok(Validate { validator })
+        let reason = match self.reason.as_deref() {
+            None => "schema",
+            Some("") => return Err(ConfigError::new("validate: `reason` must not be empty")),
+            Some(r) => r,
+        };
+        Ok(Validate {
+            validator,
+            reason: reason.to_owned(),
+        })
     }
 }
 
@@ -121,6 +134,7 @@ fn load_schema(base_dir: &Path, path: &Spanned<String>) -> Result<Value, ConfigE
 /// The `validate` processor: see [`ValidateConfig`].
 pub struct Validate {
     validator: jsonschema::Validator,
+    reason: String,
 }
 
 impl std::fmt::Debug for Validate {
@@ -160,7 +174,7 @@ impl Processor for Validate {
         if more > 0 {
             detail.push_str(&format!("; and {more} more"));
         }
-        Err(ProcessError::new("schema", detail))
+        Err(ProcessError::new(self.reason.as_str(), detail))
     }
 }
 
@@ -178,6 +192,30 @@ mod tests {
             v.errors(&json!({"id": 1, "amount": -3})),
             vec!["/amount: -3 is less than the minimum of 0"]
         );
+    }
+
+    #[test]
+    fn reason_is_configurable() {
+        let pos = std::sync::Arc::new(crate::Position {
+            input: "in".into(),
+            file: None,
+            line: 1,
+        });
+        let bad = Record::from_json(&json!({"id": "x", "amount": 1}), pos);
+        let mut out = Vec::new();
+        let cfg: ValidateConfig = serde_saphyr::from_str(EXAMPLE).unwrap();
+        let e = cfg.build(&ProcessorContext::default()).unwrap();
+        assert_eq!(e.process(&bad, &mut out).unwrap_err().reason, "schema");
+        let cfg: ValidateConfig =
+            serde_saphyr::from_str(&format!("{EXAMPLE}reason: parse_error\n")).unwrap();
+        let e = cfg.build(&ProcessorContext::default()).unwrap();
+        let err = e.process(&bad, &mut out).unwrap_err();
+        assert_eq!(err.reason, "parse_error");
+        assert!(err.detail.contains("/id"), "{}", err.detail);
+        assert!(out.is_empty());
+        let cfg: ValidateConfig =
+            serde_saphyr::from_str(&format!("{EXAMPLE}reason: ''\n")).unwrap();
+        assert!(cfg.build(&ProcessorContext::default()).is_err());
     }
 
     #[test]
