@@ -362,36 +362,14 @@ fn range<'a>(from: Val, to: Val, by: Val) -> impl Iterator<Item = jaq_core::ValX
 pub struct JqProgram {
     filter: jaq_core::Filter<Guarded>,
     source: String,
-    /// When the program is a plain path (`.`, `.a`, `.a.b`): its fields.
-    /// Such a program is evaluated directly on the JSON value, skipping the
-    /// conversion to jaq's value type that costs about 1 µs per record.
-    path: Option<Vec<String>>,
+    /// The program compiled for direct evaluation, when it is in the
+    /// subset of [`jq_fast`](super::jq_fast) (not with `env`): tried first,
+    /// jaq runs it when it declines.
+    fast: Option<super::jq_fast::Fast>,
     /// The readable environment: the listed variables that are set.
     env: Val,
     /// Whether `$ENV` is bound (only when variables are listed).
     env_var: bool,
-}
-
-/// The fields of a program that is a plain path: `.` or `.a`, `.a.b`, ...
-/// with identifier-like names. Anything else (`.a?`, `.[0]`, `..`,
-/// whitespace) is left to jaq.
-fn simple_path(code: &str) -> Option<Vec<String>> {
-    let code = code.trim();
-    if code == "." {
-        return Some(Vec::new());
-    }
-    let mut fields = Vec::new();
-    for part in code.strip_prefix('.')?.split('.') {
-        let mut chars = part.chars();
-        let first = chars.next()?;
-        if !(first.is_ascii_alphabetic() || first == '_')
-            || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return None;
-        }
-        fields.push(part.to_string());
-    }
-    Some(fields)
 }
 
 impl fmt::Debug for JqProgram {
@@ -483,7 +461,11 @@ impl JqProgram {
         Ok(JqProgram {
             filter,
             source: code.to_owned(),
-            path: simple_path(code),
+            fast: if allowed {
+                None
+            } else {
+                super::jq_fast::Fast::compile(code)
+            },
             env,
             env_var: allowed,
         })
@@ -523,24 +505,16 @@ impl JqProgram {
         self.run_in(&default_budget(), input.clone())
     }
 
-    /// The output of a plain-path program, computed directly on the
-    /// record; `None` when the program is not a plain path, or when jq
-    /// would raise an error (indexing a non-object), which jaq then reports
-    /// itself.
+    /// The output of the direct evaluation; `None` when the program is not
+    /// in its subset or it declines this input (an error, no output),
+    /// which jaq then evaluates itself.
     pub(crate) fn fast(&self, input: &Value) -> Option<Value> {
-        let path = self.path.as_ref()?;
-        let mut cur = input;
-        for field in path {
-            match cur {
-                Value::Obj(_) => match value::get(cur, field) {
-                    Some(v) => cur = v,
-                    None => return Some(Value::Null),
-                },
-                Value::Null => return Some(Value::Null),
-                _ => return None,
-            }
-        }
-        Some(cur.clone())
+        self.fast.as_ref()?.eval(input)
+    }
+
+    /// [`fast`](Self::fast) for a truth value only.
+    fn fast_truthy(&self, input: &Value) -> Option<bool> {
+        self.fast.as_ref()?.eval_truthy(input)
     }
 
     /// Runs the program on `input` under the default [`Limits`] and
@@ -563,8 +537,8 @@ impl JqProgram {
     /// jq's runtime error, if it comes before the first output, or the
     /// limit the evaluation went over.
     pub fn first_truthy(&self, input: &Value) -> Result<bool, JqError> {
-        if let Some(v) = self.fast(input) {
-            return Ok(truthy_json(&v));
+        if let Some(t) = self.fast_truthy(input) {
+            return Ok(t);
         }
         self.first_truthy_in(&default_budget(), input.clone())
     }
@@ -576,8 +550,8 @@ impl JqProgram {
         record: &Record,
         budget: &mut RecordBudget<'_>,
     ) -> Result<bool, JqError> {
-        if let Some(v) = self.fast(&record.value) {
-            return Ok(truthy_json(&v));
+        if let Some(t) = self.fast_truthy(&record.value) {
+            return Ok(t);
         }
         let (budget, input) = budget.get();
         self.first_truthy_in(budget, input)
@@ -724,10 +698,6 @@ fn json_nesting_exceeds(json: &[u8], max: usize) -> bool {
     false
 }
 
-fn truthy_json(v: &Value) -> bool {
-    value::truthy(v)
-}
-
 /// The budget of an evaluation that is not of a record (no stage, no
 /// position): the default limits.
 fn default_budget() -> Budget {
@@ -872,7 +842,90 @@ pub const MAX_OUTPUT_DEPTH: usize = value::MAX_DEPTH;
 #[cfg(test)]
 mod fast_path_tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// What jaq alone gives, as text (`Val`'s `==` says `1 == 1.0`).
+    fn jaq_only(p: &JqProgram, input: &Value) -> Result<Vec<String>, String> {
+        p.run_in(&default_budget(), input.clone())
+            .map(|vs| vs.iter().map(value::to_text).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    /// What a stage gives: the direct evaluation first, jaq when it
+    /// declines.
+    fn staged(p: &JqProgram, input: &Value) -> Result<Vec<String>, String> {
+        p.run(input)
+            .map(|vs| vs.iter().map(value::to_text).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    fn agree(code: &str, input: &Value) -> Result<(), TestCaseError> {
+        let Ok(p) = JqProgram::compile(code) else {
+            return Ok(());
+        };
+        let slow = jaq_only(&p, input);
+        if let Some(v) = p.fast(input) {
+            prop_assert_eq!(
+                &slow,
+                &Ok(vec![value::to_text(&v)]),
+                "{} on {}: direct evaluation",
+                code,
+                value::to_text(input)
+            );
+        }
+        if let Some(t) = p.fast_truthy(input) {
+            // A filter's truth is of jaq's raw first output (`1 / 0` is
+            // infinite, so true, though it is written `null`).
+            let jaq_truth = p.first_truthy_in(&default_budget(), input.clone());
+            prop_assert_eq!(Ok(t), jaq_truth, "{} truth", code);
+        }
+        prop_assert_eq!(
+            staged(&p, input),
+            slow,
+            "{} on {}",
+            code,
+            value::to_text(input)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn programs_pipelines_use_are_evaluated_directly() {
+        for code in [
+            ".",
+            ".a.b",
+            "._x1",
+            ".a?",
+            ".a | .b",
+            ".id and .user and .ts and .kind and .amount",
+            ".amount >= 0",
+            "{user, kind: (.kind | ascii_downcase), cents: (.amount * 100 | round)}",
+            "type == \"object\"",
+            "(.tier // \"standard\") | ascii_upcase",
+            "if .n > 1 then \"big\" elif .n == 1 then \"one\" else null end",
+            "[.a, .b, {c: -.n}] | length",
+            ".x.y != null or (.z | not)",
+        ] {
+            let p = JqProgram::compile(code).unwrap();
+            assert!(p.fast.is_some(), "{code} should be evaluated directly");
+        }
+        for code in [
+            ".[0]",
+            "..",
+            ".a[]",
+            "$__loc__",
+            "tostring",
+            "select(.a)",
+            "def f: 1; f",
+        ] {
+            if let Ok(p) = JqProgram::compile(code) {
+                assert!(p.fast.is_none(), "{code} is not in the subset");
+            }
+        }
+        let p = JqProgram::compile(".a").unwrap();
+        assert!(p.fast.as_ref().unwrap().is_plain_path());
+    }
 
     #[test]
     fn plain_paths_agree_with_jaq() {
@@ -899,27 +952,121 @@ mod fast_path_tests {
             ".missing",
             ".missing.x",
             "._x1",
+            ".a?",
+            ".a.b?",
+            ".a | .b",
+            ". a",
+            ".[\"a\"]",
         ] {
-            let p = JqProgram::compile(code).unwrap();
-            assert!(p.path.is_some(), "{code} should take the fast path");
             for input in &inputs {
-                let input = &value::from_json(input);
-                let slow = p.run_in(&default_budget(), input.clone());
-                match p.fast(input) {
-                    Some(v) => assert_eq!(Ok(vec![v]), slow, "{code} on {input}"),
-                    None => assert!(
-                        slow.is_err(),
-                        "{code} on {input}: fast path declined but jq succeeded"
-                    ),
-                }
+                agree(code, &value::from_json(input)).unwrap();
             }
         }
-        for code in [
-            ".a?", ".[0]", "..", ".a | .b", ". a", ".a.b?", "$__loc__", ".a[]",
-        ] {
-            if let Ok(p) = JqProgram::compile(code) {
-                assert!(p.path.is_none(), "{code} must not take the fast path");
-            }
+    }
+
+    /// Random records: objects over a few keys, so that paths hit.
+    fn record() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+            (-5i64..5).prop_map(|i| json!(i)),
+            any::<i64>().prop_map(|i| json!(i)),
+            prop_oneof![Just(0.5f64), Just(-2.5), Just(1e300), Just(3.0), Just(-0.0)]
+                .prop_map(|f| json!(f)),
+            "[a-cA-C é]{0,4}".prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(3, 20, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::Array),
+                prop::collection::vec(("[abcn]", inner), 0..4)
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Random programs from the subset's grammar, with some constructs
+    /// outside it mixed in (they must fall back to jaq).
+    fn program() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just(".".to_string()),
+            Just(".a".to_string()),
+            Just(".b".to_string()),
+            Just(".n".to_string()),
+            Just(".a.b".to_string()),
+            Just(".c?".to_string()),
+            Just("1".to_string()),
+            Just("-2".to_string()),
+            Just("1.5".to_string()),
+            Just("100".to_string()),
+            Just("0".to_string()),
+            Just("\"x\"".to_string()),
+            Just("\"A b\"".to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just(".[0]".to_string()),
+            Just("empty".to_string()),
+        ];
+        leaf.prop_recursive(4, 24, 3, |inner| {
+            let bin = |op: &'static str| {
+                (inner.clone(), inner.clone()).prop_map(move |(l, r)| format!("({l}) {op} ({r})"))
+            };
+            let call = |f: &'static str| inner.clone().prop_map(move |x| format!("({x}) | {f}"));
+            prop_oneof![
+                bin("=="),
+                bin("!="),
+                bin("<"),
+                bin("<="),
+                bin(">"),
+                bin(">="),
+                bin("and"),
+                bin("or"),
+                bin("//"),
+                bin("+"),
+                bin("-"),
+                bin("*"),
+                bin("/"),
+                bin("%"),
+                bin("|"),
+                inner.clone().prop_map(|x| format!("-({x})")),
+                call("not"),
+                call("type"),
+                call("length"),
+                call("ascii_downcase"),
+                call("ascii_upcase"),
+                call("floor"),
+                call("round"),
+                call("ceil"),
+                call("tostring"),
+                (inner.clone(), inner.clone(), inner.clone())
+                    .prop_map(|(c, t, e)| format!("if {c} then {t} else {e} end")),
+                (inner.clone(), inner.clone()).prop_map(|(c, t)| format!("if {c} then {t} end")),
+                (inner.clone(), inner.clone(), inner.clone(), inner.clone()).prop_map(
+                    |(c, t, d, e)| format!("if {c} then {t} elif {d} then ({t}) else {e} end")
+                ),
+                (inner.clone(), inner.clone())
+                    .prop_map(|(x, y)| format!("{{a: ({x}), b: ({y}), a: 1}}")),
+                inner
+                    .clone()
+                    .prop_map(|x| format!("{{a, (\"k\"): ({x}), n}}")),
+                inner.clone().prop_map(|x| format!("{{(({x}) | type): 1}}")),
+                (inner.clone(), inner.clone()).prop_map(|(x, y)| format!("[({x}), ({y})]")),
+                inner.clone().prop_map(|x| format!("({x}).a")),
+                inner.clone().prop_map(|x| format!("({x}) | .[]")),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// A stage's output, errors included, is jaq's, whether the direct
+        /// evaluation or jaq computed it.
+        #[test]
+        fn fast_evaluation_agrees_with_jaq(code in program(), input in record()) {
+            agree(&code, &value::from_json(&input))?;
         }
     }
 }

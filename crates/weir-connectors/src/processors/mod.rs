@@ -14,6 +14,7 @@ pub mod batch;
 pub mod dedupe;
 pub mod filter;
 pub mod jq;
+mod jq_fast;
 pub mod switch;
 pub mod validate;
 

@@ -46,7 +46,8 @@ pub struct ValidateConfig {
     /// `schema`), for example `parse_error` when the schema is the shape
     /// the input must have to be read at all.
     #[serde(default)]
-    pub reason: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub reason: Option<Spanned<String>>,
 }
 
 /// A minimal `validate` configuration.
@@ -91,10 +92,12 @@ impl ValidateConfig {
             .should_validate_formats(true)
             .build(&schema)
             .map_err(|e| at(format!("does not compile: {e}")))?;
-        let reason = match self.reason.as_deref() {
+        let reason = match &self.reason {
             None => "schema",
-            Some("") => return Err(ConfigError::new("validate: `reason` must not be empty")),
-            Some(r) => r,
+            Some(r) if r.value.trim().is_empty() => {
+                return Err(ConfigError::at("`reason` must not be empty", r));
+            }
+            Some(r) => r.value.as_str(),
         };
         Ok(Validate {
             validator,
@@ -214,7 +217,7 @@ mod tests {
         assert!(err.detail.contains("/id"), "{}", err.detail);
         assert!(out.is_empty());
         let cfg: ValidateConfig =
-            serde_saphyr::from_str(&format!("{EXAMPLE}reason: ''\n")).unwrap();
+            serde_saphyr::from_str(&format!("{EXAMPLE}reason: ' '\n")).unwrap();
         assert!(cfg.build(&ProcessorContext::default()).is_err());
     }
 
