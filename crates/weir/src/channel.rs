@@ -99,8 +99,10 @@ pub(crate) trait Downstream<T>: Send {
     fn finish(&mut self) -> BoxFuture<'_, Result<(), Halt>>;
 }
 
-/// Where a fused consumer leaves itself for its producer to pick up.
-pub(crate) type DirectCell<T> = Arc<Mutex<Option<Box<dyn Downstream<T>>>>>;
+/// Where a fused consumer leaves itself for its producer to pick up: one
+/// instance per producer worker (each worker of a fused pool runs its own
+/// copy of the chain).
+pub(crate) type DirectCell<T> = Arc<Mutex<Vec<Box<dyn Downstream<T>>>>>;
 
 /// The consuming end of an edge as a stage sees it when it is built.
 pub(crate) struct Input<T> {
@@ -109,9 +111,13 @@ pub(crate) struct Input<T> {
 }
 
 impl<T> Input<T> {
-    /// Offers this stage to its producer as a fused consumer.
+    /// Offers one instance of this stage to its producer as a fused
+    /// consumer; the producer's workers take one each.
     pub fn fuse(&self, d: Box<dyn Downstream<T>>) {
-        *self.direct.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+        self.direct
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(d);
     }
 }
 
@@ -153,9 +159,9 @@ pub(crate) fn check<T>(slot: &Slot<T>, what: &str) -> Result<(), String> {
     walk(slot, what, &mut Vec::new(), false).map(|_| ())
 }
 
-/// Resolves a slot into a port for one worker. A fused consumer goes to the
-/// first worker that resolves it (fusion only happens for one-worker
-/// producers).
+/// Resolves a slot into a port for one worker. Each worker takes one
+/// instance of a fused consumer (a fused consumer offers as many as its
+/// producer has workers).
 pub(crate) fn resolve<T>(slot: &Slot<T>, what: &str) -> Result<Port<T>, String> {
     let mut leaves = Vec::new();
     let router = walk(slot, what, &mut leaves, true)?;
@@ -184,7 +190,7 @@ fn walk<T>(
         }
         Some(PortSpec::Chan(tx, direct)) => {
             let fused = if take {
-                direct.lock().unwrap_or_else(|p| p.into_inner()).take()
+                direct.lock().unwrap_or_else(|p| p.into_inner()).pop()
             } else {
                 None
             };

@@ -388,7 +388,7 @@ impl<T: Send + 'static> Flow<T> {
 
     /// Connects this flow to a new edge (or hands over its existing one).
     pub(crate) fn connect(self, g: &mut Graph) -> Input<T> {
-        let direct: DirectCell<T> = Arc::new(Mutex::new(None));
+        let direct: DirectCell<T> = Arc::new(Mutex::new(Vec::new()));
         match self.head {
             Head::Rx(rx) => Input { rx, direct },
             Head::Slots(slots) => {
@@ -594,7 +594,7 @@ pub(crate) fn dead_letter_spawn<S: Sink<DeadLetter>>(
 ) -> SpawnFn {
     let input = Input {
         rx,
-        direct: Arc::new(Mutex::new(None)),
+        direct: Arc::new(Mutex::new(Vec::new())),
     };
     sink_spawn(input, sink, result)
 }
@@ -636,7 +636,15 @@ fn spawn_item_pool<I: Send + 'static, O: Send + 'static>(
     };
     let opts = &ctx.options;
     if ctx.fused {
-        input.fuse(Box::new(SyncStage::new(op, emitter()?, ctx.clone())));
+        // One instance per worker of the host pool (the same count: see
+        // `runtime::fusion`).
+        for _ in 0..opts.workers {
+            input.fuse(Box::new(SyncStage::new(
+                op.clone(),
+                emitter()?,
+                ctx.clone(),
+            )));
+        }
     } else if opts.ordered && opts.workers > 1 {
         let window = opts.reorder_window();
         let seq = Arc::new(Sequencer {

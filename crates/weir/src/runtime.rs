@@ -189,20 +189,36 @@ pub(crate) async fn run(graph: SharedGraph) -> Result<Report, RunError> {
 /// Decides which stages run fused into their producer's worker; returns,
 /// per stage, the stage whose worker hosts it.
 ///
-/// A stage is fused when it is a one-worker sync stage or a sink, fed
-/// through a private edge by a one-worker producer that runs on a thread of
-/// its own (an iterator source or a sync stage). Handing a batch over is then
-/// a call instead of a wake-up on another thread. Giving the stage
-/// `workers(n)`, or its input a `buffer(n)`, keeps it separate.
+/// A stage is fused when it is fed through a private edge (one producer,
+/// no fan-in, no `buffer(n)`) and
+///
+/// * it is a one-worker sync stage or a sink, and its producer a one-worker
+///   stage on a thread of its own (an iterator source or a sync stage); or
+/// * it is an unordered sync pool of `n` workers and so is its producer:
+///   each of the producer's workers then runs its own copy of the stage,
+///   so a chain of per-item stages with the same worker count is one pool
+///   of `n` workers, batch by batch, with no channel between them.
+///
+/// Handing a batch over is then a call instead of a wake-up on another
+/// thread. A different worker count, `ordered()` on a pool, or a
+/// `buffer(n)` keeps the stage separate. Every instance a fused stage
+/// offers is taken by one producer worker, which is why the counts must be
+/// equal.
 fn fusion(nodes: &[crate::pipeline::Node]) -> Vec<Option<usize>> {
     let mut host: Vec<Option<usize>> = vec![None; nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
         let Some(from) = n.fuse_from else { continue };
         let p = &nodes[from];
-        let producer_ok = matches!(p.role, Role::Source { blocking: true } | Role::SyncOp)
-            && p.options.workers == 1;
-        let consumer_ok = matches!(n.role, Role::SyncOp | Role::Sink) && n.options.workers == 1;
-        if producer_ok && consumer_ok {
+        let single = matches!(p.role, Role::Source { blocking: true } | Role::SyncOp)
+            && p.options.workers == 1
+            && matches!(n.role, Role::SyncOp | Role::Sink)
+            && n.options.workers == 1;
+        let pool = p.role == Role::SyncOp
+            && n.role == Role::SyncOp
+            && p.options.workers == n.options.workers
+            && !p.options.ordered
+            && !n.options.ordered;
+        if single || pool {
             host[i] = Some(host[from].unwrap_or(from));
         }
     }

@@ -178,13 +178,15 @@ enum Mode {
     Ordered(usize),
     /// A sync pool, unordered (may reorder, must not lose or duplicate).
     Unordered(usize),
+    /// An unordered sync pool fused into another pool of as many workers.
+    FusedPool(usize),
     /// An async pool, `ordered()`.
     AsyncOrdered(usize),
 }
 
 impl Mode {
     fn keeps_order(self) -> bool {
-        !matches!(self, Mode::Unordered(_))
+        !matches!(self, Mode::Unordered(_) | Mode::FusedPool(_))
     }
 }
 
@@ -205,6 +207,7 @@ fn faults() -> impl Strategy<Value = Faults> {
         Just(Mode::Queued),
         (2usize..5).prop_map(Mode::Ordered),
         (2usize..5).prop_map(Mode::Unordered),
+        (2usize..5).prop_map(Mode::FusedPool),
         (1usize..20).prop_map(Mode::AsyncOrdered),
     ];
     (
@@ -261,6 +264,12 @@ proptest! {
                     Mode::Queued => src.buffer(2).try_map("flaky", attempt).on_error(policy),
                     Mode::Ordered(w) => src.try_map("flaky", attempt).workers(w).ordered().on_error(policy),
                     Mode::Unordered(w) => src.try_map("flaky", attempt).workers(w).on_error(policy),
+                    Mode::FusedPool(w) => src
+                        .map("host", |x| x)
+                        .workers(w)
+                        .try_map("flaky", attempt)
+                        .workers(w)
+                        .on_error(policy),
                     Mode::AsyncOrdered(w) => {
                         let attempt = Arc::new(attempt);
                         src.try_map_async("flaky", move |x: u64| {
@@ -282,6 +291,9 @@ proptest! {
                     .collect();
                 dead.sort_unstable();
                 let s = report.stage("flaky").unwrap();
+                if let Mode::FusedPool(_) = f.mode {
+                    assert_eq!(s.runs_in.as_deref(), Some("host"));
+                }
                 (out.take().unwrap(), dead, (s.ok, s.dead_lettered))
             }
         });
