@@ -6,6 +6,7 @@
 //! weir list [KIND]                         every component
 //! weir explain COMPONENT                   a component's options and example
 //! weir gen events --seed 42 --lines N      benchmark data (B4)
+//! weir gen orders --scale 20 -o DIR        the main job's data, scaled (B6)
 //!
 //! weir run PIPELINE.yaml --broker nats://HOST:PORT    coordinate a distributed job
 //! weir worker PIPELINE.yaml --broker nats://HOST:PORT join its worker pools
@@ -145,6 +146,19 @@ enum Gen {
         /// Output file (default: stdout).
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// The main job's three input files (examples/pipelines/data), N times
+    /// larger, deterministic; prints what orders.yaml must make of them.
+    Orders {
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// How many times the bundled data's size (1 to 124: order ids
+        /// have six digits).
+        #[arg(long, default_value_t = 1)]
+        scale: u64,
+        /// The directory to write into.
+        #[arg(long, short)]
+        output: PathBuf,
     },
 }
 
@@ -427,6 +441,20 @@ fn gen_data(what: Gen) -> Result<()> {
                 }
             };
             eprintln!("{lines} lines, {bytes} bytes");
+            Ok(())
+        }
+        Gen::Orders {
+            seed,
+            scale,
+            output,
+        } => {
+            if !(1..=124).contains(&scale) {
+                anyhow::bail!("--scale must be 1 to 124 (order ids have six digits)");
+            }
+            let expected = weir_connectors::sources::orders::write_orders(seed, scale, &output)
+                .with_context(|| format!("cannot write into {}", output.display()))?;
+            let text = serde_json::to_string(&expected)?;
+            std::io::Write::write_all(&mut std::io::stdout(), format!("{text}\n").as_bytes())?;
             Ok(())
         }
     }

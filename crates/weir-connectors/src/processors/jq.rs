@@ -970,7 +970,12 @@ mod fast_path_tests {
             Just(json!(null)),
             any::<bool>().prop_map(|b| json!(b)),
             (-5i64..5).prop_map(|i| json!(i)),
-            any::<i64>().prop_map(|i| json!(i)),
+            // Not any i64: jaq repeats a string `n` times for `"s" * n` and
+            // an `n` near i64::MAX aborts the process on the allocation
+            // (a known hazard of hostile records, see the issue 9 notes).
+            // (i64::MIN neither: jaq's `length` negates it, which panics in
+            // a debug build.)
+            (-1_000_000i64..1_000_000).prop_map(|i| json!(i)),
             prop_oneof![Just(0.5f64), Just(-2.5), Just(1e300), Just(3.0), Just(-0.0)]
                 .prop_map(|f| json!(f)),
             "[a-cA-C é]{0,4}".prop_map(|s| json!(s)),
