@@ -906,6 +906,7 @@ mod fast_path_tests {
             "if .n > 1 then \"big\" elif .n == 1 then \"one\" else null end",
             "[.a, .b, {c: -.n}] | length",
             ".x.y != null or (.z | not)",
+            ".amount |= (if type == \"string\" then (gsub(\",\"; \".\") | tonumber) else . end)\n| .customer_id |= (if type == \"string\" then tonumber else . end)\n| .status |= (ascii_downcase | ltrimstr(\" \") | rtrimstr(\" \"))\n| .region = .order_id[0:2]\n| .item_count = (.items | map(.qty) | add)",
         ] {
             let p = JqProgram::compile(code).unwrap();
             assert!(p.fast.is_some(), "{code} should be evaluated directly");
@@ -964,6 +965,29 @@ mod fast_path_tests {
         }
     }
 
+    /// The main job's `clean` program on the bundled orders (messy amounts,
+    /// ids as text, padded statuses): evaluated directly, same as jaq.
+    #[test]
+    fn the_main_jobs_clean_program_agrees_on_its_data() {
+        let code =
+            ".amount |= (if type == \"string\" then (gsub(\",\"; \".\") | tonumber) else . end)
+            | .customer_id |= (if type == \"string\" then tonumber else . end)
+            | .status |= (ascii_downcase | ltrimstr(\" \") | rtrimstr(\" \"))
+            | .region = .order_id[0:2]
+            | .item_count = (.items | map(.qty) | add)";
+        let data = include_str!("../../../../examples/pipelines/data/orders-eu.jsonl");
+        let p = JqProgram::compile(code).unwrap();
+        let mut direct = 0;
+        for line in data.lines().take(3000) {
+            let Ok(v) = value::parse(line.as_bytes()) else {
+                continue;
+            };
+            agree(code, &v).unwrap();
+            direct += usize::from(p.fast(&v).is_some());
+        }
+        assert!(direct > 2900, "{direct} of 3000 evaluated directly");
+    }
+
     /// Random records: objects over a few keys, so that paths hit.
     fn record() -> impl Strategy<Value = serde_json::Value> {
         let leaf = prop_oneof![
@@ -978,7 +1002,16 @@ mod fast_path_tests {
             (-1_000_000i64..1_000_000).prop_map(|i| json!(i)),
             prop_oneof![Just(0.5f64), Just(-2.5), Just(1e300), Just(3.0), Just(-0.0)]
                 .prop_map(|f| json!(f)),
-            "[a-cA-C é]{0,4}".prop_map(|s| json!(s)),
+            "[a-cA-C é,0-9.]{0,4}".prop_map(|s| json!(s)),
+            prop_oneof![
+                Just("12"),
+                Just("1,5"),
+                Just(" 7"),
+                Just("-0.25"),
+                Just("1e2"),
+                Just("NaN")
+            ]
+            .prop_map(|s| json!(s)),
         ];
         leaf.prop_recursive(3, 20, 4, |inner| {
             prop_oneof![
@@ -1006,6 +1039,13 @@ mod fast_path_tests {
             Just("0".to_string()),
             Just("\"x\"".to_string()),
             Just("\"A b\"".to_string()),
+            Just("\" 12 \"".to_string()),
+            Just("\"1,5\"".to_string()),
+            Just("\"-3e2\"".to_string()),
+            Just("\"nan\"".to_string()),
+            Just("\"1 2\"".to_string()),
+            Just("[1, 2.5, 3]".to_string()),
+            Just("[\"a\", \"b\"]".to_string()),
             Just("null".to_string()),
             Just("true".to_string()),
             Just("false".to_string()),
@@ -1045,6 +1085,22 @@ mod fast_path_tests {
                 call("round"),
                 call("ceil"),
                 call("tostring"),
+                call("tonumber"),
+                call("add"),
+                call("ltrimstr(\"a\")"),
+                call("rtrimstr(\" \")"),
+                call("gsub(\"a\"; \"-\")"),
+                call("sub(\"b\"; \"\")"),
+                call("gsub(\"a.\"; \"x\")"),
+                call(".[1:]"),
+                call(".[0:2]"),
+                call(".[-1:]"),
+                inner.clone().prop_map(|x| format!("map({x})")),
+                inner.clone().prop_map(|x| format!(".a |= ({x})")),
+                inner.clone().prop_map(|x| format!(".a.b |= ({x})")),
+                inner.clone().prop_map(|x| format!(". |= ({x})")),
+                inner.clone().prop_map(|x| format!(".n = ({x})")),
+                inner.clone().prop_map(|x| format!(".a.c = ({x})")),
                 (inner.clone(), inner.clone(), inner.clone())
                     .prop_map(|(c, t, e)| format!("if {c} then {t} else {e} end")),
                 (inner.clone(), inner.clone()).prop_map(|(c, t)| format!("if {c} then {t} end")),

@@ -1,7 +1,10 @@
 //! A direct evaluator for the jq programs pipelines use most: field paths,
 //! comparisons, `and`/`or`/`not`, arithmetic, `if`, `//`, object and array
-//! construction, `type`, `length`, `ascii_downcase`/`ascii_upcase`,
-//! `floor`/`round`/`ceil`.
+//! construction, updates and assignments of field paths (`.a |= f`,
+//! `.a = f`), string slices with constant bounds, `type`, `length`,
+//! `ascii_downcase`/`ascii_upcase`, `floor`/`round`/`ceil`, `tonumber`,
+//! `ltrimstr`/`rtrimstr` and `sub`/`gsub` with constant text (no regex
+//! syntax), `map(f)` and `add`.
 //!
 //! jaq interprets a program through boxed iterators, and its standard
 //! functions (`type`, `not`, `true`) are themselves jq definitions: a
@@ -57,6 +60,19 @@ enum Expr {
     /// `[a, b, ...]`.
     Arr(Vec<Expr>),
     Call(Builtin),
+    /// `e[from:to]` with constant bounds.
+    Slice(Box<Expr>, Option<Val>, Option<Val>),
+    /// `.k1.k2... |= f`: `f` applied to the field.
+    Update(Vec<Val>, Box<Expr>),
+    /// `.k1.k2... = e`: `e` evaluated on the input.
+    Assign(Vec<Val>, Box<Expr>),
+    /// `ltrimstr(s)` (`true`) or `rtrimstr(s)`.
+    Trim(bool, Val),
+    /// `sub(a; b)` or `gsub(a; b)` (`true`) with plain text `a` and `b`.
+    Replace(String, String, bool),
+    Map(Box<Expr>),
+    Add,
+    ToNumber,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,6 +164,14 @@ fn compile(t: &Term<&str>) -> Option<Expr> {
             Expr::Obj(out)
         }
         Term::Neg(x) => Expr::Neg(boxed(x)?),
+        Term::BinOp(l, op @ (BinaryOp::Update | BinaryOp::Assign), r) => {
+            let keys = field_path(l)?;
+            let r = boxed(r)?;
+            match op {
+                BinaryOp::Update => Expr::Update(keys, r),
+                _ => Expr::Assign(keys, r),
+            }
+        }
         Term::BinOp(l, op, r) => {
             let (l, r) = (boxed(l)?, boxed(r)?);
             match op {
@@ -171,6 +195,26 @@ fn compile(t: &Term<&str>) -> Option<Expr> {
             };
             Expr::If(out, otherwise)
         }
+        Term::Call("map", args) if args.len() == 1 => Expr::Map(boxed(&args[0])?),
+        Term::Call(f @ ("ltrimstr" | "rtrimstr"), args) if args.len() == 1 => {
+            let Expr::Const(s @ Val::TStr(_)) = compile(&args[0])? else {
+                return None;
+            };
+            Expr::Trim(*f == "ltrimstr", s)
+        }
+        Term::Call(f @ ("sub" | "gsub"), args) if args.len() == 2 => {
+            let text = |t: &Term<&str>| match t {
+                Term::Str(None, parts) => literal(parts),
+                _ => None,
+            };
+            let (pattern, with) = (text(&args[0])?, text(&args[1])?);
+            // Only text that means itself as a regex.
+            let special = |c: char| "\\.+*?()|[]{}^$#".contains(c) || c.is_whitespace();
+            if pattern.is_empty() || pattern.chars().any(special) {
+                return None;
+            }
+            Expr::Replace(pattern, with, *f == "gsub")
+        }
         Term::Call(name, args) if args.is_empty() => match *name {
             "null" => Expr::Const(Val::Null),
             "true" => Expr::Const(Val::Bool(true)),
@@ -183,9 +227,29 @@ fn compile(t: &Term<&str>) -> Option<Expr> {
             "floor" => Expr::Call(Builtin::Floor),
             "round" => Expr::Call(Builtin::Round),
             "ceil" => Expr::Call(Builtin::Ceil),
+            "add" => Expr::Add,
+            "tonumber" => Expr::ToNumber,
             _ => return None,
         },
         Term::Path(base, path) => {
+            // A constant slice may end the path: `.id[0:2]`.
+            if let Some(((Part::Range(from, to), Opt::Essential), init)) = path.0.split_last() {
+                let bound = |b: &Option<Term<&str>>| match b {
+                    None => Some(None),
+                    Some(t) => match compile(t)? {
+                        Expr::Const(v @ Val::Num(Num::Int(_))) => Some(Some(v)),
+                        _ => None,
+                    },
+                };
+                // `.[]` (iteration) is a range without bounds.
+                if from.is_none() && to.is_none() {
+                    return None;
+                }
+                let (from, to) = (bound(from)?, bound(to)?);
+                let init = jaq_core::path::Path(init.to_vec());
+                let base = compile(&Term::Path(base.clone(), init))?;
+                return Some(Expr::Slice(Box::new(base), from, to));
+            }
             let mut keys = Vec::with_capacity(path.0.len());
             for (part, opt) in &path.0 {
                 // `.a?` differs from `.a` only where it declines anyway.
@@ -208,6 +272,17 @@ fn compile(t: &Term<&str>) -> Option<Expr> {
         }
         _ => return None,
     })
+}
+
+/// The keys of `.k1.k2...` (also `.`), for the left side of `|=` and `=`.
+fn field_path(t: &Term<&str>) -> Option<Vec<Val>> {
+    match compile(t)? {
+        Expr::Id => Some(Vec::new()),
+        Expr::Path(base, keys) if matches!(*base, Expr::Id) => {
+            Some(keys.into_iter().map(value::string).collect())
+        }
+        _ => None,
+    }
 }
 
 /// The items of `a, b, c` (inside `[...]`).
@@ -335,7 +410,102 @@ fn eval(e: &Expr, input: &Val) -> Option<Val> {
             Val::Arr(out.into())
         }
         Expr::Call(b) => builtin(*b, input)?,
+        Expr::Slice(base, from, to) => {
+            let v = eval(base, input)?;
+            if !matches!(v, Val::TStr(_) | Val::Arr(_)) {
+                return None;
+            }
+            <Val as jaq_core::ValT>::range(v, from.as_ref()..to.as_ref()).ok()?
+        }
+        Expr::Update(keys, f) => update(input.clone(), keys, &|old| eval(f, &old))?,
+        Expr::Assign(keys, e) => {
+            let new = eval(e, input)?;
+            update(input.clone(), keys, &|_| Some(new.clone()))?
+        }
+        Expr::Trim(left, fix) => match (input, fix) {
+            (Val::TStr(s), Val::TStr(x)) => {
+                let cut = if *left {
+                    s.strip_prefix(&***x)
+                } else {
+                    s.strip_suffix(&***x)
+                };
+                match cut {
+                    Some(rest) => Val::utf8_str(rest.to_vec()),
+                    None => input.clone(),
+                }
+            }
+            _ => return None,
+        },
+        Expr::Replace(pattern, with, all) => {
+            let Val::TStr(s) = input else { return None };
+            let s = utf8(s)?;
+            Val::utf8_str(if *all {
+                s.replace(pattern.as_str(), with)
+            } else {
+                s.replacen(pattern.as_str(), with, 1)
+            })
+        }
+        Expr::Map(f) => {
+            let items: Vec<Val> = match input {
+                Val::Arr(a) => a.iter().map(|x| eval(f, x)).collect::<Option<_>>()?,
+                Val::Obj(o) => o.values().map(|x| eval(f, x)).collect::<Option<_>>()?,
+                _ => return None,
+            };
+            Val::Arr(items.into())
+        }
+        Expr::Add => {
+            let mut acc = Val::Null;
+            let mut add = |x: &Val| -> Option<()> {
+                acc = (std::mem::take(&mut acc) + x.clone()).ok()?;
+                Some(())
+            };
+            match input {
+                Val::Arr(a) => a.iter().try_for_each(&mut add)?,
+                Val::Obj(o) => o.values().try_for_each(&mut add)?,
+                _ => return None,
+            }
+            acc
+        }
+        Expr::ToNumber => match input {
+            Val::Num(Num::Dec(_)) => return None,
+            Val::Num(_) => input.clone(),
+            Val::TStr(s) => {
+                // jaq parses the text as JSON (`fromjson`); only a lone
+                // number is a number. No brackets: nothing to nest.
+                if s.iter().any(|b| matches!(b, b'[' | b'{')) {
+                    return None;
+                }
+                let mut all = jaq_json::read::parse_many(s);
+                match (all.next(), all.next()) {
+                    (Some(Ok(Val::Num(Num::Dec(d)))), None) => Val::Num(Num::from_dec_str(&d)),
+                    (Some(Ok(n @ Val::Num(_))), None) => n,
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        },
     })
+}
+
+/// `v` with the field at `keys` replaced by `f` of it, as jaq updates a
+/// path of object keys (a missing key is added at the end, `null` becomes
+/// an object); `None` where jaq fails or `f` declines.
+fn update(v: Val, keys: &[Val], f: &dyn Fn(Val) -> Option<Val>) -> Option<Val> {
+    let Some((key, rest)) = keys.split_first() else {
+        return f(v);
+    };
+    let declined = std::cell::Cell::new(false);
+    let out = <Val as jaq_core::ValT>::map_index(v, key, Opt::Essential, |old| {
+        let new = update(old, rest, f);
+        if new.is_none() {
+            declined.set(true);
+        }
+        std::iter::once(Ok(new.unwrap_or(Val::Null)))
+    });
+    if declined.get() {
+        return None;
+    }
+    out.ok()
 }
 
 /// `v.k1.k2...` on objects and `null`; `None` (jaq's error) on anything
