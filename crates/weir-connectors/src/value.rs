@@ -66,14 +66,20 @@ const SCAN: usize = 16;
 /// `v[key]` when `v` is an object that has it.
 pub fn get<'a>(v: &'a Val, key: &str) -> Option<&'a Val> {
     match v {
-        Val::Obj(o) if o.len() <= SCAN => {
-            let key = key.as_bytes();
-            o.iter()
-                .find(|(k, _)| matches!(k, Val::TStr(s) | Val::BStr(s) if &***s == key))
-                .map(|(_, x)| x)
-        }
-        Val::Obj(o) => o.get(&Key(key.as_bytes())),
+        Val::Obj(o) => field(o, key),
         _ => None,
+    }
+}
+
+/// `o[key]` when the object has it.
+pub fn field<'a>(o: &'a Map, key: &str) -> Option<&'a Val> {
+    if o.len() <= SCAN {
+        let key = key.as_bytes();
+        o.iter()
+            .find(|(k, _)| matches!(k, Val::TStr(s) | Val::BStr(s) if &***s == key))
+            .map(|(_, x)| x)
+    } else {
+        o.get(&Key(key.as_bytes()))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod dedupe;
 pub mod filter;
 pub mod jq;
 mod jq_fast;
+pub mod schema_json;
 pub mod switch;
 pub mod validate;
 

@@ -14,6 +14,7 @@ use serde_saphyr::Spanned;
 
 use super::Processor;
 use super::ProcessorContext;
+use super::schema_json::ValJson;
 use crate::error::{ConfigError, ProcessError};
 use crate::record::Record;
 
@@ -87,7 +88,7 @@ impl ValidateConfig {
                     ));
                 }
             };
-        let validator = jsonschema::options()
+        let validator = jsonschema::options_for::<ValJson>()
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
             .build(&schema)
@@ -136,7 +137,7 @@ fn load_schema(base_dir: &Path, path: &Spanned<String>) -> Result<Value, ConfigE
 
 /// The `validate` processor: see [`ValidateConfig`].
 pub struct Validate {
-    validator: jsonschema::Validator,
+    validator: jsonschema::Validator<ValJson>,
     reason: String,
 }
 
@@ -149,7 +150,7 @@ impl std::fmt::Debug for Validate {
 impl Validate {
     /// The violations of `value`, as `<instance path>: <message>` (the root
     /// path is written `(root)`); empty when it is valid.
-    pub fn errors(&self, value: &Value) -> Vec<String> {
+    pub fn errors(&self, value: &crate::Val) -> Vec<String> {
         self.validator
             .iter_errors(value)
             .map(|e| {
@@ -163,14 +164,11 @@ impl Validate {
 
 impl Processor for Validate {
     fn process(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), ProcessError> {
-        // jsonschema reads serde_json values only: the one conversion left
-        // on the record path.
-        let json = crate::value::to_json(&record.value);
-        if self.validator.is_valid(&json) {
+        if self.validator.is_valid(&record.value) {
             out.push(record.clone());
             return Ok(());
         }
-        let mut errors = self.errors(&json);
+        let mut errors = self.errors(&record.value);
         let more = errors.len().saturating_sub(MAX_LISTED_ERRORS);
         errors.truncate(MAX_LISTED_ERRORS);
         let mut detail = errors.join("; ");
@@ -190,9 +188,10 @@ mod tests {
     fn example_parses_and_builds() {
         let cfg: ValidateConfig = serde_saphyr::from_str(EXAMPLE).unwrap();
         let v = cfg.build(&ProcessorContext::default()).unwrap();
-        assert!(v.errors(&json!({"id": 1, "amount": 2.5})).is_empty());
+        let val = |j| crate::value::from_json(&j);
+        assert!(v.errors(&val(json!({"id": 1, "amount": 2.5}))).is_empty());
         assert_eq!(
-            v.errors(&json!({"id": 1, "amount": -3})),
+            v.errors(&val(json!({"id": 1, "amount": -3}))),
             vec!["/amount: -3 is less than the minimum of 0"]
         );
     }
