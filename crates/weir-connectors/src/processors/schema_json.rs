@@ -16,6 +16,15 @@ use serde_json::Value;
 
 use crate::value;
 
+/// A string's text: borrowed (records' strings are UTF-8), replaced
+/// characters only if not (`from_utf8_lossy` is slower even on valid text).
+fn text(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(t) => Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
 /// The record representation for jsonschema.
 #[derive(Debug)]
 pub struct ValJson;
@@ -106,7 +115,7 @@ impl<'a> Node<'a, ValJson> for &'a Val {
 
     fn as_string(&self) -> Option<Cow<'a, str>> {
         match self {
-            Val::TStr(s) | Val::BStr(s) => Some(String::from_utf8_lossy(s)),
+            Val::TStr(s) | Val::BStr(s) => Some(text(s)),
             _ => None,
         }
     }
@@ -176,7 +185,7 @@ impl<'a> Iterator for Members<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         self.0.next().map(|(k, v)| {
             let name = match k {
-                Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s),
+                Val::TStr(s) | Val::BStr(s) => text(s),
                 other => Cow::Owned(other.to_string()),
             };
             (name, v)
