@@ -23,15 +23,14 @@
 //! field has a `///` doc, unknown keys are rejected, and `weir explain`
 //! prints the JSON schema derived from it.
 
+pub use weir_record::{record, value, watchdog};
+
 pub mod checkpoint;
 pub mod error;
 pub mod limits;
 pub mod processors;
-pub mod record;
 pub mod sinks;
 pub mod sources;
-pub mod value;
-pub mod watchdog;
 
 pub use error::{ConfigError, ProcessError};
 pub use record::{Position, Record};

@@ -247,15 +247,7 @@ impl fmt::Display for LimitExceeded {
 
 impl std::error::Error for LimitExceeded {}
 
-/// `1s`, `1500ms`, `250ms`: whole seconds, else milliseconds.
-pub(crate) fn human(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms >= 1000 && ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
+pub(crate) use crate::watchdog::human;
 
 /// The budget of one record: created when its evaluation starts, consulted
 /// at every checkpoint, and registered with the [`watchdog`] for as long as

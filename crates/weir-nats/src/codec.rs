@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use weir_connectors::value::{Json, Val};
-use weir_connectors::{Position, Record};
+use weir_record::value::{Json, Val};
+use weir_record::{Position, Record};
 
 /// The header naming the format version.
 pub const FORMAT_HEADER: &str = "Weir-Format";

@@ -32,7 +32,7 @@ use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use weir::{Ack, AckOutcome};
-use weir_connectors::Record;
+use weir_record::Record;
 
 use crate::codec::{self, DlqEntry};
 use crate::job::Job;

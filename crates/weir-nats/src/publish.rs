@@ -42,7 +42,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use bytes::Bytes;
 use weir::{BoxError, DeadLetter, Sink, WriteError};
-use weir_connectors::Record;
+use weir_record::Record;
 
 use crate::broker::BrokerError;
 use crate::codec::{self, DlqEntry, FORMAT_HEADER, FORMAT_VERSION};
@@ -933,12 +933,12 @@ impl Sink<DeadLetter> for DlqSink {
 
 /// A dead letter of the engine as a stream entry.
 pub fn entry_of(d: &DeadLetter) -> DlqEntry {
-    let v = weir_connectors::sinks::dead_letter::letter_json(d);
+    let v = weir_record::dead_letter::letter_json(d);
     let mut e: DlqEntry = serde_json::from_value(v).expect("letter_json has the entry's fields");
     let pos = d
         .item::<Record>()
         .map(|r| r.pos.clone())
-        .or_else(|| d.item::<weir_connectors::Raw>().map(|r| r.pos().clone()));
+        .or_else(|| d.item::<weir_record::Raw>().map(|r| r.pos().clone()));
     if let Some(p) = pos {
         e.file = p.file.as_deref().map(str::to_string);
         e.line = Some(p.line);

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use weir::{BoxError, CancellationToken, Pipeline, PipelineOptions, Sink, WriteError};
-use weir_connectors::Record;
+use weir_record::Record;
 
 use crate::broker::BrokerError;
 use crate::codec::{self, DlqEntry};
@@ -77,7 +77,7 @@ pub struct WorkerOptions {
     /// `None` skips the check.
     pub fingerprint: Option<crate::job::Fingerprint>,
     /// Install [`give_back_and_exit`] as the process's jq watchdog hook
-    /// (see `weir_connectors::watchdog`): a record whose evaluation cannot
+    /// (see `weir_record::watchdog`): a record whose evaluation cannot
     /// be interrupted ends the worker, after it gave back every other
     /// message it holds.
     pub exit_on_stuck: bool,
@@ -176,7 +176,7 @@ pub async fn run(
         let held = in_flight.clone();
         let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
         let handle = tokio::runtime::Handle::current();
-        weir_connectors::watchdog::set_hook(move |stuck| {
+        weir_record::watchdog::set_hook(move |stuck| {
             give_back_and_exit(stuck, &held, &names, &handle);
         });
     }
@@ -420,7 +420,7 @@ const GIVE_BACK_DELAY: Duration = Duration::from_secs(1);
 /// broker delivers it again, and after `max_deliver` deliveries the
 /// coordinator dead-letters it ("no result after N deliveries").
 pub fn give_back_and_exit(
-    stuck: &weir_connectors::watchdog::Stuck,
+    stuck: &weir_record::watchdog::Stuck,
     held: &InFlight,
     stages: &[String],
     handle: &tokio::runtime::Handle,

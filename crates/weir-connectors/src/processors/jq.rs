@@ -587,7 +587,8 @@ impl JqProgram {
     pub(crate) fn run_in(&self, budget: &Budget, input: Val) -> Result<Vec<Value>, JqError> {
         let mut outputs = Vec::new();
         self.each_val(budget, input, |v| {
-            outputs.push(value::canonical(v)?);
+            outputs
+                .push(value::canonical(v).map_err(|_| LimitExceeded::Nesting(MAX_OUTPUT_DEPTH))?);
             Ok(true)
         })?;
         Ok(outputs)
@@ -597,7 +598,8 @@ impl JqProgram {
     pub(crate) fn first_in(&self, budget: &Budget, input: Val) -> Result<Option<Value>, JqError> {
         let mut first = None;
         self.each_val(budget, input, |v| {
-            first = Some(value::canonical(v)?);
+            first =
+                Some(value::canonical(v).map_err(|_| LimitExceeded::Nesting(MAX_OUTPUT_DEPTH))?);
             Ok(false)
         })?;
         Ok(first)

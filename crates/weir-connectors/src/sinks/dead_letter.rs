@@ -31,14 +31,13 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use serde_saphyr::Spanned;
 use sha2::Digest as _;
 
 use crate::error::ConfigError;
-use crate::record::{Position, Record};
 use crate::sinks::file::create;
-use crate::sources::{BuildContext, Raw, csv_line};
+use crate::sources::BuildContext;
 
 /// Where dead letters go: a JSON Lines file.
 #[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
@@ -248,40 +247,7 @@ impl DeadLetterFile {
     }
 }
 
-/// The JSON object for one dead letter.
-pub fn letter_json(d: &weir::DeadLetter) -> Value {
-    let (pos, record, raw): (Option<&Position>, Value, Value) = if let Some(r) = d.item::<Record>()
-    {
-        (Some(&r.pos), r.json(), Value::Null)
-    } else if let Some(raw) = d.item::<Raw>() {
-        match raw {
-            Raw::Line { pos, text } | Raw::NotUtf8 { pos, text, .. } => {
-                (Some(pos), Value::Null, Value::String(text.clone()))
-            }
-            Raw::Row { pos, fields, .. } => {
-                (Some(pos), Value::Null, Value::String(csv_line(fields)))
-            }
-            Raw::Record(r) => (Some(&r.pos), r.json(), Value::Null),
-        }
-    } else {
-        (None, Value::Null, Value::Null)
-    };
-    let mut m = Map::with_capacity(7);
-    m.insert("stage".into(), Value::String(d.stage.clone()));
-    m.insert("error".into(), Value::String(d.error.clone()));
-    m.insert("attempts".into(), Value::from(d.attempts));
-    m.insert(
-        "position".into(),
-        pos.map_or(Value::Null, |p| Value::String(p.to_string())),
-    );
-    m.insert(
-        "input".into(),
-        pos.map_or(Value::Null, |p| Value::String(p.input.to_string())),
-    );
-    m.insert("record".into(), record);
-    m.insert("raw".into(), raw);
-    Value::Object(m)
-}
+pub use weir_record::dead_letter::letter_json;
 
 impl weir::Sink<weir::DeadLetter> for DeadLetterFile {
     type Output = u64;

@@ -758,7 +758,9 @@ impl FileReader {
             Current::Lines { file, reader } => loop {
                 match reader.next_line()? {
                     Ok((_, Text::Valid(text))) if skip_blank && is_blank(&text) => continue,
-                    Ok((line, text)) => return Some(Ok(Raw::from_text(pos(file, line), text))),
+                    Ok((line, text)) => {
+                        return Some(Ok(super::raw_from_text(pos(file, line), text)));
+                    }
                     Err(source) => {
                         return Some(Err(ReadError {
                             file: file.clone(),

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::record::{Position, Record};
+use crate::record::Position;
 
 pub mod decode;
 pub mod events;
@@ -19,60 +19,17 @@ pub mod generate;
 pub mod orders;
 pub mod stdin;
 
-/// An item as a source read it, not yet decoded.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Raw {
-    /// One line of text (jsonl or `lines` format), without its newline.
-    Line {
-        /// Where it was read.
-        pos: Arc<Position>,
-        /// The text.
-        text: String,
-    },
-    /// One CSV record, split into fields.
-    Row {
-        /// Where it was read (the line the record starts on).
-        pos: Arc<Position>,
-        /// The header row of its file.
-        headers: Arc<[String]>,
-        /// The fields, as text.
-        fields: Vec<String>,
-    },
-    /// A line (csv: a record) that is not valid UTF-8: the decoder rejects
-    /// it with reason `invalid_utf8`, so it is dead-lettered with its
-    /// position instead of being changed silently.
-    NotUtf8 {
-        /// Where it was read.
-        pos: Arc<Position>,
-        /// The text with each invalid sequence replaced by U+FFFD, for the
-        /// dead-letter file (a csv row re-encoded with `,`).
-        text: String,
-        /// Where the first invalid byte is, for a human.
-        detail: String,
-    },
-    /// A record that needs no decoding (the `generate` source).
-    Record(Record),
-}
+pub use weir_record::raw::Raw;
 
-impl Raw {
-    /// A line as read: `Raw::Line`, or `Raw::NotUtf8` when it is not UTF-8.
-    pub(crate) fn from_text(pos: Arc<Position>, text: Text) -> Raw {
-        match text {
-            Text::Valid(text) => Raw::Line { pos, text },
-            Text::Invalid { lossy, detail } => Raw::NotUtf8 {
-                pos,
-                text: lossy,
-                detail,
-            },
-        }
-    }
-
-    /// Where the item was read.
-    pub fn pos(&self) -> &Arc<Position> {
-        match self {
-            Raw::Line { pos, .. } | Raw::Row { pos, .. } | Raw::NotUtf8 { pos, .. } => pos,
-            Raw::Record(r) => &r.pos,
-        }
+/// A line as read: `Raw::Line`, or `Raw::NotUtf8` when it is not UTF-8.
+pub(crate) fn raw_from_text(pos: Arc<Position>, text: Text) -> Raw {
+    match text {
+        Text::Valid(text) => Raw::Line { pos, text },
+        Text::Invalid { lossy, detail } => Raw::NotUtf8 {
+            pos,
+            text: lossy,
+            detail,
+        },
     }
 }
 
@@ -136,16 +93,7 @@ fn utf8_detail(bytes: &[u8], e: &std::str::Utf8Error, what: &str) -> String {
     }
 }
 
-/// CSV fields as one line of text (`,`-separated, quoted as needed).
-pub(crate) fn csv_line(fields: &[String]) -> String {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    let _ = w.write_record(fields);
-    let bytes = w.into_inner().unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes);
-    text.strip_suffix('\n').unwrap_or(&text).to_string()
-}
+pub(crate) use weir_record::raw::csv_line;
 
 /// What a source needs from the pipeline that builds it.
 #[derive(Debug, Clone)]

@@ -61,7 +61,7 @@ impl StdinSource {
             loop {
                 return match reader.next_line()? {
                     Ok((_, Text::Valid(text))) if skip_blank && is_blank(&text) => continue,
-                    Ok((line, text)) => Some(Ok(Raw::from_text(
+                    Ok((line, text)) => Some(Ok(super::raw_from_text(
                         Arc::new(Position {
                             input: input.clone(),
                             file: None,

@@ -10,10 +10,10 @@ use weir_nats::job::Fingerprint;
 
 use futures::StreamExt;
 use weir::{Pipeline, PipelineOptions, from_iter};
-use weir_connectors::Record;
 use weir_nats::codec;
 use weir_nats::publish::{EdgeSink, MessageLimits, Outgoing, Publisher, chunk};
 use weir_nats::{EdgeSettings, Job};
+use weir_record::Record;
 
 use crate::nats::util::{connect, coordinator, n_of, numbers, pool, server, settings, within};
 

@@ -12,9 +12,9 @@ use weir_nats::job::Fingerprint;
 
 use serde_json::json;
 use weir::{CancellationToken, Pipeline, from_iter};
-use weir_connectors::{Position, Record};
 use weir_nats::publish::{EdgeSink, MessageLimits, Outgoing, Publisher, chunk};
 use weir_nats::{EdgeSettings, Job, dlq, worker};
+use weir_record::{Position, Record};
 
 use crate::nats::util::{
     collect_out, connect, coordinator, double_job, n_of, pool, publish, server, within, worker_opts,
@@ -123,7 +123,7 @@ async fn a_worker_splits_grown_outputs_and_dead_letters_one_too_large() {
                 let pad = if n == 777 { 3 << 20 } else { 8 * 1024 };
                 Ok(vec![(
                     0,
-                    r.derive(weir_connectors::value::from_json(
+                    r.derive(weir_record::value::from_json(
                         &json!({ "n": n * 2, "pad": "y".repeat(pad) }),
                     )),
                 )])

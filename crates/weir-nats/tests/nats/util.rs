@@ -11,13 +11,13 @@ use weir_nats::job::Fingerprint;
 
 use serde_json::{Value, json};
 use weir::{BoxError, CancellationToken, Pipeline};
-use weir_connectors::{Position, Record};
 use weir_nats::completion::{self, Node, Producer};
 use weir_nats::consume::InboxReader;
 use weir_nats::job::Start;
 use weir_nats::publish::{MessageLimits, Publisher, chunk};
 use weir_nats::worker::{RemoteStage, WorkerOptions};
 use weir_nats::{Broker, EdgeSettings, InboxSpec, Job};
+use weir_record::{Position, Record};
 use weir_testkit::NatsServer;
 
 /// The time any one test may take.
@@ -148,7 +148,7 @@ pub fn doubler(
             fail(n)?;
             Ok(vec![(
                 0,
-                r.derive(weir_connectors::value::from_json(&json!({ "n": n * 2 }))),
+                r.derive(weir_record::value::from_json(&json!({ "n": n * 2 }))),
             )])
         }),
         retry_errors,

@@ -2,7 +2,7 @@
 //! limit and cannot be stopped.
 //!
 //! Most evaluations stop themselves at their limit (see
-//! [`limits`](crate::limits)): the record is dead-lettered and the run goes
+//! `weir_connectors::limits`): the record is dead-lettered and the run goes
 //! on. A few cannot: one native call of jaq that works for long without
 //! calling back into the interpreter, such as building `[range(1e10)]`'s
 //! array or sorting a huge one, or a tail-recursive loop that jaq runs
@@ -28,7 +28,7 @@
 //! dead-letters it at `max_deliver`.
 //!
 //! ```
-//! use weir_connectors::watchdog;
+//! use weir_record::watchdog;
 //! // Instead of exiting: log, and let the evaluation run on.
 //! watchdog::set_hook(|stuck| eprintln!("warning: {stuck}"));
 //! # watchdog::set_hook(watchdog::exit_on_stuck);
@@ -40,7 +40,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::limits::human;
 use crate::record::Position;
 
 /// How long after its time limit a running evaluation is reported as stuck.
@@ -177,7 +176,7 @@ thread_local! {
 
 /// The registration of the current thread's evaluation, for as long as it
 /// lives: about 15 ns (one uncontended lock, a few atomic stores).
-pub(crate) struct Watch {
+pub struct Watch {
     /// This thread's slot, held so that a checkpoint reads the flag
     /// through a plain pointer rather than a thread-local lookup.
     slot: Arc<Slot>,
@@ -188,7 +187,9 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn begin(limit: Duration, stage: &Arc<str>, pos: Option<&Arc<Position>>) -> Watch {
+    /// Registers an evaluation of `stage` on the record at `pos` with a
+    /// time limit; dropping the `Watch` ends it.
+    pub fn begin(limit: Duration, stage: &Arc<str>, pos: Option<&Arc<Position>>) -> Watch {
         let slot = SLOT.with(Arc::clone);
         // Only this thread writes `seq` and `running`.
         let seq = slot.seq.load(Relaxed);
@@ -221,14 +222,14 @@ impl Watch {
 
     /// Whether the watchdog found this evaluation over its time limit.
     #[inline]
-    pub(crate) fn over_time(&self) -> bool {
+    pub fn over_time(&self) -> bool {
         self.slot.over_time.load(Relaxed) == self.seq
     }
 
     /// The evaluation went over a limit and is unwinding: that is bounded
     /// (though freeing a deep value may take a while), so it is no longer
     /// watched.
-    pub(crate) fn stopping(&self) {
+    pub fn stopping(&self) {
         self.slot.running.store(false, Relaxed);
     }
 }
@@ -242,7 +243,7 @@ impl Drop for Watch {
 }
 
 /// [`Watch::stopping`] for the current thread's evaluation.
-pub(crate) fn stopping_current() {
+pub fn stopping_current() {
     let _ = SLOT.try_with(|slot| slot.running.store(false, Relaxed));
 }
 
@@ -306,4 +307,14 @@ fn look(slot: &Slot, now: Instant) -> Option<Stuck> {
         limit: about.limit,
         elapsed,
     })
+}
+
+/// `1s`, `1500ms`, `250ms`: whole seconds, else milliseconds.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms >= 1000 && ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }

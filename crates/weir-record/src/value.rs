@@ -28,7 +28,9 @@ use serde_json::Value;
 
 pub use jaq_json::{Map, Num, Val};
 
-use crate::limits::LimitExceeded;
+/// A value nests arrays and objects deeper than [`MAX_DEPTH`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep;
 
 /// How deep a record's value may nest: what serde_json reads (its
 /// recursion limit is 128), so every reader of weir's output accepts it.
@@ -247,8 +249,8 @@ pub fn from_json(v: &Value) -> Val {
 /// (the common case) is returned as it is, after one walk.
 ///
 /// # Errors
-/// [`LimitExceeded::Nesting`] when the value nests too deep.
-pub fn canonical(v: Val) -> Result<Val, LimitExceeded> {
+/// [`TooDeep`] when the value nests too deep.
+pub fn canonical(v: Val) -> Result<Val, TooDeep> {
     if is_canonical(&v, 0)? {
         Ok(v)
     } else {
@@ -256,10 +258,10 @@ pub fn canonical(v: Val) -> Result<Val, LimitExceeded> {
     }
 }
 
-fn is_canonical(v: &Val, depth: usize) -> Result<bool, LimitExceeded> {
+fn is_canonical(v: &Val, depth: usize) -> Result<bool, TooDeep> {
     let inner = || {
         if depth >= MAX_DEPTH {
-            Err(LimitExceeded::Nesting(MAX_DEPTH))
+            Err(TooDeep)
         } else {
             Ok(depth + 1)
         }
@@ -413,9 +415,6 @@ mod tests {
         for _ in 0..200 {
             deep = Val::Arr(jaq_json::Rc::new(vec![deep]));
         }
-        assert_eq!(
-            canonical(deep).unwrap_err(),
-            LimitExceeded::Nesting(MAX_DEPTH)
-        );
+        assert_eq!(canonical(deep).unwrap_err(), TooDeep);
     }
 }
