@@ -930,6 +930,30 @@ mod fast_path_tests {
         assert!(p.fast.as_ref().unwrap().is_plain_path());
     }
 
+    /// What a record can blow up stays under the stage's limits: the direct
+    /// evaluation declines it, jaq runs it with its budget.
+    #[test]
+    fn record_driven_blow_ups_are_left_to_jaq_and_its_limits() {
+        let p = JqProgram::compile("(\"x\" * .n) | length").unwrap();
+        assert!(p.fast.is_some());
+        let n = value::from_json(&json!({"n": 3_000_000_000u64}));
+        assert_eq!(p.fast(&n), None, "string repetition declines");
+        let p = JqProgram::compile(".a | add").unwrap();
+        let strings = value::from_json(&json!({"a": ["x", "y"]}));
+        assert_eq!(p.fast(&strings), None, "adding strings declines");
+        let numbers = value::from_json(&json!({"a": [1, 2.5, null]}));
+        assert_eq!(
+            p.fast(&numbers).map(|v| value::to_text(&v)),
+            Some("3.5".into())
+        );
+        // jaq computes it, under the stage's budget.
+        let p = JqProgram::compile("(\"x\" * .n) | length").unwrap();
+        let small = value::from_json(&json!({"n": 1000}));
+        assert_eq!(p.fast(&small), None);
+        let out = p.run(&small).unwrap();
+        assert_eq!(out.iter().map(value::to_text).collect::<Vec<_>>(), ["1000"]);
+    }
+
     #[test]
     fn plain_paths_agree_with_jaq() {
         let inputs = [

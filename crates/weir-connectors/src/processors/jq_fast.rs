@@ -20,8 +20,14 @@
 //! start. jq programs are pure, so running again is safe, and every error,
 //! with its message, still comes from jaq. A program is compiled here only
 //! if every part of it is in the subset; otherwise jaq runs it always.
-//! `tests/processors.rs` checks the two against each other on random
-//! programs and records (`fast_evaluation_agrees_with_jaq`).
+//! `jq.rs`'s tests check the two against each other on random programs
+//! and records (`fast_evaluation_agrees_with_jaq`).
+//!
+//! The direct evaluation runs outside the stage's per-record limits (no
+//! budget, no watchdog), so it only takes work linear in the record: what
+//! the record could blow up, `"s" * n` (repetition) and `add` over
+//! strings or arrays (quadratic copying), declines and runs in jaq, under
+//! the limits.
 
 use jaq_core::load::parse::{BinaryOp, Term};
 use jaq_core::load::{self, lex::StrPart};
@@ -376,6 +382,12 @@ fn eval(e: &Expr, input: &Val) -> Option<Val> {
             ) {
                 return None;
             }
+            // `"s" * n` repeats the string n times: work the record picks,
+            // which only jaq's path measures against the stage's limits.
+            let text = |v: &Val| matches!(v, Val::TStr(_) | Val::BStr(_));
+            if matches!(op, Math::Mul) && (text(&l) || text(&r)) {
+                return None;
+            }
             op.run(l, r).ok()?
         }
         Expr::Neg(x) => (-eval(x, input)?).ok()?,
@@ -454,8 +466,14 @@ fn eval(e: &Expr, input: &Val) -> Option<Val> {
             Val::Arr(items.into())
         }
         Expr::Add => {
+            // Numbers only: adding n strings or arrays copies the growing
+            // sum n times (quadratic in the record), which only jaq's path
+            // measures against the stage's limits.
             let mut acc = Val::Null;
             let mut add = |x: &Val| -> Option<()> {
+                if !matches!(x, Val::Num(_) | Val::Null) {
+                    return None;
+                }
                 acc = (std::mem::take(&mut acc) + x.clone()).ok()?;
                 Some(())
             };
@@ -488,8 +506,8 @@ fn eval(e: &Expr, input: &Val) -> Option<Val> {
 }
 
 /// `v` with the field at `keys` replaced by `f` of it, as jaq updates a
-/// path of object keys (a missing key is added at the end, `null` becomes
-/// an object); `None` where jaq fails or `f` declines.
+/// path of object keys (through jaq's own `map_index`: a missing key is
+/// added at the end); `None` where jaq fails or `f` declines.
 fn update(v: Val, keys: &[Val], f: &dyn Fn(Val) -> Option<Val>) -> Option<Val> {
     let Some((key, rest)) = keys.split_first() else {
         return f(v);
