@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -254,6 +255,21 @@ pub(crate) struct SyncStage<I, O> {
     clock: BusyClock,
 }
 
+/// Runs `f`, the stage's function over `n` received items; if it panics,
+/// counts the `n` items as dropped before the panic goes on (to end the
+/// run), so that the stage's counts still add up: the items' outputs and
+/// the rest of the batch are lost with the unwinding, and their acks fail.
+/// (A panic during a retry of failed items is not covered.)
+fn counting_lost<R>(m: &StageMetrics, n: usize, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            StageMetrics::add(&m.dropped, n);
+            resume_unwind(panic)
+        }
+    }
+}
+
 impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
     pub fn new(op: Arc<dyn ItemOp<I, O>>, em: Emitter<O>, ctx: Arc<StageCtx>) -> Self {
         SyncStage {
@@ -275,7 +291,10 @@ impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
             let t0 = self.clock.start();
             let mut out = Vec::new();
             let mut t = Tally::default();
-            self.op.apply(batch, &mut out, &mut self.failed, &mut t);
+            let (op, failed) = (&self.op, &mut self.failed);
+            counting_lost(&self.ctx.metrics, batch.len(), || {
+                op.apply(batch, &mut out, failed, &mut t)
+            });
             return self.hand_on(out, t, t0).await;
         }
         // A slice at a time, so that one batch of inputs never becomes
@@ -290,8 +309,11 @@ impl<I: Send + 'static, O: Send + 'static> SyncStage<I, O> {
             let mut out = Vec::new();
             let mut t = Tally::default();
             let limit = self.ctx.batch_size;
-            self.op
-                .apply_some(&mut input, &mut out, &mut self.failed, &mut t, limit);
+            // What a panic loses: this slice and the rest of the batch.
+            let (op, failed) = (&self.op, &mut self.failed);
+            counting_lost(&self.ctx.metrics, input.len(), || {
+                op.apply_some(&mut input, &mut out, failed, &mut t, limit)
+            });
             if let Err(h) = self.hand_on(out, t, t0).await {
                 match &h {
                     Halt::Stopped => abandon(input.collect(), &self.ctx.metrics),
@@ -422,7 +444,9 @@ pub(crate) async fn ordered_worker<I: Send + 'static, O: Send + 'static>(
         let t0 = clock.start();
         let mut out = Vec::with_capacity(batch.len());
         let mut t = Tally::default();
-        op.apply(batch, &mut out, &mut failed, &mut t);
+        counting_lost(m, batch.len(), || {
+            op.apply(batch, &mut out, &mut failed, &mut t)
+        });
         let settled = if failed.is_empty() {
             Ok(())
         } else {

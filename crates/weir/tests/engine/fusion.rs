@@ -105,6 +105,7 @@ fn a_panic_in_a_fused_stage_names_that_stage() {
             .map("boom", |x| if x == 700 { panic!("no {x}") } else { x })
             .sink("out", collect());
         let err = p.run().await.unwrap_err();
+        assert_balanced(&err.report);
         match &err.error {
             Error::Panic { stage, message } => {
                 assert_eq!(stage, "boom");
@@ -226,8 +227,8 @@ fn an_error_or_a_panic_in_a_fused_pool_names_that_stage() {
             .workers(2)
             .sink("out", collect());
         let err = p.run().await.unwrap_err();
-        // Not balanced: a panicking batch's items are not counted as
-        // dropped, fused or not (known; see the issue 9 notes).
+        // The panicking batch's items count as dropped.
+        assert_balanced(&err.report);
         match &err.error {
             Error::Panic { stage, message } => {
                 assert_eq!(stage, "boom");
@@ -284,4 +285,27 @@ fn cancelling_fused_pools_with_full_channels_drains() {
         assert_eq!(outcomes.len() as u64, produced);
         assert!(outcomes.iter().all(|(_, o)| *o == AckOutcome::Delivered));
     });
+}
+
+/// A panic in a stage's function, whatever runs it, leaves every stage's
+/// counts balanced: the batch it was in is counted as dropped.
+#[test]
+fn a_panic_leaves_counts_balanced_in_every_kind_of_pool() {
+    for mode in ["pool", "ordered", "flat_map"] {
+        within(20, async move {
+            let p = Pipeline::new();
+            let src = p.source("src", from_iter(0..20_000u64));
+            let boom = |x: u64| if x == 9_000 { panic!("no {x}") } else { x };
+            let flow = match mode {
+                "pool" => src.map("boom", boom).workers(3),
+                "ordered" => src.map("boom", boom).workers(3).ordered(),
+                _ => src.flat_map("boom", move |x| [boom(x)]).workers(2),
+            };
+            let _out = flow.sink("out", collect());
+            let err = p.run().await.unwrap_err();
+            assert!(matches!(err.error, Error::Panic { .. }), "{mode}");
+            assert_balanced(&err.report);
+            assert!(err.report.stage("boom").unwrap().dropped > 0, "{mode}");
+        });
+    }
 }
