@@ -20,6 +20,7 @@
 //! formats, its recursion limit of 128), so JSON in and out is exactly what
 //! it was with `serde_json::Value`.
 
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -93,11 +94,20 @@ pub fn as_str(v: &Val) -> Option<&str> {
     }
 }
 
+/// A string's bytes as text: borrowed when they are UTF-8 (records'
+/// strings are), with replacement characters otherwise
+/// (`from_utf8_lossy` is slower even on valid text).
+pub fn text(b: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(t) => Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
 /// The number as an `i64` when it is an integer that fits.
 pub fn as_i64(v: &Val) -> Option<i64> {
     match v {
-        Val::Num(Num::Int(i)) => Some(*i as i64),
-        Val::Num(n @ Num::BigInt(_)) => n.to_string().parse().ok(),
+        Val::Num(n) => num_i64(n),
         _ => None,
     }
 }
@@ -105,8 +115,7 @@ pub fn as_i64(v: &Val) -> Option<i64> {
 /// The number as a `u64` when it is a non-negative integer that fits.
 pub fn as_u64(v: &Val) -> Option<u64> {
     match v {
-        Val::Num(Num::Int(i)) => u64::try_from(*i).ok(),
-        Val::Num(n @ Num::BigInt(_)) => n.to_string().parse().ok(),
+        Val::Num(n) => num_u64(n),
         _ => None,
     }
 }
@@ -114,10 +123,35 @@ pub fn as_u64(v: &Val) -> Option<u64> {
 /// The number as an `f64` (integers too).
 pub fn as_f64(v: &Val) -> Option<f64> {
     match v {
-        Val::Num(Num::Int(i)) => Some(*i as f64),
-        Val::Num(Num::Float(f)) => Some(*f),
-        Val::Num(n) => n.to_string().parse().ok(),
+        Val::Num(n) => num_f64(n),
         _ => None,
+    }
+}
+
+/// [`as_i64`] of a number.
+pub fn num_i64(n: &Num) -> Option<i64> {
+    match n {
+        Num::Int(i) => Some(*i as i64),
+        Num::Float(_) => None,
+        other => other.to_string().parse().ok(),
+    }
+}
+
+/// [`as_u64`] of a number.
+pub fn num_u64(n: &Num) -> Option<u64> {
+    match n {
+        Num::Int(i) => u64::try_from(*i).ok(),
+        Num::Float(_) => None,
+        other => other.to_string().parse().ok(),
+    }
+}
+
+/// [`as_f64`] of a number.
+pub fn num_f64(n: &Num) -> Option<f64> {
+    match n {
+        Num::Int(i) => Some(*i as f64),
+        Num::Float(f) => Some(*f),
+        other => other.to_string().parse().ok(),
     }
 }
 
@@ -162,10 +196,7 @@ impl Serialize for Json<'_> {
                     s.serialize_f64(text.parse().unwrap_or(f64::NAN))
                 }
             }
-            Val::TStr(b) | Val::BStr(b) => match std::str::from_utf8(b) {
-                Ok(text) => s.serialize_str(text),
-                Err(_) => s.serialize_str(&String::from_utf8_lossy(b)),
-            },
+            Val::TStr(b) | Val::BStr(b) => s.serialize_str(&text(b)),
             Val::Arr(a) => {
                 let mut seq = s.serialize_seq(Some(a.len()))?;
                 for x in a.iter() {
@@ -198,27 +229,19 @@ pub fn to_json(v: &Val) -> Value {
             serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
         }
         Val::Num(_) => serde_json::to_value(Json(v)).expect("a number always converts"),
-        Val::TStr(s) | Val::BStr(s) => Value::String(text(s)),
+        Val::TStr(s) | Val::BStr(s) => Value::String(text(s).into_owned()),
         Val::Arr(a) => Value::Array(a.iter().map(to_json).collect()),
         Val::Obj(o) => {
             let mut m = serde_json::Map::with_capacity(o.len());
             for (k, x) in o.iter() {
                 let key = match k {
-                    Val::TStr(s) | Val::BStr(s) => text(s),
+                    Val::TStr(s) | Val::BStr(s) => text(s).into_owned(),
                     other => other.to_string(),
                 };
                 m.insert(key, to_json(x));
             }
             Value::Object(m)
         }
-    }
-}
-
-/// A string's bytes as text (invalid UTF-8 replaced, as serde would).
-fn text(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
     }
 }
 

@@ -205,7 +205,7 @@ fn hash_canonical(v: &Value, h: &mut DefaultHasher) {
 /// A string's text (records' strings are UTF-8; see [`value`]).
 fn key_text(v: &Value) -> std::borrow::Cow<'_, str> {
     match v {
-        Value::TStr(b) | Value::BStr(b) => String::from_utf8_lossy(b),
+        Value::TStr(b) | Value::BStr(b) => value::text(b),
         other => value::to_text(other).into(),
     }
 }

@@ -16,15 +16,6 @@ use serde_json::Value;
 
 use crate::value;
 
-/// A string's text: borrowed (records' strings are UTF-8), replaced
-/// characters only if not (`from_utf8_lossy` is slower even on valid text).
-fn text(b: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(b) {
-        Ok(t) => Cow::Borrowed(t),
-        Err(_) => String::from_utf8_lossy(b),
-    }
-}
-
 /// The record representation for jsonschema.
 #[derive(Debug)]
 pub struct ValJson;
@@ -49,27 +40,15 @@ pub struct ValNumber<'a>(&'a Num);
 
 impl JsonNumber for ValNumber<'_> {
     fn as_u64(&self) -> Option<u64> {
-        match self.0 {
-            Num::Int(i) => u64::try_from(*i).ok(),
-            Num::BigInt(_) | Num::Dec(_) => self.0.to_string().parse().ok(),
-            Num::Float(_) => None,
-        }
+        value::num_u64(self.0)
     }
 
     fn as_i64(&self) -> Option<i64> {
-        match self.0 {
-            Num::Int(i) => Some(*i as i64),
-            Num::BigInt(_) | Num::Dec(_) => self.0.to_string().parse().ok(),
-            Num::Float(_) => None,
-        }
+        value::num_i64(self.0)
     }
 
     fn as_f64(&self) -> Option<f64> {
-        match self.0 {
-            Num::Int(i) => Some(*i as f64),
-            Num::Float(f) => Some(*f),
-            other => other.to_string().parse().ok(),
-        }
+        value::num_f64(self.0)
     }
 
     fn as_str(&self) -> Cow<'_, str> {
@@ -115,7 +94,7 @@ impl<'a> Node<'a, ValJson> for &'a Val {
 
     fn as_string(&self) -> Option<Cow<'a, str>> {
         match self {
-            Val::TStr(s) | Val::BStr(s) => Some(text(s)),
+            Val::TStr(s) | Val::BStr(s) => Some(value::text(s)),
             _ => None,
         }
     }
@@ -185,7 +164,7 @@ impl<'a> Iterator for Members<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         self.0.next().map(|(k, v)| {
             let name = match k {
-                Val::TStr(s) | Val::BStr(s) => text(s),
+                Val::TStr(s) | Val::BStr(s) => value::text(s),
                 other => Cow::Owned(other.to_string()),
             };
             (name, v)
