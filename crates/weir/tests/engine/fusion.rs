@@ -8,6 +8,17 @@ use weir::{
 
 use crate::util::{AckLog, assert_balanced, within};
 
+/// The run failed with a panic of `stage` saying `message`.
+fn assert_panic(err: &Error, stage: &str, message: &str) {
+    match err {
+        Error::Panic {
+            stage: s,
+            message: m,
+        } => assert_eq!((s.as_str(), m.as_str()), (stage, message)),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn a_chain_of_one_worker_stages_runs_in_the_source_thread() {
     within(20, async {
@@ -106,13 +117,7 @@ fn a_panic_in_a_fused_stage_names_that_stage() {
             .sink("out", collect());
         let err = p.run().await.unwrap_err();
         assert_balanced(&err.report);
-        match &err.error {
-            Error::Panic { stage, message } => {
-                assert_eq!(stage, "boom");
-                assert_eq!(message, "no 700");
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_panic(&err.error, "boom", "no 700");
     });
 }
 
@@ -229,13 +234,7 @@ fn an_error_or_a_panic_in_a_fused_pool_names_that_stage() {
         let err = p.run().await.unwrap_err();
         // The panicking batch's items count as dropped.
         assert_balanced(&err.report);
-        match &err.error {
-            Error::Panic { stage, message } => {
-                assert_eq!(stage, "boom");
-                assert_eq!(message, "no 7000");
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_panic(&err.error, "boom", "no 7000");
     });
 }
 
