@@ -20,17 +20,18 @@
 //! ```
 //!
 //! Component options are the connector crates' own config types, so their
-//! docs and defaults live in one place.
+//! docs and defaults live in one place; an entry finds its component's
+//! type through the registry ([`weir_connectors::registry`]), so this file
+//! names no component.
+
+use std::sync::OnceLock;
 
 use serde::Deserialize;
+use serde::de::MapAccess;
 use serde_saphyr::Spanned;
-
-use weir_connectors::processors::{
-    aggregate::AggregateConfig, batch::BatchConfig, dedupe::DedupeConfig, filter::FilterConfig,
-    jq::JqConfig, validate::ValidateConfig,
+use weir_connectors::registry::{
+    self, Kind, Parsed, ProcessorComponent, SinkComponent, SourceComponent,
 };
-use weir_connectors::sinks::{file::FileSink, sqlite::SqliteSink, stdout::StdoutSink};
-use weir_connectors::sources::{file::FileSource, generate::GenerateSource, stdin::StdinSource};
 
 use crate::diag::Diagnostic;
 
@@ -209,94 +210,223 @@ impl OnError {
 }
 
 /// One input.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct InputEntry {
     /// Unique name; stages refer to it in `from`.
     pub name: Spanned<String>,
     /// Workers decoding this input's lines (default: 2).
-    #[serde(default)]
     pub decode_workers: Option<Spanned<usize>>,
-    /// Read files.
-    #[serde(default)]
-    pub file: Option<FileSource>,
-    /// Read standard input.
-    #[serde(default)]
-    pub stdin: Option<StdinSource>,
-    /// Generate synthetic records.
-    #[serde(default)]
-    pub generate: Option<GenerateSource>,
+    /// The source keys of the entry (`file:`, `stdin:` ...), parsed through
+    /// the registry; exactly one is valid.
+    pub components: Vec<(String, Box<dyn SourceComponent>)>,
 }
 
 /// One processing stage.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct StageEntry {
     /// Unique name.
     pub name: Spanned<String>,
     /// Upstream inputs or stages (default: the entry above).
-    #[serde(default)]
     pub from: Option<Spanned<From>>,
     /// Workers running this stage in parallel (default 1).
-    #[serde(default)]
     pub workers: Option<Spanned<usize>>,
-    /// Keep input order across workers.
-    #[serde(default)]
-    pub ordered: bool,
+    /// Keep input order across workers (default false).
+    pub ordered: Option<bool>,
     /// Distributed mode (`weir run --broker`): carry this stage's input
     /// over the broker, so that its workers can be `weir worker` processes
     /// on any machine. For stages that see one record at a time (jq,
     /// filter, validate, switch). Ignored without `--broker`.
-    #[serde(default)]
     pub remote: Option<Spanned<bool>>,
     /// What to do with rejected records (default: dead_letter).
-    #[serde(default)]
     pub on_error: Option<OnError>,
-    /// Transform with a jq program.
-    #[serde(default)]
-    pub jq: Option<JqConfig>,
-    /// Keep records matching a jq condition.
-    #[serde(default)]
-    pub filter: Option<FilterConfig>,
-    /// Check records against a JSON Schema.
-    #[serde(default)]
-    pub validate: Option<ValidateConfig>,
-    /// Drop records whose key was seen before.
-    #[serde(default)]
-    pub dedupe: Option<DedupeConfig>,
-    /// Group and summarise.
-    #[serde(default)]
-    pub aggregate: Option<AggregateConfig>,
-    /// Group records into batches.
-    #[serde(default)]
-    pub batch: Option<BatchConfig>,
-    /// Route records to named branches (read as `<name>/<branch>`).
-    #[serde(default)]
-    pub switch: Option<weir_connectors::processors::switch::SwitchConfig>,
+    /// The processor keys of the entry (`jq:`, `filter:` ...), parsed
+    /// through the registry; exactly one is valid.
+    pub components: Vec<(String, Box<dyn ProcessorComponent>)>,
 }
 
 /// One output.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug)]
 pub struct OutputEntry {
     /// Unique name.
     pub name: Spanned<String>,
     /// Upstream stages (default: the last stage).
-    #[serde(default)]
     pub from: Option<Spanned<From>>,
     /// What to do with a batch the sink fails to write (default: fail).
-    #[serde(default)]
     pub on_error: Option<OnError>,
-    /// Write to a SQLite database.
-    #[serde(default)]
-    pub sqlite: Option<SqliteSink>,
-    /// Write to a file.
-    #[serde(default)]
-    pub file: Option<FileSink>,
-    /// Write JSON lines to standard output.
-    #[serde(default)]
-    pub stdout: Option<StdoutSink>,
+    /// The sink keys of the entry (`sqlite:`, `file:` ...), parsed through
+    /// the registry; exactly one is valid.
+    pub components: Vec<(String, Box<dyn SinkComponent>)>,
 }
+
+impl InputEntry {
+    /// The source, when the entry names exactly one.
+    pub fn source(&self) -> Option<&dyn SourceComponent> {
+        one(&self.components)
+    }
+}
+
+impl StageEntry {
+    /// The processor, when the entry names exactly one.
+    pub fn processor(&self) -> Option<&dyn ProcessorComponent> {
+        one(&self.components)
+    }
+
+    /// The component's key in the file (`jq`, `dedupe` ...), for messages.
+    pub fn component_name(&self) -> &str {
+        self.components.first().map_or("stage", |(k, _)| k.as_str())
+    }
+
+    /// Its named outputs (a switch's branches); empty when it has one
+    /// output under its own name.
+    pub fn branches(&self) -> Vec<String> {
+        self.processor().map(|p| p.branches()).unwrap_or_default()
+    }
+}
+
+impl OutputEntry {
+    /// The sink, when the entry names exactly one.
+    pub fn sink(&self) -> Option<&dyn SinkComponent> {
+        one(&self.components)
+    }
+}
+
+fn one<T: ?Sized>(components: &[(String, Box<T>)]) -> Option<&T> {
+    match components {
+        [(_, c)] => Some(&**c),
+        _ => None,
+    }
+}
+
+/// "stage 's' must have exactly one of `jq`, `filter`, ... (found 2)", or
+/// `None` when it has one.
+pub fn component_count_error<T: ?Sized>(
+    what: &str,
+    name: &str,
+    kind: Kind,
+    components: &[(String, Box<T>)],
+) -> Option<String> {
+    (components.len() != 1).then(|| {
+        let names: Vec<String> = registry::names(kind)
+            .into_iter()
+            .map(|n| format!("`{n}`"))
+            .collect();
+        format!(
+            "{what} '{name}' must have exactly one of {} (found {})",
+            names.join(", "),
+            components.len()
+        )
+    })
+}
+
+/// Reads one entry's map: the entry's own keys through `own` (whose names
+/// are `fields`), every other key as a component of `kind` through the
+/// registry. An unknown key is serde's unknown-field error (located at the
+/// key), listing the entry's keys and then the components, kept in
+/// `expected` (serde wants the list `'static`).
+fn entry_map<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    kind: Kind,
+    fields: &'static [&'static str],
+    expected: &'static OnceLock<Vec<&'static str>>,
+    mut own: impl FnMut(&'static str, &mut A) -> Result<(), A::Error>,
+) -> Result<Vec<(String, Parsed)>, A::Error> {
+    use serde::de::Error as _;
+    let mut components = Vec::new();
+    while let Some(key) = map.next_key::<String>()? {
+        if let Some(field) = fields.iter().find(|f| **f == key) {
+            own(field, map)?;
+        } else if let Some(parsed) = registry::parse(kind, &key, map)? {
+            components.push((key, parsed));
+        } else {
+            let expected = expected.get_or_init(|| {
+                let mut all = fields.to_vec();
+                all.extend(registry::names(kind));
+                all
+            });
+            return Err(A::Error::unknown_field(&key, expected));
+        }
+    }
+    Ok(components)
+}
+
+/// Sets a field read once; a second occurrence is serde's duplicate error.
+/// `null` reads as unset, as with `#[serde(default)]`.
+fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    slot: &mut Option<Option<T>>,
+    field: &'static str,
+    map: &mut A,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(serde::de::Error::duplicate_field(field));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
+}
+
+/// Implements `Deserialize` for an entry type through [`entry_map`]: its
+/// `name` and its own optional keys, then its components of `$kind`.
+macro_rules! entry {
+    ($entry:ident, $kind:ident, $expecting:literal, { $($field:ident : $ty:ty),* $(,)? }) => {
+        impl<'de> Deserialize<'de> for $entry {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $entry;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$entry, A::Error> {
+                        let mut name: Option<Option<Spanned<String>>> = None;
+                        $(let mut $field: Option<Option<$ty>> = None;)*
+                        static EXPECTED: OnceLock<Vec<&'static str>> = OnceLock::new();
+                        let parsed = entry_map(
+                            &mut map,
+                            Kind::$kind,
+                            &["name" $(, stringify!($field))*],
+                            &EXPECTED,
+                            |key, map| match key {
+                                "name" => once(&mut name, "name", map),
+                                $(stringify!($field) => once(&mut $field, stringify!($field), map),)*
+                                _ => unreachable!("only listed fields are passed"),
+                            },
+                        )?;
+                        let name = name
+                            .flatten()
+                            .ok_or_else(|| serde::de::Error::missing_field("name"))?;
+                        let components = parsed
+                            .into_iter()
+                            .map(|(k, p)| match p {
+                                Parsed::$kind(c) => (k, c),
+                                _ => unreachable!("the registry parses the kind asked for"),
+                            })
+                            .collect();
+                        Ok($entry {
+                            name,
+                            $($field: $field.flatten(),)*
+                            components,
+                        })
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+
+entry!(InputEntry, Source, "an input: a name and one source", {
+    decode_workers: Spanned<usize>,
+});
+entry!(StageEntry, Processor, "a stage: a name and one processor", {
+    from: Spanned<From>,
+    workers: Spanned<usize>,
+    ordered: bool,
+    remote: Spanned<bool>,
+    on_error: OnError,
+});
+entry!(OutputEntry, Sink, "an output: a name and one sink", {
+    from: Spanned<From>,
+    on_error: OnError,
+});
 
 /// The dead-letter output.
 /// How the pipeline runs on a broker (`weir run --broker`, `weir worker`).

@@ -87,7 +87,7 @@ pub fn check(
         declare(&i.value.name, NodeKind::Input, &mut diags);
     }
     for s in &file.stages {
-        let kind = if s.value.switch.is_some() {
+        let kind = if !s.value.branches().is_empty() {
             NodeKind::Switch
         } else {
             NodeKind::Stage
@@ -100,12 +100,10 @@ pub fn check(
     // A switch's branches are readable names of their own.
     let mut branches: Vec<(usize, String)> = Vec::new();
     for (i, s) in file.stages.iter().enumerate() {
-        if let Some(sw) = &s.value.switch {
-            for b in sw.branches() {
-                let full = format!("{}/{b}", s.value.name.value);
-                kinds.entry(full.clone()).or_insert(NodeKind::Stage);
-                branches.push((i, full));
-            }
+        for b in s.value.branches() {
+            let full = format!("{}/{b}", s.value.name.value);
+            kinds.entry(full.clone()).or_insert(NodeKind::Stage);
+            branches.push((i, full));
         }
     }
 
@@ -214,7 +212,7 @@ pub fn check(
         }
     }
     for s in &file.stages {
-        if s.value.switch.is_some() {
+        if !s.value.branches().is_empty() {
             continue;
         }
         if !w.readers.contains_key(&s.value.name.value) {
@@ -335,8 +333,9 @@ struct Written<'a> {
     /// file, which the pipeline file does not name.
     span: Option<&'a Spanned<String>>,
     path: &'a str,
-    /// Several sqlite outputs may share a database (one table each).
-    sqlite: bool,
+    /// Writers with the same tag may share the file (sqlite outputs: one
+    /// table each).
+    shared: Option<&'static str>,
 }
 
 /// The default dead-letter file, beside the pipeline file.
@@ -354,19 +353,12 @@ fn same_files(file: &PipelineFile, base_dir: &Path, pipeline: &Path) -> Vec<Diag
     for o in &file.outputs {
         let e = &o.value;
         let who = format!("output '{}'", e.name.value);
-        if let Some(s) = &e.sqlite {
+        if let Some(w) = e.sink().and_then(|s| s.writes()) {
             written.push(Written {
                 who,
-                span: Some(&s.path),
-                path: &s.path.value,
-                sqlite: true,
-            });
-        } else if let Some(f) = &e.file {
-            written.push(Written {
-                who,
-                span: Some(&f.path),
-                path: &f.path.value,
-                sqlite: false,
+                span: Some(w.path),
+                path: &w.path.value,
+                shared: w.shared,
             });
         }
     }
@@ -375,13 +367,13 @@ fn same_files(file: &PipelineFile, base_dir: &Path, pipeline: &Path) -> Vec<Diag
             who: "the dead-letter file".into(),
             span: Some(&d.path),
             path: &d.path.value,
-            sqlite: false,
+            shared: None,
         },
         None => Written {
             who: "the dead-letter file".into(),
             span: None,
             path: DEFAULT_DEAD_LETTERS,
-            sqlite: false,
+            shared: None,
         },
     });
     written.retain(|w| !w.path.is_empty());
@@ -396,7 +388,9 @@ fn same_files(file: &PipelineFile, base_dir: &Path, pipeline: &Path) -> Vec<Diag
             });
         }
         for i in &file.inputs {
-            let Some(src) = &i.value.file else { continue };
+            let Some(src) = i.value.source().and_then(|s| s.files()) else {
+                continue;
+            };
             if !src.reads(base_dir, Path::new(w.path)) {
                 continue;
             }
@@ -430,7 +424,8 @@ fn same_files(file: &PipelineFile, base_dir: &Path, pipeline: &Path) -> Vec<Diag
     }
     for (k, b) in written.iter().enumerate() {
         for a in &written[..k] {
-            if (a.sqlite && b.sqlite) || !same_file(&base_dir.join(a.path), &base_dir.join(b.path))
+            if (a.shared.is_some() && a.shared == b.shared)
+                || !same_file(&base_dir.join(a.path), &base_dir.join(b.path))
             {
                 continue;
             }

@@ -28,9 +28,10 @@ mod build;
 mod config;
 mod diag;
 mod distributed;
+mod edges;
+mod explain;
 mod graph;
 mod progress;
-mod registry;
 mod report;
 mod runtime;
 mod signals;
@@ -254,8 +255,8 @@ fn main() -> ExitCode {
             run(&pipeline, report, quiet, mode)
         }
         Command::Check { pipeline } => check(&pipeline),
-        Command::List { kind } => registry::list(kind.as_deref()).map(|()| ExitCode::SUCCESS),
-        Command::Explain { component } => registry::explain(&component).map(|()| ExitCode::SUCCESS),
+        Command::List { kind } => explain::list(kind.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::Explain { component } => explain::explain(&component).map(|()| ExitCode::SUCCESS),
         Command::Gen { what } => gen_data(what).map(|()| ExitCode::SUCCESS),
         Command::Worker {
             pipeline,
@@ -343,10 +344,15 @@ fn load(path: &Path, mode: build::Mode) -> Result<std::result::Result<build::Bui
         Ok(l) => l,
         Err(text) => return Ok(Err(text)),
     };
-    Ok(
-        build::build(&l.file, &l.wiring, path, &l.base_dir, mode, None)
-            .map_err(|diags| l.render(&diags)),
+    Ok(build::build(
+        &l.file,
+        &l.wiring,
+        path,
+        &l.base_dir,
+        mode,
+        &mut edges::LocalEdges::new(&l.wiring),
     )
+    .map_err(|diags| l.render(&diags)))
 }
 
 fn check(path: &Path) -> Result<ExitCode> {

@@ -19,6 +19,9 @@
 //! * [`sinks`] write records: `sqlite` (the embedded default store), `file`,
 //!   `stdout`.
 //!
+//! * [`registry`]: the one list of components, and the trait each kind
+//!   implements; pipeline files are parsed and built through it.
+//!
 //! Each component's configuration struct is its user documentation: every
 //! field has a `///` doc, unknown keys are rejected, and `weir explain`
 //! prints the JSON schema derived from it.
@@ -29,6 +32,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod limits;
 pub mod processors;
+pub mod registry;
 pub mod sinks;
 pub mod sources;
 

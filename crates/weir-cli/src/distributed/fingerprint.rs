@@ -114,7 +114,7 @@ pub fn of_job(l: &Loaded, placement: &Placement, max_payload: usize) -> Fingerpr
             .insert(format!("environment variable {name}"), shown);
     }
     for input in &l.file.inputs {
-        let Some(src) = &input.value.file else {
+        let Some(src) = input.value.source().and_then(|s| s.files()) else {
             continue;
         };
         // A path that matches nothing readable: the build says why.
@@ -131,21 +131,21 @@ pub fn of_job(l: &Loaded, placement: &Placement, max_payload: usize) -> Fingerpr
 
 /// Where each output port of stage `name` publishes (for a switch, per
 /// branch in order).
-fn ports(l: &Loaded, placement: &Placement, name: &str) -> Vec<Vec<String>> {
-    let entry = l
+pub(super) fn ports(l: &Loaded, placement: &Placement, name: &str) -> Vec<Vec<String>> {
+    let branches = l
         .file
         .stages
         .iter()
         .find(|s| s.value.name.value == name)
-        .map(|s| &s.value);
-    match entry.and_then(|e| e.switch.as_ref()) {
-        Some(sw) => sw
-            .branches()
-            .iter()
-            .map(|b| placement.remote_readers(&format!("{name}/{b}")))
-            .collect(),
-        None => vec![placement.remote_readers(name)],
+        .map(|s| s.value.branches())
+        .unwrap_or_default();
+    if branches.is_empty() {
+        return vec![placement.remote_readers(name)];
     }
+    branches
+        .iter()
+        .map(|b| placement.remote_readers(&format!("{name}/{b}")))
+        .collect()
 }
 
 /// JSON with object keys sorted at every level: equal data, equal text.

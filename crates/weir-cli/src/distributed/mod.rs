@@ -12,6 +12,7 @@
 //! Which stage runs where is [`placement`]'s business; the stages and
 //! components themselves are the same as in a local run.
 
+mod edges;
 mod fingerprint;
 pub mod placement;
 
@@ -25,13 +26,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use weir::CancellationToken;
 use weir_connectors::processors::ProcessorContext;
+use weir_connectors::registry::Resume;
 use weir_nats::completion;
 use weir_nats::job::{Status, WorkerStats, now_ms};
 use weir_nats::lease::Lease;
 use weir_nats::worker::{RemoteStage, WorkerOptions};
 use weir_nats::{Broker, EdgeSettings, Job};
 
-use crate::build::{self, Component, Dist};
+use crate::build;
 use crate::config::OnError;
 use crate::{Loaded, ReportFormat};
 use placement::Placement;
@@ -105,7 +107,11 @@ pub fn run_coordinator(
                     .file
                     .outputs
                     .iter()
-                    .filter(|o| o.value.file.is_some())
+                    .filter(|o| {
+                        o.value
+                            .sink()
+                            .is_some_and(|s| matches!(s.resume(), Resume::Refused(_)))
+                    })
                     .map(|o| o.value.name.value.as_str())
                     .collect();
                 if !files.is_empty() {
@@ -161,18 +167,18 @@ pub fn run_coordinator(
                     window.as_secs()
                 );
             }
-            let dist = Dist {
-                job: job.clone(),
-                placement,
+            let mut edges = edges::BrokerEdges::new(
+                &job,
+                &placement,
                 inputs_done,
-                replays: state.as_ref().map_or(0, |s| s.replays),
-            };
+                state.as_ref().map_or(0, |s| s.replays),
+            );
             let mode = build::Mode::Run {
                 resume: false,
                 checkpoint: false,
                 state_dir: None,
             };
-            let built = match build::build(&l.file, &l.wiring, &l.path, &l.base_dir, mode, Some(&dist))
+            let built = match build::build(&l.file, &l.wiring, &l.path, &l.base_dir, mode, &mut edges)
             {
                 Ok(b) => b,
                 Err(d) => {
@@ -181,11 +187,11 @@ pub fn run_coordinator(
                 }
             };
             let dead_letter_path = built.dead_letter_path.clone();
-            let nodes = built.nodes.clone();
+            let nodes = edges.nodes(&l.file, &l.wiring);
             let stop_watch = CancellationToken::new();
             // The coordinator's own inbox readers, shown by `weir status`
             // like a worker's stages.
-            let counters = built.inbox_counters.clone();
+            let counters = edges.inbox_counters.clone();
             let own_stats = {
                 let job = job.clone();
                 let counters = counters.clone();
@@ -226,8 +232,7 @@ pub fn run_coordinator(
                 let job = job.clone();
                 let extra = extra.clone();
                 let stop = stop_watch.clone();
-                let pool: Vec<String> = dist
-                    .placement
+                let pool: Vec<String> = placement
                     .pool_stages()
                     .into_iter()
                     .map(str::to_string)
@@ -293,16 +298,16 @@ pub fn run_coordinator(
             }
             let exact = exact_figures(
                 &job,
-                &dist.placement,
+                &placement,
                 dead.as_deref().unwrap_or_default(),
             )
             .await;
-            let remote = remote_table(&dist.placement, &workers, &exact);
+            let remote = remote_table(&placement, &workers, &exact);
             match format {
                 Some(ReportFormat::Json) => {
                     let mut v = crate::report::json(&report, error.as_ref());
                     v["job"] = job.names.job().into();
-                    v["remote"] = remote_json(&dist.placement, &workers, &exact);
+                    v["remote"] = remote_json(&placement, &workers, &exact);
                     v["broker_dead_letters"] = dead.as_ref().map_or(0, Vec::len).into();
                     v["swept"] = swept.into();
                     out!("{v}");
@@ -545,7 +550,7 @@ fn remote_stages(
         if !pool.contains(name) || only.is_some_and(|o| !o.iter().any(|x| x == name)) {
             continue;
         }
-        let (component, _) = match build::component(e, &ctx) {
+        let (stage, _) = match build::stage(e, &ctx) {
             Ok(c) => c,
             Err(d) => {
                 diags.extend(d);
@@ -553,36 +558,12 @@ fn remote_stages(
             }
         };
         let retry_errors = matches!(e.on_error, Some(OnError::Retry { .. } | OnError::Fail));
-        let (process, ports): (Arc<weir_nats::worker::StageFn>, Vec<Vec<String>>) = match component
-        {
-            Component::Processor(p) => (
-                Arc::new(move |r| {
-                    let mut v = Vec::new();
-                    p.process(r, &mut v)?;
-                    Ok(v.into_iter().map(|o| (0, o)).collect())
-                }),
-                vec![placement.remote_readers(name)],
-            ),
-            Component::Switch(sw) => {
-                let ports = sw
-                    .branches()
-                    .iter()
-                    .map(|b| placement.remote_readers(&format!("{name}/{b}")))
-                    .collect();
-                (
-                    Arc::new(move |r| {
-                        Ok(sw
-                            .route(r)?
-                            .map(|i| vec![(i, r.clone())])
-                            .unwrap_or_default())
-                    }),
-                    ports,
-                )
-            }
-            Component::Aggregate(_) | Component::Batch(_) => {
-                unreachable!("placement keeps stateful stages in the coordinator")
-            }
-        };
+        let record_fn = stage
+            .record_fn()
+            .expect("placement keeps stateful stages in the coordinator");
+        let process: Arc<weir_nats::worker::StageFn> =
+            Arc::new(move |r| record_fn(r).map_err(Into::into));
+        let ports = fingerprint::ports(l, placement, name);
         out.push(RemoteStage {
             name: name.to_string(),
             ports,

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use weir_nats::{EdgeSettings, InboxSpec};
 
+use weir_connectors::registry::Scope;
+
 use crate::config::{PipelineFile, StageEntry};
 use crate::diag::Diagnostic;
 use crate::graph::Wiring;
@@ -37,18 +39,7 @@ pub struct Placement {
 
 /// Can this stage run in a pool (does it see one record at a time)?
 fn eligible(e: &StageEntry) -> bool {
-    e.jq.is_some() || e.filter.is_some() || e.validate.is_some() || e.switch.is_some()
-}
-
-/// The kind of a stateful stage, for messages.
-fn stateful_kind(e: &StageEntry) -> &'static str {
-    if e.dedupe.is_some() {
-        "dedupe"
-    } else if e.aggregate.is_some() {
-        "aggregate"
-    } else {
-        "batch"
-    }
+    e.processor().is_some_and(|p| p.scope() == Scope::PerRecord)
 }
 
 /// The component a `from` name refers to: itself, or the switch of a
@@ -90,9 +81,9 @@ impl Placement {
             match explicit {
                 Some(true) if !eligible(e) => diags.push(Diagnostic::at(
                     format!(
-                        "stage '{}' is a {}: it must see every record, so it runs in the coordinator and cannot be `remote` (remote pools are for jq, filter, validate and switch stages)",
+                        "stage '{}' is a {}: it must see every record, so it runs in the coordinator and cannot be `remote` (remote pools are for stages that see one record at a time, such as jq, filter, validate and switch)",
                         e.name.value,
-                        stateful_kind(e)
+                        e.component_name()
                     ),
                     e.remote.as_ref().expect("set"),
                 )),
@@ -137,7 +128,11 @@ impl Placement {
         let windowed: HashSet<&str> = file
             .stages
             .iter()
-            .filter(|s| s.value.aggregate.is_some() || s.value.batch.is_some())
+            .filter(|s| {
+                s.value
+                    .processor()
+                    .is_some_and(|p| p.scope() == Scope::Windowed)
+            })
             .map(|s| s.value.name.value.as_str())
             .collect();
         let holds = |start: &str| -> bool {

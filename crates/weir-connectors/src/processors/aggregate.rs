@@ -580,6 +580,22 @@ fn short(v: &Value) -> String {
     }
 }
 
+impl crate::registry::Documented for AggregateConfig {
+    const EXAMPLE: &'static str = EXAMPLE;
+}
+
+impl crate::registry::ProcessorComponent for AggregateConfig {
+    fn scope(&self) -> crate::registry::Scope {
+        crate::registry::Scope::Windowed
+    }
+
+    fn build(&self, ctx: &ProcessorContext) -> Result<crate::registry::Stage, ConfigError> {
+        Ok(crate::registry::Stage::Aggregate(std::sync::Arc::new(
+            AggregateConfig::build(self, ctx)?,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

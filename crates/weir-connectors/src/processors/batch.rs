@@ -150,6 +150,22 @@ impl Batcher {
     }
 }
 
+impl crate::registry::Documented for BatchConfig {
+    const EXAMPLE: &'static str = EXAMPLE;
+}
+
+impl crate::registry::ProcessorComponent for BatchConfig {
+    fn scope(&self) -> crate::registry::Scope {
+        crate::registry::Scope::Windowed
+    }
+
+    fn build(&self, ctx: &ProcessorContext) -> Result<crate::registry::Stage, ConfigError> {
+        Ok(crate::registry::Stage::Batch(std::sync::Arc::new(
+            BatchConfig::build(self, ctx)?,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

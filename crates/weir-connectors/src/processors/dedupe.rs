@@ -210,6 +210,22 @@ fn key_text(v: &Value) -> std::borrow::Cow<'_, str> {
     }
 }
 
+impl crate::registry::Documented for DedupeConfig {
+    const EXAMPLE: &'static str = EXAMPLE;
+}
+
+impl crate::registry::ProcessorComponent for DedupeConfig {
+    fn scope(&self) -> crate::registry::Scope {
+        crate::registry::Scope::Keyed
+    }
+
+    fn build(&self, ctx: &ProcessorContext) -> Result<crate::registry::Stage, ConfigError> {
+        Ok(crate::registry::Stage::Records(std::sync::Arc::new(
+            DedupeConfig::build(self, ctx)?,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,6 +100,22 @@ impl Processor for Filter {
     }
 }
 
+impl crate::registry::Documented for FilterConfig {
+    const EXAMPLE: &'static str = EXAMPLE;
+}
+
+impl crate::registry::ProcessorComponent for FilterConfig {
+    fn scope(&self) -> crate::registry::Scope {
+        crate::registry::Scope::PerRecord
+    }
+
+    fn build(&self, ctx: &ProcessorContext) -> Result<crate::registry::Stage, ConfigError> {
+        Ok(crate::registry::Stage::Records(std::sync::Arc::new(
+            FilterConfig::build(self, ctx)?,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

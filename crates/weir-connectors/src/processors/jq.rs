@@ -1158,6 +1158,22 @@ mod fast_path_tests {
     }
 }
 
+impl crate::registry::Documented for JqConfig {
+    const EXAMPLE: &'static str = EXAMPLE;
+}
+
+impl crate::registry::ProcessorComponent for JqConfig {
+    fn scope(&self) -> crate::registry::Scope {
+        crate::registry::Scope::PerRecord
+    }
+
+    fn build(&self, ctx: &ProcessorContext) -> Result<crate::registry::Stage, ConfigError> {
+        Ok(crate::registry::Stage::Records(std::sync::Arc::new(
+            JqConfig::build(self, ctx)?,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

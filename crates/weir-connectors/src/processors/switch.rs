@@ -146,6 +146,26 @@ impl Switch {
     }
 }
 
+impl crate::registry::Documented for SwitchConfig {
+    const EXAMPLE: &'static str = EXAMPLE;
+}
+
+impl crate::registry::ProcessorComponent for SwitchConfig {
+    fn scope(&self) -> crate::registry::Scope {
+        crate::registry::Scope::PerRecord
+    }
+
+    fn build(&self, ctx: &ProcessorContext) -> Result<crate::registry::Stage, ConfigError> {
+        Ok(crate::registry::Stage::Switch(std::sync::Arc::new(
+            SwitchConfig::build(self, ctx)?,
+        )))
+    }
+
+    fn branches(&self) -> Vec<String> {
+        SwitchConfig::branches(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

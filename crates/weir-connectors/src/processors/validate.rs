@@ -179,6 +179,22 @@ impl Processor for Validate {
     }
 }
 
+impl crate::registry::Documented for ValidateConfig {
+    const EXAMPLE: &'static str = EXAMPLE;
+}
+
+impl crate::registry::ProcessorComponent for ValidateConfig {
+    fn scope(&self) -> crate::registry::Scope {
+        crate::registry::Scope::PerRecord
+    }
+
+    fn build(&self, ctx: &ProcessorContext) -> Result<crate::registry::Stage, ConfigError> {
+        Ok(crate::registry::Stage::Records(std::sync::Arc::new(
+            ValidateConfig::build(self, ctx)?,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

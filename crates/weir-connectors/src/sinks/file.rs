@@ -248,6 +248,42 @@ impl weir::Sink<Record> for FileWriter {
     }
 }
 
+impl crate::registry::Documented for FileSink {
+    const EXAMPLE: &'static str = FileSink::EXAMPLE;
+}
+
+impl crate::registry::SinkComponent for FileSink {
+    fn check(&self) -> Result<(), ConfigError> {
+        FileSink::check(self).map(|_| ())
+    }
+
+    fn attach(
+        &self,
+        ctx: &BuildContext,
+        name: &str,
+        input: weir::Flow<Record>,
+        policy: weir::ErrorPolicy,
+    ) -> Result<(), ConfigError> {
+        input
+            .sink(name, FileSink::build(self, ctx)?)
+            .on_error(policy);
+        Ok(())
+    }
+
+    fn writes(&self) -> Option<crate::registry::Written<'_>> {
+        Some(crate::registry::Written {
+            path: &self.path,
+            shared: None,
+        })
+    }
+
+    fn resume(&self) -> crate::registry::Resume {
+        crate::registry::Resume::Refused(
+            "writes a file from the start, which would lose what the first run wrote; resume works with sqlite outputs",
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

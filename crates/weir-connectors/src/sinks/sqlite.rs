@@ -491,6 +491,46 @@ impl weir::Sink<Record> for SqliteWriter {
     }
 }
 
+impl crate::registry::Documented for SqliteSink {
+    const EXAMPLE: &'static str = SqliteSink::EXAMPLE;
+}
+
+impl crate::registry::SinkComponent for SqliteSink {
+    fn check(&self) -> Result<(), ConfigError> {
+        SqliteSink::check(self)
+    }
+
+    fn attach(
+        &self,
+        ctx: &BuildContext,
+        name: &str,
+        input: weir::Flow<Record>,
+        policy: weir::ErrorPolicy,
+    ) -> Result<(), ConfigError> {
+        input
+            .sink(name, SqliteSink::build(self, ctx)?)
+            .on_error(policy);
+        Ok(())
+    }
+
+    fn writes(&self) -> Option<crate::registry::Written<'_>> {
+        Some(crate::registry::Written {
+            path: &self.path,
+            shared: Some("sqlite"),
+        })
+    }
+
+    fn resume(&self) -> crate::registry::Resume {
+        if self.key.is_empty() {
+            crate::registry::Resume::MayDuplicate(
+                "has no `key`; rows written after the last checkpoint may be written twice",
+            )
+        } else {
+            crate::registry::Resume::Exact
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

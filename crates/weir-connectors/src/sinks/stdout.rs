@@ -82,6 +82,31 @@ impl weir::Sink<Record> for StdoutWriter {
     }
 }
 
+impl crate::registry::Documented for StdoutSink {
+    const EXAMPLE: &'static str = StdoutSink::EXAMPLE;
+}
+
+impl crate::registry::SinkComponent for StdoutSink {
+    fn attach(
+        &self,
+        ctx: &BuildContext,
+        name: &str,
+        input: weir::Flow<Record>,
+        policy: weir::ErrorPolicy,
+    ) -> Result<(), ConfigError> {
+        input
+            .sink(name, StdoutSink::build(self, ctx)?)
+            .on_error(policy);
+        Ok(())
+    }
+
+    fn resume(&self) -> crate::registry::Resume {
+        crate::registry::Resume::MayDuplicate(
+            "prints again the records written after the last checkpoint",
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -861,6 +861,27 @@ impl Iterator for FileReader {
     }
 }
 
+impl crate::registry::Documented for FileSource {
+    const EXAMPLE: &'static str = FileSource::EXAMPLE;
+}
+
+impl crate::registry::SourceComponent for FileSource {
+    fn build(
+        &self,
+        ctx: &BuildContext,
+        checkpoint: Option<Arc<crate::checkpoint::Checkpoint>>,
+    ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        match checkpoint {
+            Some(cp) => self.build_resumable(ctx, cp),
+            None => FileSource::build(self, ctx),
+        }
+    }
+
+    fn files(&self) -> Option<&FileSource> {
+        Some(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -426,6 +426,20 @@ fn split_placeholders(s: &str) -> Result<Vec<Part>, String> {
     Ok(parts)
 }
 
+impl crate::registry::Documented for GenerateSource {
+    const EXAMPLE: &'static str = GenerateSource::EXAMPLE;
+}
+
+impl crate::registry::SourceComponent for GenerateSource {
+    fn build(
+        &self,
+        ctx: &BuildContext,
+        _checkpoint: Option<Arc<crate::checkpoint::Checkpoint>>,
+    ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        GenerateSource::build(self, ctx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

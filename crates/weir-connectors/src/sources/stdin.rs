@@ -83,6 +83,20 @@ impl StdinSource {
     }
 }
 
+impl crate::registry::Documented for StdinSource {
+    const EXAMPLE: &'static str = StdinSource::EXAMPLE;
+}
+
+impl crate::registry::SourceComponent for StdinSource {
+    fn build(
+        &self,
+        ctx: &BuildContext,
+        _checkpoint: Option<Arc<crate::checkpoint::Checkpoint>>,
+    ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        StdinSource::build(self, ctx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,111 +1,13 @@
-//! Every component, in one explicit list, with its documentation generated
-//! from its configuration type (the same type that parses the YAML), so the
-//! docs cannot drift from the code.
+//! `weir list` and `weir explain`: every component of the registry
+//! ([`weir_connectors::registry::COMPONENTS`]), with its documentation
+//! generated from its configuration type (the same type that parses the
+//! YAML), so the docs cannot drift from the code.
 
 use anyhow::{Result, bail};
-use schemars::{JsonSchema, Schema, schema_for};
+use schemars::Schema;
 use serde_json::Value;
 
-use weir_connectors::processors::{aggregate, batch, dedupe, filter, jq, switch, validate};
-use weir_connectors::sinks::{file as file_sink, sqlite, stdout};
-use weir_connectors::sources::{file, generate, stdin};
-
-/// One component: its name in pipeline files, its kind, its options' schema
-/// and a minimal example of its options.
-pub struct Component {
-    pub name: &'static str,
-    pub kind: &'static str,
-    pub schema: fn() -> Schema,
-    pub example: &'static str,
-}
-
-fn schema<T: JsonSchema>() -> Schema {
-    schema_for!(T)
-}
-
-/// The list.
-pub fn components() -> Vec<Component> {
-    vec![
-        Component {
-            name: "file",
-            kind: "source",
-            schema: schema::<file::FileSource>,
-            example: file::FileSource::EXAMPLE,
-        },
-        Component {
-            name: "stdin",
-            kind: "source",
-            schema: schema::<stdin::StdinSource>,
-            example: stdin::StdinSource::EXAMPLE,
-        },
-        Component {
-            name: "generate",
-            kind: "source",
-            schema: schema::<generate::GenerateSource>,
-            example: generate::GenerateSource::EXAMPLE,
-        },
-        Component {
-            name: "jq",
-            kind: "processor",
-            schema: schema::<jq::JqConfig>,
-            example: jq::EXAMPLE,
-        },
-        Component {
-            name: "filter",
-            kind: "processor",
-            schema: schema::<filter::FilterConfig>,
-            example: filter::EXAMPLE,
-        },
-        Component {
-            name: "validate",
-            kind: "processor",
-            schema: schema::<validate::ValidateConfig>,
-            example: validate::EXAMPLE,
-        },
-        Component {
-            name: "dedupe",
-            kind: "processor",
-            schema: schema::<dedupe::DedupeConfig>,
-            example: dedupe::EXAMPLE,
-        },
-        Component {
-            name: "aggregate",
-            kind: "processor",
-            schema: schema::<aggregate::AggregateConfig>,
-            example: aggregate::EXAMPLE,
-        },
-        Component {
-            name: "batch",
-            kind: "processor",
-            schema: schema::<batch::BatchConfig>,
-            example: batch::EXAMPLE,
-        },
-        Component {
-            name: "switch",
-            kind: "processor",
-            schema: schema::<switch::SwitchConfig>,
-            example: switch::EXAMPLE,
-        },
-        Component {
-            name: "sqlite",
-            kind: "sink",
-            schema: schema::<sqlite::SqliteSink>,
-            example: sqlite::SqliteSink::EXAMPLE,
-        },
-        Component {
-            name: "file",
-            kind: "sink",
-            schema: schema::<file_sink::FileSink>,
-            example: file_sink::FileSink::EXAMPLE,
-        },
-        Component {
-            name: "stdout",
-            kind: "sink",
-            schema: schema::<stdout::StdoutSink>,
-            example: stdout::StdoutSink::EXAMPLE,
-        },
-    ]
-}
+use weir_connectors::registry::{COMPONENTS, Info, Kind};
 
 /// The first sentence of the description (its first paragraph when that
 /// has no full stop), on one line.
@@ -125,31 +27,29 @@ pub fn list(kind: Option<&str>) -> Result<()> {
     {
         bail!("unknown kind '{k}': expected source, processor or sink");
     }
-    for c in components()
+    for c in COMPONENTS
         .iter()
-        .filter(|c| kind.is_none_or(|k| k == c.kind))
+        .filter(|c| kind.is_none_or(|k| k == c.kind.as_str()))
     {
-        println!("{:<10} {:<10} {}", c.kind, c.name, summary(&(c.schema)()));
+        println!(
+            "{:<10} {:<10} {}",
+            c.kind.as_str(),
+            c.name,
+            summary(&(c.schema)())
+        );
     }
     Ok(())
 }
 
 pub fn explain(name: &str) -> Result<()> {
-    let all = components();
-    let found: Vec<&Component> = all.iter().filter(|c| c.name == name).collect();
+    let found: Vec<&Info> = COMPONENTS.iter().filter(|c| c.name == name).collect();
     if found.is_empty() {
-        let names = |kind: &str| {
-            all.iter()
-                .filter(|c| c.kind == kind)
-                .map(|c| c.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let names = |kind: Kind| weir_connectors::registry::names(kind).join(", ");
         bail!(
             "unknown component '{name}'; sources: {}; processors: {}; sinks: {}",
-            names("source"),
-            names("processor"),
-            names("sink")
+            names(Kind::Source),
+            names(Kind::Processor),
+            names(Kind::Sink)
         );
     }
     let texts: Vec<String> = found.into_iter().map(describe).collect();
@@ -158,11 +58,11 @@ pub fn explain(name: &str) -> Result<()> {
 }
 
 /// The text `weir explain` prints for one component.
-pub fn describe(c: &Component) -> String {
+pub fn describe(c: &Info) -> String {
     use std::fmt::Write as _;
     let s = (c.schema)();
     let mut out = String::new();
-    let _ = writeln!(out, "{} ({})", c.name, c.kind);
+    let _ = writeln!(out, "{} ({})", c.name, c.kind.as_str());
     if let Some(d) = s.get("description").and_then(Value::as_str) {
         let _ = writeln!(out, "\n{d}");
     }
@@ -268,7 +168,7 @@ mod tests {
 
     #[test]
     fn every_component_documents_every_option_and_its_example_parses() {
-        for c in components() {
+        for c in COMPONENTS {
             let s = (c.schema)();
             assert!(!summary(&s).is_empty(), "{} has no description", c.name);
             if let Some(props) = s.get("properties").and_then(Value::as_object) {
@@ -280,7 +180,7 @@ mod tests {
                     );
                 }
             }
-            let text = describe(&c);
+            let text = describe(c);
             assert!(text.contains("example:"));
         }
     }
