@@ -410,7 +410,7 @@ pub(crate) fn stage(
             .on_error
             .as_ref()
             .map_or(ErrorPolicy::DeadLetter, OnError::policy),
-        ordered: e.ordered.unwrap_or(false),
+        ordered: e.ordered,
     };
     Ok((stage, options))
 }

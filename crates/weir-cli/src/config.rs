@@ -230,8 +230,8 @@ pub struct StageEntry {
     pub from: Option<Spanned<From>>,
     /// Workers running this stage in parallel (default 1).
     pub workers: Option<Spanned<usize>>,
-    /// Keep input order across workers (default false).
-    pub ordered: Option<bool>,
+    /// Keep input order across workers.
+    pub ordered: bool,
     /// Distributed mode (`weir run --broker`): carry this stage's input
     /// over the broker, so that its workers can be `weir worker` processes
     /// on any machine. For stages that see one record at a time (jq,
@@ -277,9 +277,16 @@ impl StageEntry {
     }
 
     /// Its named outputs (a switch's branches); empty when it has one
-    /// output under its own name.
+    /// output under its own name. Read from whichever of its components
+    /// has some, so that an entry with a switch and another component
+    /// still wires its branches and gets the one-component error from the
+    /// build, not graph errors about its branches.
     pub fn branches(&self) -> Vec<String> {
-        self.processor().map(|p| p.branches()).unwrap_or_default()
+        self.components
+            .iter()
+            .map(|(_, c)| c.branches())
+            .find(|b| !b.is_empty())
+            .unwrap_or_default()
     }
 }
 
@@ -336,7 +343,7 @@ fn entry_map<'de, A: MapAccess<'de>>(
         if let Some(field) = fields.iter().find(|f| **f == key) {
             own(field, map)?;
         } else if let Some(parsed) = registry::parse(kind, &key, map)? {
-            components.push((key, parsed));
+            components.extend(parsed.map(|p| (key, p)));
         } else {
             let expected = expected.get_or_init(|| {
                 let mut all = fields.to_vec();
@@ -350,9 +357,8 @@ fn entry_map<'de, A: MapAccess<'de>>(
 }
 
 /// Sets a field read once; a second occurrence is serde's duplicate error.
-/// `null` reads as unset, as with `#[serde(default)]`.
 fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
-    slot: &mut Option<Option<T>>,
+    slot: &mut Option<T>,
     field: &'static str,
     map: &mut A,
 ) -> Result<(), A::Error> {
@@ -364,7 +370,9 @@ fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
 }
 
 /// Implements `Deserialize` for an entry type through [`entry_map`]: its
-/// `name` and its own optional keys, then its components of `$kind`.
+/// `name`, its own keys (`field: Type = default`: a key left out, for
+/// `Option` types also a null, takes the default) and then its components
+/// of `$kind`.
 macro_rules! entry {
     ($entry:ident, $kind:ident, $expecting:literal, { $($field:ident : $ty:ty),* $(,)? }) => {
         impl<'de> Deserialize<'de> for $entry {
@@ -376,8 +384,8 @@ macro_rules! entry {
                         f.write_str($expecting)
                     }
                     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$entry, A::Error> {
-                        let mut name: Option<Option<Spanned<String>>> = None;
-                        $(let mut $field: Option<Option<$ty>> = None;)*
+                        let mut name: Option<Spanned<String>> = None;
+                        $(let mut $field: Option<$ty> = None;)*
                         static EXPECTED: OnceLock<Vec<&'static str>> = OnceLock::new();
                         let parsed = entry_map(
                             &mut map,
@@ -390,9 +398,7 @@ macro_rules! entry {
                                 _ => unreachable!("only listed fields are passed"),
                             },
                         )?;
-                        let name = name
-                            .flatten()
-                            .ok_or_else(|| serde::de::Error::missing_field("name"))?;
+                        let name = name.ok_or_else(|| serde::de::Error::missing_field("name"))?;
                         let components = parsed
                             .into_iter()
                             .map(|(k, p)| match p {
@@ -402,7 +408,7 @@ macro_rules! entry {
                             .collect();
                         Ok($entry {
                             name,
-                            $($field: $field.flatten(),)*
+                            $($field: $field.unwrap_or_default(),)*
                             components,
                         })
                     }
@@ -414,18 +420,18 @@ macro_rules! entry {
 }
 
 entry!(InputEntry, Source, "an input: a name and one source", {
-    decode_workers: Spanned<usize>,
+    decode_workers: Option<Spanned<usize>>,
 });
 entry!(StageEntry, Processor, "a stage: a name and one processor", {
-    from: Spanned<From>,
-    workers: Spanned<usize>,
+    from: Option<Spanned<From>>,
+    workers: Option<Spanned<usize>>,
     ordered: bool,
-    remote: Spanned<bool>,
-    on_error: OnError,
+    remote: Option<Spanned<bool>>,
+    on_error: Option<OnError>,
 });
 entry!(OutputEntry, Sink, "an output: a name and one sink", {
-    from: Spanned<From>,
-    on_error: OnError,
+    from: Option<Spanned<From>>,
+    on_error: Option<OnError>,
 });
 
 /// The dead-letter output.

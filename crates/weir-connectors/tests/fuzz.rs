@@ -18,13 +18,10 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use weir_connectors::processors::{aggregate, batch, dedupe, filter, jq, validate};
+use weir_connectors::registry::COMPONENTS;
 use weir_connectors::sinks::dead_letter::DeadLetterConfig;
-use weir_connectors::sinks::{file::FileSink, sqlite::SqliteSink, stdout::StdoutSink};
+use weir_connectors::sources::Raw;
 use weir_connectors::sources::decode::{ColumnType, Decoder, Format};
-use weir_connectors::sources::{
-    Raw, file::FileSource, generate::GenerateSource, stdin::StdinSource,
-};
 use weir_connectors::{Position, Record};
 
 const CASES: u32 = 256;
@@ -41,39 +38,27 @@ fn parse_all(text: &str) {
             "serde_saphyr::from_str::<{name}> panicked on {text:?}"
         );
     }
-    one::<FileSource>("FileSource", text);
-    one::<StdinSource>("StdinSource", text);
-    one::<GenerateSource>("GenerateSource", text);
-    one::<jq::JqConfig>("JqConfig", text);
-    one::<filter::FilterConfig>("FilterConfig", text);
-    one::<validate::ValidateConfig>("ValidateConfig", text);
-    one::<dedupe::DedupeConfig>("DedupeConfig", text);
-    one::<aggregate::AggregateConfig>("AggregateConfig", text);
-    one::<batch::BatchConfig>("BatchConfig", text);
-    one::<SqliteSink>("SqliteSink", text);
-    one::<FileSink>("FileSink", text);
-    one::<StdoutSink>("StdoutSink", text);
+    for c in COMPONENTS {
+        let r = catch_unwind(AssertUnwindSafe(|| (c.parse_yaml)(text)));
+        assert!(
+            r.is_ok(),
+            "parsing the options of {} {} panicked on {text:?}",
+            c.kind.as_str(),
+            c.name
+        );
+    }
     one::<DeadLetterConfig>("DeadLetterConfig", text);
     one::<Value>("serde_json::Value", text);
 }
 
-/// Every component's example, and a whole pipeline.
-const EXAMPLES: &[&str] = &[
-    FileSource::EXAMPLE,
-    StdinSource::EXAMPLE,
-    GenerateSource::EXAMPLE,
-    jq::EXAMPLE,
-    filter::EXAMPLE,
-    validate::EXAMPLE,
-    dedupe::EXAMPLE,
-    aggregate::EXAMPLE,
-    batch::EXAMPLE,
-    SqliteSink::EXAMPLE,
-    FileSink::EXAMPLE,
-    StdoutSink::EXAMPLE,
-    DeadLetterConfig::EXAMPLE,
-    include_str!("../../../examples/pipelines/orders.yaml"),
-];
+/// Every component's example, the dead-letter file's, and a whole
+/// pipeline.
+fn examples() -> Vec<&'static str> {
+    let mut all: Vec<&str> = COMPONENTS.iter().map(|c| c.example).collect();
+    all.push(DeadLetterConfig::EXAMPLE);
+    all.push(include_str!("../../../examples/pipelines/orders.yaml"));
+    all
+}
 
 /// Pieces of YAML worth splicing in: structure, anchors and aliases, tags,
 /// odd scalars.
@@ -232,10 +217,10 @@ proptest! {
 
     #[test]
     fn config_types_never_panic_on_mutated_examples(
-        which in 0..EXAMPLES.len(),
+        which in 0..examples().len(),
         edits in prop::collection::vec(edit(), 1..6),
     ) {
-        parse_all(&apply(EXAMPLES[which], &edits));
+        parse_all(&apply(examples()[which], &edits));
     }
 
     #[test]

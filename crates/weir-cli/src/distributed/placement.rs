@@ -37,9 +37,11 @@ pub struct Placement {
     pub readers: HashMap<String, Vec<String>>,
 }
 
-/// Can this stage run in a pool (does it see one record at a time)?
+/// Can this stage run in a pool (does it see one record at a time)? An
+/// entry without exactly one component counts as eligible: placing it
+/// anywhere leads to the build, which reports that error.
 fn eligible(e: &StageEntry) -> bool {
-    e.processor().is_some_and(|p| p.scope() == Scope::PerRecord)
+    e.processor().is_none_or(|p| p.scope() == Scope::PerRecord)
 }
 
 /// The component a `from` name refers to: itself, or the switch of a

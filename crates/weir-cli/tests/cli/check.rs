@@ -506,6 +506,91 @@ error: output 'out' must have exactly one of `sqlite`, `file`, `stdout` (found 2
     );
 }
 
+/// A switch beside another component still gets the one-component error
+/// (its branches are wired, so no graph error hides it), and so does a
+/// `remote` stage with two components (placement does not call it
+/// stateful).
+#[test]
+fn two_components_with_a_switch_or_remote() {
+    assert_check_fails(
+        "\
+inputs:
+  - name: in
+    file: { path: in.jsonl }
+stages:
+  - name: sw
+    switch: { cases: [ {name: a, when: 'true'} ] }
+    jq: { program: . }
+  - name: r
+    from: sw/a
+    remote: true
+    filter: { condition: .ok }
+    jq: { program: . }
+outputs:
+  - name: o
+    stdout: {}
+",
+        "\
+error: stage 'sw' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch` (found 2)
+  --> p.yaml:5:11
+  |
+5 |   - name: sw
+  |           ^
+
+error: stage 'r' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch` (found 2)
+  --> p.yaml:8:11
+  |
+8 |   - name: r
+  |           ^
+
+2 errors in p.yaml",
+    );
+}
+
+/// A component key set to null is absent, like any optional key; the
+/// entry's own `ordered` is a boolean, not null.
+#[test]
+fn null_component_keys_are_absent() {
+    let d = dir();
+    d.file(
+        "p.yaml",
+        "\
+inputs:
+  - name: in
+    stdin: ~
+    file: { path: in.jsonl }
+outputs:
+  - name: o
+    stdout: ~
+    file: { path: out.jsonl }
+",
+    );
+    let (code, _, stderr) = d.check("p.yaml");
+    assert_eq!(code, 0, "{stderr}");
+    assert_check_fails(
+        "\
+inputs:
+  - name: in
+    file: { path: in.jsonl }
+stages:
+  - name: s
+    ordered: ~
+    jq: { program: . }
+outputs:
+  - name: o
+    stdout: {}
+",
+        "\
+error: invalid value `~`: expected true or false
+  --> p.yaml:6:14
+  |
+6 |     ordered: ~
+  |              ^
+
+1 error in p.yaml",
+    );
+}
+
 /// Duplicate names are reported at the second use, and nothing else: no
 /// phantom cycle or unread input from the confusion of two same-named
 /// stages.

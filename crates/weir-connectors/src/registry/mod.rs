@@ -57,6 +57,9 @@ pub struct Info {
     pub schema: fn() -> schemars::Schema,
     /// A minimal example of its options, as YAML.
     pub example: &'static str,
+    /// Parses a YAML text as its options, for tests (fuzzing every
+    /// registered type); the error as text.
+    pub parse_yaml: fn(&str) -> Result<(), String>,
 }
 
 /// A component's options, parsed: the trait object of its kind.
@@ -81,12 +84,19 @@ macro_rules! registry {
                 kind: Kind::$kind,
                 schema: || schemars::schema_for!($ty),
                 example: <$ty as Documented>::EXAMPLE,
+                parse_yaml: |text| {
+                    serde_saphyr::from_str::<$ty>(text)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                },
             },
         )*];
 
         /// Parses the options of the component of `kind` named `key` from
-        /// the map's next value; `None` (and nothing consumed) when no
-        /// component of that kind has that name.
+        /// the map's next value: `None` (and nothing consumed) when no
+        /// component of that kind has that name; `Some(None)` when the
+        /// value is null (`stdout: ~`), which counts as the key being
+        /// absent, as for any optional key.
         ///
         /// # Errors
         /// The options' own parse error, at their YAML location.
@@ -94,11 +104,11 @@ macro_rules! registry {
             kind: Kind,
             key: &str,
             map: &mut A,
-        ) -> Result<Option<Parsed>, A::Error> {
+        ) -> Result<Option<Option<Parsed>>, A::Error> {
             $(
                 if kind == Kind::$kind && key == $name {
-                    let options: $ty = map.next_value()?;
-                    return Ok(Some(Parsed::$kind(Box::new(options))));
+                    let options: Option<$ty> = map.next_value()?;
+                    return Ok(Some(options.map(|o| Parsed::$kind(Box::new(o)))));
                 }
             )*
             Ok(None)
@@ -181,11 +191,13 @@ mod tests {
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe<K>, A::Error> {
                     let key: String = map.next_key()?.expect("one key");
                     let kind = [Kind::Source, Kind::Processor, Kind::Sink][usize::from(K)];
-                    Ok(Probe(parse(kind, &key, &mut map)?.map(|p| match p {
-                        Parsed::Source(_) => Kind::Source,
-                        Parsed::Processor(_) => Kind::Processor,
-                        Parsed::Sink(_) => Kind::Sink,
-                    })))
+                    Ok(Probe(parse(kind, &key, &mut map)?.flatten().map(
+                        |p| match p {
+                            Parsed::Source(_) => Kind::Source,
+                            Parsed::Processor(_) => Kind::Processor,
+                            Parsed::Sink(_) => Kind::Sink,
+                        },
+                    )))
                 }
             }
             d.deserialize_map(V::<K>)
