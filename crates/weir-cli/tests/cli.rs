@@ -9,6 +9,7 @@
 //! * [`example`]: the bundled `examples/pipelines/orders.yaml`;
 //! * [`commands`]: `weir list`, `weir explain`, `--report json` on failure;
 //! * [`fuzz`]: mutated pipeline files never crash `weir check`;
+//! * [`http`]: the `http` sink against a service on loopback;
 //! * [`options`]: numeric options out of range, reported at their line;
 //! * [`paths`]: outputs that would write over an input are refused;
 //! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered;
@@ -33,6 +34,8 @@ mod dead_letter;
 mod example;
 #[path = "cli/fuzz.rs"]
 mod fuzz;
+#[path = "cli/http.rs"]
+mod http;
 #[path = "cli/jq_limits.rs"]
 mod jq_limits;
 #[path = "cli/options.rs"]

@@ -17,7 +17,7 @@
 //!   astray is dead-lettered; one that cannot be stopped is reported to a
 //!   process-wide hook (by default: exit with status 1).
 //! * [`sinks`] write records: `sqlite` (the embedded default store), `file`,
-//!   `stdout`.
+//!   `stdout`, `http`.
 //!
 //! * [`registry`]: the one list of components, and the trait each kind
 //!   implements; pipeline files are parsed and built through it.

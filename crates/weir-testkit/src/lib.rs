@@ -5,6 +5,11 @@
 //! a failing test leaves no server behind. The binary is the pinned one that
 //! `scripts/install-nats-server` puts in `.tools/nats/` (or `$WEIR_NATS_SERVER`);
 //! a missing binary fails the test with the command to run, never skips it.
+//!
+//! [`http::MockHttp`] is a scripted HTTP server on a free loopback port,
+//! for components that call remote services.
+
+pub mod http;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -2,7 +2,7 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 13] = [
+const ALL: [(&str, &str); 14] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),
@@ -16,6 +16,7 @@ const ALL: [(&str, &str); 13] = [
     ("sink", "sqlite"),
     ("sink", "file"),
     ("sink", "stdout"),
+    ("sink", "http"),
 ];
 
 /// One line per component: kind, name and a one-sentence summary.
@@ -42,7 +43,7 @@ fn list() {
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
         .collect();
-    assert_eq!(sinks, ["sqlite", "file", "stdout"]);
+    assert_eq!(sinks, ["sqlite", "file", "stdout", "http"]);
 
     let out = d.weir(&["list", "bogus"]).output().unwrap();
     assert_eq!(code(&out), 1);
@@ -103,7 +104,7 @@ fn explain_unknown_lists_the_components() {
         text(&out.stderr),
         "error: unknown component 'nope'; sources: file, stdin, generate; \
          processors: jq, filter, validate, dedupe, aggregate, batch, switch; \
-         sinks: sqlite, file, stdout\n"
+         sinks: sqlite, file, stdout, http\n"
     );
 }
 
@@ -186,7 +187,7 @@ fn run_refuses_an_invalid_pipeline() {
     assert_eq!(code(&out), 2);
     assert_eq!(text(&out.stdout), "");
     assert!(
-        text(&out.stderr).starts_with("error: unknown field `stdot`, expected one of name, from, on_error, sqlite, file, stdout\n  --> p.yaml:6:5\n"),
+        text(&out.stderr).starts_with("error: unknown field `stdot`, expected one of name, from, on_error, sqlite, file, stdout, http\n  --> p.yaml:6:5\n"),
         "{}",
         text(&out.stderr)
     );

@@ -22,7 +22,7 @@ pub use stage::{RecordFn, Stage, StageOptions};
 use serde::de::MapAccess;
 
 use crate::processors::{aggregate, batch, dedupe, filter, jq, switch, validate};
-use crate::sinks::{file as file_sink, sqlite, stdout};
+use crate::sinks::{file as file_sink, http, sqlite, stdout};
 use crate::sources::{file, generate, stdin};
 
 /// The three kinds of component.
@@ -130,6 +130,7 @@ registry! {
     Sink "sqlite" => sqlite::SqliteSink,
     Sink "file" => file_sink::FileSink,
     Sink "stdout" => stdout::StdoutSink,
+    Sink "http" => http::HttpSink,
 }
 
 /// The names of the components of `kind`, in registry order.

@@ -4,5 +4,6 @@
 
 pub mod dead_letter;
 pub mod file;
+pub mod http;
 pub mod sqlite;
 pub mod stdout;

@@ -1,0 +1,520 @@
+//! The `http` sink: records sent to a service, batch by batch.
+//!
+//! Each batch the engine hands over is cut into requests of at most
+//! `max_records` records and `max_bytes` of body (a record larger than
+//! that goes alone), as JSON Lines or one JSON array, sent one after
+//! another in order. A write returns once every request of the batch got a
+//! 2xx answer, so records are acknowledged (and `--resume` checkpoints
+//! move) only after the service took them.
+//!
+//! # Failures
+//! - Connection errors, timeouts, 408, 429 and 5xx are retried with
+//!   exponential backoff and jitter, up to `attempts` tries, honouring a
+//!   `Retry-After` given in seconds (at most [`MAX_RETRY_AFTER`]). Every try
+//!   of a request carries the same idempotency key, so a service that
+//!   honours it applies a retried request once.
+//! - 400, 413 and 422 say the content is refused: the request is split in
+//!   halves and each half sent again, down to the single records the
+//!   service refuses, which go to the dead-letter output with the status
+//!   and an excerpt of the answer ([`weir::WriteError::bad_item`]); the
+//!   others are delivered.
+//! - Other answers (401, 403, 404 ...) are about the destination, not the
+//!   records: the write fails with the status, the URL and an excerpt, and
+//!   the output's `on_error` decides (fail by default).
+//!
+//! # The idempotency key
+//! A SHA-256 of the request's body and of its records' positions (input,
+//! file, line): the same records sent again (a retry, a resumed run) carry
+//! the same key. Two requests carrying identical records from the same
+//! input lines (a stage that emits one record twice) share a key too.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use crate::error::ConfigError;
+use crate::record::Record;
+use crate::sources::BuildContext;
+use crate::value::Json;
+
+/// The longest `Retry-After` honoured; longer asks wait this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Sends records to an HTTP service: batches of JSON Lines (or a JSON
+/// array) per request, retried on failures, with an idempotency key.
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSink {
+    /// The URL requests go to (`http://` or `https://`).
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// The request method.
+    #[serde(default)]
+    pub method: Method,
+    /// The body of a request: `ndjson` (one JSON record per line,
+    /// `application/x-ndjson`) or `json_array` (`application/json`).
+    #[serde(default)]
+    pub format: BodyFormat,
+    /// Extra request headers, by name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The name of an environment variable holding a token, sent as
+    /// `Authorization: Bearer <token>` (the token stays out of the
+    /// pipeline file).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub bearer_token_env: Option<Spanned<String>>,
+    /// Records per request at most. Default: 500.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Bytes of body per request at most (a single larger record is sent
+    /// alone). Default: 4194304 (4 MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Seconds a request may take, connecting included. Default: 30.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: f64,
+    /// Tries per request for connection errors, timeouts, 408, 429 and
+    /// 5xx, the first included. Default: 5.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// First delay between tries, in milliseconds; it doubles each time
+    /// (with jitter) up to 10 s. Default: 200.
+    #[serde(default = "default_backoff")]
+    pub backoff_ms: u64,
+    /// The header carrying each request's idempotency key; empty: none.
+    /// Default: `Idempotency-Key`.
+    #[serde(default = "default_idempotency_header")]
+    pub idempotency_header: String,
+}
+
+/// The request method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// POST (the default).
+    #[default]
+    Post,
+    /// PUT.
+    Put,
+}
+
+/// How records are laid out in a request body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyFormat {
+    /// One JSON record per line (the default).
+    #[default]
+    Ndjson,
+    /// One JSON array of records.
+    JsonArray,
+}
+
+fn default_max_records() -> usize {
+    500
+}
+fn default_max_bytes() -> usize {
+    4 << 20
+}
+fn default_timeout() -> f64 {
+    30.0
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_backoff() -> u64 {
+    200
+}
+fn default_idempotency_header() -> String {
+    "Idempotency-Key".into()
+}
+
+/// The longest pause between two tries (before `Retry-After`).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl HttpSink {
+    /// A minimal configuration.
+    pub const EXAMPLE: &str =
+        "url: http://localhost:8080/ingest\nformat: ndjson\nmax_records: 500\n";
+
+    /// Checks the options without sending anything (`weir check`).
+    ///
+    /// # Errors
+    /// A URL that does not parse or is not http(s), limits of zero, a
+    /// timeout that is not a positive number of seconds, header names or
+    /// values HTTP does not allow, an unset token variable.
+    pub fn check(&self) -> Result<reqwest::Url, ConfigError> {
+        let url = reqwest::Url::parse(&self.url.value)
+            .map_err(|e| ConfigError::at(format!("http sink: invalid url: {e}"), &self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ConfigError::at(
+                format!(
+                    "http sink: url scheme `{}` is not supported; use http or https",
+                    url.scheme()
+                ),
+                &self.url,
+            ));
+        }
+        if self.max_records == 0 || self.max_bytes == 0 || self.attempts == 0 {
+            return Err(ConfigError::new(
+                "http sink: max_records, max_bytes and attempts must be at least 1",
+            ));
+        }
+        if !(self.timeout_secs.is_finite()
+            && self.timeout_secs > 0.0
+            && self.timeout_secs <= 86_400.0)
+        {
+            return Err(ConfigError::new(
+                "http sink: timeout_secs must be a number of seconds above 0 (at most a day)",
+            ));
+        }
+        self.header_map()?;
+        self.token()?;
+        Ok(url)
+    }
+
+    /// The configured headers, checked.
+    fn header_map(&self) -> Result<reqwest::header::HeaderMap, ConfigError> {
+        use reqwest::header::{HeaderName, HeaderValue};
+        let mut map = reqwest::header::HeaderMap::new();
+        let mut names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        if !self.idempotency_header.is_empty() {
+            names.push(&self.idempotency_header);
+        }
+        for name in names {
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                ConfigError::new(format!("http sink: `{name}` is not a valid header name"))
+            })?;
+        }
+        for (n, v) in &self.headers {
+            let name = HeaderName::from_bytes(n.as_bytes()).expect("checked");
+            let value = HeaderValue::from_str(v).map_err(|_| {
+                ConfigError::new(format!(
+                    "http sink: the value of header `{n}` is not a valid header value"
+                ))
+            })?;
+            map.insert(name, value);
+        }
+        Ok(map)
+    }
+
+    /// The bearer token, from its environment variable.
+    fn token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(var) = &self.bearer_token_env else {
+            return Ok(None);
+        };
+        match std::env::var(&var.value) {
+            Ok(t) if !t.is_empty() => Ok(Some(t)),
+            _ => Err(ConfigError::at(
+                format!(
+                    "http sink: environment variable `{}` (bearer_token_env) is not set",
+                    var.value
+                ),
+                var,
+            )),
+        }
+    }
+
+    /// The sink, ready to send.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check); an HTTP client that cannot be set up.
+    pub fn build(&self, _ctx: &BuildContext) -> Result<HttpWriter, ConfigError> {
+        let url = self.check()?;
+        // reqwest is built without a default crypto provider (the default
+        // one compiles aws-lc); ring is the one the rest of weir uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut headers = self.header_map()?;
+        if let Some(token) = self.token()? {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    ConfigError::new("http sink: the bearer token is not a valid header value")
+                })?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static(match self.format {
+                BodyFormat::Ndjson => "application/x-ndjson",
+                BodyFormat::JsonArray => "application/json",
+            }),
+        );
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(Duration::from_secs_f64(self.timeout_secs))
+            .build()
+            .map_err(|e| ConfigError::new(format!("http sink: cannot set up the client: {e}")))?;
+        Ok(HttpWriter {
+            client,
+            url,
+            method: match self.method {
+                Method::Post => reqwest::Method::POST,
+                Method::Put => reqwest::Method::PUT,
+            },
+            format: self.format,
+            max_records: self.max_records,
+            max_bytes: self.max_bytes,
+            attempts: self.attempts,
+            backoff: Duration::from_millis(self.backoff_ms),
+            idempotency_header: (!self.idempotency_header.is_empty())
+                .then(|| self.idempotency_header.clone()),
+            requests: 0,
+            records: 0,
+        })
+    }
+}
+
+/// An open http sink: implements [`weir::Sink<Record>`]; its output is the
+/// number of records delivered.
+#[derive(Debug)]
+pub struct HttpWriter {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    method: reqwest::Method,
+    format: BodyFormat,
+    max_records: usize,
+    max_bytes: usize,
+    attempts: u32,
+    backoff: Duration,
+    idempotency_header: Option<String>,
+    requests: u64,
+    records: u64,
+}
+
+/// How one request ended, after its retries.
+enum Sent {
+    /// 2xx.
+    Delivered,
+    /// 400, 413 or 422: the content is refused (status, excerpt).
+    Refused(String),
+    /// Anything else: the destination failed (why).
+    Failed(String),
+}
+
+impl HttpWriter {
+    /// The JSON text of each record.
+    fn encode(items: &[Record]) -> Vec<Vec<u8>> {
+        items
+            .iter()
+            .map(|r| serde_json::to_vec(&Json(&r.value)).expect("records are JSON"))
+            .collect()
+    }
+
+    /// The request body for `lines`.
+    fn body(&self, lines: &[Vec<u8>]) -> Vec<u8> {
+        let size: usize = lines.iter().map(|l| l.len() + 1).sum();
+        let mut body = Vec::with_capacity(size + 2);
+        match self.format {
+            BodyFormat::Ndjson => {
+                for l in lines {
+                    body.extend_from_slice(l);
+                    body.push(b'\n');
+                }
+            }
+            BodyFormat::JsonArray => {
+                body.push(b'[');
+                for (i, l) in lines.iter().enumerate() {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(l);
+                }
+                body.push(b']');
+            }
+        }
+        body
+    }
+
+    /// The idempotency key of a request: its body and its records'
+    /// positions, hashed.
+    fn key(body: &[u8], items: &[Record]) -> String {
+        let mut h = Sha256::new();
+        for r in items {
+            let p = &r.pos;
+            h.update(p.input.as_bytes());
+            h.update([0]);
+            h.update(p.file.as_deref().unwrap_or("").as_bytes());
+            h.update([0]);
+            h.update(p.line.to_le_bytes());
+        }
+        h.update(body);
+        h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Sends one request, retrying what is worth retrying.
+    async fn send(&mut self, body: Vec<u8>, key: &str) -> Sent {
+        let mut delay = self.backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            let mut req = self
+                .client
+                .request(self.method.clone(), self.url.clone())
+                .body(body.clone());
+            if let Some(h) = &self.idempotency_header {
+                req = req.header(h.as_str(), key);
+            }
+            self.requests += 1;
+            let retry_after = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status.is_success() {
+                        return Sent::Delivered;
+                    }
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+                    let excerpt = excerpt(resp).await;
+                    let what = format!("{} from {}: {excerpt}", status.as_u16(), self.url);
+                    match status.as_u16() {
+                        400 | 413 | 422 => return Sent::Refused(what),
+                        408 | 429 | 500..=599 => {}
+                        _ => return Sent::Failed(what),
+                    }
+                    last = what;
+                    retry_after
+                }
+                Err(e) => {
+                    last = format!("{}: {}", self.url, weir::error_chain(&e));
+                    None
+                }
+            };
+            if attempt == self.attempts {
+                break;
+            }
+            // Equal jitter: half the delay, plus up to the other half.
+            let jittered = delay / 2 + delay.mul_f64(jitter() / 2.0);
+            tokio::time::sleep(retry_after.map_or(jittered, |r| r.max(jittered))).await;
+            delay = (delay * 2).min(MAX_BACKOFF);
+        }
+        Sent::Failed(format!("after {} tries, {last}", self.attempts))
+    }
+
+    /// Writes a batch; see [`weir::Sink::write`].
+    ///
+    /// # Errors
+    /// The records not delivered: from the first record the service
+    /// refuses ([`weir::WriteError::bad_item`]), or from the first request
+    /// that failed.
+    pub async fn write_batch(
+        &mut self,
+        items: Vec<Record>,
+    ) -> Result<(), weir::WriteError<Record>> {
+        let lines = Self::encode(&items);
+        // Requests as ranges of the batch: at most max_records records and
+        // max_bytes of body, in order.
+        let mut ranges = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, l) in lines.iter().enumerate() {
+            let n = i - start;
+            if n > 0 && (n == self.max_records || bytes + l.len() + 1 > self.max_bytes) {
+                ranges.push(start..i);
+                start = i;
+                bytes = 0;
+            }
+            bytes += l.len() + 1;
+        }
+        if start < lines.len() {
+            ranges.push(start..lines.len());
+        }
+        // A stack of ranges still to send, the next one on top: a refused
+        // request is replaced by its two halves.
+        ranges.reverse();
+        while let Some(range) = ranges.pop() {
+            let body = self.body(&lines[range.clone()]);
+            let key = Self::key(&body, &items[range.clone()]);
+            match self.send(body, &key).await {
+                Sent::Delivered => self.records += range.len() as u64,
+                Sent::Refused(why) if range.len() == 1 => {
+                    let mut items = items;
+                    let rest = items.split_off(range.start);
+                    return Err(weir::WriteError::bad_item(rest, format!("refused: {why}")));
+                }
+                Sent::Refused(_) => {
+                    let mid = range.start + range.len() / 2;
+                    ranges.push(mid..range.end);
+                    ranges.push(range.start..mid);
+                }
+                Sent::Failed(why) => {
+                    let mut items = items;
+                    let rest = items.split_off(range.start);
+                    return Err(weir::WriteError::partial(rest, format!("sending to {why}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first 200 characters of an answer's body, on one line.
+async fn excerpt(resp: reqwest::Response) -> String {
+    let text = resp.text().await.unwrap_or_default();
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut s: String = one_line.chars().take(200).collect();
+    if one_line.chars().count() > 200 {
+        s.push('…');
+    }
+    if s.is_empty() {
+        "(empty body)".into()
+    } else {
+        s
+    }
+}
+
+/// A number in [0, 1) that differs between calls (for backoff jitter; no
+/// need for a random number generator).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    let h = RandomState::new().hash_one(std::time::Instant::now());
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl weir::Sink<Record> for HttpWriter {
+    type Output = u64;
+
+    async fn write(&mut self, items: Vec<Record>) -> Result<(), weir::WriteError<Record>> {
+        self.write_batch(items).await
+    }
+
+    async fn finish(self) -> Result<u64, weir::BoxError> {
+        Ok(self.records)
+    }
+}
+
+impl crate::registry::Documented for HttpSink {
+    const EXAMPLE: &'static str = HttpSink::EXAMPLE;
+}
+
+impl crate::registry::SinkComponent for HttpSink {
+    fn check(&self) -> Result<(), ConfigError> {
+        HttpSink::check(self).map(|_| ())
+    }
+
+    fn attach(
+        &self,
+        ctx: &BuildContext,
+        name: &str,
+        input: weir::Flow<Record>,
+        policy: weir::ErrorPolicy,
+    ) -> Result<(), ConfigError> {
+        input
+            .sink(name, HttpSink::build(self, ctx)?)
+            .on_error(policy);
+        Ok(())
+    }
+
+    fn resume(&self) -> crate::registry::Resume {
+        crate::registry::Resume::MayDuplicate(
+            "sends again the records after the last checkpoint; the service drops them only if it honours the idempotency key",
+        )
+    }
+}
