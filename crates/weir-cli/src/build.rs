@@ -198,6 +198,11 @@ pub fn build(
         ..Default::default()
     });
     let deterministic = edges.deterministic();
+    // Producers that are unordered per-record pools, by name, with their
+    // workers: a per-record stage reading one of them alone takes as many
+    // workers by default, which lets the engine run it inside that pool
+    // (fusion: no channel hop, no thread hand-off per record).
+    let mut pool_width: HashMap<String, usize> = HashMap::new();
     let mut offers = Offers {
         wiring,
         flows: HashMap::new(),
@@ -252,6 +257,9 @@ pub fn build(
         // every run (a restarted coordinator re-reads its inputs).
         let flow = if deterministic { flow.ordered() } else { flow };
         let lineage = deterministic.then(|| BTreeSet::from([name.to_string()]));
+        if !deterministic {
+            pool_width.insert(name.to_string(), workers);
+        }
         offers.offer(edges, &p, name, flow, lineage);
     }
 
@@ -288,6 +296,19 @@ pub fn build(
                     Scope::Windowed => false,
                 });
                 options.ordered |= lineage.is_some();
+                // An aggregate's per-record part (extract) is such a stage too.
+                let per_record = scope == Scope::PerRecord || matches!(stage, Stage::Aggregate(_));
+                if per_record && !options.ordered {
+                    if e.workers.is_none()
+                        && let Some([from]) = wiring.from.get(&name).map(Vec::as_slice)
+                        && let Some(&w) = pool_width.get(from)
+                    {
+                        options.workers = w;
+                    }
+                    if scope == Scope::PerRecord && matches!(stage, Stage::Records(_)) {
+                        pool_width.insert(name.clone(), options.workers);
+                    }
+                }
                 for (n, flow) in stage.attach(input, &options) {
                     offers.offer(edges, &p, &n, flow, lineage.clone());
                 }

@@ -228,7 +228,11 @@ pub struct StageEntry {
     pub name: Spanned<String>,
     /// Upstream inputs or stages (default: the entry above).
     pub from: Option<Spanned<From>>,
-    /// Workers running this stage in parallel (default 1).
+    /// Workers running this stage in parallel (for an aggregate: its
+    /// per-record part). Default: for a stage that sees one record at a
+    /// time (or an aggregate), keeps no order and reads one input or one
+    /// such stage, as many as that producer has (the two then run as one
+    /// pool); otherwise 1.
     pub workers: Option<Spanned<usize>>,
     /// Keep input order across workers.
     pub ordered: bool,

@@ -570,3 +570,79 @@ fn a_switch_is_read_through_its_branches() {
         "{stderr}"
     );
 }
+
+/// A per-record stage without `workers` takes its producer's (an input's
+/// `decode_workers`, or the stage above) and runs inside that pool; a stage
+/// that keeps order, reads two producers or is not per-record keeps 1
+/// worker. Every record arrives either way.
+#[test]
+fn per_record_stages_take_their_producers_workers_and_fuse() {
+    let d = Dir::new();
+    let lines: String = (0..500).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    d.file("a.jsonl", &lines)
+        .file("b.jsonl", &lines)
+        .file("c.jsonl", "{\"src\":\"c\"}\n{\"src\":\"c\"}\n")
+        .file(
+            "p.yaml",
+            "\
+inputs:
+  - name: a
+    decode_workers: 3
+    file: { path: a.jsonl }
+  - name: b
+    file: { path: b.jsonl }
+  - name: c
+    file: { path: c.jsonl }
+stages:
+  - name: tag
+    from: a
+    jq: { program: '.src = \"a\"' }
+  - name: keep
+    filter: { condition: '.id >= 0' }
+  - name: kept-order
+    ordered: true
+    jq: { program: . }
+  - name: both
+    from: [kept-order, b]
+    jq: { program: . }
+  - name: unique
+    dedupe: { key: '[.src, .id]' }
+  - name: count
+    from: c
+    aggregate: { group_by: .src, fields: { n: count } }
+outputs:
+  - name: counts
+    from: count
+    file: { path: counts.jsonl }
+  - name: out
+    from: unique
+    file: { path: out.jsonl }
+",
+        );
+    let report = d.run_ok("p.yaml");
+    let stage = |name: &str| {
+        report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no stage {name} in {report}"))
+            .clone()
+    };
+    for (name, workers, runs_in) in [
+        ("tag", 3, json!("a/decode")),
+        ("keep", 3, json!("a/decode")),
+        ("count/extract", 2, json!("c/decode")),
+        ("kept-order", 1, Value::Null),
+        ("both", 1, Value::Null),
+        // One worker fed by one worker: the engine's one-to-one fusion.
+        ("unique", 1, json!("both")),
+    ] {
+        let s = stage(name);
+        assert_eq!(s["workers"], workers, "{s}");
+        assert_eq!(s["runs_in"], runs_in, "{s}");
+    }
+    assert_eq!(d.jsonl("out.jsonl").len(), 1000);
+    assert_eq!(d.jsonl("counts.jsonl"), vec![json!({"key": "c", "n": 2})]);
+    assert_accounting(&report);
+}
