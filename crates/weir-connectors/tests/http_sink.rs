@@ -43,7 +43,12 @@ fn records(n: u64) -> Vec<Record> {
 }
 
 fn sink(url: &str, extra: &str) -> HttpSink {
-    let yaml = format!("url: {url}\nbackoff_ms: 1\n{extra}");
+    let backoff = if extra.contains("backoff_ms") {
+        ""
+    } else {
+        "backoff_ms: 1\n"
+    };
+    let yaml = format!("url: {url}\n{backoff}{extra}");
     serde_saphyr::from_str(&yaml).unwrap()
 }
 
@@ -133,19 +138,23 @@ async fn json_arrays_put_headers_bearer_token_and_byte_bound() {
     let server = MockHttp::start(|_| Response::new(204, ""));
     let cfg = sink(
         &server.url("/put"),
-        "method: PUT\nformat: json_array\nmax_bytes: 200\nheaders: { X-Tenant: acme }\nbearer_token_env: CARGO_PKG_NAME\n",
+        "method: PUT\nformat: json_array\nmax_bytes: 62\nheaders: { X-Tenant: acme }\nbearer_token_env: CARGO_PKG_NAME\n",
     );
     let (counts, _, err) = run(&cfg, records(50), ErrorPolicy::Fail).await;
     assert_eq!(err, None);
     assert_eq!(counts, (50, 50, 0));
     let reqs = server.requests();
-    assert!(reqs.len() > 1, "200 bytes hold a few records only");
+    assert!(reqs.len() > 1, "62 bytes hold a few records only");
+    assert!(
+        reqs.iter().any(|r| ids(r).len() > 1),
+        "requests of several records"
+    );
     for r in &reqs {
         assert_eq!(r.method, "PUT");
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(r.header("x-tenant"), Some("acme"));
         assert_eq!(r.header("authorization"), Some("Bearer weir-connectors"));
-        assert!(r.body.len() <= 200, "{} bytes", r.body.len());
+        assert!(r.body.len() <= 62, "{} bytes: {}", r.body.len(), r.text());
     }
     let all: Vec<u64> = reqs.iter().flat_map(ids).collect();
     assert_eq!(all, (1..=50).collect::<Vec<_>>());
@@ -244,7 +253,56 @@ async fn an_unreachable_service_is_retried_then_named() {
     let (_, _, err) = run(&cfg, records(3), ErrorPolicy::Fail).await;
     let err = err.expect("nobody listens");
     assert!(
-        err.contains("after 3 tries") && err.contains(&port.to_string()),
+        err.contains("(after 3 tries)") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    // A POST redirected with 302 would become a GET without its body.
+    let server = MockHttp::start(|_| Response::new(302, "").header("Location", "/moved"));
+    let cfg = sink(&server.url("/in"), "");
+    let (_, dead, err) = run(&cfg, records(5), ErrorPolicy::Fail).await;
+    let err = err.expect("a redirect fails the batch");
+    assert!(
+        err.contains("302") && err.contains("/moved") && err.contains("not followed"),
+        "{err}"
+    );
+    assert!(dead.is_empty());
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].method, "POST");
+}
+
+/// A service that refuses every request (a wrong format, say) is not
+/// taken to refuse every record: after a few records refused one by one
+/// with nothing taken between, the write fails instead of dead-lettering
+/// the whole input one request at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_refusing_everything_fails_the_run() {
+    let server = MockHttp::start(|_| Response::new(400, "unsupported media type"));
+    let cfg = sink(&server.url("/"), "");
+    let (_, dead, err) = run(&cfg, records(500), ErrorPolicy::Fail).await;
+    let err = err.expect("the run fails");
+    assert!(
+        err.contains("refuses the requests, not the records"),
+        "{err}"
+    );
+    assert_eq!(dead.len(), 9, "records refused one by one before the limit");
+    let sent = server.requests().len();
+    assert!(sent < 200, "{sent} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_the_url_are_masked() {
+    let server = MockHttp::start(|_| Response::new(404, "no"));
+    let url = server.url("/x").replace("http://", "http://alice:hunter2@");
+    let cfg = sink(&url, "");
+    let (_, _, err) = run(&cfg, records(1), ErrorPolicy::Fail).await;
+    let err = err.expect("404");
+    assert!(
+        err.contains("alice:***@") && !err.contains("hunter2"),
         "{err}"
     );
 }
@@ -259,6 +317,8 @@ fn options_are_checked_before_anything_is_sent() {
     assert!(bad("", "not a url").contains("invalid url"));
     assert!(bad("max_records: 0\n", "http://x/").contains("at least 1"));
     assert!(bad("timeout_secs: 0\n", "http://x/").contains("timeout_secs"));
+    assert!(bad("backoff_ms: 600000\n", "http://x/").contains("backoff_ms"));
+    assert!(bad("bearer_token_env: CARGO_PKG_NAME\n", "http://u:p@x/").contains("credentials"));
     assert!(bad("headers: { \"bad name\": v }\n", "http://x/").contains("header name"));
     assert!(
         bad("bearer_token_env: WEIR_TEST_UNSET_VARIABLE\n", "http://x/")

@@ -4,11 +4,15 @@
 //! Each request is recorded and answered by the test's handler; every
 //! response closes its connection, so the client under test reconnects for
 //! each request (keeping this server a few dozen lines, with no HTTP
-//! stack of its own). Bodies must carry `Content-Length` (chunked bodies are
-//! refused with 411), which every client that sends a buffer does.
+//! stack of its own; connection reuse is not exercised). Bodies must carry
+//! `Content-Length` (chunked bodies are refused with 411; more than
+//! [`MAX_BODY`] with 413), which every client that sends a buffer does. A
+//! handler that panics answers 500, and [`MockHttp::requests`] then fails
+//! the test with the panic, so a broken handler cannot pass unnoticed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -73,10 +77,20 @@ impl Response {
 
 type Handler = dyn Fn(&Request) -> Response + Send + Sync;
 
+/// The largest body read.
+pub const MAX_BODY: usize = 256 << 20;
+
+/// What the connection threads share with the server.
+#[derive(Default)]
+struct Log {
+    requests: Vec<Request>,
+    panics: Vec<String>,
+}
+
 /// The server; stopped on drop.
 pub struct MockHttp {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Request>>>,
+    log: Arc<Mutex<Log>>,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -89,25 +103,34 @@ impl MockHttp {
     pub fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> MockHttp {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        // Polled, so that stopping never depends on a connection waking it.
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
         let acceptor = {
-            let (requests, stop) = (requests.clone(), stop.clone());
+            let (log, stop) = (log.clone(), stop.clone());
             std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::Acquire) {
-                        return;
+                while !stop.load(Ordering::Acquire) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let _ = conn.set_nonblocking(false);
+                            let (log, handler) = (log.clone(), handler.clone());
+                            std::thread::spawn(move || serve(conn, &log, &*handler));
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
-                    let Ok(conn) = conn else { continue };
-                    let (requests, handler) = (requests.clone(), handler.clone());
-                    std::thread::spawn(move || serve(conn, &requests, &*handler));
                 }
             })
         };
         MockHttp {
             addr,
-            requests,
+            log,
             stop,
             acceptor: Some(acceptor),
         }
@@ -121,17 +144,21 @@ impl MockHttp {
     /// The requests received so far, in the order they were read.
     ///
     /// # Panics
-    /// When a connection thread panicked while holding the list.
+    /// When the handler panicked on a request (with its message).
     pub fn requests(&self) -> Vec<Request> {
-        self.requests.lock().expect("requests").clone()
+        let log = self.log.lock().expect("log");
+        assert!(
+            log.panics.is_empty(),
+            "the test server's handler panicked: {}",
+            log.panics.join("; ")
+        );
+        log.requests.clone()
     }
 }
 
 impl Drop for MockHttp {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Wakes the acceptor, which then sees `stop`.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
@@ -139,7 +166,7 @@ impl Drop for MockHttp {
 }
 
 /// Reads one request, records it, answers and closes.
-fn serve(conn: TcpStream, requests: &Mutex<Vec<Request>>, handler: &Handler) {
+fn serve(conn: TcpStream, log: &Mutex<Log>, handler: &Handler) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut writer = match conn.try_clone() {
         Ok(w) => w,
@@ -147,9 +174,19 @@ fn serve(conn: TcpStream, requests: &Mutex<Vec<Request>>, handler: &Handler) {
     };
     let reply = match read_request(conn) {
         Ok(Some(req)) => {
-            let resp = handler(&req);
-            requests.lock().expect("requests").push(req);
-            resp
+            log.lock().expect("log").requests.push(req.clone());
+            match catch_unwind(AssertUnwindSafe(|| handler(&req))) {
+                Ok(resp) => resp,
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    log.lock().expect("log").panics.push(msg);
+                    Response::new(500, "the test handler panicked")
+                }
+            }
         }
         Ok(None) => return,
         Err(status) => Response::new(status, "bad request"),
@@ -198,6 +235,9 @@ fn read_request(conn: TcpStream) -> Result<Option<Request>, u16> {
         .map(|v| v.parse().map_err(|_| 400u16))
         .transpose()?
         .unwrap_or(0);
+    if len > MAX_BODY {
+        return Err(413);
+    }
     let mut body = vec![0; len];
     r.read_exact(&mut body).map_err(|_| 400u16)?;
     Ok(Some(Request {

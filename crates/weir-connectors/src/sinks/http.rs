@@ -18,15 +18,32 @@
 //!   service refuses, which go to the dead-letter output with the status
 //!   and an excerpt of the answer ([`weir::WriteError::bad_item`]); the
 //!   others are delivered.
+//!   A service that refuses [`MAX_REFUSED_IN_A_ROW`] records in a row, one
+//!   by one, with no 2xx between, is refusing the requests, not the
+//!   records (a wrong `format`, header or URL): the write then fails like
+//!   the next case instead of dead-lettering everything.
 //! - Other answers (401, 403, 404 ...) are about the destination, not the
 //!   records: the write fails with the status, the URL and an excerpt, and
-//!   the output's `on_error` decides (fail by default).
+//!   the output's `on_error` decides (fail by default). Redirects are not
+//!   followed (a POST redirected with 301/302/303 would become a GET and
+//!   lose its body, and a redirect to another host would receive the
+//!   headers): a 3xx fails the same way, naming where it pointed.
+//! - A drain (the first Ctrl-C) lets the requests in flight finish their
+//!   tries, so what was read is delivered or dead-lettered: at most
+//!   `attempts` × (`timeout_secs` + 60 s) per request.
 //!
 //! # The idempotency key
 //! A SHA-256 of the request's body and of its records' positions (input,
-//! file, line): the same records sent again (a retry, a resumed run) carry
-//! the same key. Two requests carrying identical records from the same
-//! input lines (a stage that emits one record twice) share a key too.
+//! file, line): a retried request always carries the same key, and so
+//! does a request of a rerun or resumed run that groups the same records
+//! in the same order (stages that keep order, the same `batch_size`,
+//! `max_records`, `max_bytes` and `format`); unordered stages can group
+//! records differently from run to run, and then the keys differ. Two
+//! requests carrying identical records from the same input lines (a stage
+//! that emits one record twice) share a key.
+//!
+//! URLs in messages and dead letters have their password replaced by
+//! `***`; the bearer token never appears.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -41,6 +58,13 @@ use crate::value::Json;
 
 /// The longest `Retry-After` honoured; longer asks wait this long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Records refused one by one in a row, with no 2xx between, after which
+/// the service is taken to refuse the requests rather than the records.
+pub const MAX_REFUSED_IN_A_ROW: u32 = 10;
+
+/// The most of an answer's body read for its excerpt.
+const EXCERPT_READ: usize = 64 << 10;
 
 /// Sends records to an HTTP service: batches of JSON Lines (or a JSON
 /// array) per request, retried on failures, with an idempotency key.
@@ -80,8 +104,8 @@ pub struct HttpSink {
     /// 5xx, the first included. Default: 5.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
-    /// First delay between tries, in milliseconds; it doubles each time
-    /// (with jitter) up to 10 s. Default: 200.
+    /// First delay between tries, in milliseconds (at most 10000); it
+    /// doubles each time (with jitter) up to 10 s. Default: 200.
     #[serde(default = "default_backoff")]
     pub backoff_ms: u64,
     /// The header carrying each request's idempotency key; empty: none.
@@ -162,6 +186,18 @@ impl HttpSink {
                 "http sink: max_records, max_bytes and attempts must be at least 1",
             ));
         }
+        if Duration::from_millis(self.backoff_ms) > MAX_BACKOFF {
+            return Err(ConfigError::new(format!(
+                "http sink: backoff_ms must be at most {}",
+                MAX_BACKOFF.as_millis()
+            )));
+        }
+        if !url.username().is_empty() && self.bearer_token_env.is_some() {
+            return Err(ConfigError::at(
+                "http sink: the url carries credentials and bearer_token_env is set; use one",
+                &self.url,
+            ));
+        }
         if !(self.timeout_secs.is_finite()
             && self.timeout_secs > 0.0
             && self.timeout_secs <= 86_400.0)
@@ -224,7 +260,9 @@ impl HttpSink {
     pub fn build(&self, _ctx: &BuildContext) -> Result<HttpWriter, ConfigError> {
         let url = self.check()?;
         // reqwest is built without a default crypto provider (the default
-        // one compiles aws-lc); ring is the one the rest of weir uses.
+        // one compiles aws-lc); ring is the one the rest of weir uses. This
+        // sets the process's default unless one is set already, so a
+        // program embedding weir with another provider installs it first.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut headers = self.header_map()?;
         if let Some(token) = self.token()? {
@@ -244,12 +282,18 @@ impl HttpSink {
         );
         let client = reqwest::Client::builder()
             .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs_f64(self.timeout_secs))
             .build()
             .map_err(|e| ConfigError::new(format!("http sink: cannot set up the client: {e}")))?;
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
         Ok(HttpWriter {
             client,
             url,
+            shown: shown.to_string(),
             method: match self.method {
                 Method::Post => reqwest::Method::POST,
                 Method::Put => reqwest::Method::PUT,
@@ -261,8 +305,8 @@ impl HttpSink {
             backoff: Duration::from_millis(self.backoff_ms),
             idempotency_header: (!self.idempotency_header.is_empty())
                 .then(|| self.idempotency_header.clone()),
-            requests: 0,
             records: 0,
+            refused_in_a_row: 0,
         })
     }
 }
@@ -273,6 +317,8 @@ impl HttpSink {
 pub struct HttpWriter {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The URL for messages, its password masked.
+    shown: String,
     method: reqwest::Method,
     format: BodyFormat,
     max_records: usize,
@@ -280,8 +326,9 @@ pub struct HttpWriter {
     attempts: u32,
     backoff: Duration,
     idempotency_header: Option<String>,
-    requests: u64,
     records: u64,
+    /// Single records refused since the last 2xx.
+    refused_in_a_row: u32,
 }
 
 /// How one request ended, after its retries.
@@ -301,6 +348,14 @@ impl HttpWriter {
             .iter()
             .map(|r| serde_json::to_vec(&Json(&r.value)).expect("records are JSON"))
             .collect()
+    }
+
+    /// The bytes of a body around its records (a JSON array's brackets).
+    fn framing(&self) -> usize {
+        match self.format {
+            BodyFormat::Ndjson => 0,
+            BodyFormat::JsonArray => 2,
+        }
     }
 
     /// The request body for `lines`.
@@ -359,7 +414,6 @@ impl HttpWriter {
             if let Some(h) = &self.idempotency_header {
                 req = req.header(h.as_str(), key);
             }
-            self.requests += 1;
             let retry_after = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
@@ -372,18 +426,31 @@ impl HttpWriter {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+                    let location = resp
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
                     let excerpt = excerpt(resp).await;
-                    let what = format!("{} from {}: {excerpt}", status.as_u16(), self.url);
+                    let what = format!("{} from {}: {excerpt}", status.as_u16(), self.shown);
                     match status.as_u16() {
                         400 | 413 | 422 => return Sent::Refused(what),
                         408 | 429 | 500..=599 => {}
+                        300..=399 => {
+                            return Sent::Failed(format!(
+                                "{what} (a redirect to {}, not followed: set the url to where the service is)",
+                                location.as_deref().unwrap_or("nowhere")
+                            ));
+                        }
                         _ => return Sent::Failed(what),
                     }
                     last = what;
                     retry_after
                 }
                 Err(e) => {
-                    last = format!("{}: {}", self.url, weir::error_chain(&e));
+                    // reqwest's messages quote the URL, password included.
+                    let why = weir::error_chain(&e).replace(self.url.as_str(), &self.shown);
+                    last = format!("{}: {why}", self.shown);
                     None
                 }
             };
@@ -395,7 +462,7 @@ impl HttpWriter {
             tokio::time::sleep(retry_after.map_or(jittered, |r| r.max(jittered))).await;
             delay = (delay * 2).min(MAX_BACKOFF);
         }
-        Sent::Failed(format!("after {} tries, {last}", self.attempts))
+        Sent::Failed(format!("{last} (after {} tries)", self.attempts))
     }
 
     /// Writes a batch; see [`weir::Sink::write`].
@@ -413,14 +480,16 @@ impl HttpWriter {
         // max_bytes of body, in order.
         let mut ranges = Vec::new();
         let mut start = 0;
-        let mut bytes = 0;
+        let mut bytes = self.framing();
         for (i, l) in lines.iter().enumerate() {
             let n = i - start;
             if n > 0 && (n == self.max_records || bytes + l.len() + 1 > self.max_bytes) {
                 ranges.push(start..i);
                 start = i;
-                bytes = 0;
+                bytes = self.framing();
             }
+            // A newline after each record, or a comma before all but the
+            // first (one byte too many for the first: a bound, not a size).
             bytes += l.len() + 1;
         }
         if start < lines.len() {
@@ -433,10 +502,23 @@ impl HttpWriter {
             let body = self.body(&lines[range.clone()]);
             let key = Self::key(&body, &items[range.clone()]);
             match self.send(body, &key).await {
-                Sent::Delivered => self.records += range.len() as u64,
+                Sent::Delivered => {
+                    self.records += range.len() as u64;
+                    self.refused_in_a_row = 0;
+                }
                 Sent::Refused(why) if range.len() == 1 => {
                     let mut items = items;
                     let rest = items.split_off(range.start);
+                    self.refused_in_a_row += 1;
+                    if self.refused_in_a_row >= MAX_REFUSED_IN_A_ROW {
+                        self.refused_in_a_row = 0;
+                        return Err(weir::WriteError::partial(
+                            rest,
+                            format!(
+                                "the service refused the last {MAX_REFUSED_IN_A_ROW} records one by one and took none in between, so it refuses the requests, not the records (check url, format and headers); the last answer: {why}"
+                            ),
+                        ));
+                    }
                     return Err(weir::WriteError::bad_item(rest, format!("refused: {why}")));
                 }
                 Sent::Refused(_) => {
@@ -447,7 +529,7 @@ impl HttpWriter {
                 Sent::Failed(why) => {
                     let mut items = items;
                     let rest = items.split_off(range.start);
-                    return Err(weir::WriteError::partial(rest, format!("sending to {why}")));
+                    return Err(weir::WriteError::partial(rest, why));
                 }
             }
         }
@@ -455,9 +537,18 @@ impl HttpWriter {
     }
 }
 
-/// The first 200 characters of an answer's body, on one line.
-async fn excerpt(resp: reqwest::Response) -> String {
-    let text = resp.text().await.unwrap_or_default();
+/// The first 200 characters of an answer's body, on one line (at most
+/// [`EXCERPT_READ`] bytes of it are read).
+async fn excerpt(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < EXCERPT_READ {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    body.truncate(EXCERPT_READ);
+    let text = String::from_utf8_lossy(&body);
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut s: String = one_line.chars().take(200).collect();
     if one_line.chars().count() > 200 {
