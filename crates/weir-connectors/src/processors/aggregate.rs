@@ -277,37 +277,55 @@ pub struct Aggregator {
     limits: StageLimits,
 }
 
-/// A group key: the key's JSON text (what is compared and hashed) and its
-/// value. Cheap to clone.
+/// A group key. Keys are equal when their JSON texts are: a string key is
+/// compared and hashed by its bytes (shared with the record, no
+/// allocation: the common case, and on the aggregate's hot path), any
+/// other key by its JSON text. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct GroupKey {
-    text: Arc<str>,
-    value: Arc<Value>,
+pub struct GroupKey(KeyRepr);
+
+#[derive(Debug, Clone)]
+enum KeyRepr {
+    /// A string: its value (whose bytes are the key).
+    Str(Value),
+    /// Any other value: its JSON text (what is compared and hashed) and
+    /// the value.
+    Json { text: Arc<str>, value: Arc<Value> },
 }
 
 impl GroupKey {
     /// The key of `value`.
     pub fn new(value: Value) -> Self {
-        GroupKey {
-            text: value::to_text(&value).into(),
-            value: Arc::new(value),
-        }
+        GroupKey(match value {
+            Value::TStr(_) => KeyRepr::Str(value),
+            value => KeyRepr::Json {
+                text: value::to_text(&value).into(),
+                value: Arc::new(value),
+            },
+        })
     }
 
     /// The key's value.
     pub fn value(&self) -> &Value {
-        &self.value
+        match &self.0 {
+            KeyRepr::Str(v) => v,
+            KeyRepr::Json { value, .. } => value,
+        }
     }
 
-    /// The key's JSON text.
-    pub fn as_str(&self) -> &str {
-        &self.text
+    /// The bytes compared and hashed, and which kind they are.
+    fn identity(&self) -> (u8, &[u8]) {
+        match &self.0 {
+            KeyRepr::Str(Value::TStr(b)) => (0, b),
+            KeyRepr::Str(_) => unreachable!("only strings are kept as KeyRepr::Str"),
+            KeyRepr::Json { text, .. } => (1, text.as_bytes()),
+        }
     }
 }
 
 impl PartialEq for GroupKey {
     fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
+        self.identity() == other.identity()
     }
 }
 
@@ -315,7 +333,7 @@ impl Eq for GroupKey {}
 
 impl Hash for GroupKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.text.hash(state);
+        self.identity().hash(state);
     }
 }
 
@@ -607,6 +625,42 @@ mod tests {
             file: None,
             line: 1,
         })
+    }
+
+    /// Keys are equal exactly when their JSON texts are, whichever
+    /// representation holds them.
+    #[test]
+    fn group_keys_are_equal_when_their_json_is() {
+        use std::collections::hash_map::DefaultHasher;
+        let key = |v: serde_json::Value| GroupKey::new(value::from_json(&v));
+        let hash = |k: &GroupKey| {
+            let mut h = DefaultHasher::new();
+            k.hash(&mut h);
+            h.finish()
+        };
+        let values = [
+            json!("a"),
+            json!("1"),
+            json!(1),
+            json!(1.5),
+            json!(null),
+            json!(["a"]),
+            json!({"a": 1}),
+            json!(""),
+            json!("\"a\""),
+        ];
+        for a in &values {
+            for b in &values {
+                let (ka, kb) = (key(a.clone()), key(b.clone()));
+                let text = |v: &serde_json::Value| v.to_string();
+                let same_text = text(a) == text(b);
+                assert_eq!(ka == kb, same_text, "{a} vs {b}");
+                if same_text {
+                    assert_eq!(hash(&ka), hash(&kb), "{a}");
+                }
+            }
+            assert_eq!(value::to_json(key(a.clone()).value()), *a);
+        }
     }
 
     #[test]
