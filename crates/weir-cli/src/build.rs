@@ -104,10 +104,6 @@ fn open_checkpoint(
     }
 }
 
-/// Decode workers per input when not set: parsing is the heavy part of
-/// reading, and this machine class has two cores.
-const DEFAULT_DECODE_WORKERS: usize = 2;
-
 /// What the pipeline is built for.
 pub enum Mode {
     /// `weir check`: build every component, keep no state.
@@ -227,6 +223,7 @@ pub fn build(
             base_dir: base_dir.to_path_buf(),
         };
         let cp = checkpoint.clone().filter(|_| source.files().is_some());
+        let default_workers = source.default_decode_workers();
         let (source, decoder) = match source.build(&ctx, cp) {
             Ok(b) => b,
             Err(err) => {
@@ -237,7 +234,7 @@ pub fn build(
         let workers = e
             .decode_workers
             .as_ref()
-            .map_or(DEFAULT_DECODE_WORKERS, |w| w.value);
+            .map_or(default_workers, |w| w.value);
         if workers == 0 {
             diags.push(Diagnostic::at(
                 "decode_workers must be at least 1",

@@ -214,7 +214,8 @@ impl OnError {
 pub struct InputEntry {
     /// Unique name; stages refer to it in `from`.
     pub name: Spanned<String>,
-    /// Workers decoding this input's lines (default: 2).
+    /// Workers decoding this input's lines (default: 2; 1 for stdin, which
+    /// keeps the input's order).
     pub decode_workers: Option<Spanned<usize>>,
     /// The source keys of the entry (`file:`, `stdin:` ...), parsed through
     /// the registry; exactly one is valid.

@@ -154,6 +154,51 @@ dead_letter: { path: dead.jsonl }
     assert_eq!(report["dead_lettered"], 0);
 }
 
+/// stdin keeps its order by default, through per-record stages too (they
+/// take its single decode worker).
+#[test]
+fn stdin_keeps_its_order_by_default() {
+    let d = Dir::new();
+    d.file(
+        "p.yaml",
+        "\
+inputs:
+  - name: in
+    stdin: {}
+stages:
+  - name: bump
+    jq: { program: '.n += 1' }
+  - name: odd
+    filter: { condition: '.n % 2 == 1' }
+outputs:
+  - name: out
+    stdout: {}
+",
+    );
+    let input: String = (0..20_000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    let (out, report) = d.run_with_stdin("p.yaml", &input);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let got: Vec<u64> = parse_jsonl(&text(&out.stdout))
+        .iter()
+        .filter_map(|v| v["n"].as_u64())
+        .collect();
+    let expected: Vec<u64> = (0..20_000).map(|i| i + 1).filter(|n| n % 2 == 1).collect();
+    assert_eq!(got, expected);
+    assert_eq!(stage_of(&report, "in/decode")["workers"], 1);
+    assert_accounting(&report);
+}
+
+/// The report entry of stage `name`.
+fn stage_of(report: &Value, name: &str) -> Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {report}"))
+        .clone()
+}
+
 /// `generate` with a template: the documented placeholders, the same
 /// records for the same seed.
 #[test]
@@ -620,15 +665,7 @@ outputs:
 ",
         );
     let report = d.run_ok("p.yaml");
-    let stage = |name: &str| {
-        report["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("no stage {name} in {report}"))
-            .clone()
-    };
+    let stage = |name: &str| stage_of(&report, name);
     for (name, workers, runs_in) in [
         ("tag", 3, json!("a/decode")),
         ("keep", 3, json!("a/decode")),

@@ -48,6 +48,14 @@ pub trait SourceComponent: Debug + Send + Sync {
     fn files(&self) -> Option<&FileSource> {
         None
     }
+
+    /// Workers decoding its items when the entry does not say
+    /// (`decode_workers`). Several decode faster but let records overtake
+    /// each other, which a file (read whole, with positions) tolerates and
+    /// a stream read as it comes (stdin) should not: its default is 1.
+    fn default_decode_workers(&self) -> usize {
+        2
+    }
 }
 
 /// What placement and ordering need to know of a processor, before it is

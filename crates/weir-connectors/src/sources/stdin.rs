@@ -95,6 +95,11 @@ impl crate::registry::SourceComponent for StdinSource {
     ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         StdinSource::build(self, ctx)
     }
+
+    /// In input order unless the entry asks for parallel decoding.
+    fn default_decode_workers(&self) -> usize {
+        1
+    }
 }
 
 #[cfg(test)]
