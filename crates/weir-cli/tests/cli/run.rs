@@ -683,3 +683,85 @@ outputs:
     assert_eq!(d.jsonl("counts.jsonl"), vec![json!({"key": "c", "n": 2})]);
     assert_accounting(&report);
 }
+
+/// A line written to a quiet stdin reaches the output without waiting for
+/// a batch to fill or for the input to end, and a Ctrl-C while stdin is
+/// quiet stops the run at once (it used to wait for the next line).
+#[test]
+fn a_quiet_stdin_is_not_waited_for() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let d = Dir::new();
+    d.file(
+        "p.yaml",
+        "\
+inputs:
+  - name: in
+    stdin: {}
+stages:
+  - name: tag
+    jq: { program: '.seen = true' }
+outputs:
+  - name: out
+    stdout: {}
+",
+    );
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("weir"))
+        .current_dir(d.path())
+        .args(["run", "p.yaml", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // Generous bounds: the point is that the line comes before the end of
+    // the input (which never comes here), not how fast.
+    let limit = Duration::from_secs(10);
+    let mut latencies = Vec::new();
+    for n in 1..=3 {
+        let sent = Instant::now();
+        writeln!(stdin, "{{\"n\":{n}}}").unwrap();
+        stdin.flush().unwrap();
+        let got = lines.recv_timeout(limit).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("line {n} did not come out while stdin stayed open")
+        });
+        latencies.push(sent.elapsed());
+        assert_eq!(got, format!("{{\"n\":{n},\"seen\":true}}"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("stdin to stdout latencies: {latencies:?}");
+    // Ctrl-C with stdin open and quiet: the run drains and ends.
+    let stopped = Instant::now();
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the run did not stop on SIGINT with stdin quiet");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("stopped {:?} after SIGINT", stopped.elapsed());
+    assert_eq!(status.code(), Some(130));
+    drop(stdin);
+}

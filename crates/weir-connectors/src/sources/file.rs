@@ -639,6 +639,14 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
+impl<R: io::Read> LineReader<BufReader<R>> {
+    /// Bytes read ahead and not yet returned: 0 when the next line needs a
+    /// read from the underlying reader (which may wait).
+    pub(crate) fn buffered(&self) -> usize {
+        self.reader.buffer().len()
+    }
+}
+
 /// True for a line with nothing but whitespace.
 pub(crate) fn is_blank(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_whitespace())

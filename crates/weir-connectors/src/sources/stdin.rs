@@ -2,6 +2,15 @@
 //! lines, on a thread of its own. Positions have no file; the line is the
 //! 1-based line number on standard input. A line that is not UTF-8 is
 //! dead-lettered (`invalid_utf8`), as in the `file` source.
+//!
+//! Standard input is often a live stream (`tail -f app.log | weir run`): a
+//! line must move on when it arrives, not when a batch of them has. The
+//! reading thread hands each line to a bounded channel, and the source is
+//! a stream over it, so the engine sends on whatever is ready as soon as
+//! nothing more is (a burst still goes in full batches). The thread starts
+//! at the first read, so `weir check` reads nothing; it blocks when the
+//! channel is full, which bounds memory; a stopped run stops waiting for
+//! it at once.
 
 use std::io::{self, BufReader};
 use std::sync::Arc;
@@ -52,34 +61,124 @@ impl StdinSource {
             StdinFormat::Jsonl => (Decoder::jsonl(), true),
             StdinFormat::Lines => (Decoder::lines(), false),
         };
-        let input = ctx.input.clone();
-        let mut reader = LineReader::new(
-            BufReader::with_capacity(256 * 1024, io::stdin()),
-            self.invalid_utf8,
-        );
-        let iter = std::iter::from_fn(move || {
-            loop {
-                return match reader.next_line()? {
-                    Ok((_, Text::Valid(text))) if skip_blank && is_blank(&text) => continue,
-                    Ok((line, text)) => Some(Ok(super::raw_from_text(
-                        Arc::new(Position {
-                            input: input.clone(),
-                            file: None,
-                            line,
-                        }),
-                        text,
-                    ))),
-                    Err(e) => Some(Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                            "cannot read standard input at line {}: {e}",
-                            reader.line() + 1
-                        ),
-                    ))),
-                };
+        let lines = StdinLines {
+            reader: LineReader::new(
+                BufReader::with_capacity(256 * 1024, io::stdin()),
+                self.invalid_utf8,
+            ),
+            input: ctx.input.clone(),
+            skip_blank,
+        };
+        Ok((weir::from_try_stream(live(lines)), decoder))
+    }
+}
+
+/// Lines standard input's thread sends at once, at most.
+const CHUNK: usize = 1024;
+
+/// Chunks read ahead by the thread, at most.
+const READ_AHEAD: usize = 4;
+
+/// Lines as raw items, read by a thread that may wait.
+trait Lines: Send + 'static {
+    /// The next item; `None` at the end of the input.
+    fn next(&mut self) -> Option<io::Result<Raw>>;
+    /// False when the next item may need a read that waits.
+    fn ready(&self) -> bool;
+}
+
+/// Standard input's lines as raw items.
+struct StdinLines {
+    reader: LineReader<BufReader<io::Stdin>>,
+    input: Arc<str>,
+    skip_blank: bool,
+}
+
+impl Lines for StdinLines {
+    fn ready(&self) -> bool {
+        self.reader.buffered() > 0
+    }
+
+    fn next(&mut self) -> Option<io::Result<Raw>> {
+        loop {
+            return match self.reader.next_line()? {
+                Ok((_, Text::Valid(text))) if self.skip_blank && is_blank(&text) => continue,
+                Ok((line, text)) => Some(Ok(super::raw_from_text(
+                    Arc::new(Position {
+                        input: self.input.clone(),
+                        file: None,
+                        line,
+                    }),
+                    text,
+                ))),
+                Err(e) => Some(Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot read standard input at line {}: {e}",
+                        self.reader.line() + 1
+                    ),
+                ))),
+            };
+        }
+    }
+}
+
+/// Standard input's items as a stream, read on a thread of their own
+/// (started at the first poll). The thread sends the lines it has in one
+/// chunk when the next one would need a read that may wait (nothing more
+/// is buffered), or at [`CHUNK`] lines: a burst travels in large chunks,
+/// a lone line at once. At most [`READ_AHEAD`] chunks wait in the channel.
+fn live<L: Lines>(lines: L) -> impl futures::Stream<Item = io::Result<Raw>> + Send + 'static {
+    use futures::StreamExt;
+    enum State<L> {
+        NotStarted(L),
+        Reading(tokio::sync::mpsc::Receiver<Vec<io::Result<Raw>>>),
+        Done,
+    }
+    let chunks = futures::stream::unfold(State::NotStarted(lines), |state| async move {
+        let mut rx = match state {
+            State::Reading(rx) => rx,
+            State::Done => return None,
+            State::NotStarted(lines) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+                let spawned = std::thread::Builder::new()
+                    .name("weir-stdin".into())
+                    .spawn(move || read_chunks(lines, &tx));
+                if let Err(e) = spawned {
+                    let err = io::Error::other(format!(
+                        "cannot start the thread that reads standard input: {e}"
+                    ));
+                    return Some((vec![Err(err)], State::Done));
+                }
+                rx
             }
-        });
-        Ok((weir::from_try_iter(iter), decoder))
+        };
+        let chunk = rx.recv().await?;
+        Some((chunk, State::Reading(rx)))
+    });
+    chunks.flat_map(futures::stream::iter)
+}
+
+/// The reading thread: chunks of lines into `tx` until the end of the
+/// input, a read error (sent as the last item), or the run's end (the
+/// receiver is gone).
+fn read_chunks<L: Lines>(mut lines: L, tx: &tokio::sync::mpsc::Sender<Vec<io::Result<Raw>>>) {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        let item = lines.next();
+        let last = !matches!(item, Some(Ok(_)));
+        chunk.extend(item);
+        if (last || chunk.len() >= CHUNK || !lines.ready())
+            && !chunk.is_empty()
+            && tx
+                .blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
+                .is_err()
+        {
+            return;
+        }
+        if last {
+            return;
+        }
     }
 }
 
@@ -116,5 +215,71 @@ mod tests {
         };
         let (_source, decoder) = cfg.build(&ctx).unwrap();
         assert_eq!(decoder.format(), Format::Jsonl);
+    }
+
+    /// Lines from a script: `ready()` is false before the lines after
+    /// which the script's producer waits for the test.
+    struct Scripted {
+        next: u64,
+        total: u64,
+        /// After this line, the next read waits for the gate.
+        wait_after: u64,
+        gate: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl Lines for Scripted {
+        fn next(&mut self) -> Option<io::Result<Raw>> {
+            if self.next == self.total {
+                return None;
+            }
+            if self.next == self.wait_after {
+                self.gate.recv().unwrap();
+            }
+            self.next += 1;
+            Some(Ok(Raw::Line {
+                pos: Arc::new(Position {
+                    input: "in".into(),
+                    file: None,
+                    line: self.next,
+                }),
+                text: format!("{{\"n\":{}}}", self.next),
+            }))
+        }
+
+        fn ready(&self) -> bool {
+            self.next != self.wait_after
+        }
+    }
+
+    /// Lines come out as soon as the reader would wait, not when a chunk
+    /// is full: the first three are there before the fourth exists; then
+    /// the rest, in order, and the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_move_on_when_the_reader_would_wait() {
+        use futures::StreamExt;
+        let (gate_tx, gate) = std::sync::mpsc::channel::<()>();
+        let lines = Scripted {
+            next: 0,
+            total: 3000,
+            wait_after: 3,
+            gate,
+        };
+        let mut s = std::pin::pin!(live(lines));
+        let limit = std::time::Duration::from_secs(10);
+        for want in 1..=3 {
+            let got = tokio::time::timeout(limit, s.next())
+                .await
+                .expect("a line that was read is not held back");
+            assert_eq!(got.unwrap().unwrap().pos().line, want);
+        }
+        gate_tx.send(()).unwrap();
+        for want in 4..=3000 {
+            let got = tokio::time::timeout(limit, s.next()).await.expect("line");
+            assert_eq!(got.unwrap().unwrap().pos().line, want);
+        }
+        let end = tokio::time::timeout(limit, s.next())
+            .await
+            .expect("the end");
+        assert!(end.is_none());
     }
 }
