@@ -191,6 +191,7 @@ pub fn build(
     let p = Pipeline::with_options(PipelineOptions {
         batch_size: file.settings.batch_size.max(1),
         buffer: file.settings.buffer.max(1),
+        linger: std::time::Duration::from_millis(file.settings.linger_ms),
         ..Default::default()
     });
     let deterministic = edges.deterministic();

@@ -493,6 +493,14 @@ pub struct Settings {
     /// Bound of each edge, in batches.
     #[serde(default = "default_buffer")]
     pub buffer: usize,
+    /// Milliseconds a source reading slowly holds a partial batch before
+    /// sending it on (default 5): the most a trickle of records waits.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+}
+
+fn default_linger_ms() -> u64 {
+    weir::DEFAULT_LINGER.as_millis() as u64
 }
 
 fn default_batch() -> usize {
@@ -508,6 +516,7 @@ impl Default for Settings {
         Settings {
             batch_size: default_batch(),
             buffer: default_buffer(),
+            linger_ms: default_linger_ms(),
         }
     }
 }

@@ -97,6 +97,10 @@ pub(crate) trait Downstream<T>: Send {
     fn consume(&mut self, batch: Batch<T>) -> BoxFuture<'_, Result<(), Halt>>;
     /// End of input: flush and finish.
     fn finish(&mut self) -> BoxFuture<'_, Result<(), Halt>>;
+    /// The producer has nothing more ready and sent what it held: send on
+    /// what this stage holds too, down its own fused consumers, so a
+    /// partial batch does not wait inside a fused chain for more input.
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), Halt>>;
 }
 
 /// Where a fused consumer leaves itself for its producer to pick up: one
@@ -224,6 +228,9 @@ pub(crate) struct Emitter<T> {
     leaves: Vec<Leaf<T>>,
     batch_size: usize,
     metrics: Arc<StageMetrics>,
+    /// A fused consumer was given items since the last `flush(true)`: it
+    /// may hold some of them (its own partial batch) until told to flush.
+    direct_fed: bool,
 }
 
 impl<T> Emitter<T> {
@@ -240,6 +247,7 @@ impl<T> Emitter<T> {
                 .collect(),
             batch_size: batch_size.max(1),
             metrics,
+            direct_fed: false,
         }
     }
 
@@ -276,8 +284,9 @@ impl<T> Emitter<T> {
 
     /// Sends full buffers, or every non-empty one when `all`, in batches of
     /// at most `batch_size` items (a remainder smaller than a batch stays
-    /// for later unless `all`). Waits while an edge is full (backpressure);
-    /// that wait is counted as output wait.
+    /// for later unless `all`). With `all`, fused consumers are told to
+    /// send on what they hold as well ([`Downstream::flush`]). Waits while
+    /// an edge is full (backpressure); that wait is counted as output wait.
     ///
     /// # Errors
     /// [`Halt::Stopped`] when an edge was closed because the run is
@@ -295,7 +304,9 @@ impl<T> Emitter<T> {
             }
             let leaf = &mut self.leaves[i];
             // A fused consumer takes everything now: it has no queue to fill.
-            let every = all || matches!(leaf.out, LeafOut::Direct(_));
+            let direct = matches!(leaf.out, LeafOut::Direct(_));
+            self.direct_fed |= direct;
+            let every = all || direct;
             let buf = std::mem::take(&mut leaf.buf);
             if buf.len() <= size {
                 // The common case: one batch, sent as it is, without a copy.
@@ -309,7 +320,22 @@ impl<T> Emitter<T> {
             }
             leaf.buf = rest.collect();
         }
+        if all && self.direct_fed {
+            self.direct_fed = false;
+            for leaf in &mut self.leaves {
+                if let LeafOut::Direct(d) = &mut leaf.out {
+                    d.flush().await?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Something would move on if the worker flushed now: items of its own
+    /// not yet sent, or items a fused consumer may hold. Workers check it
+    /// before they wait for input.
+    pub fn holds_items(&self) -> bool {
+        self.direct_fed || self.pending() > 0
     }
 
     /// End of this worker's output: sends what is left and finishes fused

@@ -83,5 +83,7 @@ pub use source::{
     Source, from_acked_iter, from_acked_stream, from_iter, from_stream, from_try_acked_iter,
     from_try_iter, from_try_stream,
 };
-pub use stage::{DEFAULT_BATCH_SIZE, DEFAULT_BUFFER, ErrorPolicy, PipelineOptions, Retry};
+pub use stage::{
+    DEFAULT_BATCH_SIZE, DEFAULT_BUFFER, DEFAULT_LINGER, ErrorPolicy, PipelineOptions, Retry,
+};
 pub use tokio_util::sync::CancellationToken;

@@ -59,6 +59,8 @@ pub(crate) struct StageCtx {
     pub dead_letters: Tx<DeadLetter>,
     pub options: StageOptions,
     pub batch_size: usize,
+    /// See [`PipelineOptions::linger`](crate::PipelineOptions::linger).
+    pub linger: std::time::Duration,
     /// Runs inside its producer's worker instead of its own.
     pub fused: bool,
 }
@@ -365,6 +367,13 @@ impl<I: Send + 'static, O: Send + 'static> Downstream<I> for SyncStage<I, O> {
             fused_step(&ctx.name, self.em.close()).await
         })
     }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), Halt>> {
+        Box::pin(async move {
+            let ctx = self.ctx.clone();
+            fused_step(&ctx.name, self.em.flush(true)).await
+        })
+    }
 }
 
 /// One worker of an unordered sync pool.
@@ -376,7 +385,7 @@ pub(crate) async fn sync_worker<I: Send + 'static, O: Send + 'static>(
     loop {
         // Send a partial batch only when we would otherwise wait for input:
         // full batches while busy, low latency when idle.
-        if stage.em.pending() > 0
+        if stage.em.holds_items()
             && rx.is_empty()
             && let Err(h) = stage.em.flush(true).await
         {
@@ -486,7 +495,7 @@ pub(crate) async fn reorderer<O: Send + 'static>(
             }
         }
         if rx.is_empty()
-            && em.pending() > 0
+            && em.holds_items()
             && let Err(h) = em.flush(true).await
         {
             return ctx.halted(h);
@@ -636,7 +645,7 @@ pub(crate) async fn async_pool<I: Send + 'static, O: Send + 'static>(
                     break Err(h);
                 }
                 // Nothing else is ready: send what we have rather than sit on it.
-                if em.pending() > 0
+                if em.holds_items()
                     && let Err(h) = em.flush(true).await
                 {
                     break Err(h);

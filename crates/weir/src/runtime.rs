@@ -304,6 +304,7 @@ fn prepare(
             },
             options: node.options,
             batch_size: g.options.batch_size,
+            linger: g.options.linger,
             fused: fused[i].is_some(),
         });
         stages.push(Stage {

@@ -302,6 +302,11 @@ impl<T: Send + 'static, S: Sink<T>> Downstream<T> for SinkStage<T, S> {
             fused_step(&ctx.name, SinkStage::finish(self)).await
         })
     }
+
+    /// A sink writes each batch as it comes: nothing is held.
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), Halt>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Delivers the acks of items before position `base` (they are committed).

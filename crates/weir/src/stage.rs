@@ -25,6 +25,13 @@ pub const DEFAULT_BATCH_SIZE: usize = 1024;
 /// spurts); lower it to bound memory for large items.
 pub const DEFAULT_BUFFER: usize = 8;
 
+/// How long an iterator source holds a partial batch while its items come
+/// slowly, by default: a few milliseconds, so a trickle of items (one every
+/// few ms) reaches the sink at once instead of when 1,024 have come, and a
+/// cancel is seen as soon. Stages already send a partial batch whenever
+/// their input queue is empty; a stream source sends whatever is ready.
+pub const DEFAULT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Settings that apply to the whole pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -32,6 +39,9 @@ pub struct PipelineOptions {
     pub batch_size: usize,
     /// Default bound of every edge, in batches; see [`DEFAULT_BUFFER`].
     pub buffer: usize,
+    /// The longest an iterator source holds the first item of a partial
+    /// batch before sending it on; see [`DEFAULT_LINGER`].
+    pub linger: std::time::Duration,
     /// How many dead letters the built-in dead-letter collector keeps (in
     /// [`Report::dead_letters`](crate::Report::dead_letters)) when no
     /// dead-letter sink is set. One more fails the run rather than lose one.
@@ -43,6 +53,7 @@ impl Default for PipelineOptions {
         PipelineOptions {
             batch_size: DEFAULT_BATCH_SIZE,
             buffer: DEFAULT_BUFFER,
+            linger: DEFAULT_LINGER,
             dead_letter_limit: 10_000,
         }
     }

@@ -685,8 +685,9 @@ outputs:
 }
 
 /// A line written to a quiet stdin reaches the output without waiting for
-/// a batch to fill or for the input to end, and a Ctrl-C while stdin is
-/// quiet stops the run at once (it used to wait for the next line).
+/// a batch to fill or for the input to end, through a fused stage and a
+/// pool of two behind a channel, and a Ctrl-C while stdin is quiet stops
+/// the run at once (it used to wait for the next line).
 #[test]
 fn a_quiet_stdin_is_not_waited_for() {
     use std::io::{BufRead, BufReader, Write};
@@ -703,6 +704,9 @@ inputs:
 stages:
   - name: tag
     jq: { program: '.seen = true' }
+  - name: keep
+    workers: 2
+    filter: { condition: '.n > 0' }
 outputs:
   - name: out
     stdout: {}
@@ -730,9 +734,13 @@ outputs:
     // the input (which never comes here), not how fast.
     let limit = Duration::from_secs(10);
     let mut latencies = Vec::new();
-    for n in 1..=3 {
+    // What is written before each line is expected out: a whole line; a
+    // line, a blank line and the start of the next (neither may hold the
+    // line back); the rest of that line.
+    let writes = ["{\"n\":1}\n", "{\"n\":2}\n\n{\"n\":", "3}\n"];
+    for (n, text) in (1..=3).zip(writes) {
         let sent = Instant::now();
-        writeln!(stdin, "{{\"n\":{n}}}").unwrap();
+        write!(stdin, "{text}").unwrap();
         stdin.flush().unwrap();
         let got = lines.recv_timeout(limit).unwrap_or_else(|_| {
             let _ = child.kill();

@@ -640,10 +640,11 @@ impl<R: BufRead> LineReader<R> {
 }
 
 impl<R: io::Read> LineReader<BufReader<R>> {
-    /// Bytes read ahead and not yet returned: 0 when the next line needs a
-    /// read from the underlying reader (which may wait).
-    pub(crate) fn buffered(&self) -> usize {
-        self.reader.buffer().len()
+    /// Bytes read ahead and not yet returned. Unless they hold a newline,
+    /// the next line needs a read from the underlying reader (which may
+    /// wait).
+    pub(crate) fn buffered(&self) -> &[u8] {
+        self.reader.buffer()
     }
 }
 

@@ -81,9 +81,11 @@ const READ_AHEAD: usize = 4;
 
 /// Lines as raw items, read by a thread that may wait.
 trait Lines: Send + 'static {
-    /// The next item; `None` at the end of the input.
-    fn next(&mut self) -> Option<io::Result<Raw>>;
-    /// False when the next item may need a read that waits.
+    /// The next line: `None` at the end of the input, `Some(None)` for a
+    /// line that is skipped (a blank line of JSON Lines).
+    fn next(&mut self) -> Option<Option<io::Result<Raw>>>;
+    /// False when the next line may need a read that waits (no whole line
+    /// is buffered).
     fn ready(&self) -> bool;
 }
 
@@ -96,13 +98,13 @@ struct StdinLines {
 
 impl Lines for StdinLines {
     fn ready(&self) -> bool {
-        self.reader.buffered() > 0
+        self.reader.buffered().contains(&b'\n')
     }
 
-    fn next(&mut self) -> Option<io::Result<Raw>> {
-        loop {
-            return match self.reader.next_line()? {
-                Ok((_, Text::Valid(text))) if self.skip_blank && is_blank(&text) => continue,
+    fn next(&mut self) -> Option<Option<io::Result<Raw>>> {
+        {
+            Some(match self.reader.next_line()? {
+                Ok((_, Text::Valid(text))) if self.skip_blank && is_blank(&text) => None,
                 Ok((line, text)) => Some(Ok(super::raw_from_text(
                     Arc::new(Position {
                         input: self.input.clone(),
@@ -118,7 +120,7 @@ impl Lines for StdinLines {
                         self.reader.line() + 1
                     ),
                 ))),
-            };
+            })
         }
     }
 }
@@ -165,8 +167,12 @@ fn live<L: Lines>(lines: L) -> impl futures::Stream<Item = io::Result<Raw>> + Se
 fn read_chunks<L: Lines>(mut lines: L, tx: &tokio::sync::mpsc::Sender<Vec<io::Result<Raw>>>) {
     let mut chunk = Vec::with_capacity(CHUNK);
     loop {
-        let item = lines.next();
-        let last = !matches!(item, Some(Ok(_)));
+        let (item, last) = match lines.next() {
+            None => (None, true),
+            Some(None) => (None, false),
+            Some(Some(Ok(raw))) => (Some(Ok(raw)), false),
+            Some(Some(Err(e))) => (Some(Err(e)), true),
+        };
         chunk.extend(item);
         if (last || chunk.len() >= CHUNK || !lines.ready())
             && !chunk.is_empty()
@@ -224,11 +230,13 @@ mod tests {
         total: u64,
         /// After this line, the next read waits for the gate.
         wait_after: u64,
+        /// This line is skipped (a blank line).
+        skip: u64,
         gate: std::sync::mpsc::Receiver<()>,
     }
 
     impl Lines for Scripted {
-        fn next(&mut self) -> Option<io::Result<Raw>> {
+        fn next(&mut self) -> Option<Option<io::Result<Raw>>> {
             if self.next == self.total {
                 return None;
             }
@@ -236,14 +244,17 @@ mod tests {
                 self.gate.recv().unwrap();
             }
             self.next += 1;
-            Some(Ok(Raw::Line {
+            if self.next == self.skip {
+                return Some(None);
+            }
+            Some(Some(Ok(Raw::Line {
                 pos: Arc::new(Position {
                     input: "in".into(),
                     file: None,
                     line: self.next,
                 }),
                 text: format!("{{\"n\":{}}}", self.next),
-            }))
+            })))
         }
 
         fn ready(&self) -> bool {
@@ -252,7 +263,8 @@ mod tests {
     }
 
     /// Lines come out as soon as the reader would wait, not when a chunk
-    /// is full: the first three are there before the fourth exists; then
+    /// is full: the first two are there before the fourth exists (the third
+    /// is blank, skipped: it must not hold them back either); then
     /// the rest, in order, and the end.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lines_move_on_when_the_reader_would_wait() {
@@ -262,11 +274,12 @@ mod tests {
             next: 0,
             total: 3000,
             wait_after: 3,
+            skip: 3,
             gate,
         };
         let mut s = std::pin::pin!(live(lines));
         let limit = std::time::Duration::from_secs(10);
-        for want in 1..=3 {
+        for want in 1..=2 {
             let got = tokio::time::timeout(limit, s.next())
                 .await
                 .expect("a line that was read is not held back");

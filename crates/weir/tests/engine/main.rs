@@ -13,6 +13,7 @@ mod fan_in;
 mod fan_out;
 mod fusion;
 mod gauges;
+mod linger;
 mod pipeline;
 mod pools;
 mod props;
