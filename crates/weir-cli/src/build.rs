@@ -296,9 +296,12 @@ pub fn build(
                 options.ordered |= lineage.is_some();
                 // An aggregate's per-record part (extract) is such a stage too.
                 let per_record = scope == Scope::PerRecord || matches!(stage, Stage::Aggregate(_));
-                if per_record && !options.ordered {
+                // Only where fusion can follow: the producer's only reader,
+                // in a run whose edges need no particular order.
+                if per_record && !options.ordered && !deterministic {
                     if e.workers.is_none()
                         && let Some([from]) = wiring.from.get(&name).map(Vec::as_slice)
+                        && wiring.readers.get(from) == Some(&1)
                         && let Some(&w) = pool_width.get(from)
                     {
                         options.workers = w;

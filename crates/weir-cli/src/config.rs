@@ -231,8 +231,9 @@ pub struct StageEntry {
     pub from: Option<Spanned<From>>,
     /// Workers running this stage in parallel (for an aggregate: its
     /// per-record part). Default: for a stage that sees one record at a
-    /// time (or an aggregate), keeps no order and reads one input or one
-    /// such stage, as many as that producer has (the two then run as one
+    /// time (jq, filter, validate, switch; or an aggregate), keeps no order
+    /// and is the only reader of one input or one such stage (not a switch
+    /// branch), as many as that producer has (the two then run as one
     /// pool); otherwise 1.
     pub workers: Option<Spanned<usize>>,
     /// Keep input order across workers.

@@ -638,7 +638,15 @@ inputs:
     file: { path: b.jsonl }
   - name: c
     file: { path: c.jsonl }
+  - name: d
+    file: { path: c.jsonl }
 stages:
+  - name: d1
+    from: d
+    jq: { program: . }
+  - name: d2
+    from: d
+    jq: { program: . }
   - name: tag
     from: a
     jq: { program: '.src = \"a\"' }
@@ -659,6 +667,9 @@ outputs:
   - name: counts
     from: count
     file: { path: counts.jsonl }
+  - name: ds
+    from: [d1, d2]
+    file: { path: ds.jsonl }
   - name: out
     from: unique
     file: { path: out.jsonl }
@@ -670,6 +681,9 @@ outputs:
         ("tag", 3, json!("a/decode")),
         ("keep", 3, json!("a/decode")),
         ("count/extract", 2, json!("c/decode")),
+        // `d` is read twice: broadcast, so neither reader can fuse with it.
+        ("d1", 1, Value::Null),
+        ("d2", 1, Value::Null),
         ("kept-order", 1, Value::Null),
         ("both", 1, Value::Null),
         // One worker fed by one worker: the engine's one-to-one fusion.

@@ -280,7 +280,10 @@ pub struct Aggregator {
 /// A group key. Keys are equal when their JSON texts are: a string key is
 /// compared and hashed by its bytes (shared with the record, no
 /// allocation: the common case, and on the aggregate's hot path), any
-/// other key by its JSON text. Cheap to clone.
+/// other key by its JSON text. That equivalence holds for values in JSON's
+/// data model (text strings of valid UTF-8), which is what records and
+/// canonical jq outputs are; a byte string or invalid UTF-8 given to
+/// [`GroupKey::new`] groups by its bytes. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GroupKey(KeyRepr);
 

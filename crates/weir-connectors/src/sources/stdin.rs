@@ -5,12 +5,16 @@
 //!
 //! Standard input is often a live stream (`tail -f app.log | weir run`): a
 //! line must move on when it arrives, not when a batch of them has. The
-//! reading thread hands each line to a bounded channel, and the source is
-//! a stream over it, so the engine sends on whatever is ready as soon as
-//! nothing more is (a burst still goes in full batches). The thread starts
-//! at the first read, so `weir check` reads nothing; it blocks when the
-//! channel is full, which bounds memory; a stopped run stops waiting for
-//! it at once.
+//! reading thread sends lines in chunks into a bounded channel, a chunk as
+//! soon as no whole line is left buffered (so a burst goes in chunks of up
+//! to 1,024 lines, a lone line at once), and the source is a stream over
+//! it, so the engine sends on whatever is ready. The thread starts at the
+//! first read, so `weir check` reads nothing; it blocks when the channel is
+//! full, which bounds memory; a stopped run stops waiting for it at once.
+//! The thread itself is not joined: it may be blocked reading a quiet
+//! stdin when the run ends, and ends with the process (or at its next
+//! line, finding the run gone); a program embedding weir that reads stdin
+//! after a run could lose what this thread read ahead.
 
 use std::io::{self, BufReader};
 use std::sync::Arc;
