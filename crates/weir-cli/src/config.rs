@@ -495,7 +495,9 @@ pub struct Settings {
     #[serde(default = "default_buffer")]
     pub buffer: usize,
     /// Milliseconds a source reading slowly holds a partial batch before
-    /// sending it on (default 5): the most a trickle of records waits.
+    /// sending it on (default 5). 0 sends each record on its own (much
+    /// slower: only for a trickle that must not wait at all). Sources that
+    /// wait for input (stdin) send what they have at once anyway.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
 }

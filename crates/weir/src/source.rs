@@ -9,6 +9,8 @@
 //! learns when each one, and all that derived from it, is committed.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
@@ -152,28 +154,21 @@ where
 {
     let m = &*ctx.metrics;
     let mut clock = BusyClock::default();
-    let mut linger = Linger::new(ctx.linger);
+    let linger = Linger::new(ctx.linger);
     while !ctx.stop.is_cancelled() {
         let t0 = clock.start();
         let mut batch = Vec::with_capacity(ctx.batch_size);
-        linger.start();
+        let start = linger.start();
         let mut cut = false;
-        // Items are pulled in runs of `linger.every` (a tight loop, as
-        // without a linger), and the clock is read between runs.
-        loop {
-            let want = (ctx.batch_size - batch.len()).min(linger.every);
-            let before = batch.len();
-            for item in iter.by_ref().take(want) {
-                match item {
-                    Ok(e) => batch.push(e),
-                    Err(err) => return Err(lost_with(batch, err, &ctx)),
-                }
+        for item in iter.by_ref() {
+            match item {
+                Ok(e) => batch.push(e),
+                Err(err) => return Err(lost_with(batch, err, &ctx)),
             }
-            if batch.len() - before < want || batch.len() == ctx.batch_size {
-                // The iterator ended, or the batch is full.
+            if batch.len() == ctx.batch_size {
                 break;
             }
-            if linger.expired() {
+            if linger.expired(start) {
                 cut = true;
                 break;
             }
@@ -199,45 +194,75 @@ where
 
 /// When a slow iterator's partial batch has waited long enough. Reading the
 /// clock after every item would cost a fast iterator (B1: a few ns per
-/// item) more than the item itself, so items are pulled in runs of `every`,
-/// and the clock read between runs: `every` doubles while items come fast
-/// (up to 256) and falls back to 1 as soon as they come slowly. A fast
-/// source reads the clock a few times per batch; a slow one after each item.
+/// item) more than the item itself, so a thread of its own ticks a counter
+/// every half `limit`, and the source compares it after each item (one
+/// relaxed load): a batch is cut once the counter moved twice since the
+/// batch began, between half `limit` and `limit` later. The ticker holds a
+/// weak reference and ends by itself within 50 ms of the source. A zero
+/// `limit` sends every item on its own (no ticker).
+///
+/// An iterator blocked in `next()` cannot be cut: the items it gave before
+/// wait with it. Sources that wait for input (stdin, a broker) are stream
+/// sources, which send what is ready.
 struct Linger {
-    limit: std::time::Duration,
-    first: Instant,
-    last_read: Instant,
-    every: usize,
+    ticks: Option<Arc<AtomicU64>>,
+    /// A zero limit: every item goes on its own.
+    every_item: bool,
 }
 
 impl Linger {
     fn new(limit: std::time::Duration) -> Self {
-        let now = Instant::now();
+        if limit.is_zero() {
+            return Linger {
+                ticks: None,
+                every_item: true,
+            };
+        }
+        let ticks = Arc::new(AtomicU64::new(0));
+        let weak = Arc::downgrade(&ticks);
+        let period = limit / 2;
+        let spawned = std::thread::Builder::new()
+            .name("weir-linger".into())
+            .spawn(move || {
+                loop {
+                    // Sleep in slices, so that the thread notices the end of
+                    // its source soon even with a long linger.
+                    let mut left = period;
+                    while !left.is_zero() {
+                        let nap = left.min(std::time::Duration::from_millis(50));
+                        std::thread::sleep(nap);
+                        left -= nap;
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                    match weak.upgrade() {
+                        Some(t) => t.fetch_add(1, Relaxed),
+                        None => return,
+                    };
+                }
+            });
+        // Without a ticker, batches are only ever full: the behaviour
+        // before lingering existed, not a failure.
         Linger {
-            limit,
-            first: now,
-            last_read: now,
-            every: 1,
+            ticks: spawned.ok().map(|_| ticks),
+            every_item: false,
         }
     }
 
-    /// A new batch: its first item is about to be read.
-    fn start(&mut self) {
-        self.first = Instant::now();
-        self.last_read = self.first;
+    /// A new batch begins: the tick it begins at.
+    fn start(&self) -> u64 {
+        self.ticks.as_ref().map_or(0, |t| t.load(Relaxed))
     }
 
-    /// After a run of items: true when the batch has waited `limit` since
-    /// the start.
-    fn expired(&mut self) -> bool {
-        let now = Instant::now();
-        if now - self.last_read < self.limit / 64 {
-            self.every = (self.every * 2).min(256);
-        } else {
-            self.every = 1;
+    /// After each item: true when the batch that began at `start` has
+    /// waited long enough.
+    #[inline]
+    fn expired(&self, start: u64) -> bool {
+        match &self.ticks {
+            Some(t) => t.load(Relaxed).wrapping_sub(start) >= 2,
+            None => self.every_item,
         }
-        self.last_read = now;
-        now - self.first >= self.limit
     }
 }
 

@@ -29,7 +29,12 @@ pub const DEFAULT_BUFFER: usize = 8;
 /// slowly, by default: a few milliseconds, so a trickle of items (one every
 /// few ms) reaches the sink at once instead of when 1,024 have come, and a
 /// cancel is seen as soon. Stages already send a partial batch whenever
-/// their input queue is empty; a stream source sends whatever is ready.
+/// their input queue is empty; a stream source sends whatever is ready. An
+/// iterator blocked in `next()` cannot be interrupted: what it gave before
+/// waits with it, so sources that wait for input should be streams
+/// ([`from_stream`](crate::from_stream)). Zero sends every item on its own
+/// (slow). A source slower than `batch_size` items per linger sends
+/// batches smaller than `batch_size`.
 pub const DEFAULT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Settings that apply to the whole pipeline.

@@ -65,6 +65,46 @@ fn a_trickle_reaches_the_sink_while_the_source_still_runs() {
     });
 }
 
+/// A burst, then a trickle: the trickle is not held back by what the
+/// burst taught the source about its pace.
+#[test]
+fn a_trickle_after_a_burst_is_not_held() {
+    within(60, async {
+        let made: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+        let (m, s) = (made.clone(), seen.clone());
+        let items = (0..10_060u64).inspect(move |&i| {
+            if i >= 10_000 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            m.lock().unwrap().push((i, Instant::now()));
+        });
+        let p = Pipeline::new();
+        p.source("in", weir::from_iter(items))
+            .map("inc", |x: u64| x + 1)
+            .workers(2)
+            .sink(
+                "out",
+                weir::for_each(move |x: u64| s.lock().unwrap().push((x - 1, Instant::now()))),
+            );
+        let report = p.run().await.unwrap();
+        assert_balanced(&report);
+        let made: std::collections::HashMap<u64, Instant> =
+            made.lock().unwrap().iter().copied().collect();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 10_060);
+        for (i, at) in seen.iter().filter(|(i, _)| *i >= 10_000) {
+            let waited = *at - made[i];
+            // The linger is 5 ms; a batch held until the iterator ends (60
+            // items at this pace) would wait more than a second.
+            assert!(
+                waited < Duration::from_millis(1000),
+                "item {i} waited {waited:?}"
+            );
+        }
+    });
+}
+
 #[test]
 fn a_cancel_is_seen_while_items_trickle() {
     within(60, async {
