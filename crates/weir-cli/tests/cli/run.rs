@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::{Dir, assert_accounting, assert_conserved, code, n, parse_jsonl, text};
+use crate::util::{Dir, assert_accounting, assert_conserved, code, n, parse_jsonl, stage, text};
 
 const GZ: &[u8] = include_bytes!("../fixtures/two-members.jsonl.gz");
 
@@ -184,19 +184,8 @@ outputs:
         .collect();
     let expected: Vec<u64> = (0..20_000).map(|i| i + 1).filter(|n| n % 2 == 1).collect();
     assert_eq!(got, expected);
-    assert_eq!(stage_of(&report, "in/decode")["workers"], 1);
+    assert_eq!(stage(&report, "in/decode")["workers"], 1);
     assert_accounting(&report);
-}
-
-/// The report entry of stage `name`.
-fn stage_of(report: &Value, name: &str) -> Value {
-    report["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {report}"))
-        .clone()
 }
 
 /// `generate` with a template: the documented placeholders, the same
@@ -676,7 +665,6 @@ outputs:
 ",
         );
     let report = d.run_ok("p.yaml");
-    let stage = |name: &str| stage_of(&report, name);
     for (name, workers, runs_in) in [
         ("tag", 3, json!("a/decode")),
         ("keep", 3, json!("a/decode")),
@@ -689,7 +677,7 @@ outputs:
         // One worker fed by one worker: the engine's one-to-one fusion.
         ("unique", 1, json!("both")),
     ] {
-        let s = stage(name);
+        let s = stage(&report, name);
         assert_eq!(s["workers"], workers, "{s}");
         assert_eq!(s["runs_in"], runs_in, "{s}");
     }

@@ -404,6 +404,8 @@ impl HttpWriter {
 
     /// Sends one request, retrying what is worth retrying.
     async fn send(&mut self, body: Vec<u8>, key: &str) -> Sent {
+        // Shared, so that each try hands reqwest the body without a copy.
+        let body = bytes::Bytes::from(body);
         let mut delay = self.backoff;
         let mut last = String::new();
         for attempt in 1..=self.attempts {
