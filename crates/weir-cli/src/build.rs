@@ -289,7 +289,7 @@ pub fn build(
                 // came first; windowed ones emit in timing's order.
                 let scope = e.processor().expect("built").scope();
                 let lineage = lineage.filter(|l| match scope {
-                    Scope::PerRecord => true,
+                    Scope::PerRecord | Scope::Call => true,
                     Scope::Keyed => l.len() == 1,
                     Scope::Windowed => false,
                 });
@@ -409,9 +409,18 @@ pub(crate) fn stage(
     if let Some(msg) = component_count_error("stage", name, Kind::Processor, &e.components) {
         return Err(vec![Diagnostic::at(msg, &e.name)]);
     }
+    let processor = e.processor().expect("one component");
     let workers = match &e.workers {
         Some(w) if w.value == 0 => {
             return Err(vec![Diagnostic::at("workers must be at least 1", w)]);
+        }
+        Some(w) if processor.scope() == Scope::Call => {
+            return Err(vec![Diagnostic::at(
+                format!(
+                    "stage '{name}' calls a service: its calls in flight are its `concurrency`, not `workers` (it runs no threads of its own)"
+                ),
+                w,
+            )]);
         }
         Some(w) => w.value,
         None => 1,
@@ -420,9 +429,7 @@ pub(crate) fn stage(
         stage: name.to_owned(),
         ..ctx.clone()
     };
-    let stage = e
-        .processor()
-        .expect("one component")
+    let stage = processor
         .build(ctx)
         .map_err(|err| vec![located(err, &e.name)])?;
     let options = StageOptions {

@@ -30,6 +30,7 @@ pub use weir_record::{record, value, watchdog};
 
 pub mod checkpoint;
 pub mod error;
+pub mod http_client;
 pub mod limits;
 pub mod processors;
 pub mod registry;

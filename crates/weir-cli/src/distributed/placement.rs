@@ -81,6 +81,20 @@ impl Placement {
             let e = &s.value;
             let explicit = e.remote.as_ref().map(|r| r.value);
             match explicit {
+                Some(true)
+                    if e
+                        .processor()
+                        .is_some_and(|p| p.scope() == Scope::Call) =>
+                {
+                    diags.push(Diagnostic::at(
+                        format!(
+                            "stage '{}' calls a service ({}): its calls run in the coordinator, which waits on the service with `concurrency` calls in flight, and it cannot be `remote` yet (remote workers run stages that compute)",
+                            e.name.value,
+                            e.component_name()
+                        ),
+                        e.remote.as_ref().expect("set"),
+                    ));
+                }
                 Some(true) if !eligible(e) => diags.push(Diagnostic::at(
                     format!(
                         "stage '{}' is a {}: it must see every record, so it runs in the coordinator and cannot be `remote` (remote pools are for stages that see one record at a time, such as jq, filter, validate and switch)",

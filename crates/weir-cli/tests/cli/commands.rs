@@ -2,7 +2,7 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 14] = [
+const ALL: [(&str, &str); 15] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),
@@ -13,6 +13,7 @@ const ALL: [(&str, &str); 14] = [
     ("processor", "aggregate"),
     ("processor", "batch"),
     ("processor", "switch"),
+    ("processor", "http"),
     ("sink", "sqlite"),
     ("sink", "file"),
     ("sink", "stdout"),
@@ -103,7 +104,7 @@ fn explain_unknown_lists_the_components() {
     assert_eq!(
         text(&out.stderr),
         "error: unknown component 'nope'; sources: file, stdin, generate; \
-         processors: jq, filter, validate, dedupe, aggregate, batch, switch; \
+         processors: jq, filter, validate, dedupe, aggregate, batch, switch, http; \
          sinks: sqlite, file, stdout, http\n"
     );
 }

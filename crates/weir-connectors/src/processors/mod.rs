@@ -13,6 +13,8 @@ pub mod aggregate;
 pub mod batch;
 pub mod dedupe;
 pub mod filter;
+pub mod http;
+mod http_hosts;
 pub mod jq;
 mod jq_fast;
 pub mod schema_json;
@@ -37,4 +39,19 @@ pub trait Processor: Send + Sync + 'static {
     /// # Errors
     /// The reason the record is rejected.
     fn process(&self, record: &Record, out: &mut Vec<Record>) -> Result<(), ProcessError>;
+}
+
+/// A per-record call to a service: an async function, run with up to
+/// [`concurrency`](Self::concurrency) calls in flight in one async pool
+/// (I/O waits, not threads).
+pub trait CallProcessor: Send + Sync + 'static {
+    /// Calls in flight at once.
+    fn concurrency(&self) -> usize;
+
+    /// The record's call; resolves to the record to pass on, or the reason
+    /// it is rejected.
+    fn call(
+        &self,
+        record: Record,
+    ) -> futures::future::BoxFuture<'static, Result<Record, ProcessError>>;
 }

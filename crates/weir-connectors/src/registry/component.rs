@@ -68,6 +68,11 @@ pub enum Scope {
     /// Sees every record and emits as it goes (dedupe): one process, order
     /// of arrival matters.
     Keyed,
+    /// Each record on its own, through an async call to a service
+    /// (`http`): runs its own number of calls in flight (its
+    /// `concurrency`, not `workers`), never fused, and in distributed mode
+    /// in the coordinator.
+    Call,
     /// Holds records until a window closes (aggregate, batch): one process,
     /// and in distributed mode the messages it reads stay unacknowledged
     /// until then.

@@ -21,7 +21,9 @@ pub use stage::{RecordFn, Stage, StageOptions};
 
 use serde::de::MapAccess;
 
-use crate::processors::{aggregate, batch, dedupe, filter, jq, switch, validate};
+use crate::processors::{
+    aggregate, batch, dedupe, filter, http as http_call, jq, switch, validate,
+};
 use crate::sinks::{file as file_sink, http, sqlite, stdout};
 use crate::sources::{file, generate, stdin};
 
@@ -127,6 +129,7 @@ registry! {
     Processor "aggregate" => aggregate::AggregateConfig,
     Processor "batch" => batch::BatchConfig,
     Processor "switch" => switch::SwitchConfig,
+    Processor "http" => http_call::HttpConfig,
     Sink "sqlite" => sqlite::SqliteSink,
     Sink "file" => file_sink::FileSink,
     Sink "stdout" => stdout::StdoutSink,

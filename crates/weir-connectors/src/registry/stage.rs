@@ -11,10 +11,10 @@ use std::sync::Arc;
 use weir::{ErrorPolicy, Flow};
 
 use crate::error::ProcessError;
-use crate::processors::Processor;
 use crate::processors::aggregate::Aggregator;
 use crate::processors::batch::Batcher;
 use crate::processors::switch::Switch;
+use crate::processors::{CallProcessor, Processor};
 use crate::record::Record;
 
 /// A built processor, by shape.
@@ -28,6 +28,9 @@ pub enum Stage {
     Aggregate(Arc<Aggregator>),
     /// Group into batches, per window.
     Batch(Arc<Batcher>),
+    /// One record in, one out, through an async call to a service: its
+    /// own number of calls in flight, in one process.
+    Call(Arc<dyn CallProcessor>),
 }
 
 /// How a stage entry runs, from the keys every stage has.
@@ -50,7 +53,8 @@ pub type RecordFn = dyn Fn(&Record) -> Result<Vec<(usize, Record)>, ProcessError
 impl Stage {
     /// The per-record function of a [`Records`](Stage::Records) or
     /// [`Switch`](Stage::Switch) stage; `None` for windowed stages, which
-    /// must see every record in one place.
+    /// must see every record in one place, and for calls, which run in the
+    /// coordinator.
     pub fn record_fn(&self) -> Option<Arc<RecordFn>> {
         match self {
             Stage::Records(p) => {
@@ -70,7 +74,7 @@ impl Stage {
                         .unwrap_or_default())
                 }))
             }
-            Stage::Aggregate(_) | Stage::Batch(_) => None,
+            Stage::Aggregate(_) | Stage::Batch(_) | Stage::Call(_) => None,
         }
     }
 
@@ -135,6 +139,17 @@ impl Stage {
                         a3.finish(&key, acc, pos)
                     });
                 vec![(name.to_string(), flow)]
+            }
+            Stage::Call(c) => {
+                let n = c.concurrency();
+                let flow = input
+                    .try_map_async(name, move |r: Record| c.call(r))
+                    .workers(n)
+                    .on_error(o.policy.clone());
+                vec![(
+                    name.to_string(),
+                    if o.ordered { flow.ordered() } else { flow },
+                )]
             }
             Stage::Batch(b) => {
                 let (b1, b2, b3) = (b.clone(), b.clone(), b.clone());

@@ -10,7 +10,7 @@
 //! # Failures
 //! - Connection errors, timeouts, 408, 429 and 5xx are retried with
 //!   exponential backoff and jitter, up to `attempts` tries, honouring a
-//!   `Retry-After` given in seconds (at most [`MAX_RETRY_AFTER`]). Every try
+//!   `Retry-After` given in seconds (at most [`MAX_RETRY_AFTER`](http_client::MAX_RETRY_AFTER)). Every try
 //!   of a request carries the same idempotency key, so a service that
 //!   honours it applies a retried request once.
 //! - 400, 413 and 422 say the content is refused: the request is split in
@@ -52,19 +52,14 @@ use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use crate::error::ConfigError;
+use crate::http_client;
 use crate::record::Record;
 use crate::sources::BuildContext;
 use crate::value::Json;
 
-/// The longest `Retry-After` honoured; longer asks wait this long.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
 /// Records refused one by one in a row, with no 2xx between, after which
 /// the service is taken to refuse the requests rather than the records.
 pub const MAX_REFUSED_IN_A_ROW: u32 = 10;
-
-/// The most of an answer's body read for its excerpt.
-const EXCERPT_READ: usize = 64 << 10;
 
 /// Sends records to an HTTP service: batches of JSON Lines (or a JSON
 /// array) per request, retried on failures, with an idempotency key.
@@ -155,9 +150,6 @@ fn default_idempotency_header() -> String {
     "Idempotency-Key".into()
 }
 
-/// The longest pause between two tries (before `Retry-After`).
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
 impl HttpSink {
     /// A minimal configuration.
     pub const EXAMPLE: &str =
@@ -170,42 +162,21 @@ impl HttpSink {
     /// timeout that is not a positive number of seconds, header names or
     /// values HTTP does not allow, an unset token variable.
     pub fn check(&self) -> Result<reqwest::Url, ConfigError> {
-        let url = reqwest::Url::parse(&self.url.value)
-            .map_err(|e| ConfigError::at(format!("http sink: invalid url: {e}"), &self.url))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ConfigError::at(
-                format!(
-                    "http sink: url scheme `{}` is not supported; use http or https",
-                    url.scheme()
-                ),
-                &self.url,
-            ));
-        }
+        let url = http_client::http_url(&self.url.value, "http sink")
+            .map_err(|e| ConfigError::at(e, &self.url))?;
         if self.max_records == 0 || self.max_bytes == 0 || self.attempts == 0 {
             return Err(ConfigError::new(
                 "http sink: max_records, max_bytes and attempts must be at least 1",
             ));
         }
-        if Duration::from_millis(self.backoff_ms) > MAX_BACKOFF {
-            return Err(ConfigError::new(format!(
-                "http sink: backoff_ms must be at most {}",
-                MAX_BACKOFF.as_millis()
-            )));
-        }
+        http_client::check_backoff(self.backoff_ms, "http sink")?;
         if !url.username().is_empty() && self.bearer_token_env.is_some() {
             return Err(ConfigError::at(
                 "http sink: the url carries credentials and bearer_token_env is set; use one",
                 &self.url,
             ));
         }
-        if !(self.timeout_secs.is_finite()
-            && self.timeout_secs > 0.0
-            && self.timeout_secs <= 86_400.0)
-        {
-            return Err(ConfigError::new(
-                "http sink: timeout_secs must be a number of seconds above 0 (at most a day)",
-            ));
-        }
+        http_client::check_timeout(self.timeout_secs, "http sink")?;
         self.header_map()?;
         self.token()?;
         Ok(url)
@@ -236,21 +207,9 @@ impl HttpSink {
         Ok(map)
     }
 
-    /// The bearer token, from its environment variable.
-    fn token(&self) -> Result<Option<String>, ConfigError> {
-        let Some(var) = &self.bearer_token_env else {
-            return Ok(None);
-        };
-        match std::env::var(&var.value) {
-            Ok(t) if !t.is_empty() => Ok(Some(t)),
-            _ => Err(ConfigError::at(
-                format!(
-                    "http sink: environment variable `{}` (bearer_token_env) is not set",
-                    var.value
-                ),
-                var,
-            )),
-        }
+    /// The `Authorization` header, from the token's environment variable.
+    fn token(&self) -> Result<Option<reqwest::header::HeaderValue>, ConfigError> {
+        http_client::bearer_token(self.bearer_token_env.as_ref(), "http sink")
     }
 
     /// The sink, ready to send.
@@ -259,19 +218,9 @@ impl HttpSink {
     /// As [`check`](Self::check); an HTTP client that cannot be set up.
     pub fn build(&self, _ctx: &BuildContext) -> Result<HttpWriter, ConfigError> {
         let url = self.check()?;
-        // reqwest is built without a default crypto provider (the default
-        // one compiles aws-lc); ring is the one the rest of weir uses. This
-        // sets the process's default unless one is set already, so a
-        // program embedding weir with another provider installs it first.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut headers = self.header_map()?;
         if let Some(token) = self.token()? {
-            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| {
-                    ConfigError::new("http sink: the bearer token is not a valid header value")
-                })?;
-            v.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, v);
+            headers.insert(reqwest::header::AUTHORIZATION, token);
         }
         headers.insert(
             reqwest::header::CONTENT_TYPE,
@@ -280,20 +229,16 @@ impl HttpSink {
                 BodyFormat::JsonArray => "application/json",
             }),
         );
-        let client = reqwest::Client::builder()
+        let client = http_client::client_builder()
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs_f64(self.timeout_secs))
             .build()
             .map_err(|e| ConfigError::new(format!("http sink: cannot set up the client: {e}")))?;
-        let mut shown = url.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
         Ok(HttpWriter {
             client,
+            shown: http_client::shown(&url),
             url,
-            shown: shown.to_string(),
             method: match self.method {
                 Method::Post => reqwest::Method::POST,
                 Method::Put => reqwest::Method::PUT,
@@ -422,18 +367,13 @@ impl HttpWriter {
                     if status.is_success() {
                         return Sent::Delivered;
                     }
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+                    let retry_after = http_client::retry_after(resp.headers());
                     let location = resp
                         .headers()
                         .get(reqwest::header::LOCATION)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    let excerpt = excerpt(resp).await;
+                    let excerpt = http_client::excerpt(resp).await;
                     let what = format!("{} from {}: {excerpt}", status.as_u16(), self.shown);
                     match status.as_u16() {
                         400 | 413 | 422 => return Sent::Refused(what),
@@ -450,8 +390,7 @@ impl HttpWriter {
                     retry_after
                 }
                 Err(e) => {
-                    // reqwest's messages quote the URL, password included.
-                    let why = weir::error_chain(&e).replace(self.url.as_str(), &self.shown);
+                    let why = http_client::error_text(&e, &self.url, &self.shown);
                     last = format!("{}: {why}", self.shown);
                     None
                 }
@@ -459,10 +398,8 @@ impl HttpWriter {
             if attempt == self.attempts {
                 break;
             }
-            // Equal jitter: half the delay, plus up to the other half.
-            let jittered = delay / 2 + delay.mul_f64(jitter() / 2.0);
-            tokio::time::sleep(retry_after.map_or(jittered, |r| r.max(jittered))).await;
-            delay = (delay * 2).min(MAX_BACKOFF);
+            tokio::time::sleep(http_client::pause(delay, retry_after)).await;
+            delay = http_client::next_delay(delay);
         }
         Sent::Failed(format!("{last} (after {} tries)", self.attempts))
     }
@@ -537,38 +474,6 @@ impl HttpWriter {
         }
         Ok(())
     }
-}
-
-/// The first 200 characters of an answer's body, on one line (at most
-/// [`EXCERPT_READ`] bytes of it are read).
-async fn excerpt(mut resp: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while body.len() < EXCERPT_READ {
-        match resp.chunk().await {
-            Ok(Some(c)) => body.extend_from_slice(&c),
-            _ => break,
-        }
-    }
-    body.truncate(EXCERPT_READ);
-    let text = String::from_utf8_lossy(&body);
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut s: String = one_line.chars().take(200).collect();
-    if one_line.chars().count() > 200 {
-        s.push('…');
-    }
-    if s.is_empty() {
-        "(empty body)".into()
-    } else {
-        s
-    }
-}
-
-/// A number in [0, 1) that differs between calls (for backoff jitter; no
-/// need for a random number generator).
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, RandomState};
-    let h = RandomState::new().hash_one(std::time::Instant::now());
-    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl weir::Sink<Record> for HttpWriter {
