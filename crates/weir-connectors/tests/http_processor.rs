@@ -1,8 +1,9 @@
-//! The `http` processor against a real HTTP server on loopback (a scripted
-//! one, standing in for remote services): answers merged into records,
-//! retries, dead letters for every way a call can fail (status, hang,
-//! oversized or malformed answers, redirect loops), the circuit breaker,
-//! per-host rate and concurrency limits, and counts that add up.
+//! The `http` and `scatter` processors against real HTTP servers on
+//! loopback (scripted ones, standing in for remote services): answers
+//! merged into records, retries, dead letters for every way a call can fail
+//! (status, hang, oversized or malformed answers, redirect loops), the
+//! circuit breaker, per-host rate and concurrency limits, deadlines,
+//! hedging, gather policies, and counts that add up.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 use weir::{ErrorPolicy, Pipeline};
 use weir_connectors::processors::ProcessorContext;
 use weir_connectors::processors::http::HttpConfig;
+use weir_connectors::processors::scatter::ScatterConfig;
 use weir_connectors::registry::{Stage, StageOptions};
 use weir_connectors::{Position, Record};
 use weir_testkit::http::{MockHttp, Response};
@@ -37,13 +39,21 @@ fn records(n: u64) -> Vec<Record> {
         .collect()
 }
 
-fn stage(yaml: &str) -> Stage {
-    let cfg: HttpConfig = serde_saphyr::from_str(yaml).unwrap();
-    let ctx = ProcessorContext {
+fn ctx() -> ProcessorContext {
+    ProcessorContext {
         stage: "call".into(),
         ..ProcessorContext::default()
-    };
-    Stage::Call(Arc::new(cfg.build(&ctx).unwrap()))
+    }
+}
+
+fn stage(yaml: &str) -> Stage {
+    let cfg: HttpConfig = serde_saphyr::from_str(yaml).unwrap();
+    Stage::Call(Arc::new(cfg.build(&ctx()).unwrap()))
+}
+
+fn scatter(yaml: &str) -> Stage {
+    let cfg: ScatterConfig = serde_saphyr::from_str(yaml).unwrap();
+    Stage::Call(Arc::new(cfg.build(&ctx()).unwrap()))
 }
 
 /// What a run gave: the outputs by id, the dead letters as (id, error),
@@ -55,9 +65,13 @@ struct Ran {
 }
 
 async fn run(yaml: &str, items: Vec<Record>) -> Ran {
+    run_stage(stage(yaml), items).await
+}
+
+async fn run_stage(stage: Stage, items: Vec<Record>) -> Ran {
     let p = Pipeline::new();
     let dead = p.dead_letter_sink(weir::collect());
-    let flows = stage(yaml).attach(
+    let flows = stage.attach(
         p.source("in", weir::from_iter(items)),
         &StageOptions {
             name: "call".into(),
@@ -383,4 +397,162 @@ fn options_are_checked_when_built() {
             .contains("not set")
     );
     build("url: .u\n").unwrap();
+}
+
+/// Three price services: `fast` answers at once, `slow` after 300 ms,
+/// `broken` with 500.
+fn price_services() -> (MockHttp, MockHttp, MockHttp) {
+    let price = |r: &weir_testkit::http::Request, k: u64| {
+        let id: u64 = r.path.rsplit('/').next().unwrap().parse().unwrap();
+        Response::new(200, &format!("{{\"price\":{}}}", id * k))
+            .header("content-type", "application/json")
+    };
+    let fast = MockHttp::start(move |r| price(r, 10));
+    let slow = MockHttp::start(move |r| {
+        std::thread::sleep(Duration::from_millis(300));
+        price(r, 7)
+    });
+    let broken = MockHttp::start(|_| Response::new(500, "out of order"));
+    (fast, slow, broken)
+}
+
+fn scatter_yaml(fast: &MockHttp, slow: &MockHttp, broken: &MockHttp, gather: &str) -> String {
+    format!(
+        "requests:\n  fast: {{ url: '\"{}/p/\\(.id)\"' }}\n  slow: {{ url: '\"{}/p/\\(.id)\"', deadline_ms: 5000 }}\n  broken: {{ url: '\"{}/p/\\(.id)\"', attempts: 2, backoff_ms: 1 }}\ngather: {gather}\ninto: prices\nconcurrency: 8\n",
+        fast.url(""),
+        slow.url(""),
+        broken.url("")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scatter_gathers_partial_answers_and_names_the_misses() {
+    let (fast, slow, broken) = price_services();
+    let ran = run_stage(
+        scatter(&scatter_yaml(&fast, &slow, &broken, "{at_least: 2}")),
+        records(10),
+    )
+    .await;
+    assert_eq!(ran.counts, (10, 10, 0));
+    for (i, v) in ran.out.iter().enumerate() {
+        let id = i as u64 + 1;
+        let p = &v["prices"];
+        assert_eq!(p["answers"]["fast"]["body"]["price"], id * 10);
+        assert_eq!(p["answers"]["slow"]["body"]["price"], id * 7);
+        assert!(p["answers"].get("broken").is_none());
+        let why = p["missed"]["broken"].as_str().unwrap();
+        // Its 500s, until they open its circuit.
+        assert!(
+            (why.contains("http_status") && why.contains("500") && why.contains("after 2 tries"))
+                || why.contains("http_circuit_open"),
+            "{why}"
+        );
+    }
+
+    // `all`: the broken service fails every record, which says why.
+    let ran = run_stage(
+        scatter(&scatter_yaml(&fast, &slow, &broken, "all")),
+        records(3),
+    )
+    .await;
+    assert_eq!(ran.counts, (3, 0, 3));
+    for (_, e) in &ran.dead {
+        assert!(
+            e.contains("scatter_gather")
+                && e.contains("'broken'")
+                && (e.contains("out of order") || e.contains("http_circuit_open")),
+            "{e}"
+        );
+    }
+
+    // `first`: the fast answer alone; the slow calls are dropped.
+    let ran = run_stage(
+        scatter(&scatter_yaml(&fast, &slow, &broken, "first")),
+        records(5),
+    )
+    .await;
+    assert_eq!(ran.counts, (5, 5, 0));
+    for v in &ran.out {
+        let answers = v["prices"]["answers"].as_object().unwrap();
+        assert_eq!(answers.keys().collect::<Vec<_>>(), ["fast"], "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_wins_against_a_slow_first_try_and_deadlines_bound_a_call() {
+    // The first request for each id hangs for 3 s; a repeat answers at once.
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let s = seen.clone();
+    let server = MockHttp::start(move |r| {
+        if s.lock().unwrap().insert(r.path.clone()) {
+            std::thread::sleep(Duration::from_secs(3));
+            Response::new(200, "slow")
+        } else {
+            Response::new(200, "hedged")
+        }
+    });
+    let yaml = format!(
+        "url: '\"{}/h/\\(.id)\"'\nhedge_after_ms: 50\nconcurrency: 8\n",
+        server.url("")
+    );
+    let ran = run(&yaml, records(8)).await;
+    assert_eq!(ran.counts, (8, 8, 0));
+    assert!(
+        ran.out.iter().all(|v| v["response"]["body"] == "hedged"),
+        "{:?}",
+        ran.out
+    );
+    assert_eq!(server.requests().len(), 16, "one hedge per record");
+
+    // A deadline ends a call whose tries would take longer.
+    let hang = MockHttp::start(|_| {
+        std::thread::sleep(Duration::from_secs(2));
+        Response::new(200, "late")
+    });
+    let yaml = format!(
+        "url: '\"{}/x\"'\ndeadline_ms: 150\ntimeout_ms: 1000\nattempts: 5\n",
+        hang.url("")
+    );
+    let ran = run(&yaml, records(2)).await;
+    assert_eq!(ran.counts, (2, 0, 2));
+    for (_, e) in &ran.dead {
+        assert!(e.contains("deadline of 150 ms"), "{e}");
+    }
+}
+
+#[test]
+fn scatter_options_are_checked_when_built() {
+    let build = |yaml: &str| {
+        serde_saphyr::from_str::<ScatterConfig>(yaml)
+            .unwrap()
+            .build(&ctx())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert!(
+        build("requests: {}\n")
+            .unwrap_err()
+            .contains("at least one request")
+    );
+    assert!(
+        build("requests: {a: {url: .u}}\ngather: {at_least: 2}\n")
+            .unwrap_err()
+            .contains("at_least 2")
+    );
+    assert!(
+        build("requests: {a: {url: .u, into: x}}\n")
+            .unwrap_err()
+            .contains("`into` is the scatter's")
+    );
+    assert!(
+        build("requests: {a: {url: .u, concurrency: 3}}\n")
+            .unwrap_err()
+            .contains("`concurrency` is the scatter's")
+    );
+    assert!(
+        build("requests: {a: {url: .u, hedge_after_ms: 0}}\n")
+            .unwrap_err()
+            .contains("hedge_after_ms")
+    );
+    build("requests: {a: {url: .u}, b: {url: .v}}\ngather: first\n").unwrap();
 }

@@ -204,7 +204,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `jqq`, expected one of name, from, workers, ordered, remote, on_error, jq, filter, validate, dedupe, aggregate, batch, switch, http
+error: unknown field `jqq`, expected one of name, from, workers, ordered, remote, on_error, jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter
   --> p.yaml:6:5
   |
 6 |     jqq: { program: . }
@@ -490,7 +490,7 @@ outputs:
     file: { path: out.jsonl }
 ",
         "\
-error: stage 's' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http` (found 2)
+error: stage 's' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter` (found 2)
   --> p.yaml:5:11
   |
 5 |   - name: s
@@ -531,13 +531,13 @@ outputs:
     stdout: {}
 ",
         "\
-error: stage 'sw' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http` (found 2)
+error: stage 'sw' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter` (found 2)
   --> p.yaml:5:11
   |
 5 |   - name: sw
   |           ^
 
-error: stage 'r' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http` (found 2)
+error: stage 'r' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter` (found 2)
   --> p.yaml:8:11
   |
 8 |   - name: r
@@ -676,7 +676,7 @@ error: schema file 'broken.json' does not parse: EOF while parsing a value at li
 10 |     validate: { schema: broken.json }
    |                         ^
 
-error: stage 'two' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http` (found 2)
+error: stage 'two' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter` (found 2)
   --> p.yaml:11:11
    |
 11 |   - name: two

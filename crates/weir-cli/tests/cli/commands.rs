@@ -2,7 +2,7 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 15] = [
+const ALL: [(&str, &str); 16] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),
@@ -14,6 +14,7 @@ const ALL: [(&str, &str); 15] = [
     ("processor", "batch"),
     ("processor", "switch"),
     ("processor", "http"),
+    ("processor", "scatter"),
     ("sink", "sqlite"),
     ("sink", "file"),
     ("sink", "stdout"),
@@ -104,7 +105,7 @@ fn explain_unknown_lists_the_components() {
     assert_eq!(
         text(&out.stderr),
         "error: unknown component 'nope'; sources: file, stdin, generate; \
-         processors: jq, filter, validate, dedupe, aggregate, batch, switch, http; \
+         processors: jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter; \
          sinks: sqlite, file, stdout, http\n"
     );
 }

@@ -22,6 +22,7 @@
 //! [governor]: https://docs.rs/governor
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,9 +86,11 @@ pub struct HttpConfig {
     /// example `[404, 410]` for a crawler that records broken links.
     #[serde(default)]
     pub accept: Vec<u16>,
-    /// Requests in flight at once, for the whole stage. Default: 16.
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
+    /// Records whose calls are in flight at once, for the whole stage.
+    /// Default: 16. (In a `scatter`, set on the scatter, not on a
+    /// request.)
+    #[serde(default)]
+    pub concurrency: Option<usize>,
     /// Milliseconds one try may take, from connecting to the last byte of
     /// the answer. Default: 10000.
     #[serde(default = "default_timeout_ms")]
@@ -101,6 +104,20 @@ pub struct HttpConfig {
     /// (up to 60 s) is honoured. Default: 100.
     #[serde(default = "default_backoff")]
     pub backoff_ms: u64,
+    /// Milliseconds the whole call may take, tries and pauses between them
+    /// included; when it passes, the record is dead-lettered with reason
+    /// `http_error` (`deadline`). Absent: only `timeout_ms` per try and
+    /// `attempts` bound it.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Hedging: milliseconds after which, with no answer yet, the same call
+    /// is made a second time; the first answer wins and the other call is
+    /// dropped (its connection closed). Cuts the latency tail of a service
+    /// with slow outliers at the cost of extra requests; only for calls
+    /// that may be repeated (GET, or a service that dedupes). Absent: no
+    /// hedging.
+    #[serde(default)]
+    pub hedge_after_ms: Option<u64>,
     /// Redirects followed per request; 0: none (a 3xx is then a status like
     /// any other). Default: 5.
     #[serde(default = "default_redirects")]
@@ -148,9 +165,8 @@ pub enum Method {
     Head,
 }
 
-fn default_concurrency() -> usize {
-    16
-}
+/// Records in flight when `concurrency` is not given.
+const DEFAULT_CONCURRENCY: usize = 16;
 fn default_timeout_ms() -> u64 {
     10_000
 }
@@ -178,10 +194,48 @@ impl HttpConfig {
     /// An expression that does not compile, an invalid header name, a
     /// limit of 0, an unset token variable.
     pub fn build(&self, ctx: &ProcessorContext) -> Result<Http, ConfigError> {
-        let what = "http processor";
-        if self.concurrency == 0 || self.attempts == 0 || self.timeout_ms == 0 {
+        let concurrency = self.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 {
+            return Err(ConfigError::new(
+                "http processor: concurrency must be at least 1",
+            ));
+        }
+        let into = match &self.into {
+            None => vec!["response".to_string()],
+            Some(i) => parse_path(&i.value).ok_or_else(|| {
+                ConfigError::at(
+                    "http processor: `into` must be a field name or a dotted path of field names",
+                    i,
+                )
+            })?,
+        };
+        Ok(Http {
+            caller: Arc::new(self.caller(ctx, "http processor", concurrency)?),
+            into,
+            concurrency,
+        })
+    }
+
+    /// The call these options describe, without what is the stage's
+    /// (`into`, `concurrency`); `what` names it in errors; `concurrency`
+    /// sizes its connection pool.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub(crate) fn caller(
+        &self,
+        ctx: &ProcessorContext,
+        what: &str,
+        concurrency: usize,
+    ) -> Result<Caller, ConfigError> {
+        if self.attempts == 0 || self.timeout_ms == 0 {
             return Err(ConfigError::new(format!(
-                "{what}: concurrency, attempts and timeout_ms must be at least 1"
+                "{what}: attempts and timeout_ms must be at least 1"
+            )));
+        }
+        if self.deadline_ms == Some(0) || self.hedge_after_ms == Some(0) {
+            return Err(ConfigError::new(format!(
+                "{what}: deadline_ms and hedge_after_ms must be at least 1"
             )));
         }
         if self.max_response_bytes == 0 {
@@ -190,15 +244,6 @@ impl HttpConfig {
             )));
         }
         http_client::check_backoff(self.backoff_ms, what)?;
-        let into = match &self.into {
-            None => vec!["response".to_string()],
-            Some(i) => parse_path(&i.value).ok_or_else(|| {
-                ConfigError::at(
-                    format!("{what}: `into` must be a field name or a dotted path of field names"),
-                    i,
-                )
-            })?,
-        };
         let mut headers = Vec::new();
         for (name, expr) in &self.headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -224,48 +269,46 @@ impl HttpConfig {
             .redirect(redirects)
             .timeout(timeout)
             .connect_timeout(timeout)
-            .pool_max_idle_per_host(self.concurrency)
+            .pool_max_idle_per_host(concurrency)
             .build()
             .map_err(|e| ConfigError::new(format!("{what}: cannot set up the client: {e}")))?;
         let has_content_type = self
             .headers
             .keys()
             .any(|k| k.eq_ignore_ascii_case("content-type"));
-        Ok(Http {
-            inner: Arc::new(Inner {
-                client,
-                url: JqProgram::compile_spanned(&self.url, "http url expression", &self.env)?,
-                method: match self.method {
-                    Method::Get => reqwest::Method::GET,
-                    Method::Post => reqwest::Method::POST,
-                    Method::Put => reqwest::Method::PUT,
-                    Method::Patch => reqwest::Method::PATCH,
-                    Method::Delete => reqwest::Method::DELETE,
-                    Method::Head => reqwest::Method::HEAD,
-                },
-                headers,
-                body: self
-                    .body
-                    .as_ref()
-                    .map(|b| JqProgram::compile_spanned(b, "http body expression", &self.env))
-                    .transpose()?,
-                json_content_type: !has_content_type,
-                into,
-                include_headers: self.include_headers,
-                accept: self.accept.clone(),
-                attempts: self.attempts,
-                backoff: Duration::from_millis(self.backoff_ms),
-                max_response: self.max_response_bytes,
-                hosts: Hosts::new(&self.per_host, timeout)?,
-                limits: StageLimits::new(ctx, &self.limits)?,
-            }),
-            concurrency: self.concurrency,
+        Ok(Caller {
+            client,
+            url: JqProgram::compile_spanned(&self.url, "http url expression", &self.env)?,
+            method: match self.method {
+                Method::Get => reqwest::Method::GET,
+                Method::Post => reqwest::Method::POST,
+                Method::Put => reqwest::Method::PUT,
+                Method::Patch => reqwest::Method::PATCH,
+                Method::Delete => reqwest::Method::DELETE,
+                Method::Head => reqwest::Method::HEAD,
+            },
+            headers,
+            body: self
+                .body
+                .as_ref()
+                .map(|b| JqProgram::compile_spanned(b, "http body expression", &self.env))
+                .transpose()?,
+            json_content_type: !has_content_type,
+            include_headers: self.include_headers,
+            accept: self.accept.clone(),
+            attempts: self.attempts,
+            backoff: Duration::from_millis(self.backoff_ms),
+            max_response: self.max_response_bytes,
+            hosts: Hosts::new(&self.per_host, timeout)?,
+            limits: StageLimits::new(ctx, &self.limits)?,
+            deadline: self.deadline_ms.map(Duration::from_millis),
+            hedge: self.hedge_after_ms.map(Duration::from_millis),
         })
     }
 }
 
 /// `a.b.c` (a leading `.` allowed) as its field names.
-fn parse_path(text: &str) -> Option<Vec<String>> {
+pub(crate) fn parse_path(text: &str) -> Option<Vec<String>> {
     let text = text.strip_prefix('.').unwrap_or(text);
     let parts: Vec<String> = text.split('.').map(str::to_owned).collect();
     parts.iter().all(|p| !p.is_empty()).then_some(parts)
@@ -274,18 +317,20 @@ fn parse_path(text: &str) -> Option<Vec<String>> {
 /// The `http` processor: see [`HttpConfig`].
 #[derive(Debug, Clone)]
 pub struct Http {
-    inner: Arc<Inner>,
+    caller: Arc<Caller>,
+    into: Vec<String>,
     concurrency: usize,
 }
 
-struct Inner {
+/// One service call per record, as options describe it: the `http`
+/// processor's, or one request of a `scatter`.
+pub(crate) struct Caller {
     client: reqwest::Client,
     url: JqProgram,
     method: reqwest::Method,
     headers: Vec<(reqwest::header::HeaderName, JqProgram)>,
     body: Option<JqProgram>,
     json_content_type: bool,
-    into: Vec<String>,
     include_headers: bool,
     accept: Vec<u16>,
     attempts: u32,
@@ -293,9 +338,11 @@ struct Inner {
     max_response: usize,
     hosts: Hosts,
     limits: StageLimits,
+    deadline: Option<Duration>,
+    hedge: Option<Duration>,
 }
 
-impl std::fmt::Debug for Inner {
+impl std::fmt::Debug for Caller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http")
             .field("url", &self.url.source())
@@ -337,18 +384,69 @@ impl super::CallProcessor for Http {
     /// The jq expressions run before the returned future (on the caller's
     /// thread, under the stage's limits); the future owns all it needs.
     fn call(&self, record: Record) -> BoxFuture<'static, Result<Record, ProcessError>> {
-        let request = self.inner.request(&record);
-        let inner = self.inner.clone();
+        let call = Caller::call(&self.caller, &record);
+        let into = self.into.clone();
         Box::pin(async move {
-            let request = request?;
-            let answer = inner.send(&request).await?;
-            let value = set_path(&record.value, &inner.into, answer)?;
+            let answer = call.await?;
+            let value = set_path(&record.value, &into, answer)?;
             Ok(record.derive(value))
         })
     }
 }
 
-impl Inner {
+impl Caller {
+    /// The call for `record`: the expressions evaluated now, on the
+    /// caller's thread under the stage's limits; the request sent when the
+    /// future is polled, with hedging and the deadline.
+    pub(crate) fn call(
+        this: &Arc<Caller>,
+        record: &Record,
+    ) -> impl Future<Output = Result<Val, ProcessError>> + Send + 'static {
+        let request = this.request(record).map(Arc::new);
+        let this = this.clone();
+        async move {
+            let request = request?;
+            let calls = async {
+                let first = this.send(&request);
+                let Some(after) = this.hedge else {
+                    return first.await;
+                };
+                tokio::pin!(first);
+                tokio::select! {
+                    answer = &mut first => return answer,
+                    () = tokio::time::sleep(after) => {}
+                }
+                // The first answer wins; a failure waits for the other
+                // call, and when both fail the first failure is reported.
+                let second = this.send(&request);
+                tokio::pin!(second);
+                tokio::select! {
+                    answer = &mut first => match answer {
+                        Ok(v) => Ok(v),
+                        Err(e) => second.await.or(Err(e)),
+                    },
+                    answer = &mut second => match answer {
+                        Ok(v) => Ok(v),
+                        Err(e) => first.await.or(Err(e)),
+                    },
+                }
+            };
+            match this.deadline {
+                None => calls.await,
+                Some(d) => tokio::time::timeout(d, calls).await.unwrap_or_else(|_| {
+                    Err(ProcessError::new(
+                        "http_error",
+                        format!(
+                            "{}: no answer within the deadline of {} ms (deadline_ms)",
+                            request.shown,
+                            d.as_millis()
+                        ),
+                    ))
+                }),
+            }
+        }
+    }
+
     /// The request for `record`, from the expressions.
     fn request(&self, record: &Record) -> Result<Request, ProcessError> {
         let mut budget = RecordBudget::new(&self.limits, record);
@@ -624,7 +722,7 @@ impl Inner {
 }
 
 /// `v` with `answer` at `path` (objects created on the way).
-fn set_path(v: &Val, path: &[String], answer: Val) -> Result<Val, ProcessError> {
+pub(crate) fn set_path(v: &Val, path: &[String], answer: Val) -> Result<Val, ProcessError> {
     let Val::Obj(o) = v else {
         return Err(ProcessError::new(
             "http_into",

@@ -17,6 +17,7 @@ pub mod http;
 mod http_hosts;
 pub mod jq;
 mod jq_fast;
+pub mod scatter;
 pub mod schema_json;
 pub mod switch;
 pub mod validate;

@@ -22,7 +22,7 @@ pub use stage::{RecordFn, Stage, StageOptions};
 use serde::de::MapAccess;
 
 use crate::processors::{
-    aggregate, batch, dedupe, filter, http as http_call, jq, switch, validate,
+    aggregate, batch, dedupe, filter, http as http_call, jq, scatter, switch, validate,
 };
 use crate::sinks::{file as file_sink, http, sqlite, stdout};
 use crate::sources::{file, generate, stdin};
@@ -130,6 +130,7 @@ registry! {
     Processor "batch" => batch::BatchConfig,
     Processor "switch" => switch::SwitchConfig,
     Processor "http" => http_call::HttpConfig,
+    Processor "scatter" => scatter::ScatterConfig,
     Sink "sqlite" => sqlite::SqliteSink,
     Sink "file" => file_sink::FileSink,
     Sink "stdout" => stdout::StdoutSink,
