@@ -97,6 +97,11 @@ struct Shared {
     /// pointer wide, so `Option<Ack>` costs 8 bytes per item.
     forks: AtomicUsize,
     settled: AtomicUsize,
+    /// Times the item went round a loop (see `feedback`): forks share it.
+    hops: u32,
+    /// The loop this ack counts the item in (an id of the loop's own), or
+    /// 0 for an ack that is not a loop's.
+    owner: usize,
 }
 
 impl Shared {
@@ -164,7 +169,63 @@ impl Ack {
                 }),
                 forks: AtomicUsize::new(1),
                 settled: AtomicUsize::new(0),
+                hops: 0,
+                owner: 0,
             }),
+        }
+    }
+
+    /// An ack for an item entering the loop `owner` (`hops` passes so
+    /// far): it settles `parent` with its own outcome, then runs `done`.
+    /// The loop counts what is inside it this way.
+    ///
+    /// An item that goes round many times makes a chain of such acks; the
+    /// chain settles iteratively ([`settle_chained`]), so its length is
+    /// bounded by memory, not by the stack.
+    pub(crate) fn in_loop(
+        parent: Option<Ack>,
+        owner: usize,
+        hops: u32,
+        done: impl FnOnce() + Send + 'static,
+    ) -> Ack {
+        Ack {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    worst: None,
+                    callback: Some(Box::new(move |outcome| {
+                        if let Some(p) = parent {
+                            settle_chained(p, outcome);
+                        }
+                        done();
+                    })),
+                }),
+                forks: AtomicUsize::new(1),
+                settled: AtomicUsize::new(0),
+                hops,
+                owner,
+            }),
+        }
+    }
+
+    /// Times this item went round a loop.
+    pub(crate) fn hops(&self) -> u32 {
+        self.shared.hops
+    }
+
+    /// Counts one more pass of the loop `owner` in place, when this is the
+    /// only fork of an ack of that loop (an item that came back alone, as
+    /// in `x -> x`): the loop then needs no new ack, and an item that goes
+    /// round for ever costs no memory per pass. False otherwise.
+    pub(crate) fn next_pass(&mut self, owner: usize) -> bool {
+        if self.shared.owner != owner {
+            return false;
+        }
+        match Arc::get_mut(&mut self.shared) {
+            Some(s) => {
+                s.hops = s.hops.saturating_add(1);
+                true
+            }
+            None => false,
         }
     }
 
@@ -238,6 +299,43 @@ impl Ack {
     }
 }
 
+std::thread_local! {
+    /// Parents waiting to be settled by the outermost [`settle_chained`]
+    /// on this thread; `None` when none is running.
+    static CHAIN: std::cell::RefCell<Option<Vec<(Ack, AckOutcome)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Settles `parent`, whose settling may settle its own parent, and so on up
+/// a chain of loop acks: iteratively (a trampoline), so that a chain
+/// thousands of passes long does not overflow the stack.
+fn settle_chained(parent: Ack, outcome: AckOutcome) {
+    let outermost = CHAIN.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_some() {
+            false
+        } else {
+            *c = Some(Vec::new());
+            true
+        }
+    });
+    if !outermost {
+        // Settled by the outermost call, once this one has returned.
+        CHAIN.with(|c| {
+            if let Some(queue) = c.borrow_mut().as_mut() {
+                queue.push((parent, outcome));
+            }
+        });
+        return;
+    }
+    let mut next = Some((parent, outcome));
+    while let Some((p, o)) = next {
+        p.settle(o);
+        next = CHAIN.with(|c| c.borrow_mut().as_mut().and_then(Vec::pop));
+    }
+    CHAIN.with(|c| *c.borrow_mut() = None);
+}
+
 impl fmt::Debug for Ack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ack").finish_non_exhaustive()
@@ -297,6 +395,51 @@ mod tests {
         let y = x.coalesce(y).expect("different acks stay apart");
         x.deliver();
         y.deliver();
+    }
+
+    /// A chain of loop acks as long as an item going round 200,000 times
+    /// settles without recursion: the source's callback fires once, with
+    /// the worst outcome, and the loop's count returns to zero.
+    #[test]
+    fn a_long_loop_chain_settles_without_overflowing_the_stack() {
+        let (root, seen) = probe();
+        let inside = Arc::new(AtomicUsize::new(0));
+        let mut ack = root;
+        for hop in 0..200_000u32 {
+            inside.fetch_add(1, AcqRel);
+            let i = inside.clone();
+            // A sibling dead-lettered at the first pass makes the outcome.
+            if hop == 1 {
+                ack.fork().dead_letter("loop", "bad");
+            }
+            ack = Ack::in_loop(Some(ack), 1, hop, move || {
+                i.fetch_sub(1, AcqRel);
+            });
+        }
+        // On a small stack, as a worker's would be.
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || ack.deliver())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(inside.load(Acquire), 0);
+        assert!(matches!(
+            seen.lock().unwrap().as_slice(),
+            [AckOutcome::DeadLettered { .. }]
+        ));
+    }
+
+    #[test]
+    fn next_pass_counts_in_place_only_for_a_lone_fork_of_its_loop() {
+        let mut a = Ack::in_loop(None, 7, 2, || {});
+        assert!(!a.next_pass(8), "another loop's ack");
+        let b = a.fork();
+        assert!(!a.next_pass(7), "a sibling shares it");
+        b.deliver();
+        assert!(a.next_pass(7));
+        assert_eq!(a.hops(), 3);
+        a.deliver();
     }
 
     #[test]

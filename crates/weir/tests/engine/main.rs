@@ -14,6 +14,7 @@ mod fan_out;
 mod fusion;
 mod gauges;
 mod linger;
+mod loops;
 mod pipeline;
 mod pools;
 mod props;
