@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use weir::{ErrorPolicy, Flow, Pipeline, PipelineOptions};
+use weir::{ErrorPolicy, Flow, LoopBack, LoopOptions, Pipeline, PipelineOptions};
 use weir_connectors::checkpoint::Checkpoint;
 use weir_connectors::processors::ProcessorContext;
 use weir_connectors::registry::{Kind, Resume, Scope, Stage, StageOptions};
@@ -163,14 +163,51 @@ impl Offers<'_> {
 
     /// The flows `name` reads, merged into one.
     fn take(&mut self, name: &str) -> Option<Flow<Record>> {
-        let mut got = Vec::new();
-        for f in self.wiring.from.get(name)? {
-            got.push(self.flows.get_mut(f)?.pop_front()?);
+        let wiring = self.wiring;
+        self.take_all(wiring.from.get(name)?)
+    }
+
+    /// A flow of each of `producers`, merged into one; `None` (and nothing
+    /// taken) until all of them were offered.
+    fn take_all(&mut self, producers: &[String]) -> Option<Flow<Record>> {
+        if !producers
+            .iter()
+            .all(|f| self.flows.get(f).is_some_and(|q| !q.is_empty()))
+        {
+            return None;
         }
+        let mut got: Vec<Flow<Record>> = producers
+            .iter()
+            .map(|f| {
+                self.flows
+                    .get_mut(f)
+                    .and_then(VecDeque::pop_front)
+                    .expect("checked")
+            })
+            .collect();
         if got.len() == 1 {
             got.pop()
         } else {
             Some(Flow::merge(got))
+        }
+    }
+
+    /// Closes every open loop whose fed-back producers are all offered.
+    fn close_loops(&mut self, open: &mut HashMap<String, LoopBack<Record>>) {
+        let wiring = self.wiring;
+        let ready: Vec<String> = open
+            .keys()
+            .filter(|entry| {
+                wiring.loops[entry.as_str()]
+                    .iter()
+                    .all(|f| self.flows.get(f).is_some_and(|q| !q.is_empty()))
+            })
+            .cloned()
+            .collect();
+        for entry in ready {
+            let back = open.remove(&entry).expect("listed");
+            let flow = self.take_all(&wiring.loops[&entry]).expect("offered");
+            back.close(flow);
         }
     }
 }
@@ -265,6 +302,8 @@ pub fn build(
         base_dir: base_dir.to_path_buf(),
         stage: String::new(),
     };
+    // Loops started and not yet given what they feed back.
+    let mut open_loops: HashMap<String, LoopBack<Record>> = HashMap::new();
     for &i in &wiring.stage_order {
         let e = &file.stages[i].value;
         let name = e.name.value.clone();
@@ -275,13 +314,34 @@ pub fn build(
             }
             continue;
         }
-        let (input, lineage) = match edges.input(&p, &name) {
+        let (mut input, lineage) = match edges.input(&p, &name) {
             Some(input) => (Some(input), None),
             None => (
                 offers.take(&name),
                 offers.merged_lineage(&name).filter(|_| deterministic),
             ),
         };
+        if let Some(l) = &e.feedback {
+            if deterministic {
+                diags.push(Diagnostic::at(
+                    format!("stage '{name}' is a loop, which runs in one process: loops are not supported with --broker yet"),
+                    l,
+                ));
+                continue;
+            }
+            let options = LoopOptions {
+                max_depth: l.value.max_depth,
+                max_pending: l
+                    .value
+                    .max_pending
+                    .unwrap_or(LoopOptions::default().max_pending),
+            };
+            input = input.map(|flow| {
+                let (flow, back) = flow.loop_start(&format!("{name}/loop"), options);
+                open_loops.insert(name.clone(), back);
+                flow
+            });
+        }
         match (built, input) {
             (Ok((stage, mut options)), Some(input)) => {
                 // Per-record stages keep their input's order when asked;
@@ -298,7 +358,7 @@ pub fn build(
                 let per_record = scope == Scope::PerRecord || matches!(stage, Stage::Aggregate(_));
                 // Only where fusion can follow: the producer's only reader,
                 // in a run whose edges need no particular order.
-                if per_record && !options.ordered && !deterministic {
+                if per_record && !options.ordered && !deterministic && e.feedback.is_none() {
                     if e.workers.is_none()
                         && let Some([from]) = wiring.from.get(&name).map(Vec::as_slice)
                         && wiring.readers.get(from) == Some(&1)
@@ -313,6 +373,7 @@ pub fn build(
                 for (n, flow) in stage.attach(input, &options) {
                     offers.offer(edges, &p, &n, flow, lineage.clone());
                 }
+                offers.close_loops(&mut open_loops);
             }
             (Err(d), _) => diags.extend(d),
             // An upstream failed to build; its own error is reported.

@@ -245,9 +245,31 @@ pub struct StageEntry {
     pub remote: Option<Spanned<bool>>,
     /// What to do with rejected records (default: dead_letter).
     pub on_error: Option<OnError>,
+    /// `loop:` this stage is where records fed back from further down
+    /// re-enter: its `from` may name stages downstream of it.
+    pub feedback: Option<Spanned<LoopEntry>>,
     /// The processor keys of the entry (`jq:`, `filter:` ...), parsed
     /// through the registry; exactly one is valid.
     pub components: Vec<(String, Box<dyn ProcessorComponent>)>,
+}
+
+/// `loop:` on a stage that reads records fed back from further down the
+/// pipeline (a crawler's fetch stage reading the links its own pages
+/// gave). The run ends by itself once nothing is left in the loop.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoopEntry {
+    /// Times a record may go round: one fed back more often is filtered
+    /// (counted). A loop without it ends only when its own stages stop
+    /// feeding back (a dedupe of what was seen).
+    #[serde(default)]
+    pub max_depth: Option<u32>,
+    /// Records fed back and waiting to go round again, at most (default
+    /// 100000): more are dead-lettered with reason "loop full", never
+    /// dropped. What a loop holds in memory is this many records plus
+    /// its stages' bounded queues.
+    #[serde(default)]
+    pub max_pending: Option<usize>,
 }
 
 /// One output.
@@ -375,12 +397,23 @@ fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
     Ok(())
 }
 
+/// An entry field's key: its name, or the one given with `as` (for a key
+/// that is a Rust keyword, such as `loop`).
+macro_rules! entry_key {
+    ($field:ident) => {
+        stringify!($field)
+    };
+    ($field:ident, $key:literal) => {
+        $key
+    };
+}
+
 /// Implements `Deserialize` for an entry type through [`entry_map`]: its
 /// `name`, its own keys (`field: Type = default`: a key left out, for
 /// `Option` types also a null, takes the default) and then its components
 /// of `$kind`.
 macro_rules! entry {
-    ($entry:ident, $kind:ident, $expecting:literal, { $($field:ident : $ty:ty),* $(,)? }) => {
+    ($entry:ident, $kind:ident, $expecting:literal, { $($field:ident $(as $key:literal)? : $ty:ty),* $(,)? }) => {
         impl<'de> Deserialize<'de> for $entry {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct V;
@@ -396,11 +429,11 @@ macro_rules! entry {
                         let parsed = entry_map(
                             &mut map,
                             Kind::$kind,
-                            &["name" $(, stringify!($field))*],
+                            &["name" $(, entry_key!($field $(, $key)?))*],
                             &EXPECTED,
                             |key, map| match key {
                                 "name" => once(&mut name, "name", map),
-                                $(stringify!($field) => once(&mut $field, stringify!($field), map),)*
+                                $(entry_key!($field $(, $key)?) => once(&mut $field, entry_key!($field $(, $key)?), map),)*
                                 _ => unreachable!("only listed fields are passed"),
                             },
                         )?;
@@ -434,6 +467,7 @@ entry!(StageEntry, Processor, "a stage: a name and one processor", {
     ordered: bool,
     remote: Option<Spanned<bool>>,
     on_error: Option<OnError>,
+    feedback as "loop": Option<Spanned<LoopEntry>>,
 });
 entry!(OutputEntry, Sink, "an output: a name and one sink", {
     from: Option<Spanned<From>>,

@@ -29,6 +29,10 @@ pub struct Wiring {
     pub from: HashMap<String, Vec<String>>,
     pub readers: HashMap<String, usize>,
     pub stage_order: Vec<usize>,
+    /// Per loop entry (a stage with `loop:`), the producers downstream of
+    /// it that it reads: what is fed back. Not in its `from` above, which
+    /// keeps what enters the loop from outside.
+    pub loops: HashMap<String, Vec<String>>,
 }
 
 /// An entry without `from` reads the entry above it, which must not be a
@@ -236,26 +240,68 @@ pub fn check(
     for (i, b) in &branches {
         index.entry(b.as_str()).or_insert(*i);
     }
-    let upstream: Vec<Vec<usize>> = stage_from
-        .iter()
-        .enumerate()
-        .map(|(i, from)| {
-            let mut up: Vec<usize> = from
+    let ups = |stage_from: &[Vec<String>]| -> Vec<Vec<usize>> {
+        stage_from
+            .iter()
+            .enumerate()
+            .map(|(i, from)| {
+                let mut up: Vec<usize> = from
+                    .iter()
+                    .filter_map(|n| index.get(n.as_str()).copied())
+                    .filter(|&j| j != i)
+                    .collect();
+                up.sort_unstable();
+                up.dedup();
+                up
+            })
+            .collect()
+    };
+    let downs = |upstream: &[Vec<usize>]| -> Vec<Vec<usize>> {
+        let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); upstream.len()];
+        for (i, up) in upstream.iter().enumerate() {
+            for &j in up {
+                downstream[j].push(i);
+            }
+        }
+        downstream
+    };
+    // A loop entry's references to stages downstream of it are what is
+    // fed back: they leave its `from` (and the ordering) for `loops`.
+    {
+        let downstream = downs(&ups(&stage_from));
+        for (i, s) in file.stages.iter().enumerate() {
+            let Some(l) = &s.value.feedback else { continue };
+            let mut below = HashSet::new();
+            let mut todo = vec![i];
+            while let Some(k) = todo.pop() {
+                for &n in &downstream[k] {
+                    if below.insert(n) {
+                        todo.push(n);
+                    }
+                }
+            }
+            let name = &s.value.name.value;
+            let (back, outside): (Vec<String>, Vec<String>) = stage_from[i]
                 .iter()
-                .filter_map(|n| index.get(n.as_str()).copied())
-                .filter(|&j| j != i)
-                .collect();
-            up.sort_unstable();
-            up.dedup();
-            up
-        })
-        .collect();
-    let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); file.stages.len()];
-    for (i, up) in upstream.iter().enumerate() {
-        for &j in up {
-            downstream[j].push(i);
+                .cloned()
+                .partition(|n| index.get(n.as_str()).is_some_and(|j| below.contains(j)));
+            if back.is_empty() {
+                diags.push(Diagnostic::at(
+                    format!("stage '{name}' has `loop` but none of its `from` is downstream of it: nothing can be fed back into it"),
+                    l,
+                ));
+            } else if outside.is_empty() {
+                diags.push(Diagnostic::at(
+                    format!("stage '{name}' reads only records fed back ({}): its `from` must also name an input or a stage above the loop, where records first come from", back.join(", ")),
+                    l,
+                ));
+            }
+            stage_from[i] = outside;
+            w.loops.insert(name.clone(), back);
         }
     }
+    let upstream = ups(&stage_from);
+    let downstream = downs(&upstream);
     let mut pending: Vec<usize> = upstream.iter().map(Vec::len).collect();
     let mut ready: VecDeque<usize> = (0..file.stages.len())
         .filter(|&i| pending[i] == 0)
@@ -304,7 +350,7 @@ pub fn check(
             reported.extend(&cycle);
             diags.push(Diagnostic::at(
                 format!(
-                    "stages {} read from each other in a cycle",
+                    "stages {} read from each other in a cycle (to feed records back on purpose, give the stage where they re-enter `loop: {{ max_depth: N }}`)",
                     cycle
                         .iter()
                         .map(|&c| format!("'{}'", file.stages[c].value.name.value))

@@ -38,6 +38,8 @@ mod fuzz;
 mod http;
 #[path = "cli/jq_limits.rs"]
 mod jq_limits;
+#[path = "cli/loops.rs"]
+mod loops;
 #[path = "cli/options.rs"]
 mod options;
 #[path = "cli/paths.rs"]

@@ -204,7 +204,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `jqq`, expected one of name, from, workers, ordered, remote, on_error, jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter
+error: unknown field `jqq`, expected one of name, from, workers, ordered, remote, on_error, loop, jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter
   --> p.yaml:6:5
   |
 6 |     jqq: { program: . }
@@ -288,7 +288,7 @@ error: 'e' reads from itself
 16 |     from: e
    |           ^
 
-error: stages 'a', 'b', 'c' read from each other in a cycle
+error: stages 'a', 'b', 'c' read from each other in a cycle (to feed records back on purpose, give the stage where they re-enter `loop: { max_depth: N }`)
   --> p.yaml:5:11
   |
 5 |   - name: a
