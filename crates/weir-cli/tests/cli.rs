@@ -10,6 +10,7 @@
 //! * [`commands`]: `weir list`, `weir explain`, `--report json` on failure;
 //! * [`fuzz`]: mutated pipeline files never crash `weir check`;
 //! * [`http`]: the `http` sink against a service on loopback;
+//! * [`http_server`]: clients POSTing into a running pipeline, and its drain;
 //! * [`options`]: numeric options out of range, reported at their line;
 //! * [`paths`]: outputs that would write over an input are refused;
 //! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered;
@@ -36,6 +37,8 @@ mod example;
 mod fuzz;
 #[path = "cli/http.rs"]
 mod http;
+#[path = "cli/http_server.rs"]
+mod http_server;
 #[path = "cli/jq_limits.rs"]
 mod jq_limits;
 #[path = "cli/loops.rs"]

@@ -60,7 +60,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `workers`, expected one of name, decode_workers, file, stdin, generate
+error: unknown field `workers`, expected one of name, decode_workers, file, stdin, generate, http_server
   --> p.yaml:4:5
   |
 4 |     workers: 2
@@ -204,7 +204,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `jqq`, expected one of name, from, workers, ordered, remote, on_error, loop, jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter
+error: unknown field `jqq`, expected one of name, from, workers, ordered, remote, on_error, loop, jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter, html
   --> p.yaml:6:5
   |
 6 |     jqq: { program: . }
@@ -490,7 +490,7 @@ outputs:
     file: { path: out.jsonl }
 ",
         "\
-error: stage 's' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter` (found 2)
+error: stage 's' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter`, `html` (found 2)
   --> p.yaml:5:11
   |
 5 |   - name: s
@@ -531,13 +531,13 @@ outputs:
     stdout: {}
 ",
         "\
-error: stage 'sw' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter` (found 2)
+error: stage 'sw' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter`, `html` (found 2)
   --> p.yaml:5:11
   |
 5 |   - name: sw
   |           ^
 
-error: stage 'r' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter` (found 2)
+error: stage 'r' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter`, `html` (found 2)
   --> p.yaml:8:11
   |
 8 |   - name: r
@@ -676,7 +676,7 @@ error: schema file 'broken.json' does not parse: EOF while parsing a value at li
 10 |     validate: { schema: broken.json }
    |                         ^
 
-error: stage 'two' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter` (found 2)
+error: stage 'two' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, `aggregate`, `batch`, `switch`, `http`, `scatter`, `html` (found 2)
   --> p.yaml:11:11
    |
 11 |   - name: two

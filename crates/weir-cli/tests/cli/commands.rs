@@ -2,10 +2,11 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 16] = [
+const ALL: [(&str, &str); 18] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),
+    ("source", "http_server"),
     ("processor", "jq"),
     ("processor", "filter"),
     ("processor", "validate"),
@@ -15,6 +16,7 @@ const ALL: [(&str, &str); 16] = [
     ("processor", "switch"),
     ("processor", "http"),
     ("processor", "scatter"),
+    ("processor", "html"),
     ("sink", "sqlite"),
     ("sink", "file"),
     ("sink", "stdout"),
@@ -104,8 +106,8 @@ fn explain_unknown_lists_the_components() {
     assert_eq!(text(&out.stdout), "");
     assert_eq!(
         text(&out.stderr),
-        "error: unknown component 'nope'; sources: file, stdin, generate; \
-         processors: jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter; \
+        "error: unknown component 'nope'; sources: file, stdin, generate, http_server; \
+         processors: jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter, html; \
          sinks: sqlite, file, stdout, http\n"
     );
 }

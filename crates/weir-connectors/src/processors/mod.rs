@@ -13,6 +13,7 @@ pub mod aggregate;
 pub mod batch;
 pub mod dedupe;
 pub mod filter;
+pub mod html;
 pub mod http;
 mod http_hosts;
 pub mod jq;

@@ -22,10 +22,10 @@ pub use stage::{RecordFn, Stage, StageOptions};
 use serde::de::MapAccess;
 
 use crate::processors::{
-    aggregate, batch, dedupe, filter, http as http_call, jq, scatter, switch, validate,
+    aggregate, batch, dedupe, filter, html, http as http_call, jq, scatter, switch, validate,
 };
 use crate::sinks::{file as file_sink, http, sqlite, stdout};
-use crate::sources::{file, generate, stdin};
+use crate::sources::{file, generate, http_server, stdin};
 
 /// The three kinds of component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +122,7 @@ registry! {
     Source "file" => file::FileSource,
     Source "stdin" => stdin::StdinSource,
     Source "generate" => generate::GenerateSource,
+    Source "http_server" => http_server::HttpServerSource,
     Processor "jq" => jq::JqConfig,
     Processor "filter" => filter::FilterConfig,
     Processor "validate" => validate::ValidateConfig,
@@ -131,6 +132,7 @@ registry! {
     Processor "switch" => switch::SwitchConfig,
     Processor "http" => http_call::HttpConfig,
     Processor "scatter" => scatter::ScatterConfig,
+    Processor "html" => html::HtmlConfig,
     Sink "sqlite" => sqlite::SqliteSink,
     Sink "file" => file_sink::FileSink,
     Sink "stdout" => stdout::StdoutSink,

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod events;
 pub mod file;
 pub mod generate;
+pub mod http_server;
 pub mod orders;
 pub mod stdin;
 
