@@ -7,6 +7,7 @@
 //! weir explain COMPONENT                   a component's options and example
 //! weir gen events --seed 42 --lines N      benchmark data (B4)
 //! weir gen orders --scale 20 -o DIR        the main job's data, scaled (B6)
+//! weir demo prices | site                  local services for the service examples
 //!
 //! weir run PIPELINE.yaml --broker nats://HOST:PORT    coordinate a distributed job
 //! weir worker PIPELINE.yaml --broker nats://HOST:PORT join its worker pools
@@ -26,6 +27,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod build;
 mod config;
+mod demo;
 mod diag;
 mod distributed;
 mod edges;
@@ -131,6 +133,32 @@ enum Command {
     Gen {
         #[command(subcommand)]
         what: Gen,
+    },
+    /// Local stand-ins for the services the examples call; serve until Ctrl-C.
+    Demo {
+        #[command(subcommand)]
+        what: Demo,
+    },
+}
+
+#[derive(Subcommand)]
+enum Demo {
+    /// The price services of examples/pipelines/prices.yaml: fast, slow
+    /// (a latency tail) and flaky (503s), on PORT, PORT+1 and PORT+2.
+    Prices {
+        /// The first port (0: any free ports).
+        #[arg(long, default_value_t = 18081)]
+        port: u16,
+    },
+    /// The web site examples/pipelines/crawler.yaml crawls: generated
+    /// pages with cycles and broken links.
+    Site {
+        /// The port (0: any free port).
+        #[arg(long, default_value_t = 18090)]
+        port: u16,
+        /// How many pages.
+        #[arg(long, default_value_t = 1000)]
+        pages: u64,
     },
 }
 
@@ -258,6 +286,17 @@ fn main() -> ExitCode {
         Command::List { kind } => explain::list(kind.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Explain { component } => explain::explain(&component).map(|()| ExitCode::SUCCESS),
         Command::Gen { what } => gen_data(what).map(|()| ExitCode::SUCCESS),
+        Command::Demo { what } => match what {
+            Demo::Prices { port } => demo::prices(port).and_then(|s| {
+                let all: Vec<(&str, &weir_testkit::http::MockHttp)> =
+                    s.iter().map(|(n, m)| (*n, m)).collect();
+                demo::serve("prices", &all)
+            }),
+            Demo::Site { port, pages } => {
+                demo::site(port, pages).and_then(|s| demo::serve("site", &[("pages", &s)]))
+            }
+        }
+        .map(|()| ExitCode::SUCCESS),
         Command::Worker {
             pipeline,
             broker,

@@ -51,3 +51,5 @@ mod paths;
 mod records;
 #[path = "cli/run.rs"]
 mod run;
+#[path = "cli/service_examples.rs"]
+mod service_examples;

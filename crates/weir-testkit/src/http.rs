@@ -83,6 +83,9 @@ pub const MAX_BODY: usize = 256 << 20;
 /// What the connection threads share with the server.
 #[derive(Default)]
 struct Log {
+    /// Keep each request (tests read them); off for a long-running
+    /// service, whose log would only grow.
+    keep: bool,
     requests: Vec<Request>,
     panics: Vec<String>,
 }
@@ -101,13 +104,37 @@ impl MockHttp {
     /// # Panics
     /// When no loopback port can be bound.
     pub fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> MockHttp {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        MockHttp::bind(0, true, handler).expect("bind a loopback port")
+    }
+
+    /// Starts a long-running server on loopback port `port` (0: any free
+    /// one) that keeps no log of its requests ([`requests`](Self::requests)
+    /// stays empty): a demo service.
+    ///
+    /// # Errors
+    /// The port cannot be bound (in use).
+    pub fn serve_on(
+        port: u16,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> std::io::Result<MockHttp> {
+        MockHttp::bind(port, false, handler)
+    }
+
+    fn bind(
+        port: u16,
+        keep: bool,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> std::io::Result<MockHttp> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
         let addr = listener.local_addr().expect("local address");
         // Polled, so that stopping never depends on a connection waking it.
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
-        let log = Arc::new(Mutex::new(Log::default()));
+        let log = Arc::new(Mutex::new(Log {
+            keep,
+            ..Log::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(handler);
         let acceptor = {
@@ -128,12 +155,12 @@ impl MockHttp {
                 }
             })
         };
-        MockHttp {
+        Ok(MockHttp {
             addr,
             log,
             stop,
             acceptor: Some(acceptor),
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -174,7 +201,12 @@ fn serve(conn: TcpStream, log: &Mutex<Log>, handler: &Handler) {
     };
     let reply = match read_request(conn) {
         Ok(Some(req)) => {
-            log.lock().expect("log").requests.push(req.clone());
+            {
+                let mut log = log.lock().expect("log");
+                if log.keep {
+                    log.requests.push(req.clone());
+                }
+            }
             match catch_unwind(AssertUnwindSafe(|| handler(&req))) {
                 Ok(resp) => resp,
                 Err(p) => {
