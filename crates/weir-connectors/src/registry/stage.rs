@@ -50,6 +50,33 @@ pub struct StageOptions {
 /// with the index of the port (the switch branch) it leaves by.
 pub type RecordFn = dyn Fn(&Record) -> Result<Vec<(usize, Record)>, ProcessError> + Send + Sync;
 
+/// Runs `call` as a task of its own, so that the calls of one stage (an
+/// async pool is one task) spread over the runtime's threads: answers are
+/// parsed and merged in parallel. Dropping the returned future (a run
+/// that aborts) aborts the task, as dropping `call` itself would.
+fn spawned<T: Send + 'static>(
+    call: futures::future::BoxFuture<'static, T>,
+) -> impl std::future::Future<Output = T> + Send + 'static {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(call));
+    async move {
+        match (&mut task.0).await {
+            Ok(v) => v,
+            Err(e) => match e.try_into_panic() {
+                // A panic in the call is the stage's, as it would have
+                // been unspawned.
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => unreachable!("the task is aborted only when this future is dropped"),
+            },
+        }
+    }
+}
+
 impl Stage {
     /// The per-record function of a [`Records`](Stage::Records) or
     /// [`Switch`](Stage::Switch) stage; `None` for windowed stages, which
@@ -143,7 +170,7 @@ impl Stage {
             Stage::Call(c) => {
                 let n = c.concurrency();
                 let flow = input
-                    .try_map_async(name, move |r: Record| c.call(r))
+                    .try_map_async(name, move |r: Record| spawned(c.call(r)))
                     .workers(n)
                     .on_error(o.policy.clone());
                 vec![(
