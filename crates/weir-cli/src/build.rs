@@ -434,7 +434,13 @@ pub fn build(
     if matches!(mode, Mode::Check) || own_dead_letters {
         return done(diags, p, None);
     }
-    let dead_letter_file = if resume {
+    // A restart must not erase dead letters a source told a client about;
+    // a resumed run keeps those of the run it resumes.
+    let keep = file
+        .inputs
+        .iter()
+        .any(|i| i.value.source().is_some_and(|s| s.promises_outcomes()));
+    let dead_letter_file = if resume || keep {
         weir_connectors::sinks::dead_letter::DeadLetterFile::append(&dl_path)
     } else {
         weir_connectors::sinks::dead_letter::DeadLetterFile::create(&dl_path)

@@ -56,6 +56,15 @@ pub trait SourceComponent: Debug + Send + Sync {
     fn default_decode_workers(&self) -> usize {
         2
     }
+
+    /// Whether the source tells someone outside what became of its records
+    /// (`http_server` with `ack: commit` answers "3 committed, 2
+    /// dead-lettered"). A pipeline with such a source appends to its
+    /// dead-letter file instead of starting it over, so that a restart does
+    /// not erase dead letters a client was told about.
+    fn promises_outcomes(&self) -> bool {
+        false
+    }
 }
 
 /// What placement and ordering need to know of a processor, before it is

@@ -997,6 +997,12 @@ impl crate::registry::SourceComponent for HttpServerSource {
     fn default_decode_workers(&self) -> usize {
         1
     }
+
+    /// `ack: commit` tells each client how many of its records were
+    /// committed and dead-lettered.
+    fn promises_outcomes(&self) -> bool {
+        self.ack == AckMode::Commit
+    }
 }
 
 #[cfg(test)]
