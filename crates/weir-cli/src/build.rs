@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use weir::{ErrorPolicy, Flow, LoopBack, LoopOptions, Pipeline, PipelineOptions};
+use weir::{ErrorPolicy, Flow, LoopBack, LoopExit, LoopOptions, Pipeline, PipelineOptions};
 use weir_connectors::checkpoint::Checkpoint;
 use weir_connectors::processors::ProcessorContext;
 use weir_connectors::registry::{Kind, Resume, Scope, Stage, StageOptions};
@@ -128,6 +128,8 @@ struct Offers<'a> {
     /// records of each come in the same order in every run; `None` when
     /// timing can change them. Kept only for a deterministic strategy.
     lineage: HashMap<String, Option<BTreeSet<String>>>,
+    /// The exits of the loops started, by entry.
+    loop_exits: HashMap<String, LoopExit>,
 }
 
 impl Offers<'_> {
@@ -161,10 +163,38 @@ impl Offers<'_> {
         Some(all)
     }
 
-    /// The flows `name` reads, merged into one.
+    /// The flows `name` reads, merged into one; a flow leaving a loop's
+    /// cycle passes the loop's exit first.
     fn take(&mut self, name: &str) -> Option<Flow<Record>> {
         let wiring = self.wiring;
-        self.take_all(wiring.from.get(name)?)
+        let from = wiring.from.get(name)?;
+        if !from
+            .iter()
+            .all(|f| self.flows.get(f).is_some_and(|q| !q.is_empty()))
+        {
+            return None;
+        }
+        let mut got: Vec<Flow<Record>> = Vec::new();
+        for f in from {
+            let flow = self
+                .flows
+                .get_mut(f)
+                .and_then(VecDeque::pop_front)
+                .expect("checked");
+            let exit = wiring
+                .exits
+                .get(&(name.to_string(), f.clone()))
+                .and_then(|entry| self.loop_exits.get(entry).map(|x| (entry, *x)));
+            got.push(match exit {
+                Some((entry, x)) => flow.leave_loop(&format!("{entry}/exit-to-{name}"), x),
+                None => flow,
+            });
+        }
+        if got.len() == 1 {
+            got.pop()
+        } else {
+            Some(Flow::merge(got))
+        }
     }
 
     /// A flow of each of `producers`, merged into one; `None` (and nothing
@@ -241,6 +271,7 @@ pub fn build(
         wiring,
         flows: HashMap::new(),
         lineage: HashMap::new(),
+        loop_exits: HashMap::new(),
     };
 
     for input in &file.inputs {
@@ -323,10 +354,7 @@ pub fn build(
         };
         if let Some(l) = &e.feedback {
             if deterministic {
-                diags.push(Diagnostic::at(
-                    format!("stage '{name}' is a loop, which runs in one process: loops are not supported with --broker yet"),
-                    l,
-                ));
+                // Refused by placement, before the job is created.
                 continue;
             }
             let options = LoopOptions {
@@ -338,6 +366,7 @@ pub fn build(
             };
             input = input.map(|flow| {
                 let (flow, back) = flow.loop_start(&format!("{name}/loop"), options);
+                offers.loop_exits.insert(name.clone(), back.exit());
                 open_loops.insert(name.clone(), back);
                 flow
             });

@@ -8,6 +8,8 @@ use std::path::Path;
 use serde_saphyr::Spanned;
 use weir_connectors::sources::file::same_file;
 
+use weir_connectors::registry::Scope;
+
 use crate::config::PipelineFile;
 use crate::diag::Diagnostic;
 
@@ -33,6 +35,9 @@ pub struct Wiring {
     /// it that it reads: what is fed back. Not in its `from` above, which
     /// keeps what enters the loop from outside.
     pub loops: HashMap<String, Vec<String>>,
+    /// Edges leaving a loop's cycle, as (reader, producer), with the loop
+    /// entry: their records stop counting as inside the loop there.
+    pub exits: HashMap<(String, String), String>,
 }
 
 /// An entry without `from` reads the entry above it, which must not be a
@@ -117,6 +122,12 @@ pub fn check(
         .map(|i| i.value.name.value.clone())
         .collect();
     let mut w = Wiring::default();
+    let loop_entries: HashSet<&str> = file
+        .stages
+        .iter()
+        .filter(|s| s.value.feedback.is_some())
+        .map(|s| s.value.name.value.as_str())
+        .collect();
     let refs = |who: &str,
                 from: &Option<serde_saphyr::Spanned<crate::config::From>>,
                 default: Vec<String>,
@@ -143,8 +154,8 @@ pub fn check(
                             format!("'{who}' reads from switch '{n}': read one of its branches, as '{n}/<branch>'"),
                             f,
                         )),
-                        Some(_) if n == who => {
-                            diags.push(Diagnostic::at(format!("'{who}' reads from itself"), f))
+                        Some(_) if n == who && !loop_entries.contains(who) => {
+                            diags.push(Diagnostic::at(format!("'{who}' reads from itself (a stage that feeds its own records back needs `loop:`)"), f))
                         }
                         Some(_) => {}
                     }
@@ -265,39 +276,133 @@ pub fn check(
         }
         downstream
     };
-    // A loop entry's references to stages downstream of it are what is
-    // fed back: they leave its `from` (and the ordering) for `loops`.
+    // A loop entry's references to itself or to stages after it in the
+    // file are what is fed back: they leave its `from` (and the ordering)
+    // for `loops`. Then each loop's cycle (the stages on a path from the
+    // entry to what it reads back) is checked, and every edge leaving it
+    // is recorded as an exit.
+    let mut loops: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, s) in file.stages.iter().enumerate() {
+        if s.value.feedback.is_none() {
+            continue;
+        }
+        let (back, outside): (Vec<String>, Vec<String>) = stage_from[i]
+            .iter()
+            .cloned()
+            .partition(|n| index.get(n.as_str()).is_some_and(|&j| j >= i));
+        stage_from[i] = outside;
+        loops.push((i, back));
+    }
     {
-        let downstream = downs(&ups(&stage_from));
-        for (i, s) in file.stages.iter().enumerate() {
-            let Some(l) = &s.value.feedback else { continue };
-            let mut below = HashSet::new();
-            let mut todo = vec![i];
+        let upstream = ups(&stage_from);
+        let downstream = downs(&upstream);
+        let reach = |from: &[usize], edges: &[Vec<usize>]| -> HashSet<usize> {
+            let mut seen: HashSet<usize> = from.iter().copied().collect();
+            let mut todo = from.to_vec();
             while let Some(k) = todo.pop() {
-                for &n in &downstream[k] {
-                    if below.insert(n) {
+                for &n in &edges[k] {
+                    if seen.insert(n) {
                         todo.push(n);
                     }
                 }
             }
-            let name = &s.value.name.value;
-            let (back, outside): (Vec<String>, Vec<String>) = stage_from[i]
-                .iter()
-                .cloned()
-                .partition(|n| index.get(n.as_str()).is_some_and(|j| below.contains(j)));
+            seen
+        };
+        let mut member: HashMap<usize, usize> = HashMap::new();
+        for (i, back) in &loops {
+            let i = *i;
+            let s = &file.stages[i].value;
+            let name = &s.name.value;
+            let l = s.feedback.as_ref().expect("a loop entry");
             if back.is_empty() {
                 diags.push(Diagnostic::at(
-                    format!("stage '{name}' has `loop` but none of its `from` is downstream of it: nothing can be fed back into it"),
+                    format!("stage '{name}' has `loop` but its `from` names no stage after it (or itself): nothing can be fed back into it"),
                     l,
                 ));
-            } else if outside.is_empty() {
+                continue;
+            }
+            if stage_from[i].is_empty() {
                 diags.push(Diagnostic::at(
                     format!("stage '{name}' reads only records fed back ({}): its `from` must also name an input or a stage above the loop, where records first come from", back.join(", ")),
                     l,
                 ));
             }
-            stage_from[i] = outside;
-            w.loops.insert(name.clone(), back);
+            let below = reach(&[i], &downstream);
+            let ends: Vec<usize> = back
+                .iter()
+                .filter_map(|b| index.get(b.as_str()).copied())
+                .collect();
+            for (b, &j) in back.iter().zip(&ends) {
+                if !below.contains(&j) {
+                    diags.push(Diagnostic::at(
+                        format!("stage '{name}' reads '{b}', which comes after it but is not downstream of it: only records from further down a loop can be fed back"),
+                        l,
+                    ));
+                }
+            }
+            let cycle: HashSet<usize> = below
+                .intersection(&reach(&ends, &upstream))
+                .copied()
+                .collect();
+            for &k in &cycle {
+                let ks = &file.stages[k].value;
+                if let Some(&other) = member.get(&k) {
+                    diags.push(Diagnostic::at(
+                        format!(
+                            "stage '{}' is in the loops of '{}' and '{name}': loops may not share stages (nested loops are not supported yet)",
+                            ks.name.value, file.stages[other].value.name.value
+                        ),
+                        l,
+                    ));
+                    continue;
+                }
+                member.insert(k, i);
+                if ks.processor().is_some_and(|p| p.scope() == Scope::Windowed) {
+                    diags.push(Diagnostic::at(
+                        format!(
+                            "stage '{}' ({}) is inside the loop of '{name}': it waits for the end of its input, which a loop reaches only once nothing is inside it; put it after the loop",
+                            ks.name.value,
+                            ks.component_name()
+                        ),
+                        &ks.name,
+                    ));
+                }
+                if k == i {
+                    continue;
+                }
+                for r in &stage_from[k] {
+                    if !index.get(r.as_str()).is_some_and(|j| cycle.contains(j)) {
+                        diags.push(Diagnostic::at(
+                            format!(
+                                "stage '{}' is inside the loop of '{name}' and also reads '{r}' from outside it: records enter a loop only through its entry ('{name}')",
+                                ks.name.value
+                            ),
+                            &ks.name,
+                        ));
+                    }
+                }
+            }
+            w.loops.insert(name.clone(), back.clone());
+            // Every edge from the cycle to a stage or output outside it.
+            let readers = file
+                .stages
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !cycle.contains(k))
+                .map(|(k, st)| (&st.value.name.value, &stage_from[k]))
+                .chain(
+                    file.outputs
+                        .iter()
+                        .zip(&output_from)
+                        .map(|(o, f)| (&o.value.name.value, f)),
+                );
+            for (reader, from) in readers {
+                for f in from {
+                    if index.get(f.as_str()).is_some_and(|j| cycle.contains(j)) {
+                        w.exits.insert((reader.clone(), f.clone()), name.clone());
+                    }
+                }
+            }
         }
     }
     let upstream = ups(&stage_from);

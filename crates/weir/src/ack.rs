@@ -102,6 +102,10 @@ struct Shared {
     /// The loop this ack counts the item in (an id of the loop's own), or
     /// 0 for an ack that is not a loop's.
     owner: usize,
+    /// A loop's ack settles the ack the item had when it entered (see
+    /// `Ack::in_loop`); kept here, not in the callback, so that the chain
+    /// can be walked (hops per loop, leaving a loop).
+    parent: Option<Ack>,
 }
 
 impl Shared {
@@ -127,8 +131,12 @@ impl Drop for Shared {
         }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = st.worst.take().unwrap_or(AckOutcome::Delivered);
-        if let Some(cb) = st.callback.take() {
-            drop(st);
+        let callback = st.callback.take();
+        drop(st);
+        if let Some(p) = self.parent.take() {
+            settle_chained(p, outcome.clone());
+        }
+        if let Some(cb) = callback {
             cb(outcome);
         }
     }
@@ -171,6 +179,7 @@ impl Ack {
                 settled: AtomicUsize::new(0),
                 hops: 0,
                 owner: 0,
+                parent: None,
             }),
         }
     }
@@ -192,24 +201,50 @@ impl Ack {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     worst: None,
-                    callback: Some(Box::new(move |outcome| {
-                        if let Some(p) = parent {
-                            settle_chained(p, outcome);
-                        }
-                        done();
-                    })),
+                    callback: Some(Box::new(move |_| done())),
                 }),
                 forks: AtomicUsize::new(1),
                 settled: AtomicUsize::new(0),
                 hops,
                 owner,
+                parent,
             }),
         }
     }
 
-    /// Times this item went round a loop.
-    pub(crate) fn hops(&self) -> u32 {
-        self.shared.hops
+    /// Times this item went round the loop `owner`: the hop count of the
+    /// nearest ack of that loop up its chain (0 when it has none).
+    pub(crate) fn hops_in(&self, owner: usize) -> u32 {
+        let mut a = self;
+        loop {
+            if a.shared.owner == owner {
+                return a.shared.hops;
+            }
+            match &a.shared.parent {
+                Some(p) => a = p,
+                None => return 0,
+            }
+        }
+    }
+
+    /// The item leaves the loop `owner`: this fork is settled (the loop no
+    /// longer counts the item) and the item goes on with a fork of the
+    /// nearest ack up its chain that is not that loop's (the source's, or
+    /// an outer loop's), which still learns how it ends. `None` when there
+    /// is none (a source without acks).
+    pub(crate) fn leave_loop(self, owner: usize) -> Option<Ack> {
+        let mut a = &self;
+        let outer = loop {
+            if a.shared.owner != owner {
+                break Some(a.fork());
+            }
+            match &a.shared.parent {
+                Some(p) => a = p,
+                None => break None,
+            }
+        };
+        self.deliver();
+        outer
     }
 
     /// Counts one more pass of the loop `owner` in place, when this is the
@@ -328,12 +363,22 @@ fn settle_chained(parent: Ack, outcome: AckOutcome) {
         });
         return;
     }
+    /// Ends the outermost call: a callback that panics must not leave the
+    /// thread's queue in place (every later settle would only queue).
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            let rest = CHAIN.with(|c| c.borrow_mut().take());
+            // What a panic left queued is dropped unsettled: a failure.
+            drop(rest);
+        }
+    }
+    let _done = Done;
     let mut next = Some((parent, outcome));
     while let Some((p, o)) = next {
         p.settle(o);
         next = CHAIN.with(|c| c.borrow_mut().as_mut().and_then(Vec::pop));
     }
-    CHAIN.with(|c| *c.borrow_mut() = None);
 }
 
 impl fmt::Debug for Ack {
@@ -438,8 +483,49 @@ mod tests {
         assert!(!a.next_pass(7), "a sibling shares it");
         b.deliver();
         assert!(a.next_pass(7));
-        assert_eq!(a.hops(), 3);
+        assert_eq!(a.hops_in(7), 3);
+        assert_eq!(a.hops_in(8), 0);
         a.deliver();
+    }
+
+    #[test]
+    fn leaving_a_loop_hands_the_item_its_outer_ack() {
+        let (root, seen) = probe();
+        let done = Arc::new(AtomicUsize::new(0));
+        let d = done.clone();
+        let outer = Ack::in_loop(Some(root), 1, 0, move || {
+            d.fetch_add(1, AcqRel);
+        });
+        // Two passes of the inner loop 2, chained.
+        let inner = Ack::in_loop(Some(outer.fork()), 2, 0, || {});
+        let inner = Ack::in_loop(Some(inner), 2, 1, || {});
+        outer.deliver();
+        assert_eq!(inner.hops_in(2), 1);
+        assert_eq!(inner.hops_in(1), 0);
+        let left = inner.leave_loop(2).expect("the outer loop's ack");
+        assert_eq!(left.hops_in(1), 0);
+        assert_eq!(left.hops_in(2), 0, "no longer in loop 2");
+        assert!(seen.lock().unwrap().is_empty(), "the item is not done");
+        left.leave_loop(1)
+            .expect("the source's ack")
+            .dead_letter("s", "bad");
+        assert_eq!(done.load(Acquire), 1);
+        assert!(matches!(
+            seen.lock().unwrap().as_slice(),
+            [AckOutcome::DeadLettered { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_wedge_later_chains() {
+        let r = std::panic::catch_unwind(|| {
+            let bomb = Ack::new(|_| panic!("callback"));
+            Ack::in_loop(Some(bomb), 1, 0, || {}).deliver();
+        });
+        assert!(r.is_err());
+        let (root, seen) = probe();
+        Ack::in_loop(Some(root), 1, 0, || {}).deliver();
+        assert_eq!(*seen.lock().unwrap(), vec![AckOutcome::Delivered]);
     }
 
     #[test]

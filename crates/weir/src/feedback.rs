@@ -8,10 +8,17 @@
 //! * **Completion.** Every item that passes the entry gets an ack of the
 //!   loop's (a child of its own ack, which it settles), so the entry knows
 //!   how many items, with everything derived from them, are still inside:
-//!   in a stage, on an edge, in a sink not yet committed. When the outside
-//!   input has ended and that count is zero, nothing can come back: the
-//!   entry ends its output, the stages of the loop finish one after the
-//!   other, and the run completes by itself.
+//!   in a stage or on an edge of the cycle. An item leaves the count when
+//!   it is settled (filtered, dead-lettered, committed) or when it leaves
+//!   the cycle through [`Flow::leave_loop`], which every flow from the
+//!   cycle to the rest of the pipeline must pass (a sink, or an aggregate
+//!   that waits for the end of its input, outside the loop must not hold
+//!   the loop open). When the outside input has ended and the count is
+//!   zero, nothing can come back: the entry ends its output, the stages of
+//!   the loop finish one after the other, and the run completes by itself.
+//!   A stage of the cycle itself that waits for the end of its input
+//!   (an aggregate, a batch) would wait for ever: the pipeline-file layer
+//!   refuses one.
 //! * **No deadlock.** The entry reads the fed-back edge eagerly into a
 //!   queue of its own and sends from that queue downstream in another
 //!   task, so the stage feeding back never waits on a loop that waits on
@@ -27,9 +34,16 @@
 //! `max_depth` bounds how many times an item may go round: an item fed
 //! back more often is filtered at the entry (counted as filtered).
 //!
-//! A graceful stop (a cancel, Ctrl-C) ends the loop early: items fed back
-//! after it are dropped (counted, their acks failed, so a checkpointing
-//! source reads their origin again on resume) instead of followed.
+//! A graceful stop (a cancel, Ctrl-C) ends the loop early: items waiting
+//! in the entry's queue and items fed back after it are dropped (counted,
+//! their acks failed, so a checkpointing source reads their origin again
+//! on resume) instead of followed; what is already in the cycle's stages
+//! finishes.
+//!
+//! Memory per item: an item that comes back alone keeps its ack (one more
+//! hop counted in place); one that branched gets a new ack chained to its
+//! fork, so the acks of an item's ancestors stay alive until its whole
+//! subtree is settled: bounded by the depth times what is inside.
 //!
 //! Items that enter the loop's stages other than through the entry (a
 //! stage of the loop that also reads another flow) are counted only once
@@ -72,6 +86,9 @@ impl Default for LoopOptions {
 
 type Back<T> = Arc<Mutex<Option<Input<T>>>>;
 
+/// Ids of loops, for the acks they make: unique in the process.
+static NEXT_LOOP: AtomicUsize = AtomicUsize::new(1);
+
 /// The open end of a loop: give it the flow to feed back with
 /// [`close`](Self::close). A loop never closed fails the run before it
 /// starts.
@@ -79,9 +96,21 @@ type Back<T> = Arc<Mutex<Option<Input<T>>>>;
 pub struct LoopBack<T> {
     graph: SharedGraph,
     back: Back<T>,
+    exit: LoopExit,
+}
+
+/// What flows leaving a loop pass through: see [`Flow::leave_loop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopExit {
+    id: usize,
 }
 
 impl<T: Send + 'static> LoopBack<T> {
+    /// The loop's exit, for [`Flow::leave_loop`].
+    pub fn exit(&self) -> LoopExit {
+        self.exit
+    }
+
     /// Feeds `flow` back into the loop's entry.
     pub fn close(self, flow: Flow<T>) {
         if !Arc::ptr_eq(&flow.graph, &self.graph) {
@@ -122,6 +151,7 @@ impl<T: Send + 'static> Flow<T> {
     /// ```
     pub fn loop_start(self, name: &str, options: LoopOptions) -> (Flow<T>, LoopBack<T>) {
         let graph = self.graph.clone();
+        let id = NEXT_LOOP.fetch_add(1, Ordering::Relaxed);
         if options.max_pending == 0 {
             lock(&graph)
                 .problems
@@ -144,6 +174,7 @@ impl<T: Send + 'static> Flow<T> {
                 let port = resolve(&out, &format!("output of loop '{}'", ctx.name))?;
                 let em = Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
                 let state = Arc::new(State {
+                    id,
                     queue: Mutex::new(VecDeque::new()),
                     to_sender: Notify::new(),
                     to_collector: Arc::new(Notify::new()),
@@ -161,12 +192,61 @@ impl<T: Send + 'static> Flow<T> {
                 Ok(())
             })
         });
-        (flow, LoopBack { graph, back })
+        (
+            flow,
+            LoopBack {
+                graph,
+                back,
+                exit: LoopExit { id },
+            },
+        )
+    }
+
+    /// Marks this flow as leaving the loop of `exit`: its items stop
+    /// counting as inside that loop (whose end waits for everything
+    /// inside), and go on with their own acks. Every flow from a stage of
+    /// a loop's cycle to a stage or sink outside it must pass here, or the
+    /// loop waits for those items' sinks, and a stage that waits for the
+    /// end of its input (an aggregate) would wait for the loop for ever.
+    pub fn leave_loop(self, name: &str, exit: LoopExit) -> Flow<T> {
+        let id = exit.id;
+        self.stage(name, "loop-exit", Role::Other, move |input, out| {
+            Box::new(move |sp, ctx| {
+                let port = resolve(&out, &format!("output of '{}'", ctx.name))?;
+                let mut em = Emitter::new(port, ctx.batch_size, ctx.metrics.clone());
+                sp.task(async move {
+                    let m = &*ctx.metrics;
+                    while let Some(batch) = recv(&input.rx, m).await {
+                        let n = batch.len();
+                        em.push_batch(
+                            batch
+                                .into_iter()
+                                .map(|e| Envelope {
+                                    value: e.value,
+                                    ack: e.ack.and_then(|a| a.leave_loop(id)),
+                                })
+                                .collect(),
+                        );
+                        StageMetrics::add(&m.ok, n);
+                        if let Err(h) = em.flush(true).await {
+                            return ctx.halted(h);
+                        }
+                    }
+                    match em.close().await {
+                        Ok(()) => Ok(()),
+                        Err(h) => ctx.halted(h),
+                    }
+                });
+                Ok(())
+            })
+        })
     }
 }
 
 /// What the entry's two tasks share.
 struct State<T> {
+    /// The loop's id in its acks.
+    id: usize,
     /// Items taken in, waiting to be sent into the loop's body.
     queue: Mutex<VecDeque<Envelope<T>>>,
     /// Items were queued, or the loop ended.
@@ -190,17 +270,12 @@ impl<T> State<T> {
         drop_items(q, m, ABORTED);
     }
 
-    /// This loop's id in the acks it makes.
-    fn id(&self) -> usize {
-        std::ptr::from_ref(self) as usize
-    }
-
     /// Gives `e` the loop's ack (`hops` passes so far) and counts it in.
     fn admit(&self, e: Envelope<T>, hops: u32) -> Envelope<T> {
         self.inside.fetch_add(1, Ordering::AcqRel);
         let inside = self.inside.clone();
         let wake = self.to_collector.clone();
-        let ack = Ack::in_loop(e.ack, self.id(), hops, move || {
+        let ack = Ack::in_loop(e.ack, self.id, hops, move || {
             if inside.fetch_sub(1, Ordering::AcqRel) == 1 {
                 wake.notify_one();
             }
@@ -282,7 +357,7 @@ async fn take_back<T: Send + 'static>(
     {
         let mut q = state.queue.lock().unwrap_or_else(|p| p.into_inner());
         for mut e in batch {
-            let hops = e.ack.as_ref().map_or(0, Ack::hops) + 1;
+            let hops = e.ack.as_ref().map_or(0, |a| a.hops_in(state.id)) + 1;
             if options.max_depth.is_some_and(|d| hops > d) {
                 StageMetrics::add(&m.filtered, 1);
                 e.deliver();
@@ -293,7 +368,7 @@ async fn take_back<T: Send + 'static>(
                 )
                 .into();
                 letters.push(ctx.letter(e.ack, e.value, &err, 1));
-            } else if e.ack.as_mut().is_some_and(|a| a.next_pass(state.id())) {
+            } else if e.ack.as_mut().is_some_and(|a| a.next_pass(state.id)) {
                 // Still counted inside: the same ack, one pass more.
                 q.push_back(e);
             } else {
@@ -313,6 +388,11 @@ async fn send<T: Send + 'static>(
 ) -> Result<(), BoxError> {
     let m = &*ctx.metrics;
     loop {
+        if ctx.stop.is_cancelled() {
+            // Stopping: what waits to go round is not followed.
+            let q = std::mem::take(&mut *state.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            drop_items(q, m, STOPPED);
+        }
         let batch: Batch<T> = {
             let mut q = state.queue.lock().unwrap_or_else(|p| p.into_inner());
             let n = q.len().min(ctx.batch_size);

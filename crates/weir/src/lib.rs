@@ -75,7 +75,7 @@ pub use ack::{Ack, AckOutcome};
 pub use dead_letter::{DeadLetter, error_chain};
 pub use error::{BoxError, Error, RunError, WriteError};
 pub use fan_in::Window;
-pub use feedback::{LoopBack, LoopOptions};
+pub use feedback::{LoopBack, LoopExit, LoopOptions};
 pub use metrics::{Metrics, Report, StageReport};
 pub use pipeline::{Flow, Pipeline, SinkHandle};
 pub use runtime::DEAD_LETTER_STAGE;

@@ -60,6 +60,18 @@ impl Placement {
     /// Computes the placement; reports every problem.
     pub fn new(file: &PipelineFile, wiring: &Wiring) -> Result<Placement, Vec<Diagnostic>> {
         let mut diags = Vec::new();
+        // Before anything is created on the broker.
+        for s in &file.stages {
+            if let Some(l) = &s.value.feedback {
+                diags.push(Diagnostic::at(
+                    format!(
+                        "stage '{}' is a loop, which runs in one process: loops are not supported with --broker yet",
+                        s.value.name.value
+                    ),
+                    l,
+                ));
+            }
+        }
         let broker = file.broker.as_ref();
         let all = match broker.and_then(|b| b.remote.as_ref()) {
             None => false,

@@ -282,7 +282,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: 'e' reads from itself
+error: 'e' reads from itself (a stage that feeds its own records back needs `loop:`)
   --> p.yaml:16:11
    |
 16 |     from: e

@@ -131,8 +131,152 @@ outputs:
     assert_eq!(code(&out), 2);
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("stage 'a' has `loop` but none of its `from` is downstream of it")
+        stderr.contains("stage 'a' has `loop` but its `from` names no stage after it (or itself)")
             && stderr.contains("open.yaml:6:11"),
         "{stderr}"
+    );
+}
+
+/// An aggregate after a loop (over the whole input) sees every record that
+/// left the loop, and the run still ends by itself: the loop does not wait
+/// for it.
+#[test]
+fn an_aggregate_after_a_loop_gets_everything() {
+    let d = Dir::new();
+    let nums: String = (1..=50)
+        .map(|i| format!("{{\"start\":{i},\"n\":{i}}}\n"))
+        .collect();
+    let yaml = collatz(500).replace(
+        "outputs:\n",
+        "  - name: total\n    from: route/done\n    aggregate: { group_by: 'null', fields: { done: count, steps: { sum: .steps } } }\noutputs:\n  - name: totals\n    from: total\n    file: { path: totals.jsonl }\n",
+    );
+    d.file("nums.jsonl", nums).file("p.yaml", yaml);
+    let out = d
+        .weir(&["run", "p.yaml", "--report", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let report: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_accounting(&report);
+    let totals = d.jsonl("totals.jsonl");
+    assert_eq!(totals.len(), 1);
+    assert_eq!(totals[0]["done"], 50);
+    assert_eq!(
+        totals[0]["steps"].as_u64(),
+        Some((1..=50).map(steps).sum::<u64>())
+    );
+    assert_eq!(d.jsonl("out.jsonl").len(), 50);
+}
+
+/// A stage that feeds its own records back: each goes round until
+/// `max_depth`, and every pass is also written out.
+#[test]
+fn a_stage_may_feed_itself() {
+    let d = Dir::new();
+    d.file("in.jsonl", "{\"k\":1}\n{\"k\":2}\n").file(
+        "p.yaml",
+        "\
+inputs:
+  - name: in
+    file: { path: in.jsonl }
+stages:
+  - name: again
+    from: [in, again]
+    loop: { max_depth: 3 }
+    jq: { program: '.pass = ((.pass // -1) + 1)' }
+outputs:
+  - name: out
+    from: again
+    file: { path: out.jsonl }
+",
+    );
+    let out = d
+        .weir(&["run", "p.yaml", "--report", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let report: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_accounting(&report);
+    let mut passes: Vec<(u64, u64)> = d
+        .jsonl("out.jsonl")
+        .iter()
+        .map(|v| (v["k"].as_u64().unwrap(), v["pass"].as_u64().unwrap()))
+        .collect();
+    passes.sort_unstable();
+    let want: Vec<(u64, u64)> = [1, 2]
+        .iter()
+        .flat_map(|&k| (0..4).map(move |p| (k, p)))
+        .collect();
+    assert_eq!(passes, want);
+    assert_eq!(n(&report, "again/loop", "filtered"), 2);
+}
+
+/// What a loop cannot hold is refused at check: an aggregate inside it, a
+/// stage inside it reading from outside, loops sharing stages, loops with
+/// a broker.
+#[test]
+fn what_a_loop_cannot_hold_is_refused() {
+    let d = Dir::new();
+    d.file("nums.jsonl", "{\"n\":1}\n")
+        .file("side.jsonl", "{\"n\":2}\n");
+    let check = |name: &str, yaml: String| -> String {
+        d.file(name, yaml);
+        let out = d.weir(&["check", name]).output().unwrap();
+        assert_eq!(code(&out), 2, "{name}: {}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    let inside = collatz(5).replace(
+        "  - name: next\n    from: route/more\n",
+        "  - name: group\n    from: route/more\n    batch: { size: 10 }\n  - name: next\n    from: group\n",
+    );
+    let e = check("agg.yaml", inside);
+    assert!(
+        e.contains("stage 'group' (batch) is inside the loop of 'step'"),
+        "{e}"
+    );
+
+    let side = collatz(5)
+        .replace(
+            "inputs:\n",
+            "inputs:\n  - name: side\n    file: { path: side.jsonl }\n",
+        )
+        .replace("    from: route/more\n", "    from: [route/more, side]\n");
+    let e = check("side.yaml", side);
+    assert!(
+        e.contains(
+            "stage 'next' is inside the loop of 'step' and also reads 'side' from outside it"
+        ),
+        "{e}"
+    );
+
+    let nested = "\
+inputs:
+  - name: nums
+    file: { path: nums.jsonl }
+stages:
+  - name: outer
+    from: [nums, back]
+    loop: { max_depth: 3 }
+    jq: { program: . }
+  - name: inner
+    from: [outer, inner]
+    loop: { max_depth: 3 }
+    jq: { program: . }
+  - name: back
+    from: inner
+    jq: { program: . }
+outputs:
+  - name: out
+    from: back
+    file: { path: out.jsonl }
+";
+    let e = check("nested.yaml", nested.to_string());
+    assert!(e.contains("loops may not share stages"), "{e}");
+
+    let broker = format!("{}broker: {{ remote: all }}\n", collatz(5));
+    let e = check("broker.yaml", broker);
+    assert!(
+        e.contains("loops are not supported with --broker yet"),
+        "{e}"
     );
 }

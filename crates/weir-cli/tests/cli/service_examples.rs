@@ -392,6 +392,13 @@ fn ingest_example_keeps_every_acknowledged_record_through_kill_9() {
     assert_eq!(ids.len(), 8 * 40 * 45);
     assert_eq!(ids, expected, "exactly the valid events, each once");
     let letters = d.jsonl("out/ingest-dead-letters.jsonl");
-    assert!(letters.len() >= 8 * 40 * 5, "the invalid ones are dead letters");
-    assert!(letters.iter().all(|l| l["stage"] == "valid"), "{:?}", letters.first());
+    assert!(
+        letters.len() >= 8 * 40 * 5,
+        "the invalid ones are dead letters"
+    );
+    assert!(
+        letters.iter().all(|l| l["stage"] == "valid"),
+        "{:?}",
+        letters.first()
+    );
 }

@@ -312,3 +312,31 @@ proptest! {
         assert_balanced(&report);
     }
 }
+
+/// A stage that waits for the end of its input (an aggregate over all of
+/// it) after a loop: its flow leaves the loop, so the loop ends without
+/// waiting for it, and the total is exact.
+#[test]
+fn an_aggregate_after_a_loop_sees_everything_and_the_run_ends() {
+    let (total, report) = within(30, async {
+        let p = Pipeline::with_options(PipelineOptions {
+            batch_size: 8,
+            ..PipelineOptions::default()
+        });
+        let (body, back) = p
+            .source("roots", from_iter((0..5u64).map(|r| (r, Vec::new()))))
+            .loop_start("tree", LoopOptions::default());
+        let exit = back.exit();
+        let mut copies = body.broadcast(2).into_iter();
+        let (a, b) = (copies.next().unwrap(), copies.next().unwrap());
+        back.close(a.flat_map("children", |n: Node| children(&n, 3, 4)));
+        let total = b
+            .leave_loop("tree-exit", exit)
+            .reduce("count", 0u64, |acc, _n: Node| *acc += 1)
+            .sink("total", collect());
+        let report = p.run().await.unwrap();
+        (total.take().unwrap(), report)
+    });
+    assert_eq!(total, vec![5 * (1 + 3 + 9 + 27 + 81)]);
+    assert_balanced(&report);
+}
