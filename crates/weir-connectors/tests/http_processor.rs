@@ -475,6 +475,14 @@ async fn scatter_gathers_partial_answers_and_names_the_misses() {
     for v in &ran.out {
         let answers = v["prices"]["answers"].as_object().unwrap();
         assert_eq!(answers.keys().collect::<Vec<_>>(), ["fast"], "{v}");
+        // The others are named: the slow one cancelled, the broken one
+        // failed or cancelled.
+        let missed = v["prices"]["missed"].as_object().unwrap();
+        assert!(
+            missed["slow"].as_str().unwrap().contains("gather: first"),
+            "{v}"
+        );
+        assert!(missed.contains_key("broken"), "{v}");
     }
 }
 
@@ -555,4 +563,46 @@ fn scatter_options_are_checked_when_built() {
             .contains("hedge_after_ms")
     );
     build("requests: {a: {url: .u}, b: {url: .v}}\ngather: first\n").unwrap();
+}
+
+/// Hedges are part of a try: a slow, failing service sees two requests
+/// per try (the try and its hedge), never more, and a 429's Retry-After
+/// holds the next try back however early the hedge would fire.
+#[test]
+fn hedges_share_the_tries_and_respect_retry_after() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let slow = MockHttp::start(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        Response::new(500, "slow and broken")
+    });
+    let yaml = format!(
+        "url: '\"{}/x\"'\nattempts: 2\nbackoff_ms: 1\nhedge_after_ms: 50\nper_host: {{circuit_breaker: {{failures: 0}}}}\n",
+        slow.url("")
+    );
+    let ran = rt.block_on(run(&yaml, records(1)));
+    assert_eq!(ran.counts, (1, 0, 1));
+    assert_eq!(slow.requests().len(), 4, "2 tries, each hedged once");
+
+    let t = Arc::new(AtomicUsize::new(0));
+    let t2 = t.clone();
+    let busy = MockHttp::start(move |_| {
+        if t2.fetch_add(1, Ordering::SeqCst) == 0 {
+            Response::new(429, "later").header("retry-after", "1")
+        } else {
+            Response::new(200, "now")
+        }
+    });
+    let yaml = format!(
+        "url: '\"{}/x\"'\nbackoff_ms: 1\nhedge_after_ms: 20\n",
+        busy.url("")
+    );
+    let t0 = Instant::now();
+    let ran = rt.block_on(run(&yaml, records(1)));
+    assert_eq!(ran.counts, (1, 1, 0));
+    assert!(t0.elapsed() >= Duration::from_millis(950), "{:?}", t0.elapsed());
+    assert_eq!(busy.requests().len(), 2);
 }

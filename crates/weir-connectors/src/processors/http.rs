@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::ProcessorContext;
-use super::http_hosts::{Admit, HostLimits, Hosts};
+use super::http_hosts::{Admit, Host, HostLimits, Hosts};
 use super::jq::{EnvConfig, JqError, JqProgram, RecordBudget, StageLimits};
 use crate::error::{ConfigError, ProcessError};
 use crate::http_client;
@@ -110,12 +110,13 @@ pub struct HttpConfig {
     /// `attempts` bound it.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
-    /// Hedging: milliseconds after which, with no answer yet, the same call
-    /// is made a second time; the first answer wins and the other call is
-    /// dropped (its connection closed). Cuts the latency tail of a service
-    /// with slow outliers at the cost of extra requests; only for calls
-    /// that may be repeated (GET, or a service that dedupes). Absent: no
-    /// hedging.
+    /// Hedging: milliseconds after which a try with no answer yet is sent a
+    /// second time; the first answer wins and the other request is dropped
+    /// (its connection closed). Cuts the latency tail of a service with
+    /// slow outliers at the cost of extra requests; only for calls that may
+    /// be repeated (GET, or a service that dedupes). Both requests of a try
+    /// count as one try; pauses between tries and `Retry-After` apply as
+    /// without hedging. Absent: no hedging.
     #[serde(default)]
     pub hedge_after_ms: Option<u64>,
     /// Redirects followed per request; 0: none (a 3xx is then a status like
@@ -127,7 +128,9 @@ pub struct HttpConfig {
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
     /// The name of an environment variable holding a token, sent as
-    /// `Authorization: Bearer <token>`.
+    /// `Authorization: Bearer <token>` to every URL the `url` expression
+    /// gives: do not combine it with URLs taken from untrusted data (a
+    /// crawler's links), or the token goes to whatever host they name.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub bearer_token_env: Option<Spanned<String>>,
@@ -299,7 +302,7 @@ impl HttpConfig {
             attempts: self.attempts,
             backoff: Duration::from_millis(self.backoff_ms),
             max_response: self.max_response_bytes,
-            hosts: Hosts::new(&self.per_host, timeout)?,
+            hosts: Hosts::new(&self.per_host)?,
             limits: StageLimits::new(ctx, &self.limits)?,
             deadline: self.deadline_ms.map(Duration::from_millis),
             hedge: self.hedge_after_ms.map(Duration::from_millis),
@@ -406,31 +409,7 @@ impl Caller {
         let this = this.clone();
         async move {
             let request = request?;
-            let calls = async {
-                let first = this.send(&request);
-                let Some(after) = this.hedge else {
-                    return first.await;
-                };
-                tokio::pin!(first);
-                tokio::select! {
-                    answer = &mut first => return answer,
-                    () = tokio::time::sleep(after) => {}
-                }
-                // The first answer wins; a failure waits for the other
-                // call, and when both fail the first failure is reported.
-                let second = this.send(&request);
-                tokio::pin!(second);
-                tokio::select! {
-                    answer = &mut first => match answer {
-                        Ok(v) => Ok(v),
-                        Err(e) => second.await.or(Err(e)),
-                    },
-                    answer = &mut second => match answer {
-                        Ok(v) => Ok(v),
-                        Err(e) => first.await.or(Err(e)),
-                    },
-                }
-            };
+            let calls = this.send(&request);
             match this.deadline {
                 None => calls.await,
                 Some(d) => tokio::time::timeout(d, calls).await.unwrap_or_else(|_| {
@@ -548,8 +527,12 @@ impl Caller {
                 ),
                 Admit::Go(ticket) => {
                     self.hosts.pace(&r.host).await;
-                    let _slot = host.slot().await;
-                    let outcome = self.try_once(r).await;
+                    let slot = host.slot().await;
+                    let outcome = match self.hedge {
+                        None => self.try_once(r).await,
+                        Some(after) => self.try_hedged(r, &host, after).await,
+                    };
+                    drop(slot);
                     // The host answered unless the try is worth repeating
                     // (no answer, 408, 429, 5xx); a refusal of this one
                     // request (404, a body too large) says it is up.
@@ -575,6 +558,40 @@ impl Caller {
         let mut e = last.expect("at least one try");
         e.detail = format!("{} (after {} tries)", e.detail, self.attempts);
         Err(e)
+    }
+
+    /// One try of `r`, hedged: when it has no answer after `after`, the
+    /// same request goes again (paced, in a slot of its own, like any
+    /// request); the first answer wins and the other request is dropped.
+    /// A failure waits for the other; when both fail, the more telling
+    /// failure is kept (a status over no answer). Hedges are part of the
+    /// try: tries, backoff and `Retry-After` are shared.
+    async fn try_hedged(&self, r: &Request, host: &Host, after: Duration) -> Try {
+        let first = self.try_once(r);
+        tokio::pin!(first);
+        tokio::select! {
+            t = &mut first => return t,
+            () = tokio::time::sleep(after) => {}
+        }
+        let second = async {
+            self.hosts.pace(&r.host).await;
+            let _slot = host.slot().await;
+            self.try_once(r).await
+        };
+        tokio::pin!(second);
+        let (done, other) = tokio::select! {
+            t = &mut first => (t, true),
+            t = &mut second => (t, false),
+        };
+        if matches!(done, Try::Answer(_)) {
+            return done;
+        }
+        let rest = if other { second.await } else { first.await };
+        match (done, rest) {
+            (_, t @ Try::Answer(_))
+            | (t @ (Try::Answer(_) | Try::Final(_)), _)
+            | (Try::Again(..), t) => t,
+        }
     }
 
     /// One try of `r`.
@@ -627,11 +644,20 @@ impl Caller {
     async fn answer(&self, mut resp: reqwest::Response, r: &Request) -> Result<Val, Try> {
         let status = resp.status().as_u16();
         let final_url = resp.url().to_string();
+        // application/json or a +json type; not NDJSON, which is lines.
         let json = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
+            .is_some_and(|ct| {
+                let essence = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                essence == "application/json" || essence.ends_with("+json")
+            });
         let headers = self.include_headers.then(|| {
             let mut h: Vec<(String, Val)> = Vec::new();
             for (name, v) in resp.headers() {

@@ -8,9 +8,14 @@
 //! (no connection, timeout, 408, 429, 5xx), the host's circuit opens for
 //! `open_ms`: tries fail at once, without a request, and count as tries of
 //! their record. Then one try goes through (half-open): an answer closes the
-//! circuit, a failure opens it again. A probe whose try was abandoned (the
-//! run stopped) is forgotten after the request timeout, so a lost probe
-//! cannot keep a circuit half-open forever.
+//! circuit, a failure opens it again; answers to tries sent before the
+//! circuit opened do not close it. A probe whose try is abandoned (a hedge
+//! lost, a deadline passed, the run stopped) gives its turn back when it
+//! is dropped, so a lost probe cannot keep a circuit half-open.
+//!
+//! Hosts come from record data (a crawler meets many): at most
+//! [`MAX_HOSTS`] are tracked; past that, hosts with nothing in flight are
+//! forgotten (their breaker and rate state start over if they come back).
 //!
 //! [governor]: https://docs.rs/governor
 
@@ -78,6 +83,9 @@ fn default_open_ms() -> u64 {
 
 type Limiter = RateLimiter<String, HashMapStateStore<String>, DefaultClock>;
 
+/// Hosts tracked at most before idle ones are forgotten.
+pub const MAX_HOSTS: usize = 10_000;
+
 /// The hosts a stage has called, each with its state.
 pub(crate) struct Hosts {
     hosts: Mutex<HashMap<String, Arc<Host>>>,
@@ -85,8 +93,6 @@ pub(crate) struct Hosts {
     concurrency: Option<usize>,
     threshold: u32,
     open_for: Duration,
-    /// How long a probe may be out before another may go.
-    probe_timeout: Duration,
 }
 
 impl Hosts {
@@ -94,7 +100,7 @@ impl Hosts {
     ///
     /// # Errors
     /// A rate that is not a positive number, a burst or concurrency of 0.
-    pub(crate) fn new(cfg: &HostLimits, timeout: Duration) -> Result<Hosts, ConfigError> {
+    pub(crate) fn new(cfg: &HostLimits) -> Result<Hosts, ConfigError> {
         let rate = match cfg.rate {
             None => None,
             Some(r) if r.is_finite() && r > 0.0 && r <= 1e9 => {
@@ -123,7 +129,6 @@ impl Hosts {
             concurrency: cfg.concurrency,
             threshold: cfg.circuit_breaker.failures,
             open_for: Duration::from_millis(cfg.circuit_breaker.open_ms),
-            probe_timeout: timeout,
         })
     }
 
@@ -133,12 +138,18 @@ impl Hosts {
         if let Some(h) = hosts.get(host) {
             return h.clone();
         }
+        if hosts.len() >= MAX_HOSTS {
+            // Forget the hosts nothing holds now (no call in flight).
+            hosts.retain(|_, h| Arc::strong_count(h) > 1);
+            if let Some(r) = &self.rate {
+                r.retain_recent();
+            }
+        }
         let h = Arc::new(Host {
             breaker: Mutex::new(Breaker::default()),
             slots: self.concurrency.map(|n| Arc::new(Semaphore::new(n))),
             threshold: self.threshold,
             open_for: self.open_for,
-            probe_timeout: self.probe_timeout,
         });
         hosts.insert(host.to_string(), h.clone());
         h
@@ -158,27 +169,38 @@ pub(crate) struct Host {
     slots: Option<Arc<Semaphore>>,
     threshold: u32,
     open_for: Duration,
-    probe_timeout: Duration,
 }
 
 #[derive(Default)]
 struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
-    probe_since: Option<Instant>,
+    /// A probe is out (the circuit is half-open).
+    probing: bool,
 }
 
 /// Whether a try may go.
-pub(crate) enum Admit {
+pub(crate) enum Admit<'h> {
     /// It may; report how it went with the ticket.
-    Go(Ticket),
-    /// The circuit is open for about this long still.
+    Go(Ticket<'h>),
+    /// The circuit is open for about this long still (or a probe is out).
     Open(Duration),
 }
 
-/// A try let through; a probe when the circuit is half-open.
-pub(crate) struct Ticket {
+/// A try let through; a probe when the circuit is half-open. A probe's
+/// ticket dropped unreported (its try abandoned) lets the next probe go.
+pub(crate) struct Ticket<'h> {
+    host: &'h Host,
     probe: bool,
+    reported: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            self.host.breaker.lock().expect("breaker lock").probing = false;
+        }
+    }
 }
 
 impl Host {
@@ -188,43 +210,55 @@ impl Host {
     }
 
     /// Lets a try through, or not.
-    pub(crate) fn admit(&self) -> Admit {
+    pub(crate) fn admit(&self) -> Admit<'_> {
         self.admit_at(Instant::now())
     }
 
-    fn admit_at(&self, now: Instant) -> Admit {
+    fn admit_at(&self, now: Instant) -> Admit<'_> {
+        let ticket = |probe| {
+            Admit::Go(Ticket {
+                host: self,
+                probe,
+                reported: false,
+            })
+        };
         if self.threshold == 0 {
-            return Admit::Go(Ticket { probe: false });
+            return ticket(false);
         }
         let mut b = self.breaker.lock().expect("breaker lock");
         let Some(until) = b.open_until else {
-            return Admit::Go(Ticket { probe: false });
+            return ticket(false);
         };
         if now < until {
             return Admit::Open(until - now);
         }
-        if let Some(since) = b.probe_since
-            && now.duration_since(since) < self.probe_timeout
-        {
-            return Admit::Open(self.probe_timeout - now.duration_since(since));
+        if b.probing {
+            // Half-open, its probe still out: wait as long again.
+            return Admit::Open(self.open_for);
         }
-        b.probe_since = Some(now);
-        Admit::Go(Ticket { probe: true })
+        b.probing = true;
+        ticket(true)
     }
 
-    /// The try got an answer: the circuit closes.
-    pub(crate) fn succeeded(&self, _ticket: Ticket) {
+    /// The try got an answer: a probe's closes the circuit, and any
+    /// answer while it is closed starts the failure count over. An answer
+    /// to a try sent before the circuit opened does not close it.
+    pub(crate) fn succeeded(&self, mut ticket: Ticket<'_>) {
+        ticket.reported = true;
         let mut b = self.breaker.lock().expect("breaker lock");
-        *b = Breaker::default();
+        if ticket.probe || b.open_until.is_none() {
+            *b = Breaker::default();
+        }
     }
 
     /// The try failed: count it; a failed probe, or the threshold reached,
     /// opens the circuit.
-    pub(crate) fn failed(&self, ticket: Ticket) {
+    pub(crate) fn failed(&self, ticket: Ticket<'_>) {
         self.failed_at(ticket, Instant::now());
     }
 
-    fn failed_at(&self, ticket: Ticket, now: Instant) {
+    fn failed_at(&self, mut ticket: Ticket<'_>, now: Instant) {
+        ticket.reported = true;
         if self.threshold == 0 {
             return;
         }
@@ -232,7 +266,7 @@ impl Host {
         b.failures = b.failures.saturating_add(1);
         if ticket.probe || (b.open_until.is_none() && b.failures >= self.threshold) {
             b.open_until = Some(now + self.open_for);
-            b.probe_since = None;
+            b.probing = false;
         }
     }
 
@@ -256,11 +290,10 @@ mod tests {
             slots: None,
             threshold,
             open_for: Duration::from_secs(5),
-            probe_timeout: Duration::from_secs(1),
         }
     }
 
-    fn go(a: Admit) -> Ticket {
+    fn go(a: Admit<'_>) -> Ticket<'_> {
         match a {
             Admit::Go(t) => t,
             Admit::Open(d) => panic!("open for {d:?}"),
@@ -278,9 +311,11 @@ mod tests {
         for _ in 0..2 {
             h.failed_at(go(h.admit_at(t0)), t0);
         }
-        assert!(matches!(h.admit_at(t0), Admit::Go(_)));
+        // A try let through before the circuit opens...
+        let straggler = go(h.admit_at(t0));
         h.failed_at(go(h.admit_at(t0)), t0);
-        // Open: nothing goes for open_ms.
+        // ...does not close it by answering late.
+        h.succeeded(straggler);
         match h.admit_at(t0 + Duration::from_secs(2)) {
             Admit::Open(d) => assert_eq!(d, Duration::from_secs(3)),
             Admit::Go(_) => panic!("should be open"),
@@ -303,17 +338,15 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_probe_is_forgotten_after_the_request_timeout() {
+    fn an_abandoned_probe_gives_its_turn_back() {
         let h = host(1);
         let t0 = Instant::now();
         h.failed_at(go(h.admit_at(t0)), t0);
         let t1 = t0 + Duration::from_secs(5);
-        let _lost = go(h.admit_at(t1));
-        assert!(matches!(
-            h.admit_at(t1 + Duration::from_millis(500)),
-            Admit::Open(_)
-        ));
-        assert!(go(h.admit_at(t1 + Duration::from_secs(1))).probe);
+        let lost = go(h.admit_at(t1));
+        assert!(matches!(h.admit_at(t1), Admit::Open(_)));
+        drop(lost);
+        assert!(go(h.admit_at(t1)).probe);
     }
 
     #[test]
@@ -324,5 +357,24 @@ mod tests {
             h.failed_at(go(h.admit_at(t0)), t0);
         }
         assert!(matches!(h.admit_at(t0), Admit::Go(_)));
+    }
+
+    #[test]
+    fn idle_hosts_are_forgotten_past_the_bound() {
+        let hosts = Hosts::new(&HostLimits {
+            rate: Some(100.0),
+            ..HostLimits::default()
+        })
+        .unwrap();
+        let held = hosts.get("kept:80");
+        for i in 0..MAX_HOSTS + 10 {
+            hosts.get(&format!("h{i}:80"));
+        }
+        let n = hosts.hosts.lock().unwrap().len();
+        assert!(n < MAX_HOSTS, "{n}");
+        assert!(
+            Arc::ptr_eq(&held, &hosts.get("kept:80")),
+            "one in use stays"
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! must answer. `all` and `at_least` wait for every request (each bounded
 //! by its own deadline or tries) unless the record can no longer get
 //! enough answers, when the others are dropped at once; `first` keeps the
-//! first answer and drops the rest. The record gets, at `into`,
+//! first answer and drops the rest (named in `missed` as cancelled). The
+//! record gets, at `into`,
 //! `{answers: {name: {status, url, body}}, missed: {name: "reason: why"}}`,
 //! so a later stage can use partial results and name what was missing.
 
@@ -162,6 +163,7 @@ impl super::CallProcessor for Scatter {
             })
             .collect();
         let (needed, first, into) = (self.needed, self.first, self.into.clone());
+        let names: Vec<String> = self.requests.iter().map(|(n, _)| n.clone()).collect();
         let total = pending.len();
         Box::pin(async move {
             let mut answers: Vec<(String, Val)> = Vec::new();
@@ -176,8 +178,19 @@ impl super::CallProcessor for Scatter {
                 }
             }
             // Whatever is still in flight is dropped (its connection
-            // closed): the record's outcome is decided.
+            // closed): the record's outcome is decided. Named as missed.
             drop(pending);
+            for name in names.iter() {
+                if !answers.iter().any(|(n, _)| n == name) && !missed.iter().any(|(n, _)| n == name)
+                {
+                    let why = if first && !answers.is_empty() {
+                        "another request answered first (gather: first)"
+                    } else {
+                        "the record could no longer get enough answers"
+                    };
+                    missed.push((name.clone(), ProcessError::new("cancelled", why)));
+                }
+            }
             answers.sort_by(|a, b| a.0.cmp(&b.0));
             missed.sort_by(|a, b| a.0.cmp(&b.0));
             if answers.len() < needed {
