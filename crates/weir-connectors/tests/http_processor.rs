@@ -603,6 +603,10 @@ fn hedges_share_the_tries_and_respect_retry_after() {
     let t0 = Instant::now();
     let ran = rt.block_on(run(&yaml, records(1)));
     assert_eq!(ran.counts, (1, 1, 0));
-    assert!(t0.elapsed() >= Duration::from_millis(950), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t0.elapsed()
+    );
     assert_eq!(busy.requests().len(), 2);
 }
