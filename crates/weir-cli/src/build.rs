@@ -469,8 +469,10 @@ pub fn build(
         .inputs
         .iter()
         .any(|i| i.value.source().is_some_and(|s| s.promises_outcomes()));
-    let dead_letter_file = if resume || keep {
+    let dead_letter_file = if resume {
         weir_connectors::sinks::dead_letter::DeadLetterFile::append(&dl_path)
+    } else if keep {
+        weir_connectors::sinks::dead_letter::DeadLetterFile::append_all(&dl_path)
     } else {
         weir_connectors::sinks::dead_letter::DeadLetterFile::create(&dl_path)
     };

@@ -593,3 +593,46 @@ async fn a_stop_drains_what_is_in_flight_and_refuses_the_rest() {
     assert_eq!(out[0].json(), json!({"n": "held"}));
     assert_eq!(report.stage("in").unwrap().ok, 1);
 }
+
+/// A request whose records take longer to commit than the drain limit
+/// after a stop still gets its answer: the server waits for every request
+/// waiting on its commit before it lets the limit cut connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_slower_than_the_drain_limit_is_still_answered() {
+    let r = start("paths: [/ingest]\n", PipelineOptions::default(), false);
+    let addr = r.addr;
+    let entered = r.entered.notified();
+    let held = tokio::spawn(post(addr, "/ingest", JSON, r#"{"n":"slow"}"#));
+    bounded(entered).await;
+    r.cancel.cancel();
+    tokio::time::sleep(weir_connectors::sources::http_server::DRAIN_LIMIT + Duration::from_secs(1))
+        .await;
+    assert!(!held.is_finished(), "answered before its commit");
+    r.gate.add_permits(1000);
+    bounded(r.run).await.unwrap().expect("the run succeeds");
+    let held = bounded(held).await.unwrap();
+    assert_eq!(held.status, 200, "{held:?}");
+    assert_eq!(held.json()["committed"], 1);
+}
+
+/// More records in one request than `max_records_per_request`: 413, and
+/// nothing of it reaches the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_records_in_one_request_are_refused_whole() {
+    let r = start(
+        "paths: [/ingest]\nmax_records_per_request: 3\n",
+        PipelineOptions::default(),
+        true,
+    );
+    let resp = bounded(post(r.addr, "/ingest", JSON, "[1,2,3,4]")).await;
+    assert_eq!(resp.status, 413, "{resp:?}");
+    assert!(
+        resp.body.contains("max_records_per_request (3)"),
+        "{resp:?}"
+    );
+    let resp = bounded(post(r.addr, "/ingest", JSON, "[1,2,3]")).await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    r.cancel.cancel();
+    bounded(r.run).await.unwrap().expect("the run succeeds");
+    assert_eq!(r.out.take().unwrap().len(), 3);
+}

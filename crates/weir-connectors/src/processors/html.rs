@@ -125,7 +125,23 @@ pub struct HtmlConfig {
     /// tags unclosed. Default: 1024.
     #[serde(default = "default_max_nesting")]
     pub max_nesting: usize,
+    /// Bytes of text the entries extract from one page, all together, at
+    /// most: a page whose values would be more is dead-lettered with reason
+    /// `html_too_large`. The text or HTML of an element includes its whole
+    /// subtree, so `all: true` over nested elements can repeat a page
+    /// hundreds of times. Default: 4194304 (4 MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
 }
+
+fn default_max_bytes() -> usize {
+    4 << 20
+}
+
+/// Attributes one tag may have: real tags have a few dozen; the parser's
+/// duplicate check is quadratic in them, so a page with a tag of more is
+/// dead-lettered (`html_too_many_attributes`) before it is parsed.
+pub const MAX_ATTRIBUTES: usize = 1000;
 
 /// [`HtmlConfig::max_nesting`] when not set: twice the depth at which
 /// browsers stop nesting elements (Chromium's 512), so a page a browser
@@ -262,9 +278,9 @@ impl HtmlConfig {
                 "html processor: `extract` needs at least one entry",
             ));
         }
-        if self.max_values == 0 || self.max_nesting == 0 {
+        if self.max_values == 0 || self.max_nesting == 0 || self.max_bytes == 0 {
             return Err(ConfigError::new(
-                "html processor: max_values and max_nesting must be at least 1",
+                "html processor: max_values, max_nesting and max_bytes must be at least 1",
             ));
         }
         let mut entries = Vec::with_capacity(self.extract.0.len());
@@ -284,6 +300,7 @@ impl HtmlConfig {
             keep_html: self.keep_html,
             max_values: self.max_values,
             max_nesting: self.max_nesting,
+            max_bytes: self.max_bytes,
             resolves: entries.iter().any(|e| e.resolve),
             entries,
             base_selector: Selector::parse("base[href]").expect("a valid selector"),
@@ -381,8 +398,16 @@ impl Entry {
     }
 
     /// The entry's value on `doc`: a list with `all`, else the first value
-    /// or `null`.
-    fn extract(&self, doc: &Html, base: Option<&url::Url>, max: usize) -> Val {
+    /// or `null`; `Err` when the values would take more than `budget`
+    /// bytes (what is left of `max_bytes`; reduced by what this entry
+    /// takes).
+    fn extract(
+        &self,
+        doc: &Html,
+        base: Option<&url::Url>,
+        max: usize,
+        budget: &mut usize,
+    ) -> Result<Val, ()> {
         let limit = if self.all { max } else { 1 };
         let mut values: Vec<Val> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
@@ -393,16 +418,17 @@ impl Entry {
             if self.unique && self.all && !seen.insert(v.clone()) {
                 continue;
             }
+            *budget = budget.checked_sub(v.len()).ok_or(())?;
             values.push(value::string(v));
             if values.len() >= limit {
                 break;
             }
         }
-        if self.all {
+        Ok(if self.all {
             Val::Arr(jaq_json::Rc::new(values))
         } else {
             values.pop().unwrap_or(Val::Null)
-        }
+        })
     }
 
     /// What the entry takes from `el`; `None` when it has nothing (no such
@@ -530,6 +556,7 @@ pub struct HtmlExtractor {
     keep_html: bool,
     max_values: usize,
     max_nesting: usize,
+    max_bytes: usize,
     /// Some entry resolves links: the page URL is needed.
     resolves: bool,
     entries: Vec<Entry>,
@@ -595,6 +622,15 @@ impl Processor for HtmlExtractor {
                 ))
             })?,
         };
+        if let Some(n) = attributes_over(html, MAX_ATTRIBUTES) {
+            return Err(ProcessError::new(
+                "html_too_many_attributes",
+                format!(
+                    "the page at `{}` has a tag with more than {MAX_ATTRIBUTES} attributes (at least {n})",
+                    self.html.join(".")
+                ),
+            ));
+        }
         let doc = parse_document(html, self.max_nesting).map_err(|open| {
             ProcessError::new(
                 "html_too_deep",
@@ -610,12 +646,25 @@ impl Processor for HtmlExtractor {
         } else {
             None
         };
-        let extracted = value::object(self.entries.iter().map(|e| {
-            (
-                e.name.as_str(),
-                e.extract(&doc, base.as_ref(), self.max_values),
-            )
-        }));
+        let mut budget = self.max_bytes;
+        let mut fields = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let v = e
+                .extract(&doc, base.as_ref(), self.max_values, &mut budget)
+                .map_err(|()| {
+                    ProcessError::new(
+                        "html_too_large",
+                        format!(
+                            "the values extracted from the page at `{}` come to more than {} bytes (option `max_bytes`; at `{}`)",
+                            self.html.join("."),
+                            self.max_bytes,
+                            e.name
+                        ),
+                    )
+                })?;
+            fields.push((e.name.as_str(), v));
+        }
+        let extracted = value::object(fields);
         drop(doc);
         let v = if self.keep_html {
             record.value.clone()
@@ -634,6 +683,46 @@ impl Processor for HtmlExtractor {
         out.push(record.derive(v));
         Ok(())
     }
+}
+
+/// Whether a tag of `html` has more than `max` attributes: the count
+/// reached, or `None`. A byte scan, linear: inside a tag (`<` then a
+/// letter, up to `>` outside quotes) each word after whitespace counts.
+fn attributes_over(html: &str, max: usize) -> Option<usize> {
+    let b = html.as_bytes();
+    let (mut i, mut in_tag, mut quote, mut count, mut after_space) = (0, false, 0u8, 0usize, false);
+    while i < b.len() {
+        let c = b[i];
+        if !in_tag {
+            if c == b'<' && b.get(i + 1).is_some_and(u8::is_ascii_alphabetic) {
+                in_tag = true;
+                count = 0;
+                after_space = false;
+            }
+        } else if quote != 0 {
+            if c == quote {
+                quote = 0;
+            }
+        } else {
+            match c {
+                b'>' => in_tag = false,
+                b'"' | b'\'' => quote = c,
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => after_space = true,
+                b'/' | b'=' => after_space = false,
+                _ => {
+                    if after_space {
+                        count += 1;
+                        if count > max {
+                            return Some(count);
+                        }
+                    }
+                    after_space = false;
+                }
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The value at `path` in `v`, when every step is an object that has it.
@@ -781,7 +870,7 @@ mod tests {
     fn every_option_is_documented() {
         let schema = schemars::schema_for!(HtmlConfig);
         let props = schema.get("properties").and_then(Value::as_object).unwrap();
-        assert_eq!(props.len(), 7);
+        assert_eq!(props.len(), 8);
         for (name, p) in props {
             assert!(p.get("description").is_some(), "{name} has no doc");
         }
@@ -997,6 +1086,43 @@ extract:
                 "should not parse: {bad}"
             );
         }
+    }
+
+    #[test]
+    fn attribute_floods_and_oversized_extractions_are_dead_letters() {
+        let attrs: String = (0..2000).map(|i| format!(" a{i}")).collect();
+        assert_eq!(
+            attributes_over(&format!("<p{attrs}>x</p>"), MAX_ATTRIBUTES),
+            Some(1001)
+        );
+        assert_eq!(
+            attributes_over("<a href='x y z' class=\"p q\" id=k>t</a> a b c", 3),
+            None
+        );
+        assert_eq!(attributes_over("1 < 2 and 3 > 2", 0), None, "not a tag");
+        // Nested divs with text: each div's text is the whole rest.
+        let page = format!(
+            "{}{}{}",
+            "<div>".repeat(200),
+            "x".repeat(10_000),
+            "</div>".repeat(200)
+        );
+        let cfg: HtmlConfig = serde_saphyr::from_str(
+            "html: b\nmax_bytes: 100000\nextract:\n  t: { selector: div, all: true }\n",
+        )
+        .unwrap();
+        let p = cfg.build(&ProcessorContext::default()).unwrap();
+        let pos = std::sync::Arc::new(crate::record::Position {
+            input: "i".into(),
+            file: None,
+            line: 1,
+        });
+        let rec = Record::from_json(&serde_json::json!({ "b": page }), pos.clone());
+        let err = p.process(&rec, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.reason, "html_too_large", "{err}");
+        let flood = Record::from_json(&serde_json::json!({ "b": format!("<p{attrs}>x</p>") }), pos);
+        let err = p.process(&flood, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.reason, "html_too_many_attributes", "{err}");
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! invalid sequence, the error saying where the first one was); `position`
 //! and `input` come from the item.
 //! Items of other types have all four null. The file is truncated when the
-//! sink is created, and flushed after every batch (like the file sink).
+//! sink is created (added to instead on `--resume`, and by a pipeline whose
+//! source tells clients what became of their records, such as
+//! `http_server`: see [`DeadLetterFile::append_all`]), and flushed after
+//! every batch (like the file sink).
 //!
 //! # On resume
 //! `weir run --resume` appends to the file ([`DeadLetterFile::append`]).
@@ -45,7 +48,9 @@ use crate::sources::BuildContext;
 pub struct DeadLetterConfig {
     /// The dead-letter file (jsonl), relative to the pipeline file's
     /// directory. Parent directories are created; an existing file is
-    /// truncated.
+    /// truncated, except on `--resume` and in a pipeline whose source tells
+    /// clients what became of their records (`http_server`), which add to
+    /// it.
     #[schemars(with = "String")]
     pub path: Spanned<String>,
 }
@@ -139,6 +144,39 @@ impl DeadLetterFile {
     pub fn create(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         DeadLetterFile::open(path, &path.display().to_string()).map_err(ConfigError::new)
+    }
+
+    /// Opens the file at `path` to add to what it holds (creating it and
+    /// its parent directories), without reading it: a service restarted
+    /// keeps the dead letters of its earlier runs (clients were told about
+    /// them), and every new letter is written, however alike an old one
+    /// it is (positions of a stream start over in every run).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] (without location) when the file cannot be opened.
+    pub fn append_all(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let full = path.as_ref();
+        let shown = full.display().to_string();
+        if let Some(dir) = full.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ConfigError::new(format!(
+                    "dead-letter file: cannot create directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(full)
+            .map_err(|e| ConfigError::new(format!("dead-letter file: cannot open {shown}: {e}")))?;
+        Ok(DeadLetterFile {
+            shown,
+            out: BufWriter::with_capacity(64 * 1024, file),
+            written: 0,
+            seen: HashMap::new(),
+            repeats: 0,
+        })
     }
 
     /// Opens the file at `path` for appending (creating it and its parent

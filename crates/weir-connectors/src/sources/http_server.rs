@@ -79,10 +79,14 @@ const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// How long a client may take to send a request's headers, then its body:
 /// a client slower than that would hold a slot (408 for a body).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the server waits, after the run stopped, for its connections
-/// to finish: answers are written within microseconds of the run's end,
-/// so only a client that neither reads its answer nor closes is cut off.
+/// How long the server waits for its connections to finish once every
+/// request waiting for its commit has its answer (those are waited for
+/// without a limit: they end with the run): only a client that neither
+/// reads its answer nor closes is cut off.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Records one request may carry at most by default.
+const DEFAULT_MAX_RECORDS: usize = 10_000;
 
 /// Receives records over HTTP: JSON, JSON arrays or NDJSON, POSTed.
 ///
@@ -137,6 +141,13 @@ pub struct HttpServerSource {
     #[serde(default)]
     #[schemars(with = "Option<usize>")]
     pub queue: Option<Spanned<usize>>,
+    /// Records one request may carry; a request with more is answered 413
+    /// and nothing of it is ingested. Each record waiting in the pipeline
+    /// costs a few hundred bytes besides its data, so this bounds what one
+    /// request can make the service hold. Default: 10000.
+    #[serde(default)]
+    #[schemars(with = "Option<usize>")]
+    pub max_records_per_request: Option<Spanned<usize>>,
     /// Open connections at most; more wait in the operating system's
     /// backlog until one closes. Default: 256.
     #[serde(default)]
@@ -242,6 +253,11 @@ impl HttpServerSource {
             DEFAULT_MAX_CONCURRENT_REQUESTS,
         )?;
         let queue = positive(&self.queue, "queue", DEFAULT_QUEUE)?;
+        let max_records = positive(
+            &self.max_records_per_request,
+            "max_records_per_request",
+            DEFAULT_MAX_RECORDS,
+        )?;
         let connections = positive(
             &self.max_connections,
             "max_connections",
@@ -273,6 +289,8 @@ impl HttpServerSource {
                 ack: self.ack,
                 requests: Arc::new(Semaphore::new(requests)),
                 intake: Arc::new(Intake::new(input, queue)),
+                max_records,
+                waiting: Waiting::default(),
             }),
         })
     }
@@ -455,6 +473,9 @@ async fn serve(listener: tokio::net::TcpListener, connections: usize, shared: Ar
     // New connections are refused from here on; open ones finish the
     // request they are in (answered 503 if not yet queued) and close.
     drop(listener);
+    // A request waiting for its records' commit gets its answer when the
+    // run settles them, however long that takes.
+    shared.waiting.zero().await;
     let _ = tokio::time::timeout(DRAIN_LIMIT, graceful.shutdown()).await;
 }
 
@@ -469,6 +490,52 @@ struct Shared {
     /// Bodies being read and parsed.
     requests: Arc<Semaphore>,
     intake: Arc<Intake>,
+    /// Records one request may carry.
+    max_records: usize,
+    /// Requests waiting for their commit.
+    waiting: Waiting,
+}
+
+/// A count of requests waiting for their commit, and a wake-up when it
+/// falls to zero.
+#[derive(Debug, Default)]
+struct Waiting {
+    count: Mutex<usize>,
+    zero: Notify,
+}
+
+impl Waiting {
+    /// Counts one in until the guard drops.
+    fn enter(&self) -> WaitingGuard<'_> {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        WaitingGuard(self)
+    }
+
+    async fn zero(&self) {
+        loop {
+            // Registered before the count is read, so a wake-up between
+            // the two is not missed.
+            let notified = self.zero.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if *self.count.lock().unwrap_or_else(|p| p.into_inner()) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct WaitingGuard<'a>(&'a Waiting);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.0.zero.notify_waiters();
+        }
+    }
 }
 
 type Batch = Vec<(Raw, Ack)>;
@@ -753,6 +820,16 @@ async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     drop(body);
     drop(_reading);
+    if values.len() > s.max_records {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} records in one request, more than max_records_per_request ({}); nothing was ingested, send fewer per request",
+                values.len(),
+                s.max_records
+            ),
+        );
+    }
     ingest(s, values).await
 }
 
@@ -810,7 +887,10 @@ async fn ingest(s: &Shared, values: Vec<Val>) -> Response<Full<Bytes>> {
             &serde_json::json!({"accepted": accepted, "first_line": first_line}),
         );
     }
-    let Ok(t) = done_rx.await else {
+    let waiting = s.waiting.enter();
+    let outcome = done_rx.await;
+    drop(waiting);
+    let Ok(t) = outcome else {
         // Every ack settles, so the tally always answers.
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -827,10 +907,16 @@ async fn ingest(s: &Shared, values: Vec<Val>) -> Response<Full<Bytes>> {
         return json(StatusCode::OK, &body);
     }
     body["failed"] = t.failed.into();
-    body["error"] = format!(
-        "{} of {accepted} records were not committed ({}); send the request again",
+    // Why, in the log only: it can name internal services and files.
+    tracing::warn!(
+        "http_server '{}': {} of {accepted} records from #{first_line} were not committed: {}",
+        s.input,
         t.failed,
         t.failure.as_deref().unwrap_or("unknown")
+    );
+    body["error"] = format!(
+        "{} of {accepted} records were not committed (the pipeline stopped or failed); send the request again",
+        t.failed
     )
     .into();
     retry_later(json(StatusCode::SERVICE_UNAVAILABLE, &body))
@@ -998,10 +1084,10 @@ impl crate::registry::SourceComponent for HttpServerSource {
         1
     }
 
-    /// `ack: commit` tells each client how many of its records were
-    /// committed and dead-lettered.
+    /// Clients are told their records were taken (`ack: accept`) or how
+    /// many were committed and dead-lettered (`ack: commit`).
     fn promises_outcomes(&self) -> bool {
-        self.ack == AckMode::Commit
+        true
     }
 }
 
