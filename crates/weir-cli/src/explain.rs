@@ -3,6 +3,8 @@
 //! generated from its configuration type (the same type that parses the
 //! YAML), so the docs cannot drift from the code.
 
+use std::io::Write;
+
 use anyhow::{Result, bail};
 use schemars::Schema;
 use serde_json::Value;
@@ -27,16 +29,26 @@ pub fn list(kind: Option<&str>) -> Result<()> {
     {
         bail!("unknown kind '{k}': expected source, processor or sink");
     }
+    // Names line up in a column as wide as the longest.
+    let width = COMPONENTS.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
     for c in COMPONENTS
         .iter()
         .filter(|c| kind.is_none_or(|k| k == c.kind.as_str()))
     {
-        println!(
-            "{:<10} {:<10} {}",
+        let line = writeln!(
+            out,
+            "{:<10} {:<width$} {}",
             c.kind.as_str(),
             c.name,
             summary(&(c.schema)())
         );
+        match line {
+            Ok(()) => {}
+            // `weir list | head`: the reader has what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ fn list() {
             "a summary is a whole sentence: {line:?}"
         );
     }
-    assert!(stdout.contains("processor  jq         Transform each record with a jq program.\n"));
+    assert!(stdout.contains("processor  jq          Transform each record with a jq program.\n"));
 
     let out = d.weir(&["list", "sink"]).output().unwrap();
     let sinks: Vec<String> = text(&out.stdout)
