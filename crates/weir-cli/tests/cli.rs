@@ -33,6 +33,8 @@ mod commands;
 mod dead_letter;
 #[path = "cli/example.rs"]
 mod example;
+#[path = "cli/follow.rs"]
+mod follow;
 #[path = "cli/fuzz.rs"]
 mod fuzz;
 #[path = "cli/http.rs"]

@@ -128,7 +128,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `bogus`, expected one of path, format, delimiter, columns, invalid_utf8, on_rewrite
+error: unknown field `bogus`, expected one of path, format, delimiter, columns, invalid_utf8, on_rewrite, follow
   --> p.yaml:3:29
   |
 3 |     file: { path: in.jsonl, bogus: 1 }

@@ -75,6 +75,16 @@ pub struct FileSource {
     /// again from line 1. Default: `refuse`.
     #[serde(default)]
     pub on_rewrite: OnRewrite,
+    /// Keep reading as the file grows, like `tail -F`, until the run is
+    /// stopped (Ctrl-C drains): a line goes on once its newline is
+    /// written; a rotated file (the path now names a new file) is read to
+    /// its end, then the new one from its start; a truncated one is read
+    /// again from its start. Lines of later files read `path@N:line`. For
+    /// one plain (not gzip) jsonl or lines file; the file may not exist
+    /// yet. A followed input keeps no checkpoint (`--resume` refuses it)
+    /// and is decoded in order. Default: false.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// What `--resume` does with a file that is not the one its checkpoint
@@ -102,8 +112,53 @@ impl FileSource {
     /// matched files imply different formats; when csv options are given
     /// for another format.
     pub fn build(&self, ctx: &BuildContext) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        if self.follow {
+            return self.build_follow(ctx);
+        }
         let (reader, decoder) = self.prepare(ctx)?;
         Ok((weir::from_try_iter(reader), decoder))
+    }
+
+    /// The source of `follow: true`: see [`follow`](super::follow).
+    fn build_follow(
+        &self,
+        ctx: &BuildContext,
+    ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
+        let text = self.path.value.as_str();
+        if text.contains(['*', '?', '[']) {
+            return Err(ConfigError::at(
+                "file source: `follow` reads one file; the path is a glob",
+                &self.path,
+            ));
+        }
+        if text.ends_with(".gz") {
+            return Err(ConfigError::at(
+                "file source: `follow` cannot read a gzip file as it grows",
+                &self.path,
+            ));
+        }
+        let format = self.format.unwrap_or_else(|| Format::from_file_name(text));
+        let (decoder, skip_blank) = match format {
+            Format::Jsonl => (Decoder::jsonl(), true),
+            Format::Lines => (Decoder::lines(), false),
+            Format::Csv => {
+                return Err(ConfigError::at(
+                    "file source: `follow` reads jsonl or lines files, not csv",
+                    &self.path,
+                ));
+            }
+        };
+        let lines = super::follow::Follow::new(
+            ctx.base_dir.join(text),
+            text,
+            ctx.input.clone(),
+            self.invalid_utf8,
+            skip_blank,
+        );
+        Ok((
+            weir::from_try_stream(super::live::stream(lines, "a followed file")),
+            decoder,
+        ))
     }
 
     /// Like [`build`](Self::build), with progress kept in `checkpoint`: each
@@ -881,13 +936,19 @@ impl crate::registry::SourceComponent for FileSource {
         checkpoint: Option<Arc<crate::checkpoint::Checkpoint>>,
     ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         match checkpoint {
-            Some(cp) => self.build_resumable(ctx, cp),
-            None => FileSource::build(self, ctx),
+            // A followed file keeps no checkpoint (see `follow`).
+            Some(cp) if !self.follow => self.build_resumable(ctx, cp),
+            _ => FileSource::build(self, ctx),
         }
     }
 
     fn files(&self) -> Option<&FileSource> {
         Some(self)
+    }
+
+    /// A followed file is a stream: in its order.
+    fn default_decode_workers(&self) -> usize {
+        if self.follow { 1 } else { 2 }
     }
 }
 

@@ -15,8 +15,10 @@ use crate::record::Position;
 pub mod decode;
 pub mod events;
 pub mod file;
+pub(crate) mod follow;
 pub mod generate;
 pub mod http_server;
+pub(crate) mod live;
 pub mod orders;
 pub mod stdin;
 

@@ -23,7 +23,7 @@ use crate::error::ConfigError;
 use crate::record::Position;
 use crate::sources::decode::Decoder;
 use crate::sources::file::{LineReader, is_blank};
-use crate::sources::{BuildContext, InvalidUtf8, Raw, Text};
+use crate::sources::{BuildContext, InvalidUtf8, Raw, Text, live};
 
 /// The line formats standard input can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
@@ -73,24 +73,11 @@ impl StdinSource {
             input: ctx.input.clone(),
             skip_blank,
         };
-        Ok((weir::from_try_stream(live(lines)), decoder))
+        Ok((
+            weir::from_try_stream(live::stream(lines, "standard input")),
+            decoder,
+        ))
     }
-}
-
-/// Lines standard input's thread sends at once, at most.
-const CHUNK: usize = 1024;
-
-/// Chunks read ahead by the thread, at most.
-const READ_AHEAD: usize = 4;
-
-/// Lines as raw items, read by a thread that may wait.
-trait Lines: Send + 'static {
-    /// The next line: `None` at the end of the input, `Some(None)` for a
-    /// line that is skipped (a blank line of JSON Lines).
-    fn next(&mut self) -> Option<Option<io::Result<Raw>>>;
-    /// False when the next line may need a read that waits (no whole line
-    /// is buffered).
-    fn ready(&self) -> bool;
 }
 
 /// Standard input's lines as raw items.
@@ -100,12 +87,12 @@ struct StdinLines {
     skip_blank: bool,
 }
 
-impl Lines for StdinLines {
+impl live::Lines for StdinLines {
     fn ready(&self) -> bool {
         self.reader.buffered().contains(&b'\n')
     }
 
-    fn next(&mut self) -> Option<Option<io::Result<Raw>>> {
+    fn next(&mut self, _quit: &dyn Fn() -> bool) -> Option<Option<io::Result<Raw>>> {
         {
             Some(match self.reader.next_line()? {
                 Ok((_, Text::Valid(text))) if self.skip_blank && is_blank(&text) => None,
@@ -125,69 +112,6 @@ impl Lines for StdinLines {
                     ),
                 ))),
             })
-        }
-    }
-}
-
-/// Standard input's items as a stream, read on a thread of their own
-/// (started at the first poll). The thread sends the lines it has in one
-/// chunk when the next one would need a read that may wait (nothing more
-/// is buffered), or at [`CHUNK`] lines: a burst travels in large chunks,
-/// a lone line at once. At most [`READ_AHEAD`] chunks wait in the channel.
-fn live<L: Lines>(lines: L) -> impl futures::Stream<Item = io::Result<Raw>> + Send + 'static {
-    use futures::StreamExt;
-    enum State<L> {
-        NotStarted(L),
-        Reading(tokio::sync::mpsc::Receiver<Vec<io::Result<Raw>>>),
-        Done,
-    }
-    let chunks = futures::stream::unfold(State::NotStarted(lines), |state| async move {
-        let mut rx = match state {
-            State::Reading(rx) => rx,
-            State::Done => return None,
-            State::NotStarted(lines) => {
-                let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-                let spawned = std::thread::Builder::new()
-                    .name("weir-stdin".into())
-                    .spawn(move || read_chunks(lines, &tx));
-                if let Err(e) = spawned {
-                    let err = io::Error::other(format!(
-                        "cannot start the thread that reads standard input: {e}"
-                    ));
-                    return Some((vec![Err(err)], State::Done));
-                }
-                rx
-            }
-        };
-        let chunk = rx.recv().await?;
-        Some((chunk, State::Reading(rx)))
-    });
-    chunks.flat_map(futures::stream::iter)
-}
-
-/// The reading thread: chunks of lines into `tx` until the end of the
-/// input, a read error (sent as the last item), or the run's end (the
-/// receiver is gone).
-fn read_chunks<L: Lines>(mut lines: L, tx: &tokio::sync::mpsc::Sender<Vec<io::Result<Raw>>>) {
-    let mut chunk = Vec::with_capacity(CHUNK);
-    loop {
-        let (item, last) = match lines.next() {
-            None => (None, true),
-            Some(None) => (None, false),
-            Some(Some(Ok(raw))) => (Some(Ok(raw)), false),
-            Some(Some(Err(e))) => (Some(Err(e)), true),
-        };
-        chunk.extend(item);
-        if (last || chunk.len() >= CHUNK || !lines.ready())
-            && !chunk.is_empty()
-            && tx
-                .blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
-                .is_err()
-        {
-            return;
-        }
-        if last {
-            return;
         }
     }
 }
@@ -239,8 +163,8 @@ mod tests {
         gate: std::sync::mpsc::Receiver<()>,
     }
 
-    impl Lines for Scripted {
-        fn next(&mut self) -> Option<Option<io::Result<Raw>>> {
+    impl live::Lines for Scripted {
+        fn next(&mut self, _quit: &dyn Fn() -> bool) -> Option<Option<io::Result<Raw>>> {
             if self.next == self.total {
                 return None;
             }
@@ -281,7 +205,7 @@ mod tests {
             skip: 3,
             gate,
         };
-        let mut s = std::pin::pin!(live(lines));
+        let mut s = std::pin::pin!(live::stream(lines, "a script"));
         let limit = std::time::Duration::from_secs(10);
         for want in 1..=2 {
             let got = tokio::time::timeout(limit, s.next())
