@@ -636,3 +636,32 @@ async fn too_many_records_in_one_request_are_refused_whole() {
     bounded(r.run).await.unwrap().expect("the run succeeds");
     assert_eq!(r.out.take().unwrap().len(), 3);
 }
+
+/// Requests waiting for their commit hold their connections: past half of
+/// `max_connections` a new request is answered 503 at once instead of a
+/// new client hanging behind a stalled pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_their_commit_are_bounded() {
+    // Two connections: one may wait for its commit.
+    let r = start(
+        "paths: [/ingest]\nmax_connections: 2\n",
+        PipelineOptions::default(),
+        false,
+    );
+    let addr = r.addr;
+    let entered = r.entered.notified();
+    let first = tokio::spawn(post(addr, "/ingest", JSON, r#"{"n":1}"#));
+    bounded(entered).await;
+    let refused = bounded(post(addr, "/ingest", JSON, r#"{"n":2}"#)).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        refused.body.contains("waiting for their records' commit"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    r.gate.add_permits(1000);
+    assert_eq!(bounded(first).await.unwrap().status, 200);
+    r.cancel.cancel();
+    bounded(r.run).await.unwrap().expect("the run succeeds");
+    assert_eq!(r.out.take().unwrap().len(), 1);
+}

@@ -149,7 +149,11 @@ pub struct HttpServerSource {
     #[schemars(with = "Option<usize>")]
     pub max_records_per_request: Option<Spanned<usize>>,
     /// Open connections at most; more wait in the operating system's
-    /// backlog until one closes. Default: 256.
+    /// backlog until one closes. A request waiting for its commit holds
+    /// its connection, so at most half of them may wait: past that a new
+    /// request is answered 503 with `Retry-After` at once, rather than new
+    /// clients hanging in the backlog behind a stalled pipeline. Default:
+    /// 256.
     #[serde(default)]
     #[schemars(with = "Option<usize>")]
     pub max_connections: Option<Spanned<usize>>,
@@ -291,6 +295,7 @@ impl HttpServerSource {
                 intake: Arc::new(Intake::new(input, queue)),
                 max_records,
                 waiting: Waiting::default(),
+                max_waiting: (connections / 2).max(1),
             }),
         })
     }
@@ -494,6 +499,9 @@ struct Shared {
     max_records: usize,
     /// Requests waiting for their commit.
     waiting: Waiting,
+    /// Requests that may wait for their commit at once (half the
+    /// connections: the other half stay free to be answered).
+    max_waiting: usize,
 }
 
 /// A count of requests waiting for their commit, and a wake-up when it
@@ -505,6 +513,10 @@ struct Waiting {
 }
 
 impl Waiting {
+    fn count(&self) -> usize {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Counts one in until the guard drops.
     fn enter(&self) -> WaitingGuard<'_> {
         *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
@@ -760,6 +772,12 @@ async fn handle(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return retry_later(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the pipeline is stopping".into(),
+        ));
+    }
+    if s.ack == AckMode::Commit && s.waiting.count() >= s.max_waiting {
+        return retry_later(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests are waiting for their records' commit; nothing was ingested, try again".into(),
         ));
     }
     let Ok(_reading) = s.requests.clone().try_acquire_owned() else {
