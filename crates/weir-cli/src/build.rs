@@ -179,54 +179,39 @@ impl Offers<'_> {
     /// cycle passes the loop's exit first.
     fn take(&mut self, name: &str) -> Option<Flow<Record>> {
         let wiring = self.wiring;
-        let from = wiring.from.get(name)?;
-        if !from
+        self.take_all(wiring.from.get(name)?, Some(name))
+    }
+
+    /// Whether every one of `producers` has a flow on offer.
+    fn offered(&self, producers: &[String]) -> bool {
+        producers
             .iter()
             .all(|f| self.flows.get(f).is_some_and(|q| !q.is_empty()))
-        {
+    }
+
+    /// A flow of each of `producers`, merged into one; `None` (and nothing
+    /// taken) until all of them were offered. With a `reader`, the flows
+    /// that leave a loop's cycle for it pass the loop's exit.
+    fn take_all(&mut self, producers: &[String], reader: Option<&str>) -> Option<Flow<Record>> {
+        if !self.offered(producers) {
             return None;
         }
-        let mut got: Vec<Flow<Record>> = Vec::new();
-        for f in from {
+        let mut got: Vec<Flow<Record>> = Vec::with_capacity(producers.len());
+        for f in producers {
             let flow = self
                 .flows
                 .get_mut(f)
                 .and_then(VecDeque::pop_front)
-                .expect("checked");
-            let exit = wiring
-                .exits
-                .get(&(name.to_string(), f.clone()))
-                .and_then(|entry| self.loop_exits.get(entry).map(|x| (entry, *x)));
+                .expect("offered");
+            let exit = reader.and_then(|r| {
+                let entry = self.wiring.exits.get(&(r.to_string(), f.clone()))?;
+                Some((entry, r, *self.loop_exits.get(entry)?))
+            });
             got.push(match exit {
-                Some((entry, x)) => flow.leave_loop(&format!("{entry}/exit-to-{name}"), x),
+                Some((entry, r, x)) => flow.leave_loop(&format!("{entry}/exit-to-{r}"), x),
                 None => flow,
             });
         }
-        if got.len() == 1 {
-            got.pop()
-        } else {
-            Some(Flow::merge(got))
-        }
-    }
-
-    /// A flow of each of `producers`, merged into one; `None` (and nothing
-    /// taken) until all of them were offered.
-    fn take_all(&mut self, producers: &[String]) -> Option<Flow<Record>> {
-        if !producers
-            .iter()
-            .all(|f| self.flows.get(f).is_some_and(|q| !q.is_empty()))
-        {
-            return None;
-        }
-        let mut got: Vec<Flow<Record>> = producers
-            .iter()
-            .map(|f| {
-                self.flows
-                    .get_mut(f)
-                    .and_then(VecDeque::pop_front)
-                    .expect("checked")
-            })
-            .collect();
         if got.len() == 1 {
             got.pop()
         } else {
@@ -239,16 +224,13 @@ impl Offers<'_> {
         let wiring = self.wiring;
         let ready: Vec<String> = open
             .keys()
-            .filter(|entry| {
-                wiring.loops[entry.as_str()]
-                    .iter()
-                    .all(|f| self.flows.get(f).is_some_and(|q| !q.is_empty()))
-            })
+            .filter(|entry| self.offered(&wiring.loops[entry.as_str()]))
             .cloned()
             .collect();
         for entry in ready {
             let back = open.remove(&entry).expect("listed");
-            let flow = self.take_all(&wiring.loops[&entry]).expect("offered");
+            // Fed back within the cycle: no exit.
+            let flow = self.take_all(&wiring.loops[&entry], None).expect("offered");
             back.close(flow);
         }
     }

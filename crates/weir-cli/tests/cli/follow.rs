@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{Dir, assert_accounting, code, n, text};
+use crate::util::{Dir, KillOnDrop, assert_accounting, code, n, text};
 
 const PIPELINE: &str = "\
 inputs:
@@ -109,17 +109,4 @@ fn a_followed_file_is_read_as_it_grows_through_rotation_and_truncation() {
         "{}",
         text(&out.stderr)
     );
-}
-
-/// Kills the run if the test fails before it ends.
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
-        }
-    }
 }

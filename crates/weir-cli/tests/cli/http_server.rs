@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{Dir, assert_accounting, n, text};
+use crate::util::{Dir, KillOnDrop, assert_accounting, n, text};
 
 const PIPELINE: &str = "\
 inputs:
@@ -190,18 +190,4 @@ fn concurrent_clients_are_committed_and_sigint_drains() {
     assert_eq!(n(&report, "db", "ok"), 4 * 5 * 16, "{report}");
     assert_eq!(report["dead_lettered"], 4 * 5 * 4, "{report}");
     assert_eq!(in_table(&d), committed);
-}
-
-/// Kills the child if the test fails before it ends (a server never ends
-/// by itself).
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.0.to_string()])
-                .status();
-        }
-    }
 }

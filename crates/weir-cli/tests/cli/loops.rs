@@ -36,6 +36,18 @@ outputs:
     )
 }
 
+/// `weir run p.yaml`, which must succeed; its report, checked to add up.
+fn run_ok(d: &Dir) -> Value {
+    let out = d
+        .weir(&["run", "p.yaml", "--report", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let report: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_accounting(&report);
+    report
+}
+
 fn steps(mut n: u64) -> u64 {
     let mut s = 0;
     while n != 1 {
@@ -56,13 +68,7 @@ fn records_go_round_until_done_and_the_run_ends_by_itself() {
         .map(|i| format!("{{\"start\":{i},\"n\":{i}}}\n"))
         .collect();
     d.file("nums.jsonl", nums).file("p.yaml", collatz(500));
-    let out = d
-        .weir(&["run", "p.yaml", "--report", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let report: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
-    assert_accounting(&report);
+    let report = run_ok(&d);
     let mut rows = d.jsonl("out.jsonl");
     rows.sort_by_key(|v| v["start"].as_u64());
     assert_eq!(rows.len(), 300, "each number once");
@@ -85,13 +91,7 @@ fn max_depth_filters_what_goes_round_too_often() {
         "{\"start\":27,\"n\":27}\n{\"start\":8,\"n\":8}\n",
     )
     .file("p.yaml", collatz(10));
-    let out = d
-        .weir(&["run", "p.yaml", "--report", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let report: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
-    assert_accounting(&report);
+    let report = run_ok(&d);
     let rows = d.jsonl("out.jsonl");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["start"], 8);
@@ -151,13 +151,7 @@ fn an_aggregate_after_a_loop_gets_everything() {
         "  - name: total\n    from: route/done\n    aggregate: { group_by: 'null', fields: { done: count, steps: { sum: .steps } } }\noutputs:\n  - name: totals\n    from: total\n    file: { path: totals.jsonl }\n",
     );
     d.file("nums.jsonl", nums).file("p.yaml", yaml);
-    let out = d
-        .weir(&["run", "p.yaml", "--report", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let report: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
-    assert_accounting(&report);
+    run_ok(&d);
     let totals = d.jsonl("totals.jsonl");
     assert_eq!(totals.len(), 1);
     assert_eq!(totals[0]["done"], 50);
@@ -190,13 +184,7 @@ outputs:
     file: { path: out.jsonl }
 ",
     );
-    let out = d
-        .weir(&["run", "p.yaml", "--report", "json"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let report: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
-    assert_accounting(&report);
+    let report = run_ok(&d);
     let mut passes: Vec<(u64, u64)> = d
         .jsonl("out.jsonl")
         .iter()

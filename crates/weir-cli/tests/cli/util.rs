@@ -190,3 +190,17 @@ pub fn assert_conserved(report: &Value) {
     let dead = report["dead_lettered"].as_u64().expect("dead_lettered");
     assert_eq!(produced, written + filtered + dead, "{report}");
 }
+
+/// Kills process `0` with SIGKILL when dropped during a panic: a test that
+/// fails while a `weir` it started is running does not leave it behind.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}

@@ -135,6 +135,19 @@ fn read_letters(file: &mut File) -> std::io::Result<(HashMap<Identity, u32>, u64
     Ok((seen, complete))
 }
 
+/// Creates the directories `full` is in.
+fn create_parent(full: &Path) -> Result<(), ConfigError> {
+    if let Some(dir) = full.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ConfigError::new(format!(
+                "dead-letter file: cannot create directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 impl DeadLetterFile {
     /// Creates (truncates) the file at `path`, and its parent directories.
     ///
@@ -157,14 +170,7 @@ impl DeadLetterFile {
     pub fn append_all(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let full = path.as_ref();
         let shown = full.display().to_string();
-        if let Some(dir) = full.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ConfigError::new(format!(
-                    "dead-letter file: cannot create directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
+        create_parent(full)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -189,14 +195,7 @@ impl DeadLetterFile {
     pub fn append(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let full = path.as_ref();
         let shown = full.display().to_string();
-        if let Some(dir) = full.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ConfigError::new(format!(
-                    "dead-letter file: cannot create directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
+        create_parent(full)?;
         let fail = |e: std::io::Error| {
             ConfigError::new(format!("dead-letter file: cannot open {shown}: {e}"))
         };
