@@ -59,19 +59,7 @@ fn open_checkpoint(
     if *resume {
         for i in &file.inputs {
             // An entry without exactly one source has its own error.
-            if i.value
-                .source()
-                .and_then(|s| s.files())
-                .is_some_and(|f| f.follow)
-            {
-                diags.push(Diagnostic::at(
-                    format!(
-                        "--resume: input '{}' follows its file, which keeps no checkpoint (a rotated file's lines could not be told from the new one's); run without --resume",
-                        i.value.name.value
-                    ),
-                    &i.value.name,
-                ));
-            } else if i.value.source().is_some_and(|s| s.files().is_none()) {
+            if i.value.source().is_some_and(|s| s.files().is_none()) {
                 diags.push(Diagnostic::at(
                     format!(
                         "--resume: input '{}' is not a file input; only file inputs can be resumed",

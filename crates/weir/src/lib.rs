@@ -83,7 +83,7 @@ pub use scatter::{Branch, BranchError, Gather, branch};
 pub use sink::{Collect, Fold, ForEach, Sink, collect, fold, for_each};
 pub use source::{
     Source, from_acked_iter, from_acked_stream, from_iter, from_stream, from_try_acked_iter,
-    from_try_iter, from_try_stream,
+    from_try_acked_stream, from_try_iter, from_try_stream,
 };
 pub use stage::{
     DEFAULT_BATCH_SIZE, DEFAULT_BUFFER, DEFAULT_LINGER, ErrorPolicy, PipelineOptions, Retry,

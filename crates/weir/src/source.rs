@@ -137,6 +137,24 @@ where
     }))
 }
 
+/// A source over a stream of results of items with their acks: what a
+/// checkpointing reader of a live input yields (an `Err` fails the
+/// pipeline).
+pub fn from_try_acked_stream<S, T, E>(stream: S) -> Source<T>
+where
+    S: Stream<Item = Result<(T, Ack), E>> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    stream_source(stream.map(|r| {
+        r.map(|(value, ack)| Envelope {
+            value,
+            ack: Some(ack),
+        })
+        .map_err(Into::into)
+    }))
+}
+
 fn iter_source<T, I>(iter: I) -> Source<T>
 where
     T: Send + 'static,

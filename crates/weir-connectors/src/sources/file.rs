@@ -81,8 +81,10 @@ pub struct FileSource {
     /// its end, then the new one from its start; a truncated one is read
     /// again from its start. Lines of later files read `path@N:line`. For
     /// one plain (not gzip) jsonl or lines file; the file may not exist
-    /// yet. A followed input keeps no checkpoint (`--resume` refuses it)
-    /// and is decoded in order. Default: false.
+    /// yet. Decoded in order. `--resume` goes on after the last handled
+    /// line: the rest of a file rotated meanwhile (found beside the path),
+    /// then the current one; a saved file that is gone or rewritten is
+    /// named in a warning and its unread lines are lost. Default: false.
     #[serde(default)]
     pub follow: bool,
 }
@@ -113,16 +115,18 @@ impl FileSource {
     /// for another format.
     pub fn build(&self, ctx: &BuildContext) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         if self.follow {
-            return self.build_follow(ctx);
+            return self.build_follow(ctx, None);
         }
         let (reader, decoder) = self.prepare(ctx)?;
         Ok((weir::from_try_iter(reader), decoder))
     }
 
-    /// The source of `follow: true`: see [`follow`](super::follow).
+    /// The source of `follow: true`, keeping progress in `checkpoint`
+    /// when given: see [`follow`](super::follow).
     fn build_follow(
         &self,
         ctx: &BuildContext,
+        checkpoint: Option<Arc<Checkpoint>>,
     ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         let text = self.path.value.as_str();
         if text.contains(['*', '?', '[']) {
@@ -148,17 +152,25 @@ impl FileSource {
                 ));
             }
         };
-        let lines = super::follow::Follow::new(
+        let mut lines = super::follow::Follow::new(
             ctx.base_dir.join(text),
             text,
             ctx.input.clone(),
             self.invalid_utf8,
             skip_blank,
         );
-        Ok((
-            weir::from_try_stream(super::live::stream(lines, "a followed file")),
-            decoder,
-        ))
+        use futures::StreamExt as _;
+        let Some(cp) = checkpoint else {
+            let raws = super::live::stream(lines, "a followed file").map(|r| r.map(|(raw, _)| raw));
+            return Ok((weir::from_try_stream(raws), decoder));
+        };
+        lines
+            .keep_progress(cp)
+            .map_err(|e| ConfigError::new(format!("checkpoint database: {e}")))?;
+        // Every line carries an ack once progress is kept.
+        let acked = super::live::stream(lines, "a followed file")
+            .map(|r| r.map(|(raw, ack)| (raw, ack.unwrap_or_else(|| weir::Ack::new(|_| {})))));
+        Ok((weir::from_try_acked_stream(acked), decoder))
     }
 
     /// Like [`build`](Self::build), with progress kept in `checkpoint`: each
@@ -936,8 +948,8 @@ impl crate::registry::SourceComponent for FileSource {
         checkpoint: Option<Arc<crate::checkpoint::Checkpoint>>,
     ) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         match checkpoint {
-            // A followed file keeps no checkpoint (see `follow`).
-            Some(cp) if !self.follow => self.build_resumable(ctx, cp),
+            Some(cp) if self.follow => self.build_follow(ctx, Some(cp)),
+            Some(cp) => self.build_resumable(ctx, cp),
             _ => FileSource::build(self, ctx),
         }
     }

@@ -19,16 +19,29 @@
 //!
 //! Lines are sent through the [`live`](super::live) stream, so a line
 //! reaches the pipeline when it is written, and a stop (Ctrl-C) ends the
-//! reader at its next poll. A followed input keeps no checkpoint: `weir
-//! run --resume` refuses it (a rotated file's lines could not be told from
-//! the new one's).
+//! reader at its next poll.
+//!
+//! When the run keeps a checkpoint, each line carries an ack, and progress
+//! is saved per file by device, inode and first bytes (see
+//! [`crate::checkpoint::follow`]). `weir run --resume` then goes on where
+//! the last run's handled lines end: first the rest of a file rotated
+//! while weir was down (found beside the path by its inode), then the
+//! current one from its saved byte offset, with line numbers continuing.
+//! What cannot be resumed is said, not guessed: a saved file that is gone
+//! (rotated and deleted or compressed) or rewritten gets a warning, and
+//! the lines it held after the saved point are not read.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::Digest as _;
+
+use crate::checkpoint::follow::{FollowRow, Generation, HEAD_BYTES};
+use crate::checkpoint::{CHUNK_LINES, Checkpoint, Chunk, Mark};
 use crate::record::Position;
 use crate::sources::file::is_blank;
 use crate::sources::live::Lines;
@@ -51,6 +64,10 @@ pub(crate) struct Follow {
     file: Option<(File, FileId)>,
     /// Bytes read from the current file.
     offset: u64,
+    /// Bytes of the current file sent as lines (or skipped as blank).
+    consumed: u64,
+    /// The current file's first [`HEAD_BYTES`], as far as read.
+    head: Vec<u8>,
     /// Bytes read and not yet sent as lines.
     buf: Vec<u8>,
     /// Lines sent from the current file.
@@ -58,7 +75,36 @@ pub(crate) struct Follow {
     generation: u32,
     /// The position label of the current generation.
     label: Arc<str>,
+    /// Progress kept for `--resume`, when the run keeps a checkpoint.
+    progress: Option<Progress>,
 }
+
+/// A followed file's checkpointing: see [`crate::checkpoint::follow`].
+struct Progress {
+    cp: Arc<Checkpoint>,
+    /// The current generation's key in the checkpoint.
+    key: Arc<str>,
+    /// The next generation's number.
+    next_seq: u64,
+    chunk: Option<Chunk>,
+    /// Files an earlier run had not finished, to read (from their marks)
+    /// before what the path names.
+    queue: VecDeque<Start>,
+    /// The hash of the current file's head, once it is whole.
+    head_hash: Option<[u8; 32]>,
+}
+
+/// A file to resume at its mark.
+struct Start {
+    file: File,
+    id: FileId,
+    seq: u64,
+    mark: Mark,
+    head: Vec<u8>,
+}
+
+/// A line, with its ack when progress is kept.
+type Line = (Raw, Option<weir::Ack>);
 
 /// What identifies a file whatever its name: device and inode.
 type FileId = (u64, u64);
@@ -92,25 +138,192 @@ impl Follow {
             skip_blank,
             file: None,
             offset: 0,
+            consumed: 0,
+            head: Vec::new(),
             buf: Vec::new(),
             line: 0,
             generation: 0,
+            progress: None,
         }
     }
 
-    /// A new generation: the lines that follow are another file's.
-    fn next_generation(&mut self) {
+    /// Keeps progress in `cp`, and when it holds some from an earlier run
+    /// (`--resume`), starts where that run stopped: the rest of files it
+    /// had not finished (found by device and inode, under the path or a
+    /// rotated name beside it), then what the path names. Saved progress
+    /// whose file is gone or was rewritten cannot be resumed: it is
+    /// forgotten, with a warning for each (the lines read then are lost).
+    ///
+    /// # Errors
+    /// When the checkpoint database cannot be written.
+    pub(crate) fn keep_progress(&mut self, cp: Arc<Checkpoint>) -> Result<(), String> {
+        let rows = cp.followed(&self.input, &self.shown);
+        let next_seq = rows.last().map_or(0, |r| r.seq + 1);
+        let mut queue = VecDeque::new();
+        let path_id = self.path_id();
+        // A truncated file is a new generation of the same inode: only
+        // the newest row of an inode counts.
+        let newest = |r: &FollowRow| {
+            !rows
+                .iter()
+                .any(|o| o.seq > r.seq && (o.dev, o.ino) == (r.dev, r.ino))
+        };
+        let mut siblings = None;
+        for row in &rows {
+            let located = if !newest(row) {
+                Err("a later generation of the same file replaced it".to_string())
+            } else if path_id == Some((row.dev, row.ino)) {
+                Ok(self.path.clone())
+            } else {
+                let list = siblings.get_or_insert_with(|| list_siblings(&self.path));
+                list.iter()
+                    .find(|(_, id)| *id == (row.dev, row.ino))
+                    .map(|(p, _)| p.clone())
+                    .ok_or_else(|| "is gone (rotated away and deleted or compressed)".to_string())
+            };
+            match located.and_then(|p| open_at(&p, row)) {
+                Ok(start) => queue.push_back(start),
+                Err(why) => {
+                    if newest(row) {
+                        eprintln!(
+                            "warning: input '{}': the followed file {} was read up to line {} \
+                             (byte {}) when the last run stopped, but that file {why}: \
+                             what it held after that, if anything, is not read",
+                            self.input, self.shown, row.mark.line, row.mark.offset
+                        );
+                    }
+                    cp.forget_followed(&self.input, row.seq)?;
+                }
+            }
+        }
+        // What the path names comes last: it is the newest.
+        if let Some(i) = queue.iter().position(|s| Some(s.id) == path_id) {
+            let current = queue.remove(i).expect("found");
+            queue.push_back(current);
+        }
+        self.progress = Some(Progress {
+            key: Arc::from(""),
+            cp,
+            next_seq,
+            chunk: None,
+            queue,
+            head_hash: None,
+        });
+        self.begin().map_err(|e| e.to_string())
+    }
+
+    /// Starts tracking the current generation, when its file is known:
+    /// the next file waiting to be resumed when none is open, else the
+    /// open one (just opened under the path, or truncated) as a new
+    /// generation. With no file open and none waiting, the generation
+    /// starts when the path names one.
+    fn begin(&mut self) -> io::Result<()> {
+        let Some(p) = self.progress.as_mut() else {
+            return Ok(());
+        };
+        p.head_hash = None;
+        let (seq, id, resumed) = match (&self.file, p.queue.pop_front()) {
+            (None, Some(s)) => {
+                self.offset = s.mark.offset;
+                self.consumed = s.mark.offset;
+                self.line = s.mark.line;
+                self.head = s.head;
+                self.file = Some((s.file, s.id));
+                (s.seq, s.id, true)
+            }
+            (None, None) => return Ok(()),
+            (Some((_, id)), waiting) => {
+                p.queue.extend(waiting);
+                let seq = p.next_seq;
+                p.next_seq += 1;
+                (seq, *id, false)
+            }
+        };
+        let start = self.mark();
+        let p = self.progress.as_mut().expect("checked");
+        let done = if resumed { start.line } else { 0 };
+        p.key =
+            p.cp.follow_generation(
+                &self.input,
+                &self.shown,
+                Generation {
+                    seq,
+                    dev: id.0,
+                    ino: id.1,
+                    done,
+                },
+                &start,
+            )
+            .map_err(|e| io::Error::other(format!("checkpoint database: {e}")))?;
+        Ok(())
+    }
+
+    /// The current generation ends (the file was rotated away, or
+    /// truncated): its chunk closes and its row goes once its lines are
+    /// done.
+    fn end_generation(&mut self) {
+        self.close_chunk();
+        if let Some(p) = &self.progress {
+            p.cp.follow_ended(&self.input, &p.key);
+        }
         self.generation += 1;
         self.label = format!("{}@{}", self.shown, self.generation).into();
         self.line = 0;
         self.offset = 0;
+        self.consumed = 0;
+        self.head.clear();
         self.buf.clear();
     }
 
+    /// Closes the open chunk at the current place.
+    fn close_chunk(&mut self) {
+        if self.progress.as_ref().is_none_or(|p| p.chunk.is_none()) {
+            return;
+        }
+        let mark = self.mark();
+        if let Some(chunk) = self.progress.as_mut().and_then(|p| p.chunk.take()) {
+            chunk.close_at(mark);
+        }
+    }
+
+    /// Where the current file stands after the lines sent.
+    fn mark(&mut self) -> Mark {
+        let head_len = (HEAD_BYTES as u64).min(self.consumed);
+        let whole = head_len == HEAD_BYTES as u64;
+        let cached = self
+            .progress
+            .as_ref()
+            .and_then(|p| p.head_hash)
+            .filter(|_| whole);
+        let head =
+            cached.unwrap_or_else(|| sha2::Sha256::digest(&self.head[..head_len as usize]).into());
+        if whole && let Some(p) = self.progress.as_mut() {
+            p.head_hash = Some(head);
+        }
+        Mark {
+            line: self.line,
+            offset: self.consumed,
+            head_len,
+            head,
+        }
+    }
+
+    /// Bytes read from the current file.
+    fn took(&mut self, bytes: &[u8]) {
+        if self.head.len() < HEAD_BYTES {
+            let n = (HEAD_BYTES - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..n]);
+        }
+        self.offset += bytes.len() as u64;
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// The first whole line held, as an item.
-    fn take_line(&mut self, end: usize, with_newline: bool) -> Option<Raw> {
-        let rest = self.buf.split_off(end + usize::from(with_newline));
+    fn take_line(&mut self, end: usize, with_newline: bool) -> Option<Line> {
+        let taken = end + usize::from(with_newline);
+        let rest = self.buf.split_off(taken);
         let mut bytes = std::mem::replace(&mut self.buf, rest);
+        self.consumed += taken as u64;
         if with_newline {
             bytes.pop();
         }
@@ -122,14 +335,36 @@ impl Follow {
         if self.skip_blank && matches!(&text, Text::Valid(t) if is_blank(t)) {
             return None;
         }
-        Some(raw_from_text(
+        let raw = raw_from_text(
             Arc::new(Position {
                 input: self.input.clone(),
                 file: Some(self.label.clone()),
                 line: self.line,
             }),
             text,
-        ))
+        );
+        let line = self.line;
+        let ack = self.progress.as_mut().map(|p| {
+            let (cp, input, key) = (&p.cp, &self.input, &p.key);
+            p.chunk
+                .get_or_insert_with(|| cp.chunk(input, key))
+                .add(line)
+        });
+        Some((raw, ack))
+    }
+
+    /// `item`, closing its chunk first when the reader may wait next or the
+    /// chunk is full, so that its lines can count as done.
+    fn sent(&mut self, item: Line) -> Line {
+        let full = self
+            .progress
+            .as_ref()
+            .and_then(|p| p.chunk.as_ref())
+            .is_some_and(|c| c.len() >= CHUNK_LINES);
+        if full || !self.ready() {
+            self.close_chunk();
+        }
+        item
     }
 
     /// What the path names now, if anything.
@@ -143,14 +378,86 @@ impl Follow {
             format!("cannot read {} at line {}: {e}", self.label, self.line + 1),
         )
     }
+
+    /// Waits one poll, its chunk closed first; true when the reader
+    /// should end instead.
+    fn wait(&mut self, quit: &dyn Fn() -> bool) -> bool {
+        self.close_chunk();
+        wait(quit)
+    }
+}
+
+/// The files beside `path` (where a rotated file goes), with their ids.
+fn list_siblings(path: &Path) -> Vec<(PathBuf, FileId)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| (e.path(), id_of(&meta)))
+        })
+        .collect()
+}
+
+/// Opens `path` at `row`'s mark, if it is the file the row counted: the
+/// same inode, at least as long, the same first bytes.
+fn open_at(path: &Path, row: &FollowRow) -> Result<Start, String> {
+    let unreadable = |e: io::Error| format!("cannot be read ({e})");
+    let mut file = File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    let id = id_of(&meta);
+    if id != (row.dev, row.ino) {
+        return Err("was replaced".to_string());
+    }
+    if meta.len() < row.mark.offset {
+        return Err(format!(
+            "is shorter ({} bytes; it was truncated or rewritten)",
+            meta.len()
+        ));
+    }
+    let head_len = (HEAD_BYTES as u64).min(row.mark.offset);
+    let mut head = vec![0; head_len as usize];
+    file.read_exact(&mut head).map_err(unreadable)?;
+    let hashed: [u8; 32] =
+        sha2::Sha256::digest(&head[..row.mark.head_len.min(head_len) as usize]).into();
+    if row.mark.head_len > head_len || hashed != row.mark.head {
+        return Err("holds other content (it was rewritten)".to_string());
+    }
+    file.seek(SeekFrom::Start(row.mark.offset))
+        .map_err(unreadable)?;
+    Ok(Start {
+        file,
+        id,
+        seq: row.seq,
+        mark: row.mark,
+        head,
+    })
 }
 
 impl Lines for Follow {
+    type Item = Line;
+
     fn ready(&self) -> bool {
         self.buf.contains(&b'\n')
     }
 
-    fn next(&mut self, quit: &dyn Fn() -> bool) -> Option<Option<io::Result<Raw>>> {
+    fn next(&mut self, quit: &dyn Fn() -> bool) -> Option<Option<io::Result<Self::Item>>> {
+        let item = self.next_line(quit);
+        if item.is_none() {
+            self.close_chunk();
+        }
+        item.map(|i| i.map(|r| r.map(|item| self.sent(item))))
+    }
+}
+
+impl Follow {
+    fn next_line(&mut self, quit: &dyn Fn() -> bool) -> Option<Option<io::Result<Line>>> {
         let mut chunk = vec![0u8; READ];
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
@@ -161,11 +468,16 @@ impl Lines for Follow {
                 // the path names, or wait for it to exist.
                 match File::open(&self.path) {
                     Ok(f) => match f.metadata() {
-                        Ok(m) => self.file = Some((f, id_of(&m))),
+                        Ok(m) => {
+                            self.file = Some((f, id_of(&m)));
+                            if let Err(e) = self.begin() {
+                                return Some(Some(Err(e)));
+                            }
+                        }
                         Err(e) => return Some(Some(Err(self.read_error(&e)))),
                     },
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        if wait(quit) {
+                        if self.wait(quit) {
                             return None;
                         }
                     }
@@ -177,8 +489,7 @@ impl Lines for Follow {
             match file.read(&mut chunk) {
                 Ok(0) => {}
                 Ok(n) => {
-                    self.offset += n as u64;
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.took(&chunk[..n]);
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -197,7 +508,7 @@ impl Lines for Follow {
                 loop {
                     match old.read(&mut chunk) {
                         Ok(0) => break,
-                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                        Ok(n) => self.took(&chunk[..n]),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Some(Some(Err(self.read_error(&e)))),
                     }
@@ -210,9 +521,15 @@ impl Lines for Follow {
                 let last = (!self.buf.is_empty())
                     .then(|| self.take_line(self.buf.len(), false))
                     .flatten();
-                self.next_generation();
-                if let Some(raw) = last {
-                    return Some(Some(Ok(raw)));
+                if let Some(item) = last {
+                    // Sent before the generation ends, so that its chunk
+                    // closes with it; the end comes at the next call.
+                    self.file = Some((old, id));
+                    return Some(Some(Ok(item)));
+                }
+                self.end_generation();
+                if let Err(e) = self.begin() {
+                    return Some(Some(Err(e)));
                 }
                 continue;
             }
@@ -222,10 +539,13 @@ impl Lines for Follow {
                 if let Some(Err(e)) = rewound {
                     return Some(Some(Err(self.read_error(&e))));
                 }
-                self.next_generation();
+                self.end_generation();
+                if let Err(e) = self.begin() {
+                    return Some(Some(Err(e)));
+                }
                 continue;
             }
-            if wait(quit) {
+            if self.wait(quit) {
                 return None;
             }
         }
@@ -248,10 +568,11 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn lines(f: &mut Follow, n: usize) -> Vec<(String, String)> {
-        let never = || false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let late = || std::time::Instant::now() > deadline;
         (0..n)
-            .map(|_| match f.next(&never) {
-                Some(Some(Ok(Raw::Line { pos, text }))) => (pos.to_string(), text),
+            .map(|_| match f.next(&late) {
+                Some(Some(Ok((Raw::Line { pos, text }, _)))) => (pos.to_string(), text),
                 other => panic!("{other:?}"),
             })
             .collect()
@@ -329,12 +650,217 @@ mod tests {
         });
         let quit = || stop.load(Ordering::SeqCst);
         match f.next(&quit) {
-            Some(Some(Ok(Raw::Line { text, .. }))) => assert_eq!(text, "{\"a\":1}"),
+            Some(Some(Ok((Raw::Line { text, .. }, _)))) => assert_eq!(text, "{\"a\":1}"),
             other => panic!("{other:?}"),
         }
         // The blank line is skipped; then nothing until told to end.
         assert!(matches!(f.next(&quit), Some(None)));
         assert!(f.next(&quit).is_none());
         writer.join().unwrap();
+    }
+
+    type Read = Vec<(String, String, weir::Ack)>;
+
+    /// `n` lines with their acks, within 10 s.
+    fn acked(f: &mut Follow, n: usize) -> Read {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let late = || std::time::Instant::now() > deadline;
+        let mut read = Vec::new();
+        while read.len() < n {
+            match f.next(&late) {
+                Some(Some(Ok((Raw::Line { pos, text }, Some(ack))))) => {
+                    read.push((pos.to_string(), text, ack));
+                }
+                Some(None) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        read
+    }
+
+    fn shown(read: &Read) -> Vec<(String, String)> {
+        read.iter()
+            .map(|(p, t, _)| (p.clone(), t.clone()))
+            .collect()
+    }
+
+    fn deliver(read: Read) {
+        for (_, _, ack) in read {
+            ack.deliver();
+        }
+    }
+
+    fn follower(dir: &Path, db: &Path, resume: bool) -> (Follow, Arc<Checkpoint>) {
+        let cp = Checkpoint::open(db, "p", resume).unwrap();
+        let mut f = Follow::new(
+            dir.join("app.log"),
+            "app.log",
+            "in".into(),
+            InvalidUtf8::DeadLetter,
+            true,
+        );
+        f.keep_progress(cp.clone()).unwrap();
+        (f, cp)
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn resumes_after_the_last_handled_line_of_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "a\nb\n\nc\n").unwrap();
+        {
+            let (mut f, cp) = follower(dir.path(), &db, false);
+            let first = acked(&mut f, 3);
+            assert_eq!(
+                shown(&first),
+                pairs(&[("app.log:1", "a"), ("app.log:2", "b"), ("app.log:4", "c")])
+            );
+            deliver(first);
+            let mut w = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            write!(w, "d\ne\n").unwrap();
+            // Read, not handled: read again after the resume.
+            let later = acked(&mut f, 2);
+            cp.save().unwrap();
+            drop(later);
+        }
+        let (mut f, cp) = follower(dir.path(), &db, true);
+        let again = acked(&mut f, 2);
+        assert_eq!(
+            shown(&again),
+            pairs(&[("app.log:5", "d"), ("app.log:6", "e")]),
+            "line numbers go on"
+        );
+        deliver(again);
+        cp.save().unwrap();
+        let rows = cp.followed("in", "app.log");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        // Found at open: the row the first run saved, after line 4.
+        assert_eq!((rows[0].mark.line, rows[0].mark.offset), (4, 7));
+        drop(f);
+        let cp = Checkpoint::open(&db, "p", true).unwrap();
+        let rows = cp.followed("in", "app.log");
+        assert_eq!((rows[0].mark.line, rows[0].mark.offset), (6, 11));
+        // Without --resume the progress is forgotten.
+        let cp = Checkpoint::open(&db, "p", false).unwrap();
+        assert!(cp.followed("in", "app.log").is_empty());
+    }
+
+    #[test]
+    fn a_file_rotated_while_down_is_finished_before_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "a\nb\n").unwrap();
+        {
+            let (mut f, cp) = follower(dir.path(), &db, false);
+            deliver(acked(&mut f, 2));
+            cp.save().unwrap();
+        }
+        // While weir is down: more lines, then a rotation.
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        write!(w, "c\nd").unwrap();
+        std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+        std::fs::write(&path, "new\n").unwrap();
+        let (mut f, cp) = follower(dir.path(), &db, true);
+        let read = acked(&mut f, 3);
+        assert_eq!(
+            shown(&read),
+            pairs(&[
+                ("app.log:3", "c"),
+                ("app.log:4", "d"),
+                ("app.log@1:1", "new")
+            ])
+        );
+        deliver(read);
+        // Reading on ends the rotated file's generation; once saved, its
+        // row is gone and only the new file's remains.
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(w, "more").unwrap();
+        deliver(acked(&mut f, 1));
+        cp.save().unwrap();
+        drop(f);
+        let cp = Checkpoint::open(&db, "p", true).unwrap();
+        let rows = cp.followed("in", "app.log");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].mark.line, 2);
+        let id = id_of(&std::fs::metadata(&path).unwrap());
+        assert_eq!((rows[0].dev, rows[0].ino), id);
+    }
+
+    #[test]
+    fn a_file_rewritten_while_down_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "aaaa\nbbbb\n").unwrap();
+        {
+            let (mut f, cp) = follower(dir.path(), &db, false);
+            deliver(acked(&mut f, 2));
+            cp.save().unwrap();
+        }
+        // Truncated and written again, longer than before but other bytes.
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        write!(w, "x\ny\nzzzzzzzzzzzz\n").unwrap();
+        let (mut f, _cp) = follower(dir.path(), &db, true);
+        assert_eq!(
+            shown(&acked(&mut f, 3)),
+            pairs(&[
+                ("app.log:1", "x"),
+                ("app.log:2", "y"),
+                ("app.log:3", "zzzzzzzzzzzz")
+            ])
+        );
+    }
+
+    #[test]
+    fn a_rotation_during_the_run_keeps_the_old_file_until_its_lines_are_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "a\nb\n").unwrap();
+        {
+            let (mut f, cp) = follower(dir.path(), &db, false);
+            let old = acked(&mut f, 2);
+            std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+            std::fs::write(&path, "n1\n").unwrap();
+            let new = acked(&mut f, 1);
+            assert_eq!(shown(&new), pairs(&[("app.log@1:1", "n1")]));
+            // The new file's line is done, the old file's are not.
+            deliver(new);
+            cp.save().unwrap();
+            drop(old);
+        }
+        let (mut f, _cp) = follower(dir.path(), &db, true);
+        assert_eq!(
+            shown(&acked(&mut f, 2)),
+            pairs(&[("app.log:1", "a"), ("app.log:2", "b")]),
+            "the rotated file's lines again, then nothing of the new one"
+        );
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(w, "n2").unwrap();
+        assert_eq!(shown(&acked(&mut f, 1)), pairs(&[("app.log@1:2", "n2")]));
     }
 }

@@ -10,6 +10,7 @@
 
 use std::io;
 
+#[cfg(doc)]
 use crate::sources::Raw;
 
 /// Lines the thread sends at once, at most.
@@ -18,13 +19,16 @@ pub(crate) const CHUNK: usize = 1024;
 /// Chunks read ahead by the thread, at most.
 const READ_AHEAD: usize = 4;
 
-/// Lines as raw items, read by a thread that may wait.
+/// Lines as items (a [`Raw`], or a [`Raw`] with its ack), read by a
+/// thread that may wait.
 pub(crate) trait Lines: Send + 'static {
+    /// What a line becomes.
+    type Item: Send + 'static;
     /// The next line: `None` at the end of the input, `Some(None)` for a
     /// line that is skipped (a blank line of JSON Lines). A reader that
     /// waits for more by polling calls `quit` between polls and ends
     /// (`None`) when it says so: nobody reads any more.
-    fn next(&mut self, quit: &dyn Fn() -> bool) -> Option<Option<io::Result<Raw>>>;
+    fn next(&mut self, quit: &dyn Fn() -> bool) -> Option<Option<io::Result<Self::Item>>>;
     /// False when the next line may need a read that waits (no whole line
     /// is buffered).
     fn ready(&self) -> bool;
@@ -36,11 +40,11 @@ pub(crate) trait Lines: Send + 'static {
 pub(crate) fn stream<L: Lines>(
     lines: L,
     what: &'static str,
-) -> impl futures::Stream<Item = io::Result<Raw>> + Send + 'static {
+) -> impl futures::Stream<Item = io::Result<L::Item>> + Send + 'static {
     use futures::StreamExt;
-    enum State<L> {
+    enum State<L, T> {
         NotStarted(L),
-        Reading(tokio::sync::mpsc::Receiver<Vec<io::Result<Raw>>>),
+        Reading(tokio::sync::mpsc::Receiver<Vec<io::Result<T>>>),
         Done,
     }
     let chunks = futures::stream::unfold(State::NotStarted(lines), move |state| async move {
@@ -69,7 +73,7 @@ pub(crate) fn stream<L: Lines>(
 /// The reading thread: chunks of lines into `tx` until the end of the
 /// input, a read error (sent as the last item), or the run's end (the
 /// receiver is gone).
-fn read_chunks<L: Lines>(mut lines: L, tx: &tokio::sync::mpsc::Sender<Vec<io::Result<Raw>>>) {
+fn read_chunks<L: Lines>(mut lines: L, tx: &tokio::sync::mpsc::Sender<Vec<io::Result<L::Item>>>) {
     let mut chunk = Vec::with_capacity(CHUNK);
     let quit = || tx.is_closed();
     loop {

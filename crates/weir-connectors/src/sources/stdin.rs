@@ -88,6 +88,8 @@ struct StdinLines {
 }
 
 impl live::Lines for StdinLines {
+    type Item = Raw;
+
     fn ready(&self) -> bool {
         self.reader.buffered().contains(&b'\n')
     }
@@ -164,6 +166,8 @@ mod tests {
     }
 
     impl live::Lines for Scripted {
+        type Item = Raw;
+
         fn next(&mut self, _quit: &dyn Fn() -> bool) -> Option<Option<io::Result<Raw>>> {
             if self.next == self.total {
                 return None;

@@ -48,6 +48,9 @@ use sha2::Digest as _;
 
 use crate::error::ConfigError;
 
+pub mod follow;
+pub use follow::{FollowRow, Mark};
+
 /// Lines per chunk: one ack, and one entry in a whole-input aggregate,
 /// per this many lines.
 pub const CHUNK_LINES: usize = 1024;
@@ -64,6 +67,9 @@ struct Track {
     last_emitted: u64,
     /// The watermark already in the database.
     saved: u64,
+    /// A followed file's [`Mark`] at the last line of each chunk not yet
+    /// saved (empty for other files).
+    marks: BTreeMap<u64, Mark>,
 }
 
 impl Track {
@@ -274,6 +280,20 @@ impl Chunk {
     pub fn close(self) {
         self.ack.deliver();
     }
+
+    /// Like [`close`](Self::close), for a followed file: `mark` says where
+    /// the file stands after the chunk's last line, which is what is saved
+    /// once the chunk's lines are done.
+    pub fn close_at(self, mark: Mark) {
+        let last = self.last.load(std::sync::atomic::Ordering::Acquire);
+        if self.lines > 0 {
+            let mut tracks = lock(&self.cp.tracks);
+            if let Some(t) = tracks.get_mut(&self.key) {
+                t.marks.insert(last, mark);
+            }
+        }
+        self.ack.deliver();
+    }
 }
 
 /// The progress of one pipeline's file inputs.
@@ -287,6 +307,9 @@ pub struct Checkpoint {
     identities: Mutex<HashMap<(String, String), FileIdentity>>,
     tracks: Mutex<HashMap<Key, Track>>,
     last_save: Mutex<Instant>,
+    /// Followed files: what each tracked one is, and the rows found at
+    /// start (see [`follow`]).
+    follows: Mutex<follow::Follows>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -349,6 +372,7 @@ impl Checkpoint {
             conn.execute("DELETE FROM checkpoints WHERE pipeline = ?1", [pipeline])
                 .map_err(fail)?;
         }
+        let follows = follow::Follows::open(&conn, pipeline, resume).map_err(fail)?;
         let mut resume_at = HashMap::new();
         {
             let mut stmt = conn
@@ -394,6 +418,7 @@ impl Checkpoint {
             identities: Mutex::new(HashMap::new()),
             tracks: Mutex::new(HashMap::new()),
             last_save: Mutex::new(Instant::now()),
+            follows: Mutex::new(follows),
         }))
     }
 
@@ -496,28 +521,62 @@ impl Checkpoint {
     /// # Errors
     /// When the database write fails.
     pub fn save(&self) -> Result<(), String> {
-        let changed: Vec<(Key, u64)> = {
-            let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
-            tracks
+        let (changed, finished) = {
+            let mut tracks = lock(&self.tracks);
+            let follows = lock(&self.follows);
+            let changed: Vec<(Key, u64, Option<Mark>)> = tracks
                 .iter_mut()
                 .filter_map(|(k, t)| {
                     let w = t.watermark();
-                    (w > t.saved).then(|| {
-                        t.saved = w;
-                        (k.clone(), w)
-                    })
+                    if w <= t.saved {
+                        return None;
+                    }
+                    t.saved = w;
+                    // A followed file resumes at the last chunk's end at
+                    // or before the watermark (blank lines between chunks
+                    // are not emitted, so the watermark may pass it).
+                    let mark = t.marks.range(..=w).next_back().map(|(l, m)| (*l, *m));
+                    if let Some((l, _)) = mark {
+                        t.marks = t.marks.split_off(&l);
+                    }
+                    Some((k.clone(), w, mark.map(|(_, m)| m)))
                 })
-                .collect()
+                .collect();
+            // Followed files rotated away whose every line is done: their
+            // rows go, and so does their tracking.
+            let finished: Vec<Key> = tracks
+                .iter()
+                .filter(|(k, t)| t.pending.is_empty() && follows.ended(k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &finished {
+                tracks.remove(k);
+            }
+            (changed, finished)
         };
-        if changed.is_empty() {
+        if changed.is_empty() && finished.is_empty() {
             return Ok(());
         }
         let identities = lock(&self.identities).clone();
+        let mut follows = lock(&self.follows);
         let mut conn = lock(&self.conn);
         let tx = conn.transaction().map_err(|e| e.to_string())?;
-        for ((input, file), line) in changed {
+        for ((input, file), line, mark) in changed {
+            if follows.is_followed(&(input.clone(), file.clone())) {
+                if let Some(mark) = mark {
+                    follows
+                        .write(&tx, &self.pipeline, &(input, file), &mark)
+                        .map_err(|e| e.to_string())?;
+                }
+                continue;
+            }
             let identity = identities.get(&(input.to_string(), file.to_string()));
             write_row(&tx, &self.pipeline, &input, &file, line, identity)
+                .map_err(|e| e.to_string())?;
+        }
+        for k in finished {
+            follows
+                .finish(&tx, &self.pipeline, &k)
                 .map_err(|e| e.to_string())?;
         }
         tx.commit().map_err(|e| e.to_string())
