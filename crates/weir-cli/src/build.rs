@@ -20,7 +20,7 @@ use weir::{ErrorPolicy, Flow, LoopBack, LoopExit, LoopOptions, Pipeline, Pipelin
 use weir_connectors::checkpoint::Checkpoint;
 use weir_connectors::processors::ProcessorContext;
 use weir_connectors::registry::{Kind, Resume, Scope, Stage, StageOptions};
-use weir_connectors::sources::BuildContext;
+use weir_connectors::sources::{BuildContext, StateDir};
 use weir_connectors::{Raw, Record};
 
 use crate::config::{OnError, PipelineFile, StageEntry, component_count_error};
@@ -48,9 +48,7 @@ fn open_checkpoint(
     mode: &Mode,
 ) -> Result<(Option<Arc<Checkpoint>>, bool), Vec<Diagnostic>> {
     let Mode::Run {
-        resume,
-        checkpoint,
-        state_dir,
+        resume, checkpoint, ..
     } = mode
     else {
         return Ok((None, false));
@@ -93,15 +91,35 @@ fn open_checkpoint(
     if !checkpoint || !has_files {
         return Ok((None, *resume));
     }
-    let dir = state_dir.clone().unwrap_or_else(|| base_dir.join(".weir"));
-    let key = std::fs::canonicalize(pipeline_path)
-        .unwrap_or_else(|_| pipeline_path.to_path_buf())
-        .display()
-        .to_string();
-    match Checkpoint::open(&dir.join("checkpoints.db"), &key, *resume) {
+    let Some(state) = state_dir_of(pipeline_path, base_dir, mode) else {
+        return Ok((None, *resume));
+    };
+    match Checkpoint::open(&state.dir.join("checkpoints.db"), &state.pipeline, *resume) {
         Ok(cp) => Ok((Some(cp), *resume)),
         Err(e) => Err(vec![e.into()]),
     }
+}
+
+/// Where a run keeps state between runs (file checkpoints, a schedule's
+/// last handled tick): `--state-dir`, else `.weir/` beside the pipeline
+/// file, keyed by the file's canonical path. `None` for a check and for a
+/// run that keeps no state (`--no-checkpoint`, distributed mode).
+fn state_dir_of(pipeline_path: &Path, base_dir: &Path, mode: &Mode) -> Option<StateDir> {
+    let Mode::Run {
+        checkpoint: true,
+        state_dir,
+        ..
+    } = mode
+    else {
+        return None;
+    };
+    Some(StateDir {
+        dir: state_dir.clone().unwrap_or_else(|| base_dir.join(".weir")),
+        pipeline: std::fs::canonicalize(pipeline_path)
+            .unwrap_or_else(|_| pipeline_path.to_path_buf())
+            .display()
+            .to_string(),
+    })
 }
 
 /// What the pipeline is built for.
@@ -237,6 +255,7 @@ pub fn build(
 ) -> Result<Built, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let (checkpoint, resume) = open_checkpoint(file, pipeline_path, base_dir, &mode)?;
+    let state = state_dir_of(pipeline_path, base_dir, &mode);
     let p = Pipeline::with_options(PipelineOptions {
         batch_size: file.settings.batch_size.max(1),
         buffer: file.settings.buffer.max(1),
@@ -272,6 +291,7 @@ pub fn build(
         let ctx = BuildContext {
             input: Arc::from(name),
             base_dir: base_dir.to_path_buf(),
+            state: state.clone(),
         };
         let cp = checkpoint.clone().filter(|_| source.files().is_some());
         let default_workers = source.default_decode_workers();
@@ -411,6 +431,7 @@ pub fn build(
         let ctx = BuildContext {
             input: Arc::from(name.as_str()),
             base_dir: base_dir.to_path_buf(),
+            state: state.clone(),
         };
         let Some(input) = input.filter(|_| !matches!(mode, Mode::Check)) else {
             // Checking (or an upstream failed): check the options, create

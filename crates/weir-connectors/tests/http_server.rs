@@ -173,6 +173,7 @@ fn start(yaml: &str, options: PipelineOptions, open: bool) -> Running {
     let ctx = BuildContext {
         input: "in".into(),
         base_dir: ".".into(),
+        state: None,
     };
     let server = cfg.open(&ctx).expect("the server binds");
     let addr = server.local_addr();

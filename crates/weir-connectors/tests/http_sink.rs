@@ -26,6 +26,7 @@ fn ctx() -> BuildContext {
     BuildContext {
         input: "out".into(),
         base_dir: std::env::temp_dir(),
+        state: None,
     }
 }
 

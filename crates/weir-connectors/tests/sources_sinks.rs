@@ -31,6 +31,7 @@ fn ctx(dir: &Path) -> BuildContext {
     BuildContext {
         input: "in".into(),
         base_dir: dir.to_path_buf(),
+        state: None,
     }
 }
 

@@ -319,6 +319,7 @@ mod tests {
         let ctx = BuildContext {
             input: "dl".into(),
             base_dir: dir.path().to_path_buf(),
+            state: None,
         };
         let f = cfg.build(&ctx).unwrap();
         assert_eq!(f.written(), 0);

@@ -295,6 +295,7 @@ mod tests {
         let ctx = BuildContext {
             input: "out".into(),
             base_dir: dir.path().to_path_buf(),
+            state: None,
         };
         let w = cfg.build(&ctx).unwrap();
         assert_eq!(w.close().unwrap(), 0);

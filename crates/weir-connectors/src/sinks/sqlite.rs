@@ -544,6 +544,7 @@ mod tests {
         let ctx = BuildContext {
             input: "db".into(),
             base_dir: dir.path().to_path_buf(),
+            state: None,
         };
         let w = cfg.build(&ctx).unwrap();
         assert_eq!(w.rows(), 0);

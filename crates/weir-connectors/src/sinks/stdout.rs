@@ -117,6 +117,7 @@ mod tests {
         let ctx = BuildContext {
             input: "out".into(),
             base_dir: ".".into(),
+            state: None,
         };
         cfg.build(&ctx).unwrap();
     }

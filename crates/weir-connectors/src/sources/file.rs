@@ -977,6 +977,7 @@ mod tests {
         let ctx = BuildContext {
             input: "orders".into(),
             base_dir: dir.path().to_path_buf(),
+            state: None,
         };
         let (_source, decoder) = cfg.build(&ctx).unwrap();
         assert_eq!(decoder.format(), Format::Jsonl);

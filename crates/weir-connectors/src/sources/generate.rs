@@ -448,6 +448,7 @@ mod tests {
         BuildContext {
             input: "gen".into(),
             base_dir: ".".into(),
+            state: None,
         }
     }
 

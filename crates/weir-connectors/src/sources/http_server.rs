@@ -1117,6 +1117,7 @@ mod tests {
         BuildContext {
             input: "in".into(),
             base_dir: ".".into(),
+            state: None,
         }
     }
 

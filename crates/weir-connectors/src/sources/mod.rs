@@ -106,6 +106,21 @@ pub struct BuildContext {
     /// The directory relative paths in the pipeline file resolve against
     /// (the pipeline file's own directory).
     pub base_dir: std::path::PathBuf,
+    /// Where sources that remember something between runs (the `schedule`
+    /// source's last handled tick) keep it; `None` when the run keeps no
+    /// state (`weir check`, `--no-checkpoint`, distributed mode).
+    pub state: Option<StateDir>,
+}
+
+/// A directory for state kept between runs, and the pipeline it is kept
+/// for (several pipeline files may share a directory).
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    /// The directory (`.weir/` beside the pipeline file, or `--state-dir`):
+    /// the one the checkpoint database is in.
+    pub dir: std::path::PathBuf,
+    /// The pipeline's key in it: its file's canonical path.
+    pub pipeline: String,
 }
 
 #[cfg(test)]

@@ -148,6 +148,7 @@ mod tests {
         let ctx = BuildContext {
             input: "in".into(),
             base_dir: ".".into(),
+            state: None,
         };
         let (_source, decoder) = cfg.build(&ctx).unwrap();
         assert_eq!(decoder.format(), Format::Jsonl);
