@@ -11,6 +11,7 @@
 //! * [`fuzz`]: mutated pipeline files never crash `weir check`;
 //! * [`http`]: the `http` sink against a service on loopback;
 //! * [`http_server`]: clients POSTing into a running pipeline, and its drain;
+//! * [`schedule`]: ticks in real time, caught up after a restart, SIGINT;
 //! * [`options`]: numeric options out of range, reported at their line;
 //! * [`paths`]: outputs that would write over an input are refused;
 //! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered;
@@ -53,5 +54,7 @@ mod paths;
 mod records;
 #[path = "cli/run.rs"]
 mod run;
+#[path = "cli/schedule.rs"]
+mod schedule;
 #[path = "cli/service_examples.rs"]
 mod service_examples;

@@ -2,11 +2,12 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 18] = [
+const ALL: [(&str, &str); 19] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),
     ("source", "http_server"),
+    ("source", "schedule"),
     ("processor", "jq"),
     ("processor", "filter"),
     ("processor", "validate"),
@@ -106,7 +107,7 @@ fn explain_unknown_lists_the_components() {
     assert_eq!(text(&out.stdout), "");
     assert_eq!(
         text(&out.stderr),
-        "error: unknown component 'nope'; sources: file, stdin, generate, http_server; \
+        "error: unknown component 'nope'; sources: file, stdin, generate, http_server, schedule; \
          processors: jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter, html; \
          sinks: sqlite, file, stdout, http\n"
     );

@@ -25,7 +25,7 @@ use crate::processors::{
     aggregate, batch, dedupe, filter, html, http as http_call, jq, scatter, switch, validate,
 };
 use crate::sinks::{file as file_sink, http, sqlite, stdout};
-use crate::sources::{file, generate, http_server, stdin};
+use crate::sources::{file, generate, http_server, schedule, stdin};
 
 /// The three kinds of component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,7 @@ registry! {
     Source "stdin" => stdin::StdinSource,
     Source "generate" => generate::GenerateSource,
     Source "http_server" => http_server::HttpServerSource,
+    Source "schedule" => schedule::ScheduleSource,
     Processor "jq" => jq::JqConfig,
     Processor "filter" => filter::FilterConfig,
     Processor "validate" => validate::ValidateConfig,

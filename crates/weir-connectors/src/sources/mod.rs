@@ -20,6 +20,7 @@ pub mod generate;
 pub mod http_server;
 pub(crate) mod live;
 pub mod orders;
+pub mod schedule;
 pub mod stdin;
 
 pub use weir_record::raw::Raw;
