@@ -57,10 +57,14 @@ fn open_checkpoint(
     if *resume {
         for i in &file.inputs {
             // An entry without exactly one source has its own error.
-            if i.value.source().is_some_and(|s| s.files().is_none()) {
+            if i
+                .value
+                .source()
+                .is_some_and(|s| s.files().is_none() && !s.resumes_itself())
+            {
                 diags.push(Diagnostic::at(
                     format!(
-                        "--resume: input '{}' is not a file input; only file inputs can be resumed",
+                        "--resume: input '{}' is not a file input; only file inputs (and schedules, which resume by themselves) can be resumed",
                         i.value.name.value
                     ),
                     &i.value.name,

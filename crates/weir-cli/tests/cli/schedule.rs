@@ -197,6 +197,32 @@ fn no_checkpoint_keeps_no_state() {
     assert!(!d.join(".weir").exists());
 }
 
+/// `--resume` accepts a schedule, which resumes by its own policy on
+/// every run; a stdin input beside it is still refused.
+#[test]
+fn resume_accepts_a_schedule() {
+    let d = Dir::new();
+    for count in [3, 5] {
+        d.file("p.yaml", pipeline(&format!(", count: {count}")));
+        let out = d.weir(&["run", "p.yaml", "--resume"]).output().unwrap();
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let all = scheduled(&d);
+    assert_eq!(all.len(), 8, "{all:?}");
+    assert_every_100ms(&all);
+
+    let mixed = pipeline("").replace("outputs:", "  - name: typed\n    stdin: {}\noutputs:");
+    d.file("p.yaml", mixed);
+    let out = d.weir(&["run", "p.yaml", "--resume"]).output().unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("input 'typed' is not a file input"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn bad_options_are_reported_at_their_line() {
     let d = Dir::new();

@@ -49,6 +49,14 @@ pub trait SourceComponent: Debug + Send + Sync {
         None
     }
 
+    /// Whether the source picks up where earlier runs left off by itself,
+    /// on every run, through its own state and policy (`schedule` and its
+    /// `missed`): `--resume` accepts it beside file inputs and changes
+    /// nothing for it. False (the default) for sources that cannot resume.
+    fn resumes_itself(&self) -> bool {
+        false
+    }
+
     /// Workers decoding its items when the entry does not say
     /// (`decode_workers`). Several decode faster but let records overtake
     /// each other, which a file (read whole, with positions) tolerates and

@@ -832,6 +832,11 @@ impl crate::registry::SourceComponent for ScheduleSource {
     fn default_decode_workers(&self) -> usize {
         1
     }
+
+    /// Its `missed` policy applies on every run, `--resume` or not.
+    fn resumes_itself(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
