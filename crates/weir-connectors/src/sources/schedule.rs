@@ -123,8 +123,11 @@ pub enum Missed {
 pub struct ScheduleSource {
     /// A cron expression: 5 fields (minute hour day-of-month month
     /// day-of-week), or 6 with seconds first (`*/10 * * * * *`: every ten
-    /// seconds), or a nickname (`@hourly`, `@daily`, ...). Evaluated in
-    /// `timezone`. Exactly one of `cron` and `every` is required.
+    /// seconds), optionally a year last, or a nickname (`@hourly`,
+    /// `@daily`, ...). As in Vixie cron, a day matches when it matches the
+    /// day of the month or the day of the week (when both are restricted).
+    /// Evaluated in `timezone`. Exactly one of `cron` and `every` is
+    /// required.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub cron: Option<Spanned<String>>,
@@ -384,7 +387,7 @@ impl Schedule {
         let mut t = after;
         while let Some(next) = self.next_after(t).filter(|n| *n < upto) {
             n += 1;
-            if n >= cap {
+            if n > cap {
                 return Err(cap);
             }
             t = next;
@@ -965,6 +968,13 @@ mod tests {
                 "2026-12-01T17:00:40.000Z",
                 "2026-12-01T17:01:00.000Z"
             ]
+        );
+        // Day of month or day of week, as in Vixie cron: Friday 4
+        // December comes before the 13th.
+        let s = cron("0 0 12 13 * FRI", "UTC");
+        assert_eq!(
+            s.next_after(ts("2026-12-01T17:00:00Z")),
+            Some(ts("2026-12-04T12:00:00Z"))
         );
         let s = cron("0 9 * * MON", "America/New_York");
         // Monday 7 December 2026, 09:00 in New York (UTC-5).
