@@ -20,7 +20,7 @@ use weir::{ErrorPolicy, Flow, LoopBack, LoopExit, LoopOptions, Pipeline, Pipelin
 use weir_connectors::checkpoint::Checkpoint;
 use weir_connectors::processors::ProcessorContext;
 use weir_connectors::registry::{Kind, Resume, Scope, Stage, StageOptions};
-use weir_connectors::sources::{BuildContext, StateDir};
+use weir_connectors::sources::{BuildContext, State, StateDir, StateStore};
 use weir_connectors::{Raw, Record};
 
 use crate::config::{OnError, PipelineFile, StageEntry, component_count_error};
@@ -138,6 +138,9 @@ pub enum Mode {
         checkpoint: bool,
         /// Where the checkpoint database lives.
         state_dir: Option<std::path::PathBuf>,
+        /// Where sources keep state between runs instead of the state
+        /// directory: in distributed mode, the job's bucket on the broker.
+        shared_state: Option<Arc<dyn StateStore>>,
     },
 }
 
@@ -259,7 +262,13 @@ pub fn build(
 ) -> Result<Built, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let (checkpoint, resume) = open_checkpoint(file, pipeline_path, base_dir, &mode)?;
-    let state = state_dir_of(pipeline_path, base_dir, &mode);
+    let state = match &mode {
+        Mode::Run {
+            shared_state: Some(shared),
+            ..
+        } => Some(State::Shared(shared.clone())),
+        _ => state_dir_of(pipeline_path, base_dir, &mode).map(State::Dir),
+    };
     let p = Pipeline::with_options(PipelineOptions {
         batch_size: file.settings.batch_size.max(1),
         buffer: file.settings.buffer.max(1),

@@ -279,6 +279,7 @@ fn main() -> ExitCode {
                 resume,
                 checkpoint: !no_checkpoint,
                 state_dir,
+                shared_state: None,
             };
             run(&pipeline, report, quiet, mode)
         }

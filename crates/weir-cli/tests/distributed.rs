@@ -14,6 +14,7 @@
 //! * [`pool`]: workers joining and leaving (SIGTERM drains) mid-job;
 //! * [`dead_letters`]: a poison record retried and dead-lettered, `weir
 //!   status`, `weir dlq list` and `weir dlq replay`;
+//! * [`schedule`]: a schedule's last handled tick kept on the broker;
 //! * [`stats`]: the remote statistics in the coordinator's report and in
 //!   `weir status`;
 //! * [`errors`]: an unreachable broker, a stateful stage marked `remote`;
@@ -40,6 +41,8 @@ mod faults;
 mod orders;
 #[path = "distributed/pool.rs"]
 mod pool;
+#[path = "distributed/schedule.rs"]
+mod schedule;
 #[path = "distributed/stats.rs"]
 mod stats;
 #[path = "distributed/trust.rs"]

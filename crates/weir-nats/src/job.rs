@@ -148,6 +148,11 @@ impl Names {
     pub fn worker_key(&self, worker: &str) -> String {
         format!("{}.w.{}", self.job, sanitize(worker))
     }
+    /// The key of a number a source keeps between runs (a schedule's last
+    /// handled tick), named `key` by the source.
+    pub fn source_state_key(&self, key: &str) -> String {
+        format!("{}.s.{}", self.job, sanitize(key))
+    }
 }
 
 /// Where a job is.
@@ -721,6 +726,67 @@ impl Job {
         let mut w = self.workers().await?;
         w.retain(|w| w.run == run);
         Ok(w)
+    }
+
+    /// The numbers sources kept between runs of the job
+    /// ([`Names::source_state_key`]), by the key the source gave
+    /// (sanitized as in the bucket). Values that are not numbers are
+    /// left out.
+    ///
+    /// # Errors
+    /// When the bucket cannot be listed.
+    pub async fn source_state(&self) -> Result<BTreeMap<String, i64>, BrokerError> {
+        let mut out = BTreeMap::new();
+        for k in self.source_state_keys().await? {
+            if let Ok(Some(b)) = self.kv.get(&k).await
+                && let Some(n) = std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok())
+            {
+                let key = k.split_once(".s.").map_or(k.as_str(), |(_, key)| key);
+                out.insert(key.to_string(), n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes what sources kept between runs of the job (it starts over).
+    ///
+    /// # Errors
+    /// When the bucket cannot be listed.
+    pub async fn purge_source_state(&self) -> Result<(), BrokerError> {
+        for k in self.source_state_keys().await? {
+            let _ = self.kv.purge(k).await;
+        }
+        Ok(())
+    }
+
+    /// Saves a number a source keeps between runs.
+    ///
+    /// # Errors
+    /// When the bucket cannot be written.
+    pub async fn put_source_state(&self, key: &str, value: i64) -> Result<(), BrokerError> {
+        self.kv
+            .put(self.names.source_state_key(key), value.to_string().into())
+            .await
+            .map_err(|e| BrokerError::request("write source state", e))?;
+        Ok(())
+    }
+
+    async fn source_state_keys(&self) -> Result<Vec<String>, BrokerError> {
+        let prefix = self.names.source_state_key("");
+        let mut keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| BrokerError::request("list source state", e))?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            if let Ok(k) = k
+                && k.starts_with(&prefix)
+            {
+                out.push(k);
+            }
+        }
+        Ok(out)
     }
 
     /// Publishes a worker's statistics.

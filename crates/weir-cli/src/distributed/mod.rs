@@ -15,6 +15,7 @@
 mod edges;
 mod fingerprint;
 pub mod placement;
+mod state;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -173,10 +174,15 @@ pub fn run_coordinator(
                 inputs_done,
                 state.as_ref().map_or(0, |s| s.replays),
             );
+            // Sources' state between runs (a schedule's last handled
+            // tick) in the job's bucket: read by whichever coordinator
+            // holds the job next.
+            let (shared_state, state_writer) = state::KvState::open(&job, fresh).await?;
             let mode = build::Mode::Run {
                 resume: false,
                 checkpoint: false,
                 state_dir: None,
+                shared_state: Some(shared_state.clone()),
             };
             let built = match build::build(&l.file, &l.wiring, &l.path, &l.base_dir, mode, &mut edges)
             {
@@ -266,6 +272,10 @@ pub fn run_coordinator(
                 })
             });
             let outcome = build::run(built, live, live.then_some(extra)).await;
+            // The sources are gone with the pipeline: the writes they
+            // queued go out before the job's state says how the run ended.
+            drop(shared_state);
+            state_writer.close().await;
             on_lost.abort();
             stop_watch.cancel();
             if let Some(v) = remote_view {

@@ -108,9 +108,38 @@ pub struct BuildContext {
     /// (the pipeline file's own directory).
     pub base_dir: std::path::PathBuf,
     /// Where sources that remember something between runs (the `schedule`
-    /// source's last handled tick) keep it; `None` when the run keeps no
-    /// state (`weir check`, `--no-checkpoint`, distributed mode).
-    pub state: Option<StateDir>,
+    /// source's last handled tick) keep it: a directory in a local run, the
+    /// broker in distributed mode; `None` when the run keeps no state
+    /// (`weir check`, `--no-checkpoint`).
+    pub state: Option<State>,
+}
+
+/// Where state kept between runs lives.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// In files of a directory (a local run).
+    Dir(StateDir),
+    /// In a store the runner provides (distributed mode: the job's
+    /// key-value bucket on the broker, shared by whichever coordinator
+    /// holds the job).
+    Shared(Arc<dyn StateStore>),
+}
+
+/// Numbers kept between runs by key, outside a directory: in distributed
+/// mode, the job's key-value bucket on the broker.
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// The number saved under `key` by an earlier run, as read when this
+    /// run started.
+    fn get(&self, key: &str) -> Option<i64>;
+
+    /// Saves `value` under `key`. The write happens in the background, in
+    /// order (a later value replaces an earlier one); a value not yet
+    /// written when the process dies is lost, so callers save only what
+    /// they can afford to redo.
+    ///
+    /// # Errors
+    /// When the value cannot be queued for writing (the store is closed).
+    fn put(&self, key: &str, value: i64) -> Result<(), String>;
 }
 
 /// A directory for state kept between runs, and the pipeline it is kept

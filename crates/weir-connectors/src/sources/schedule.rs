@@ -21,8 +21,12 @@
 //!   dead-lettered) is kept in SQLite, `schedule.db` beside the checkpoint
 //!   database (`.weir/` beside the pipeline file, or `--state-dir`), saved
 //!   when it moves (at most every [`SAVE_EVERY`], and when the run ends).
-//!   A run without state (`weir check`, `--no-checkpoint`, distributed
-//!   mode) neither reads nor writes it.
+//!   In distributed mode it is kept in the job's key-value bucket on the
+//!   broker instead (`State::Shared`), where whichever coordinator holds
+//!   the job next reads it; inputs run in the coordinator only, and one
+//!   coordinator holds the job's lease, so one process fires. A run
+//!   without state (`weir check`, `--no-checkpoint`) neither reads nor
+//!   writes it.
 //! * **Restarts.** On start, with `missed: skip` the first tick is the next
 //!   one after now; with `missed: catch_up` every tick after the last
 //!   handled one up to now is emitted first, at most `catch_up_limit` of
@@ -72,7 +76,7 @@ use weir::Ack;
 use crate::error::ConfigError;
 use crate::record::{Position, Record};
 use crate::sources::decode::Decoder;
-use crate::sources::{BuildContext, Raw, StateDir};
+use crate::sources::{BuildContext, Raw, State, StateDir, StateStore};
 use crate::value;
 
 /// Missed ticks emitted at most after a downtime (or a stall), when
@@ -244,7 +248,12 @@ impl ScheduleSource {
             .as_ref()
             .map_or(DEFAULT_CATCH_UP_LIMIT, |l| l.value);
         let store = match &ctx.state {
-            Some(state) => Some(TickStore::open(state, &ctx.input)?),
+            Some(State::Dir(dir)) => Some(Store::Sqlite(TickStore::open(dir, &ctx.input)?)),
+            Some(State::Shared(shared)) => Some(Store::Shared {
+                store: shared.clone(),
+                key: format!("schedule.{}", ctx.input),
+                input: ctx.input.clone(),
+            }),
             None => None,
         };
         let ticker = Ticker {
@@ -551,7 +560,7 @@ impl Ticker {
         self.started = true;
         if self.progress.store.is_none() && self.missed == Missed::CatchUp {
             tracing::warn!(
-                "schedule '{}': this run keeps no state (--no-checkpoint, or --broker): ticks missed before it are not caught up, and its own are not remembered",
+                "schedule '{}': this run keeps no state (--no-checkpoint): ticks missed before it are not caught up, and its own are not remembered",
                 self.input
             );
         }
@@ -647,7 +656,7 @@ impl Ticker {
 /// Ticks emitted and not yet handled, and the last handled tick as saved.
 struct Progress {
     track: Mutex<Track>,
-    store: Option<TickStore>,
+    store: Option<Store>,
 }
 
 #[derive(Debug, Default)]
@@ -682,7 +691,7 @@ impl Track {
 }
 
 impl Progress {
-    fn new(store: Option<TickStore>) -> Self {
+    fn new(store: Option<Store>) -> Self {
         Progress {
             track: Mutex::new(Track::default()),
             store,
@@ -725,7 +734,7 @@ impl Progress {
         }
     }
 
-    fn save(store: &TickStore, t: &mut Track) {
+    fn save(store: &Store, t: &mut Track) {
         let Some(water) = t.water.filter(|w| Some(*w) > t.saved) else {
             return;
         };
@@ -736,7 +745,7 @@ impl Progress {
             }
             Err(e) => tracing::warn!(
                 "schedule '{}': cannot save the last handled tick: {e}",
-                store.input
+                store.input()
             ),
         }
     }
@@ -748,6 +757,41 @@ impl Drop for Progress {
         if let Some(store) = &self.store {
             let t = self.track.get_mut().unwrap_or_else(|p| p.into_inner());
             Self::save(store, t);
+        }
+    }
+}
+
+/// Where the last handled tick of one input is kept.
+enum Store {
+    /// In `schedule.db` in the state directory.
+    Sqlite(TickStore),
+    /// Under `key` in a store the runner provides.
+    Shared {
+        store: Arc<dyn StateStore>,
+        key: String,
+        input: Arc<str>,
+    },
+}
+
+impl Store {
+    fn load(&self) -> Result<Option<i64>, String> {
+        match self {
+            Store::Sqlite(s) => s.load().map_err(|e| e.to_string()),
+            Store::Shared { store, key, .. } => Ok(store.get(key)),
+        }
+    }
+
+    fn save(&self, ms: i64) -> Result<(), String> {
+        match self {
+            Store::Sqlite(s) => s.save(ms).map_err(|e| e.to_string()),
+            Store::Shared { store, key, .. } => store.put(key, ms),
+        }
+    }
+
+    fn input(&self) -> &str {
+        match self {
+            Store::Sqlite(s) => &s.input,
+            Store::Shared { input, .. } => input,
         }
     }
 }
@@ -1248,10 +1292,10 @@ mod tests {
         BuildContext {
             input: "ticks".into(),
             base_dir: dir.to_path_buf(),
-            state: Some(StateDir {
+            state: Some(State::Dir(StateDir {
                 dir: dir.to_path_buf(),
                 pipeline: "p.yaml".into(),
-            }),
+            })),
         }
     }
 
@@ -1308,7 +1352,10 @@ mod tests {
             assert_eq!(get("name"), "job");
             assert!(get("fired_at") >= get("scheduled_at"), "{r:?}");
         }
-        let store = TickStore::open(&ctx(dir.path()).state.unwrap(), &"ticks".into()).unwrap();
+        let Some(State::Dir(state)) = ctx(dir.path()).state else {
+            unreachable!()
+        };
+        let store = TickStore::open(&state, &"ticks".into()).unwrap();
         assert_eq!(
             store.load().unwrap(),
             Some(a[4]),
