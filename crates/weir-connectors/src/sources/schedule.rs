@@ -87,8 +87,10 @@ use crate::value;
 pub const DEFAULT_CATCH_UP_LIMIT: u64 = 1000;
 
 /// How often the last handled tick is written to the database at most
-/// (and when the run ends): a crash re-emits at most the ticks handled
-/// within this long, or the last one.
+/// (and when the run ends). What was handled since the last save is saved
+/// when the next tick settles or, while the source waits for its next
+/// tick, within this long: a crash re-emits the ticks handled within
+/// about this long before it.
 pub const SAVE_EVERY: Duration = Duration::from_millis(200);
 
 /// The longest single wait: the wall clock is read again after it.
@@ -544,8 +546,15 @@ impl Ticker {
             let tick = self.next?;
             let now = Timestamp::now();
             if tick > now {
+                // Handled ticks not yet saved (a burst handled within
+                // SAVE_EVERY of the last save) are saved while waiting.
+                let nap = if self.progress.flush_due() {
+                    SAVE_EVERY
+                } else {
+                    MAX_NAP
+                };
                 let wait = now.duration_until(tick).unsigned_abs();
-                tokio::time::sleep(wait.min(MAX_NAP)).await;
+                tokio::time::sleep(wait.min(nap)).await;
                 continue;
             }
             let tick = self.bound_burst(tick, now);
@@ -732,6 +741,22 @@ impl Progress {
         if t.water > t.saved && t.last_save.is_none_or(|s| s.elapsed() >= SAVE_EVERY) {
             Self::save(store, &mut t);
         }
+    }
+
+    /// Saves the watermark when it moved and the last save is old enough;
+    /// true when a later call has something to save.
+    fn flush_due(&self) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let mut t = self.lock();
+        if t.water <= t.saved {
+            return false;
+        }
+        if t.last_save.is_none_or(|s| s.elapsed() >= SAVE_EVERY) {
+            Self::save(store, &mut t);
+        }
+        t.water > t.saved
     }
 
     fn save(store: &Store, t: &mut Track) {
@@ -1286,6 +1311,30 @@ mod tests {
         let other = TickStore::open(&state("q"), &"a".into()).unwrap();
         assert_eq!(other.load().unwrap(), None);
         assert!(dir.path().join("state").join(TickStore::FILE).exists());
+    }
+
+    /// A burst handled right after a save is saved while the source waits
+    /// for its next tick, not only at the next tick or the end.
+    #[test]
+    fn a_burst_is_saved_soon_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir {
+            dir: dir.path().to_path_buf(),
+            pipeline: "p".into(),
+        };
+        let open = || TickStore::open(&state, &"t".into()).unwrap();
+        let p = Progress::new(Some(Store::Sqlite(open())));
+        for tick in 1..=3 {
+            p.emitted(tick);
+        }
+        for tick in 1..=3 {
+            p.settled(tick, true);
+        }
+        assert_eq!(open().load().unwrap(), Some(1), "the first save is at once");
+        assert!(p.flush_due(), "too soon: still to save");
+        std::thread::sleep(SAVE_EVERY + Duration::from_millis(50));
+        assert!(!p.flush_due(), "saved, nothing left");
+        assert_eq!(open().load().unwrap(), Some(3));
     }
 
     fn ctx(dir: &Path) -> BuildContext {
