@@ -31,8 +31,9 @@
 //!   one after now; with `missed: catch_up` every tick after the last
 //!   handled one up to now is emitted first, at most `catch_up_limit` of
 //!   them (the most recent; how many were dropped is logged), then the
-//!   schedule goes on. A tick emitted but not handled before a crash (or
-//!   a `kill -9`) is emitted again: delivery is at least once per tick.
+//!   schedule goes on. With `catch_up`, a tick emitted but not handled
+//!   before a crash (or a `kill -9`) is emitted again: delivery is at
+//!   least once per tick (with `skip`, such a tick is not emitted again).
 //!   Ticks never go back: after the wall clock was set back, the first tick
 //!   is after the last handled one in both modes.
 //! * **Late ticks during a run.** A tick is emitted when its time comes,
