@@ -57,8 +57,7 @@ fn open_checkpoint(
     if *resume {
         for i in &file.inputs {
             // An entry without exactly one source has its own error.
-            if i
-                .value
+            if i.value
                 .source()
                 .is_some_and(|s| s.files().is_none() && !s.resumes_itself())
             {
