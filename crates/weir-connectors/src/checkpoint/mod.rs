@@ -49,7 +49,7 @@ use sha2::Digest as _;
 use crate::error::ConfigError;
 
 pub mod follow;
-pub use follow::{FollowRow, Mark};
+pub use follow::{FollowRow, Mark, Next};
 
 /// Lines per chunk: one ack, and one entry in a whole-input aggregate,
 /// per this many lines.
@@ -292,6 +292,7 @@ impl Chunk {
                 t.marks.insert(last, mark);
             }
         }
+        self.cp.follow_read(&self.key.0, &self.key.1, &mark);
         self.ack.deliver();
     }
 }
@@ -504,6 +505,13 @@ impl Checkpoint {
         }
         // Save now and then, from whichever thread finishes a chunk; never
         // wait for another thread that is saving.
+        self.tick();
+    }
+
+    /// Saves when the last save is [`SAVE_EVERY`] old: for a reader that
+    /// waits (a followed file), whose last chunk's acks may have come
+    /// just after a save, with no later ack to save them.
+    pub fn tick(&self) {
         let due = match self.last_save.try_lock() {
             Ok(mut last) if last.elapsed() >= SAVE_EVERY => {
                 *last = Instant::now();
@@ -554,25 +562,36 @@ impl Checkpoint {
             }
             (changed, finished)
         };
-        if changed.is_empty() && finished.is_empty() {
+        let heads = lock(&self.follows).heads_to_save();
+        if changed.is_empty() && finished.is_empty() && heads.is_empty() {
             return Ok(());
         }
         let identities = lock(&self.identities).clone();
         let mut follows = lock(&self.follows);
         let mut conn = lock(&self.conn);
         let tx = conn.transaction().map_err(|e| e.to_string())?;
+        let mut written = std::collections::HashSet::new();
         for ((input, file), line, mark) in changed {
-            if follows.is_followed(&(input.clone(), file.clone())) {
+            let key = (input.clone(), file.clone());
+            if follows.is_followed(&key) {
                 if let Some(mark) = mark {
                     follows
-                        .write(&tx, &self.pipeline, &(input, file), &mark)
+                        .write(&tx, &self.pipeline, &key, &mark)
                         .map_err(|e| e.to_string())?;
+                    written.insert(key);
                 }
                 continue;
             }
             let identity = identities.get(&(input.to_string(), file.to_string()));
             write_row(&tx, &self.pipeline, &input, &file, line, identity)
                 .map_err(|e| e.to_string())?;
+        }
+        for (key, mark) in heads {
+            if !written.contains(&key) {
+                follows
+                    .write(&tx, &self.pipeline, &key, &mark)
+                    .map_err(|e| e.to_string())?;
+            }
         }
         for k in finished {
             follows

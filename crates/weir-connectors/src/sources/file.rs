@@ -164,9 +164,12 @@ impl FileSource {
             let raws = super::live::stream(lines, "a followed file").map(|r| r.map(|(raw, _)| raw));
             return Ok((weir::from_try_stream(raws), decoder));
         };
-        lines
+        let said = lines
             .keep_progress(cp)
             .map_err(|e| ConfigError::new(format!("checkpoint database: {e}")))?;
+        for line in said {
+            eprintln!("{line}");
+        }
         // Every line carries an ack once progress is kept.
         let acked = super::live::stream(lines, "a followed file")
             .map(|r| r.map(|(raw, ack)| (raw, ack.unwrap_or_else(|| weir::Ack::new(|_| {})))));

@@ -153,54 +153,120 @@ impl Follow {
     /// rotated name beside it), then what the path names. Saved progress
     /// whose file is gone or was rewritten cannot be resumed: it is
     /// forgotten, with a warning for each (the lines read then are lost).
+    /// Returns what the user should be told (warnings, and files rotated
+    /// while weir was down that it reads from their start).
     ///
     /// # Errors
     /// When the checkpoint database cannot be written.
-    pub(crate) fn keep_progress(&mut self, cp: Arc<Checkpoint>) -> Result<(), String> {
+    pub(crate) fn keep_progress(&mut self, cp: Arc<Checkpoint>) -> Result<Vec<String>, String> {
+        let mut said = Vec::new();
         let rows = cp.followed(&self.input, &self.shown);
-        let next_seq = rows.last().map_or(0, |r| r.seq + 1);
+        let kept = cp.follow_next(&self.input, &self.shown);
+        let mut next_seq = rows
+            .last()
+            .map_or(0, |r| r.seq + 1)
+            .max(kept.map_or(0, |k| k.seq));
         let mut queue = VecDeque::new();
         let path_id = self.path_id();
-        // A truncated file is a new generation of the same inode: only
-        // the newest row of an inode counts.
-        let newest = |r: &FollowRow| {
-            !rows
-                .iter()
-                .any(|o| o.seq > r.seq && (o.dev, o.ino) == (r.dev, r.ino))
-        };
-        let mut siblings = None;
+        let siblings = list_siblings(&self.path);
+        // Finished files still beside the path are not read again; the
+        // rows of those gone are no longer needed.
+        let mut finished = Vec::new();
+        for row in cp.follow_finished(&self.input, &self.shown) {
+            if siblings.iter().any(|s| s.id == (row.dev, row.ino)) {
+                finished.push((row.dev, row.ino));
+            } else {
+                cp.forget_followed(&self.input, row.seq)?;
+            }
+        }
         for row in &rows {
-            let located = if !newest(row) {
-                Err("a later generation of the same file replaced it".to_string())
+            // A truncated file is a new generation of the same inode: an
+            // older row of it had lines in flight that the truncation
+            // took away.
+            let superseded = rows
+                .iter()
+                .any(|o| o.seq > row.seq && (o.dev, o.ino) == (row.dev, row.ino));
+            let located = if superseded {
+                Err("was truncated before they were handled".to_string())
             } else if path_id == Some((row.dev, row.ino)) {
                 Ok(self.path.clone())
             } else {
-                let list = siblings.get_or_insert_with(|| list_siblings(&self.path));
-                list.iter()
-                    .find(|(_, id)| *id == (row.dev, row.ino))
-                    .map(|(p, _)| p.clone())
+                siblings
+                    .iter()
+                    .find(|s| s.id == (row.dev, row.ino))
+                    .map(|s| s.path.clone())
                     .ok_or_else(|| "is gone (rotated away and deleted or compressed)".to_string())
             };
             match located.and_then(|p| open_at(&p, row)) {
                 Ok(start) => queue.push_back(start),
                 Err(why) => {
-                    if newest(row) {
-                        eprintln!(
-                            "warning: input '{}': the followed file {} was read up to line {} \
-                             (byte {}) when the last run stopped, but that file {why}: \
-                             what it held after that, if anything, is not read",
-                            self.input, self.shown, row.mark.line, row.mark.offset
-                        );
-                    }
+                    said.push(format!(
+                        "warning: input '{}': the followed file {} was handled up to line {} \
+                         (byte {}) when the last run stopped, but that file {why}: what it \
+                         held after that, if anything, is not read",
+                        self.input, self.shown, row.mark.line, row.mark.offset
+                    ));
                     cp.forget_followed(&self.input, row.seq)?;
                 }
             }
         }
         // What the path names comes last: it is the newest.
-        if let Some(i) = queue.iter().position(|s| Some(s.id) == path_id) {
-            let current = queue.remove(i).expect("found");
-            queue.push_back(current);
+        let current = queue
+            .iter()
+            .position(|s| Some(s.id) == path_id)
+            .and_then(|i| queue.remove(i));
+        // Files rotated while weir was down that it never opened: rotated
+        // names of the path modified since the last run's last save, read
+        // from their start, oldest first, after the saved ones.
+        if let Some(kept) = kept {
+            let mut missed: Vec<&Sibling> = siblings
+                .iter()
+                .filter(|s| {
+                    s.rotated_from(&self.path)
+                        && s.modified_ns > kept.saved_ns - CLOCK_MARGIN_NS
+                        && Some(s.id) != path_id
+                        && !finished.contains(&s.id)
+                        && !queue.iter().any(|q| q.id == s.id)
+                })
+                .collect();
+            missed.sort_by_key(|s| s.modified_ns);
+            for s in missed {
+                if s.compressed() {
+                    said.push(format!(
+                        "warning: input '{}': {} was rotated from the followed file while weir \
+                         was down and is compressed: its lines are not read",
+                        self.input,
+                        s.path.display()
+                    ));
+                    continue;
+                }
+                match File::open(&s.path) {
+                    Ok(file) => {
+                        said.push(format!(
+                            "note: input '{}': reading {} (rotated from the followed file \
+                             while weir was down) from its start",
+                            self.input,
+                            s.path.display()
+                        ));
+                        queue.push_back(Start {
+                            file,
+                            id: s.id,
+                            seq: next_seq,
+                            mark: Mark::default(),
+                            head: Vec::new(),
+                        });
+                        next_seq += 1;
+                    }
+                    Err(e) => said.push(format!(
+                        "warning: input '{}': {} was rotated from the followed file while weir \
+                         was down and cannot be read ({e}): its lines are not read",
+                        self.input,
+                        s.path.display()
+                    )),
+                }
+            }
         }
+        queue.extend(current);
         self.progress = Some(Progress {
             key: Arc::from(""),
             cp,
@@ -209,7 +275,8 @@ impl Follow {
             queue,
             head_hash: None,
         });
-        self.begin().map_err(|e| e.to_string())
+        self.begin().map_err(|e| e.to_string())?;
+        Ok(said)
     }
 
     /// Starts tracking the current generation, when its file is known:
@@ -238,6 +305,13 @@ impl Follow {
                 p.next_seq += 1;
                 (seq, *id, false)
             }
+        };
+        // Positions name a file by its generation over all runs, so that a
+        // resumed file keeps its label and a new one never repeats one.
+        self.label = if seq == 0 {
+            self.shown.clone()
+        } else {
+            format!("{}@{seq}", self.shown).into()
         };
         let start = self.mark();
         let p = self.progress.as_mut().expect("checked");
@@ -286,24 +360,24 @@ impl Follow {
         }
     }
 
-    /// Where the current file stands after the lines sent.
+    /// Where the current file stands after the lines sent, and a hash of
+    /// its first bytes read.
     fn mark(&mut self) -> Mark {
-        let head_len = (HEAD_BYTES as u64).min(self.consumed);
-        let whole = head_len == HEAD_BYTES as u64;
+        let head_len = HEAD_BYTES.min(self.head.len());
+        let whole = head_len == HEAD_BYTES;
         let cached = self
             .progress
             .as_ref()
             .and_then(|p| p.head_hash)
             .filter(|_| whole);
-        let head =
-            cached.unwrap_or_else(|| sha2::Sha256::digest(&self.head[..head_len as usize]).into());
+        let head = cached.unwrap_or_else(|| sha2::Sha256::digest(&self.head[..head_len]).into());
         if whole && let Some(p) = self.progress.as_mut() {
             p.head_hash = Some(head);
         }
         Mark {
             line: self.line,
             offset: self.consumed,
-            head_len,
+            head_len: head_len as u64,
             head,
         }
     }
@@ -383,12 +457,65 @@ impl Follow {
     /// should end instead.
     fn wait(&mut self, quit: &dyn Fn() -> bool) -> bool {
         self.close_chunk();
+        if let Some(p) = &self.progress {
+            p.cp.tick();
+        }
         wait(quit)
     }
 }
 
-/// The files beside `path` (where a rotated file goes), with their ids.
-fn list_siblings(path: &Path) -> Vec<(PathBuf, FileId)> {
+/// A file beside the followed path.
+struct Sibling {
+    path: PathBuf,
+    id: FileId,
+    modified_ns: i64,
+}
+
+impl Sibling {
+    /// Whether its name is one logrotate gives `path` when rotating it:
+    /// `app.log.1`, `app.log.2.gz`, `app.log-20261201`.
+    fn rotated_from(&self, path: &Path) -> bool {
+        let (Some(name), Some(mine)) = (
+            path.file_name().and_then(|n| n.to_str()),
+            self.path.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return false;
+        };
+        let Some(rest) = mine.strip_prefix(name) else {
+            return false;
+        };
+        let rest = COMPRESSED
+            .iter()
+            .find_map(|ext| rest.strip_suffix(ext))
+            .unwrap_or(rest);
+        match rest.split_at_checked(1) {
+            Some((".", n)) => !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
+            Some(("-", d)) => {
+                !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit() || b"-_T".contains(&b))
+            }
+            _ => false,
+        }
+    }
+
+    fn compressed(&self) -> bool {
+        let name = self.path.to_string_lossy();
+        COMPRESSED.iter().any(|ext| name.ends_with(ext))
+    }
+}
+
+/// How much earlier than the last save a rotated file's modification
+/// time may be and still count as written while weir was down: file
+/// times come from a coarse clock (a few ms behind the one saves read).
+/// Files weir finished are known by inode and never read again; a file
+/// it never opened, modified within this margin before the last save,
+/// is read from its start (duplicates, not losses).
+const CLOCK_MARGIN_NS: i64 = 20_000_000;
+
+/// Endings of files logrotate compressed.
+const COMPRESSED: [&str; 5] = [".gz", ".bz2", ".xz", ".zst", ".lz4"];
+
+/// The files beside `path` (where a rotated file goes).
+fn list_siblings(path: &Path) -> Vec<Sibling> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -400,7 +527,16 @@ fn list_siblings(path: &Path) -> Vec<(PathBuf, FileId)> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
-            meta.is_file().then(|| (e.path(), id_of(&meta)))
+            let modified_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+            meta.is_file().then(|| Sibling {
+                path: e.path(),
+                id: id_of(&meta),
+                modified_ns,
+            })
         })
         .collect()
 }
@@ -415,20 +551,27 @@ fn open_at(path: &Path, row: &FollowRow) -> Result<Start, String> {
     if id != (row.dev, row.ino) {
         return Err("was replaced".to_string());
     }
-    if meta.len() < row.mark.offset {
+    if meta.len() < row.mark.offset.max(row.mark.head_len) {
         return Err(format!(
             "is shorter ({} bytes; it was truncated or rewritten)",
             meta.len()
         ));
     }
-    let head_len = (HEAD_BYTES as u64).min(row.mark.offset);
-    let mut head = vec![0; head_len as usize];
+    // The head as far as the last run read it must be the same; this run
+    // then holds the head up to where it goes on (what `took` keeps).
+    let mut head = vec![0; row.mark.head_len as usize];
     file.read_exact(&mut head).map_err(unreadable)?;
-    let hashed: [u8; 32] =
-        sha2::Sha256::digest(&head[..row.mark.head_len.min(head_len) as usize]).into();
-    if row.mark.head_len > head_len || hashed != row.mark.head {
+    let hashed: [u8; 32] = sha2::Sha256::digest(&head).into();
+    if hashed != row.mark.head {
         return Err("holds other content (it was rewritten)".to_string());
     }
+    let want = HEAD_BYTES.min(usize::try_from(row.mark.offset).unwrap_or(HEAD_BYTES));
+    if head.len() < want {
+        let mut more = vec![0; want - head.len()];
+        file.read_exact(&mut more).map_err(unreadable)?;
+        head.extend_from_slice(&more);
+    }
+    head.truncate(want);
     file.seek(SeekFrom::Start(row.mark.offset))
         .map_err(unreadable)?;
     Ok(Start {
@@ -699,8 +842,23 @@ mod tests {
             InvalidUtf8::DeadLetter,
             true,
         );
-        f.keep_progress(cp.clone()).unwrap();
+        let said = f.keep_progress(cp.clone()).unwrap();
+        assert!(said.is_empty(), "{said:?}");
         (f, cp)
+    }
+
+    /// A follower that resumes, with what it said.
+    fn resumed(dir: &Path, db: &Path) -> (Follow, Vec<String>) {
+        let cp = Checkpoint::open(db, "p", true).unwrap();
+        let mut f = Follow::new(
+            dir.join("app.log"),
+            "app.log",
+            "in".into(),
+            InvalidUtf8::DeadLetter,
+            true,
+        );
+        let said = f.keep_progress(cp).unwrap();
+        (f, said)
     }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -821,13 +979,14 @@ mod tests {
             .open(&path)
             .unwrap();
         write!(w, "x\ny\nzzzzzzzzzzzz\n").unwrap();
-        let (mut f, _cp) = follower(dir.path(), &db, true);
+        let (mut f, said) = resumed(dir.path(), &db);
+        assert!(said[0].contains("rewritten"), "{said:?}");
         assert_eq!(
             shown(&acked(&mut f, 3)),
             pairs(&[
-                ("app.log:1", "x"),
-                ("app.log:2", "y"),
-                ("app.log:3", "zzzzzzzzzzzz")
+                ("app.log@1:1", "x"),
+                ("app.log@1:2", "y"),
+                ("app.log@1:3", "zzzzzzzzzzzz")
             ])
         );
     }
@@ -862,5 +1021,158 @@ mod tests {
             .unwrap();
         writeln!(w, "n2").unwrap();
         assert_eq!(shown(&acked(&mut f, 1)), pairs(&[("app.log@1:2", "n2")]));
+    }
+
+    /// Found in review: positions name a file by its generation over all
+    /// runs, so a resumed file keeps its label (a dead letter of it is
+    /// recognised on resume) and a new one never repeats one.
+    #[test]
+    fn a_resumed_file_keeps_its_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "a\n").unwrap();
+        {
+            let (mut f, cp) = follower(dir.path(), &db, false);
+            deliver(acked(&mut f, 1));
+            std::fs::rename(&path, dir.path().join("app.log.1")).unwrap();
+            std::fs::write(&path, "n1\n").unwrap();
+            deliver(acked(&mut f, 1));
+            std::fs::rename(&path, dir.path().join("app.log.2")).unwrap();
+            std::fs::write(&path, "m1\n").unwrap();
+            let first = acked(&mut f, 1);
+            assert_eq!(shown(&first), pairs(&[("app.log@2:1", "m1")]));
+            cp.save().unwrap();
+            drop(first);
+        }
+        let (mut f, said) = resumed(dir.path(), &db);
+        assert!(said.is_empty(), "{said:?}");
+        assert_eq!(shown(&acked(&mut f, 1)), pairs(&[("app.log@2:1", "m1")]));
+        // The next file is the fourth ever.
+        std::fs::rename(&path, dir.path().join("app.log.3")).unwrap();
+        std::fs::write(&path, "z\n").unwrap();
+        assert_eq!(shown(&acked(&mut f, 1)), pairs(&[("app.log@3:1", "z")]));
+    }
+
+    /// Found in review: a file rotated twice while weir was down; the
+    /// middle one, never opened, is read from its start, named.
+    #[test]
+    fn a_file_rotated_twice_while_down_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        let d = dir.path();
+        std::fs::write(d.join("app.log"), "a\n").unwrap();
+        let old = File::create(d.join("app.log.5")).unwrap();
+        writeln!(&old, "old, rotated before weir ran").unwrap();
+        old.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        {
+            let (mut f, cp) = follower(d, &db, false);
+            deliver(acked(&mut f, 1));
+            cp.save().unwrap();
+        }
+        // Past the file clock's granularity (and the margin kept for it).
+        std::thread::sleep(Duration::from_millis(120));
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("app.log"))
+            .unwrap();
+        writeln!(w, "b").unwrap();
+        std::fs::rename(d.join("app.log"), d.join("app.log.1")).unwrap();
+        std::fs::write(d.join("app.log"), "mid\n").unwrap();
+        std::fs::rename(d.join("app.log.1"), d.join("app.log.2")).unwrap();
+        std::fs::rename(d.join("app.log"), d.join("app.log.1")).unwrap();
+        std::fs::write(d.join("app.log.1.gz"), "not text").unwrap();
+        std::fs::write(d.join("app.log"), "new\n").unwrap();
+        let (mut f, said) = resumed(d, &db);
+        let got: Vec<String> = shown(&acked(&mut f, 3))
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(got, ["b", "mid", "new"]);
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said.iter()
+                .any(|l| l.contains("app.log.1.gz") && l.contains("compressed")),
+            "{said:?}"
+        );
+        assert!(
+            said.iter()
+                .any(|l| l.starts_with("note:") && l.contains("app.log.1 ")),
+            "{said:?}"
+        );
+    }
+
+    /// Found in review: lines in flight when a file was truncated (and
+    /// weir then killed) are gone; that is said, not passed over.
+    #[test]
+    fn lines_lost_to_a_truncation_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "aaaa\nbbbb\n").unwrap();
+        {
+            let (mut f, cp) = follower(dir.path(), &db, false);
+            let old = acked(&mut f, 2);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            std::fs::write(&path, "c\n").unwrap();
+            let new = acked(&mut f, 1);
+            assert_eq!(shown(&new), pairs(&[("app.log@1:1", "c")]));
+            deliver(new);
+            cp.save().unwrap();
+            drop(old);
+        }
+        let (_f, said) = resumed(dir.path(), &db);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("truncated"), "{said:?}");
+    }
+
+    /// Found in review: a file nothing of which was handled is still
+    /// recognised by what was read of it, so a rewrite is not taken for it.
+    #[test]
+    fn a_file_is_recognised_by_what_was_read_not_only_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "aaaa\nbbbb\n").unwrap();
+        {
+            let (mut f, cp) = follower(dir.path(), &db, false);
+            let old = acked(&mut f, 2);
+            cp.save().unwrap();
+            drop(old);
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::write(&path, "xxxx\nyyyy\nzz\n").unwrap();
+        let cp = Checkpoint::open(&db, "p", true).unwrap();
+        let rows = cp.followed("in", "app.log");
+        assert_eq!((rows[0].mark.offset, rows[0].mark.head_len), (0, 10));
+        assert!(open_at(&path, &rows[0]).is_err());
+        let (mut f, said) = resumed(dir.path(), &db);
+        assert!(said[0].contains("rewritten"), "{said:?}");
+        assert_eq!(acked(&mut f, 1)[0].1, "xxxx");
+    }
+
+    /// Found in review: a burst handled just after a save is saved while
+    /// the file is idle, not only at the next ack.
+    #[test]
+    fn an_idle_follow_saves_its_last_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cp.db");
+        std::fs::write(dir.path().join("app.log"), "a\nb\n").unwrap();
+        let (mut f, _cp) = follower(dir.path(), &db, false);
+        deliver(acked(&mut f, 2));
+        // The reader waits, polling.
+        let until = std::time::Instant::now() + Duration::from_millis(500);
+        assert!(f.next(&|| std::time::Instant::now() > until).is_none());
+        let seen = Checkpoint::open(&db, "p", true).unwrap();
+        assert_eq!(seen.followed("in", "app.log")[0].mark.line, 2);
     }
 }
