@@ -6,10 +6,17 @@
 //! `scripts/install-nats-server` puts in `.tools/nats/` (or `$WEIR_NATS_SERVER`);
 //! a missing binary fails the test with the command to run, never skips it.
 //!
+//! [`PgServer`] is a real PostgreSQL cluster in a temporary directory on a
+//! free loopback port (see [`postgres`]), installed from the system's
+//! packages by `scripts/install-postgres` when missing.
+//!
 //! [`http::MockHttp`] is a scripted HTTP server on a free loopback port,
 //! for components that call remote services.
 
 pub mod http;
+pub mod postgres;
+
+pub use postgres::PgServer;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
