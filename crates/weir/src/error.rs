@@ -83,7 +83,8 @@ impl std::error::Error for RunError {
 /// stage's policy applies: fail, or retry the unwritten items and then
 /// dead-letter them), or one item cannot be written at all
 /// ([`WriteError::bad_item`]: dead-letter that item alone, under any policy,
-/// and write the rest).
+/// and write the rest). A destination that refuses the sink altogether
+/// ([`WriteError::fatal`]) fails the run under any policy.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct WriteError<T> {
@@ -95,6 +96,11 @@ pub struct WriteError<T> {
     /// The first unwritten item is itself the problem (a value that does not
     /// fit a column, say); the items after it were not tried.
     pub first_is_bad: bool,
+    /// The destination cannot be written at all (refused credentials, a
+    /// server that stayed away longer than the sink waits): the run fails
+    /// under every policy, since retrying or dead-lettering would only move
+    /// every item to the dead letters.
+    pub fatal: bool,
 }
 
 impl<T> WriteError<T> {
@@ -104,6 +110,19 @@ impl<T> WriteError<T> {
             unwritten: items,
             error: error.into(),
             first_is_bad: false,
+            fatal: false,
+        }
+    }
+
+    /// Nothing of `items` was written, and nothing will be: the destination
+    /// refuses this sink (wrong credentials, say). The engine fails the run
+    /// under every error policy, counting `items` as dropped.
+    pub fn fatal(items: Vec<T>, error: impl Into<BoxError>) -> Self {
+        WriteError {
+            unwritten: items,
+            error: error.into(),
+            first_is_bad: false,
+            fatal: true,
         }
     }
 
@@ -122,6 +141,7 @@ impl<T> WriteError<T> {
             unwritten,
             error: error.into(),
             first_is_bad: true,
+            fatal: false,
         }
     }
 }

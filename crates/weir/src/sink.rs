@@ -204,9 +204,9 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
         let fail = matches!(ctx.options.on_error, ErrorPolicy::Fail);
         loop {
             let n = values.len();
-            let (unwritten, err, first_is_bad) = match sink.write(values).await {
-                Ok(()) => (Vec::new(), None, false),
-                Err(e) => (e.unwritten, Some(e.error), e.first_is_bad),
+            let (unwritten, err, first_is_bad, fatal) = match sink.write(values).await {
+                Ok(()) => (Vec::new(), None, false, false),
+                Err(e) => (e.unwritten, Some(e.error), e.first_is_bad, e.fatal),
             };
             // The written prefix is committed: settle it now.
             let written = n.saturating_sub(unwritten.len());
@@ -232,7 +232,7 @@ impl<T: Send + 'static, S: Sink<T>> SinkStage<T, S> {
                 );
                 break;
             }
-            if fail && !one_bad {
+            if (fail || fatal) && !one_bad {
                 // What is left will never be written: count it and fail its
                 // acks with the sink's error before failing the run.
                 ctx.drop_on_failure(unsettled(values, &mut acks, base), &err);

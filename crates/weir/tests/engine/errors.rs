@@ -266,6 +266,50 @@ fn a_failing_sink_can_retry_then_dead_letter_instead() {
     });
 }
 
+/// A sink the destination refuses outright (wrong credentials).
+struct Refused;
+
+impl Sink<u64> for Refused {
+    type Output = ();
+    async fn write(&mut self, items: Vec<u64>) -> Result<(), WriteError<u64>> {
+        Err(WriteError::fatal(items, "password authentication failed"))
+    }
+    async fn finish(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// A fatal write error fails the run under the dead-letter and retry
+/// policies too, without retrying: nothing is dead-lettered, what the
+/// sink held is counted as dropped.
+#[test]
+fn a_fatal_write_error_fails_the_run_under_every_policy() {
+    for policy in [
+        ErrorPolicy::DeadLetter,
+        ErrorPolicy::Retry(Retry::attempts(5).initial(Duration::from_millis(1))),
+    ] {
+        within(20, async {
+            let p = Pipeline::with_options(PipelineOptions {
+                batch_size: 10,
+                ..Default::default()
+            });
+            p.source("n", from_iter(0..100u64))
+                .sink("db", Refused)
+                .on_error(policy);
+            let err = p.run().await.unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "stage 'db' failed: password authentication failed"
+            );
+            let db = err.report.stage("db").unwrap();
+            assert_eq!((db.ok, db.dead_lettered, db.retries), (0, 0, 0));
+            assert!(db.dropped > 0);
+            assert!(err.report.dead_letters.is_empty());
+            assert_balanced(&err.report);
+        });
+    }
+}
+
 #[test]
 fn too_many_dead_letters_without_a_sink_fail_rather_than_drop() {
     within(20, async {
