@@ -14,6 +14,7 @@
 //! * [`schedule`]: ticks in real time, caught up after a restart, SIGINT;
 //! * [`options`]: numeric options out of range, reported at their line;
 //! * [`paths`]: outputs that would write over an input are refused;
+//! * [`postgres`]: the `postgres` sink against real PostgreSQL servers;
 //! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered;
 //! * [`jq_limits`]: records that drive jq into deep recursion, huge
 //!   outputs or endless loops, and jq reading the environment.
@@ -50,6 +51,8 @@ mod loops;
 mod options;
 #[path = "cli/paths.rs"]
 mod paths;
+#[path = "cli/postgres.rs"]
+mod postgres;
 #[path = "cli/records.rs"]
 mod records;
 #[path = "cli/run.rs"]

@@ -496,7 +496,7 @@ error: stage 's' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, 
 5 |   - name: s
   |           ^
 
-error: output 'out' must have exactly one of `sqlite`, `file`, `stdout`, `http` (found 2)
+error: output 'out' must have exactly one of `sqlite`, `postgres`, `file`, `stdout`, `http` (found 2)
   --> p.yaml:9:11
   |
 9 |   - name: out

@@ -19,6 +19,7 @@ const ALL: [(&str, &str); 19] = [
     ("processor", "scatter"),
     ("processor", "html"),
     ("sink", "sqlite"),
+    ("sink", "postgres"),
     ("sink", "file"),
     ("sink", "stdout"),
     ("sink", "http"),
@@ -48,7 +49,7 @@ fn list() {
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
         .collect();
-    assert_eq!(sinks, ["sqlite", "file", "stdout", "http"]);
+    assert_eq!(sinks, ["sqlite", "postgres", "file", "stdout", "http"]);
 
     let out = d.weir(&["list", "bogus"]).output().unwrap();
     assert_eq!(code(&out), 1);
@@ -109,7 +110,7 @@ fn explain_unknown_lists_the_components() {
         text(&out.stderr),
         "error: unknown component 'nope'; sources: file, stdin, generate, http_server, schedule; \
          processors: jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter, html; \
-         sinks: sqlite, file, stdout, http\n"
+         sinks: sqlite, postgres, file, stdout, http\n"
     );
 }
 
@@ -192,7 +193,7 @@ fn run_refuses_an_invalid_pipeline() {
     assert_eq!(code(&out), 2);
     assert_eq!(text(&out.stdout), "");
     assert!(
-        text(&out.stderr).starts_with("error: unknown field `stdot`, expected one of name, from, on_error, sqlite, file, stdout, http\n  --> p.yaml:6:5\n"),
+        text(&out.stderr).starts_with("error: unknown field `stdot`, expected one of name, from, on_error, sqlite, postgres, file, stdout, http\n  --> p.yaml:6:5\n"),
         "{}",
         text(&out.stderr)
     );

@@ -24,7 +24,7 @@ use serde::de::MapAccess;
 use crate::processors::{
     aggregate, batch, dedupe, filter, html, http as http_call, jq, scatter, switch, validate,
 };
-use crate::sinks::{file as file_sink, http, sqlite, stdout};
+use crate::sinks::{file as file_sink, http, postgres, sqlite, stdout};
 use crate::sources::{file, generate, http_server, schedule, stdin};
 
 /// The three kinds of component.
@@ -135,6 +135,7 @@ registry! {
     Processor "scatter" => scatter::ScatterConfig,
     Processor "html" => html::HtmlConfig,
     Sink "sqlite" => sqlite::SqliteSink,
+    Sink "postgres" => postgres::PostgresSink,
     Sink "file" => file_sink::FileSink,
     Sink "stdout" => stdout::StdoutSink,
     Sink "http" => http::HttpSink,

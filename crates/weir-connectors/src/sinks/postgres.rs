@@ -1,0 +1,1092 @@
+//! The `postgres` sink: records as rows of a PostgreSQL table.
+//!
+//! Options follow the `sqlite` sink's: each record becomes one row whose
+//! columns are the record's top-level fields of the same name (a missing
+//! field is NULL); the table is created when missing; with a `key`, writes
+//! are upserts (`INSERT ... ON CONFLICT (key) DO UPDATE`), so running a
+//! pipeline twice over the same input leaves the same rows; without one
+//! they are plain inserts (append-only).
+//!
+//! # How a batch is written
+//! Each batch the engine hands over is one transaction: the rows go as one
+//! array per column, `INSERT ... SELECT ... FROM unnest($1, $2, ...)`, a
+//! statement prepared once per connection (one round trip for the rows
+//! and their parameters in binary). A batch holding one key twice is cut
+//! before the second occurrence into statements of distinct keys, so the
+//! later record wins as it would row by row. A write returns only after
+//! the commit, so records are acknowledged (and `--resume` checkpoints
+//! move) only once they are in the table.
+//!
+//! # What the server refuses, and what fails
+//! - **A record that cannot be a row** is dead-lettered with the reason,
+//!   the rest of its batch written: locally, a record that is not an
+//!   object, a key that is missing or null, a value its column's type
+//!   cannot take, text holding a NUL character (PostgreSQL's text cannot);
+//!   on the server, a data exception or constraint violation (SQLSTATE
+//!   classes 22, 23 and 54): the transaction is rolled back and the batch
+//!   written again, halving the rows under savepoints down to the first
+//!   record the server refuses, which is dead-lettered with the server's
+//!   SQLSTATE and message ([`weir::WriteError::bad_item`]; the engine
+//!   writes the rest after it, so each refused record costs one more
+//!   transaction).
+//! - **A lost server** (the connection closes or stops answering for
+//!   `timeout_secs`, a shutdown, too many connections, a serialization
+//!   failure) is waited for: the sink reconnects with exponential backoff
+//!   and jitter and writes the whole batch again, for up to
+//!   `reconnect_for_secs`. A commit whose answer was lost may have
+//!   happened: with a `key` writing the batch again changes nothing;
+//!   without one its rows can be there twice.
+//! - **A refused sink** fails the run whatever the output's `on_error`
+//!   ([`weir::WriteError::fatal`]; dead-lettering every record would not
+//!   help): wrong credentials, a database that does not exist, a server
+//!   unreachable when the sink first connects (within `connect_timeout_secs`),
+//!   a table whose columns do not fit the options, a server gone for longer
+//!   than `reconnect_for_secs`. The sink connects at its first batch (or at
+//!   the end of a run that had none), so such errors come within seconds of
+//!   the start, and `weir run` exits 1.
+//!
+//! Connection strings in messages show host, port and database, never the
+//! password. TLS is not built in: a connection string that requires it
+//! (`sslmode=require`) is refused by `weir check`; the default
+//! (`sslmode=prefer`) connects without TLS.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::error::ConfigError;
+use crate::http_client;
+use crate::record::Record;
+use crate::sources::BuildContext;
+use crate::value::{self, Val as Value};
+
+/// The type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PgType {
+    /// 64-bit integer (`BIGINT`): JSON integers, and floats with no
+    /// fractional part.
+    Integer,
+    /// Floating point (`DOUBLE PRECISION`): any JSON number.
+    Real,
+    /// Text (`TEXT`): strings as they are, other values as JSON text.
+    Text,
+    /// Any JSON value (`JSONB`).
+    Json,
+    /// `true` or `false` (`BOOLEAN`).
+    Boolean,
+}
+
+impl PgType {
+    fn sql(self) -> &'static str {
+        match self {
+            PgType::Integer => "BIGINT",
+            PgType::Real => "DOUBLE PRECISION",
+            PgType::Text => "TEXT",
+            PgType::Json => "JSONB",
+            PgType::Boolean => "BOOLEAN",
+        }
+    }
+
+    /// The array type its values travel in (JSON as text, cast on the
+    /// server).
+    fn array(self) -> Type {
+        match self {
+            PgType::Integer => Type::INT8_ARRAY,
+            PgType::Real => Type::FLOAT8_ARRAY,
+            PgType::Text | PgType::Json => Type::TEXT_ARRAY,
+            PgType::Boolean => Type::BOOL_ARRAY,
+        }
+    }
+}
+
+/// Columns in the order they were written in the pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PgColumns(pub Vec<(String, PgType)>);
+
+impl<'de> serde::Deserialize<'de> for PgColumns {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PgColumns;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of column name to integer|real|text|json|boolean")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PgColumns, A::Error> {
+                let mut cols: Vec<(String, PgType)> = Vec::new();
+                while let Some((name, ty)) = map.next_entry::<String, PgType>()? {
+                    if cols.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format!("duplicate column '{name}'")));
+                    }
+                    cols.push((name, ty));
+                }
+                Ok(PgColumns(cols))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Writes records as rows of a PostgreSQL table, creating the table when
+/// it does not exist.
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSink {
+    /// The connection string (`postgresql://user:password@host:port/db`
+    /// or `host=... user=... dbname=...`). Prefer `url_env`, which keeps
+    /// the password out of the pipeline file; exactly one of the two.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub url: Option<Spanned<String>>,
+    /// The name of an environment variable holding the connection string.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub url_env: Option<Spanned<String>>,
+    /// The table to write to (one name, in the connection's search path:
+    /// `public` by default); created when missing.
+    pub table: String,
+    /// The columns, in order: `name: integer|real|text|json|boolean`. Each
+    /// is filled from the record's top-level field of the same name
+    /// (missing: NULL).
+    #[schemars(with = "std::collections::BTreeMap<String, PgType>")]
+    pub columns: PgColumns,
+    /// Columns that identify a row (the table's primary key). With a key,
+    /// a record whose key exists updates that row instead of adding one, so
+    /// reruns and `--resume` are exact. Default: none (append-only inserts;
+    /// an existing table then needs no unique index).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Seconds the first connection may take before the run fails (the
+    /// server is unreachable). Default: 5.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: f64,
+    /// Seconds one batch's transaction may take before the connection is
+    /// taken as lost (and the batch written again on a new one).
+    /// Default: 60.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: f64,
+    /// Seconds the sink keeps reconnecting to a server it lost before the
+    /// run fails (what was not committed is then not acknowledged, for
+    /// `--resume` to write again). Default: 300.
+    #[serde(default = "default_reconnect_for")]
+    pub reconnect_for_secs: f64,
+}
+
+fn default_connect_timeout() -> f64 {
+    5.0
+}
+fn default_timeout() -> f64 {
+    60.0
+}
+fn default_reconnect_for() -> f64 {
+    300.0
+}
+
+/// Payload bytes per statement at most: a batch of large records is cut
+/// into several statements (one transaction still), keeping each protocol
+/// message far below PostgreSQL's 1 GiB limit.
+const STATEMENT_BYTES: usize = 16 << 20;
+
+/// The largest text or JSON value PostgreSQL stores (1 GiB minus a
+/// header); longer values are refused before they are sent.
+const MAX_FIELD_BYTES: usize = (1 << 30) - 64;
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+impl PostgresSink {
+    /// A minimal configuration.
+    pub const EXAMPLE: &str = "url_env: DATABASE_URL\ntable: orders\ncolumns:\n  id: integer\n  user: text\n  amount: real\n  tags: json\nkey: [id]\n";
+
+    /// The `CREATE TABLE IF NOT EXISTS` statement.
+    pub fn create_sql(&self) -> String {
+        let mut cols: Vec<String> = self
+            .columns
+            .0
+            .iter()
+            .map(|(n, t)| format!("{} {}", quote(n), t.sql()))
+            .collect();
+        if !self.key.is_empty() {
+            let key: Vec<String> = self.key.iter().map(|k| quote(k)).collect();
+            cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+        }
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            quote(&self.table),
+            cols.join(", ")
+        )
+    }
+
+    /// The insert (or upsert, with a key) statement: one array parameter
+    /// per column.
+    pub fn insert_sql(&self) -> String {
+        let cols = &self.columns.0;
+        let names: Vec<String> = cols.iter().map(|(n, _)| quote(n)).collect();
+        let arrays: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| {
+                let ty = match t.array() {
+                    Type::INT8_ARRAY => "int8[]",
+                    Type::FLOAT8_ARRAY => "float8[]",
+                    Type::BOOL_ARRAY => "bool[]",
+                    _ => "text[]",
+                };
+                format!("${}::{ty}", i + 1)
+            })
+            .collect();
+        let select: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| match t {
+                PgType::Json => format!("u.c{i}::jsonb"),
+                _ => format!("u.c{i}"),
+            })
+            .collect();
+        let aliases: Vec<String> = (0..cols.len()).map(|i| format!("c{i}")).collect();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS u({})",
+            quote(&self.table),
+            names.join(", "),
+            select.join(", "),
+            arrays.join(", "),
+            aliases.join(", ")
+        );
+        if !self.key.is_empty() {
+            let key: Vec<String> = self.key.iter().map(|k| quote(k)).collect();
+            let sets: Vec<String> = cols
+                .iter()
+                .filter(|(n, _)| !self.key.contains(n))
+                .map(|(n, _)| format!("{0} = excluded.{0}", quote(n)))
+                .collect();
+            if sets.is_empty() {
+                sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", key.join(", ")));
+            } else {
+                sql.push_str(&format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    key.join(", "),
+                    sets.join(", ")
+                ));
+            }
+        }
+        sql
+    }
+
+    /// The connection string, from `url` or the variable `url_env` names.
+    fn connection_string(&self) -> Result<(String, Option<&Spanned<String>>), ConfigError> {
+        match (&self.url, &self.url_env) {
+            (Some(u), None) => Ok((u.value.clone(), Some(u))),
+            (None, Some(var)) => match std::env::var(&var.value) {
+                Ok(u) if !u.is_empty() => Ok((u, Some(var))),
+                _ => Err(ConfigError::at(
+                    format!(
+                        "postgres sink: environment variable `{}` (url_env) is not set",
+                        var.value
+                    ),
+                    var,
+                )),
+            },
+            (Some(u), Some(_)) => Err(ConfigError::at(
+                "postgres sink: set one of `url` and `url_env`, not both",
+                u,
+            )),
+            (None, None) => Err(ConfigError::new(
+                "postgres sink: `url` or `url_env` (the connection string) is required",
+            )),
+        }
+    }
+
+    /// The parsed connection settings.
+    fn config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        let (text, at) = self.connection_string()?;
+        let fail = |msg: String| match at {
+            Some(s) => ConfigError::at(msg, s),
+            None => ConfigError::new(msg),
+        };
+        // The parser's messages do not quote the string (no password).
+        let config = tokio_postgres::Config::from_str(&text)
+            .map_err(|e| fail(format!("postgres sink: invalid connection string: {e}")))?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(fail(
+                "postgres sink: the connection string requires TLS (sslmode=require), which \
+                 this build does not include; use sslmode=disable or prefer over a trusted network"
+                    .into(),
+            ));
+        }
+        if config.get_hosts().is_empty() {
+            return Err(fail(
+                "postgres sink: the connection string names no host".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Checks the options without connecting (`weir check`).
+    ///
+    /// # Errors
+    /// No or two connection strings, an unset variable, a string that does
+    /// not parse or asks for TLS, an empty table name or column list, a key
+    /// that is not a column, timeouts out of range.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.config()?;
+        if self.table.is_empty() {
+            return Err(ConfigError::new("postgres sink: 'table' is empty"));
+        }
+        if self.columns.0.is_empty() {
+            return Err(ConfigError::new("postgres sink: 'columns' is empty"));
+        }
+        for (i, k) in self.key.iter().enumerate() {
+            if !self.columns.0.iter().any(|(n, _)| n == k) {
+                return Err(ConfigError::new(format!(
+                    "postgres sink: key column '{k}' is not in 'columns'"
+                )));
+            }
+            if self.key[..i].contains(k) {
+                return Err(ConfigError::new(format!(
+                    "postgres sink: key column '{k}' is listed twice"
+                )));
+            }
+        }
+        for (name, secs) in [
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("timeout_secs", self.timeout_secs),
+            ("reconnect_for_secs", self.reconnect_for_secs),
+        ] {
+            if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+                return Err(ConfigError::new(format!(
+                    "postgres sink: {name} must be a number of seconds above 0 (at most a day)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sink, not yet connected: it connects at its first write.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn build(&self, _ctx: &BuildContext) -> Result<PostgresWriter, ConfigError> {
+        self.check()?;
+        let mut config = self.config()?;
+        let connect_timeout = Duration::from_secs_f64(self.connect_timeout_secs);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(connect_timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("weir");
+        }
+        Ok(PostgresWriter {
+            shown: shown(&config),
+            config,
+            create: self.create_sql(),
+            insert: self.insert_sql(),
+            table: self.table.clone(),
+            columns: self.columns.0.clone(),
+            key: self
+                .key
+                .iter()
+                .map(|k| self.columns.0.iter().position(|(n, _)| n == k))
+                .collect::<Option<Vec<usize>>>()
+                .expect("checked: keys are columns"),
+            connect_timeout,
+            timeout: Duration::from_secs_f64(self.timeout_secs),
+            reconnect_for: Duration::from_secs_f64(self.reconnect_for_secs),
+            conn: None,
+            connected_once: false,
+            rows: 0,
+            reconnects: 0,
+        })
+    }
+}
+
+/// `host:port/db` of a connection string, for messages (no password).
+fn shown(c: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match c.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "?".into(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres {host}:{port}/{}",
+        c.get_dbname().or(c.get_user()).unwrap_or("?")
+    )
+}
+
+/// An open connection and its prepared statement.
+struct Conn {
+    client: Client,
+    insert: Statement,
+    /// The task driving the connection's socket.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An open postgres sink: implements [`weir::Sink<Record>`]; its output
+/// is the number of records written (inserted or updated).
+pub struct PostgresWriter {
+    config: tokio_postgres::Config,
+    /// The server, for messages.
+    shown: String,
+    create: String,
+    insert: String,
+    table: String,
+    columns: Vec<(String, PgType)>,
+    /// Indexes of the key columns in `columns`.
+    key: Vec<usize>,
+    connect_timeout: Duration,
+    timeout: Duration,
+    reconnect_for: Duration,
+    conn: Option<Conn>,
+    /// Whether a connection ever succeeded: before, every failure to
+    /// connect is final (a wrong password, no server); after, it is a
+    /// server that went away and is waited for.
+    connected_once: bool,
+    rows: u64,
+    reconnects: u64,
+}
+
+impl std::fmt::Debug for PostgresWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresWriter")
+            .field("server", &self.shown)
+            .field("table", &self.table)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong with a statement, by who is to blame.
+#[derive(Debug)]
+enum Failure {
+    /// The rows: a data exception or constraint violation.
+    Data(String),
+    /// The connection: worth reconnecting and trying again.
+    Lost(String),
+    /// The destination: trying again will not help.
+    Refused(String),
+}
+
+/// A server error in words: SQLSTATE, message, detail.
+fn db_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("SQLSTATE {}: {}", db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(" (");
+                s.push_str(d);
+                s.push(')');
+            }
+            s
+        }
+        None => weir::error_chain(e),
+    }
+}
+
+/// Sorts an error of a statement on an open connection.
+fn classify(e: &tokio_postgres::Error) -> Failure {
+    let text = db_text(e);
+    let Some(code) = e.code() else {
+        // No server error: the socket closed or failed.
+        return Failure::Lost(text);
+    };
+    let c = code.code();
+    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+        return Failure::Lost(text);
+    }
+    match &c[..2] {
+        // Data exception, integrity constraint violation, program limit
+        // exceeded (a value too large for an index row), cardinality (one
+        // key twice in a statement, when equal keys differ as JSON text).
+        "22" | "23" | "54" | "21" => Failure::Data(text),
+        // Connection exception, insufficient resources, operator
+        // intervention (shutdown, cancel), system error.
+        "08" | "53" | "57" | "58" => Failure::Lost(text),
+        _ => Failure::Refused(text),
+    }
+}
+
+/// A batch's rows, one array per column, borrowing the records' text.
+struct Encoded<'a> {
+    cols: Vec<Col<'a>>,
+    /// Where statements are cut: before a key seen earlier in the same
+    /// statement, and after [`STATEMENT_BYTES`]. Ascending, without 0.
+    cuts: Vec<usize>,
+    len: usize,
+}
+
+enum Col<'a> {
+    Int(Vec<Option<i64>>),
+    Real(Vec<Option<f64>>),
+    Text(Vec<Option<Cow<'a, str>>>),
+    Bool(Vec<Option<bool>>),
+}
+
+/// One value, before it joins its column.
+enum Cell<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(Cow<'a, str>),
+    Bool(bool),
+}
+
+impl Cell<'_> {
+    fn size(&self) -> usize {
+        match self {
+            Cell::Text(s) => s.len() + 4,
+            _ => 8,
+        }
+    }
+
+    fn hash_into(&self, h: &mut impl Hasher) {
+        match self {
+            Cell::Null => 0u8.hash(h),
+            Cell::Int(i) => (1u8, i).hash(h),
+            Cell::Real(f) => (2u8, f.to_bits()).hash(h),
+            Cell::Text(s) => (3u8, s.as_ref()).hash(h),
+            Cell::Bool(b) => (4u8, b).hash(h),
+        }
+    }
+}
+
+/// Whether a string anywhere in `v` (keys included) holds a NUL.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::TStr(s) | Value::BStr(s) => s.contains(&0),
+        Value::Arr(a) => a.iter().any(has_nul),
+        Value::Obj(o) => o.iter().any(|(k, x)| has_nul(k) || has_nul(x)),
+        _ => false,
+    }
+}
+
+/// A short rendering of a value for an error message.
+fn short(v: &Value) -> String {
+    let s = value::to_text(v);
+    if s.len() <= 40 {
+        s
+    } else {
+        let mut end = 40;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &s[..end])
+    }
+}
+
+fn cell<'a>(v: &'a Value, ty: PgType) -> Result<Cell<'a>, String> {
+    let text = |s: Cow<'a, str>| -> Result<Cell<'a>, String> {
+        if s.len() > MAX_FIELD_BYTES {
+            return Err(format!(
+                "a value of {} bytes, over PostgreSQL's 1 GiB field limit",
+                s.len()
+            ));
+        }
+        Ok(Cell::Text(s))
+    };
+    let want = |what: &str| format!("expected {what}, got {}", short(v));
+    match (v, ty) {
+        (Value::Null, _) => Ok(Cell::Null),
+        (_, PgType::Text | PgType::Json) if has_nul(v) => Err(
+            "text holds a NUL character (\\0), which PostgreSQL text and jsonb cannot store".into(),
+        ),
+        (Value::Num(_), PgType::Integer) => match value::as_i64(v) {
+            Some(i) => Ok(Cell::Int(i)),
+            None => match value::as_f64(v) {
+                Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Cell::Int(f as i64)),
+                _ => Err(want("a 64-bit integer")),
+            },
+        },
+        (_, PgType::Integer) => Err(want("an integer")),
+        (Value::Num(_), PgType::Real) => match value::as_f64(v) {
+            Some(f) => Ok(Cell::Real(f)),
+            None => Err(want("a number")),
+        },
+        (_, PgType::Real) => Err(want("a number")),
+        (Value::Bool(b), PgType::Boolean) => Ok(Cell::Bool(*b)),
+        (_, PgType::Boolean) => Err(want("true or false")),
+        (Value::TStr(s) | Value::BStr(s), PgType::Text) => text(value::text(s)),
+        (other, PgType::Text | PgType::Json) => text(Cow::Owned(value::to_text(other))),
+    }
+}
+
+/// How a transaction ended.
+enum Written {
+    /// Every row is committed.
+    All,
+    /// The rows before this one are committed; the server refused this
+    /// one (why); the rest were not written.
+    RefusedAt(usize, String),
+}
+
+impl PostgresWriter {
+    /// The batch as column arrays, up to the first record that cannot be a
+    /// row (its index and why).
+    fn encode<'a>(&self, items: &'a [Record]) -> (Encoded<'a>, Option<(usize, String)>) {
+        let mut cols: Vec<Col<'a>> = self
+            .columns
+            .iter()
+            .map(|(_, t)| match t {
+                PgType::Integer => Col::Int(Vec::with_capacity(items.len())),
+                PgType::Real => Col::Real(Vec::with_capacity(items.len())),
+                PgType::Text | PgType::Json => Col::Text(Vec::with_capacity(items.len())),
+                PgType::Boolean => Col::Bool(Vec::with_capacity(items.len())),
+            })
+            .collect();
+        let hasher = std::hash::RandomState::new();
+        let mut keys: HashSet<u64> = HashSet::new();
+        let mut cuts = Vec::new();
+        let mut bytes = 0;
+        let mut row: Vec<Cell<'a>> = Vec::with_capacity(cols.len());
+        let mut bad = None;
+        for (i, r) in items.iter().enumerate() {
+            row.clear();
+            if let Err(why) = self.row(r, &mut row) {
+                bad = Some((i, why));
+                break;
+            }
+            let size: usize = row.iter().map(Cell::size).sum();
+            if size > MAX_FIELD_BYTES {
+                bad = Some((
+                    i,
+                    format!(
+                        "record at {}: a row of {size} bytes, over PostgreSQL's 1 GiB message limit",
+                        r.pos
+                    ),
+                ));
+                break;
+            }
+            let mut cut = i > 0 && bytes + size > STATEMENT_BYTES;
+            if !self.key.is_empty() {
+                let mut h = hasher.build_hasher();
+                for &k in &self.key {
+                    row[k].hash_into(&mut h);
+                }
+                let k = h.finish();
+                if cut {
+                    keys.clear();
+                }
+                // A hash seen before may be another key that collides: a
+                // cut too many, never one too few.
+                if !keys.insert(k) {
+                    cut = true;
+                    keys.clear();
+                    keys.insert(k);
+                }
+            }
+            if cut {
+                cuts.push(i);
+                bytes = 0;
+            }
+            bytes += size;
+            for (col, c) in cols.iter_mut().zip(row.drain(..)) {
+                match (col, c) {
+                    (Col::Int(v), Cell::Int(x)) => v.push(Some(x)),
+                    (Col::Int(v), _) => v.push(None),
+                    (Col::Real(v), Cell::Real(x)) => v.push(Some(x)),
+                    (Col::Real(v), _) => v.push(None),
+                    (Col::Text(v), Cell::Text(x)) => v.push(Some(x)),
+                    (Col::Text(v), _) => v.push(None),
+                    (Col::Bool(v), Cell::Bool(x)) => v.push(Some(x)),
+                    (Col::Bool(v), _) => v.push(None),
+                }
+            }
+        }
+        let len = bad.as_ref().map_or(items.len(), |(i, _)| *i);
+        (Encoded { cols, cuts, len }, bad)
+    }
+
+    /// One record's cells, in column order.
+    fn row<'a>(&self, r: &'a Record, row: &mut Vec<Cell<'a>>) -> Result<(), String> {
+        let Value::Obj(_) = &r.value else {
+            return Err(format!(
+                "record at {} is not an object, cannot write it to table columns",
+                r.pos
+            ));
+        };
+        // A NULL key never conflicts, so every rerun would add the row
+        // again: refuse it, as the sqlite sink does.
+        for &k in &self.key {
+            let name = &self.columns[k].0;
+            let what = match value::get(&r.value, name) {
+                None => "missing",
+                Some(Value::Null) => "null",
+                Some(_) => continue,
+            };
+            return Err(format!("record at {}: key column {name} is {what}", r.pos));
+        }
+        for (name, ty) in &self.columns {
+            row.push(match value::get(&r.value, name) {
+                None => Cell::Null,
+                Some(v) => cell(v, *ty)
+                    .map_err(|why| format!("record at {}: column {name}: {why}", r.pos))?,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Times the sink reconnected after losing the server.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Connects, creates the table and prepares the statement.
+    async fn connect(&self) -> Result<Conn, Failure> {
+        let setup = async {
+            let (client, connection) = self
+                .config
+                .connect(NoTls)
+                .await
+                .map_err(|e| (e.code().cloned(), db_text(&e)))?;
+            let task = tokio::spawn(async move {
+                // Its error shows on the client's next call.
+                let _ = connection.await;
+            });
+            let prepared = async {
+                client.batch_execute(&self.create).await?;
+                let types: Vec<Type> = self.columns.iter().map(|(_, t)| t.array()).collect();
+                client.prepare_typed(&self.insert, &types).await
+            }
+            .await;
+            match prepared {
+                Ok(insert) => Ok(Conn {
+                    client,
+                    insert,
+                    task,
+                }),
+                Err(e) => {
+                    task.abort();
+                    Err((e.code().cloned(), db_text(&e)))
+                }
+            }
+        };
+        // The connect timeout bounds the TCP connection; this bounds the
+        // rest (authentication, creating the table) too.
+        let limit = self.connect_timeout + self.timeout;
+        let (code, why) = match tokio::time::timeout(limit, setup).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => e,
+            Err(_) => (None, format!("no answer within {} s", limit.as_secs())),
+        };
+        let class = code.as_ref().map(|c| &c.code()[..2]);
+        let starting = code == Some(SqlState::CANNOT_CONNECT_NOW)
+            || code == Some(SqlState::TOO_MANY_CONNECTIONS);
+        match class {
+            // Credentials, a missing database: never worth waiting for.
+            Some("28" | "3D") => Err(Failure::Refused(format!(
+                "cannot connect to {}: {why}",
+                self.shown
+            ))),
+            // The table does not fit (another column type, no unique
+            // index on the key, no privilege).
+            Some("42") => Err(Failure::Refused(format!(
+                "table {} in {} does not fit the configuration: {why}",
+                self.table, self.shown
+            ))),
+            _ if self.connected_once || starting => Err(Failure::Lost(format!(
+                "cannot connect to {}: {why}",
+                self.shown
+            ))),
+            _ => Err(Failure::Refused(format!(
+                "cannot connect to {}: {why}",
+                self.shown
+            ))),
+        }
+    }
+
+    /// Inserts `range` of the rows, a statement per piece between cuts.
+    async fn insert(
+        tx: &tokio_postgres::Transaction<'_>,
+        stmt: &Statement,
+        rows: &Encoded<'_>,
+        range: Range<usize>,
+    ) -> Result<(), tokio_postgres::Error> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let mut start = range.start;
+        let ends = rows
+            .cuts
+            .iter()
+            .copied()
+            .filter(|&c| c > range.start && c < range.end)
+            .chain(std::iter::once(range.end));
+        for end in ends {
+            let r = start..end;
+            let params: Vec<Box<dyn ToSql + Sync + Send + '_>> = rows
+                .cols
+                .iter()
+                .map(|c| -> Box<dyn ToSql + Sync + Send + '_> {
+                    match c {
+                        Col::Int(v) => Box::new(&v[r.clone()]),
+                        Col::Real(v) => Box::new(&v[r.clone()]),
+                        Col::Text(v) => Box::new(&v[r.clone()]),
+                        Col::Bool(v) => Box::new(&v[r.clone()]),
+                    }
+                })
+                .collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|b| -> &(dyn ToSql + Sync) { b.as_ref() })
+                .collect();
+            tx.execute(stmt, &refs).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// One transaction for the rows; on a data error, a second one that
+    /// finds (halving under savepoints) the first row the server refuses
+    /// and commits the rows before it.
+    async fn transaction(conn: &mut Conn, rows: &Encoded<'_>) -> Result<Written, Failure> {
+        let stmt = conn.insert.clone();
+        let first = {
+            let tx = conn.client.transaction().await.map_err(|e| classify(&e))?;
+            match Self::insert(&tx, &stmt, rows, 0..rows.len).await {
+                Ok(()) => tx.commit().await,
+                Err(e) => {
+                    // A lost connection shows again at the next call.
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        };
+        match first {
+            Ok(()) => return Ok(Written::All),
+            Err(e) => match classify(&e) {
+                Failure::Data(_) => {}
+                other => return Err(other),
+            },
+        }
+        // Ranges still to try, the next on top; a refused range is
+        // replaced by its halves, so ranges are tried in row order and
+        // everything before a range is written when it is tried.
+        let mut tx = conn.client.transaction().await.map_err(|e| classify(&e))?;
+        let mut todo: Vec<Range<usize>> = Vec::new();
+        todo.push(0..rows.len);
+        let mut refused = None;
+        while let Some(r) = todo.pop() {
+            let sp = tx.transaction().await.map_err(|e| classify(&e))?;
+            match Self::insert(&sp, &stmt, rows, r.clone()).await {
+                Ok(()) => sp.commit().await.map_err(|e| classify(&e))?,
+                Err(e) => {
+                    let why = match classify(&e) {
+                        Failure::Data(why) => why,
+                        other => return Err(other),
+                    };
+                    sp.rollback().await.map_err(|e| classify(&e))?;
+                    if r.len() == 1 {
+                        refused = Some((r.start, why));
+                        break;
+                    }
+                    let mid = r.start + r.len() / 2;
+                    todo.push(mid..r.end);
+                    todo.push(r.start..mid);
+                }
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => {}
+            // A deferred constraint, checked at commit: no row of its own
+            // to blame.
+            Err(e) => {
+                return Err(match classify(&e) {
+                    Failure::Data(why) => {
+                        Failure::Refused(format!("the server refused the commit of a batch: {why}"))
+                    }
+                    other => other,
+                });
+            }
+        }
+        Ok(match refused {
+            None => Written::All,
+            Some((i, why)) => Written::RefusedAt(i, why),
+        })
+    }
+
+    /// Writes the rows, reconnecting while the server is away (up to
+    /// `reconnect_for`).
+    async fn write_rows(&mut self, rows: &Encoded<'_>) -> Result<Written, String> {
+        let mut lost_since: Option<Instant> = None;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                if self.conn.is_none() {
+                    self.conn = Some(self.connect().await?);
+                    self.connected_once = true;
+                }
+                let conn = self.conn.as_mut().expect("connected");
+                match tokio::time::timeout(self.timeout, Self::transaction(conn, rows)).await {
+                    Ok(Err(Failure::Refused(why))) => Err(Failure::Refused(format!(
+                        "writing to table {} in {}: {why}",
+                        self.table, self.shown
+                    ))),
+                    Ok(r) => r,
+                    Err(_) => Err(Failure::Lost(format!(
+                        "no answer within {} s",
+                        self.timeout.as_secs_f64()
+                    ))),
+                }
+            };
+            let why = match attempt.await {
+                Ok(w) => {
+                    if lost_since.is_some() {
+                        tracing::warn!(server = %self.shown, "postgres sink: reconnected; writing on");
+                    }
+                    return Ok(w);
+                }
+                Err(Failure::Refused(why)) => {
+                    self.conn = None;
+                    return Err(why);
+                }
+                // Not expected here (data errors are found row by row):
+                // a failure of the destination.
+                Err(Failure::Data(why)) => {
+                    self.conn = None;
+                    return Err(why);
+                }
+                Err(Failure::Lost(why)) => why,
+            };
+            self.conn = None;
+            let since = *lost_since.get_or_insert_with(|| {
+                tracing::warn!(server = %self.shown, error = %why, "postgres sink: lost the server; reconnecting");
+                Instant::now()
+            });
+            if since.elapsed() >= self.reconnect_for {
+                return Err(format!(
+                    "{} unreachable for {} s (reconnect_for_secs): {why}",
+                    self.shown,
+                    self.reconnect_for.as_secs_f64()
+                ));
+            }
+            tokio::time::sleep(http_client::pause(delay, None)).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            self.reconnects += 1;
+        }
+    }
+
+    /// Writes a batch; see [`weir::Sink::write`].
+    ///
+    /// # Errors
+    /// From the first record that cannot be a row or that the server
+    /// refuses ([`weir::WriteError::bad_item`], the records before it
+    /// committed); every record when the destination refuses the sink or
+    /// stayed away too long ([`weir::WriteError::fatal`]).
+    pub async fn write_batch(
+        &mut self,
+        mut items: Vec<Record>,
+    ) -> Result<(), weir::WriteError<Record>> {
+        let (rows, local_bad) = self.encode(&items);
+        let n = rows.len;
+        let written = if n > 0 {
+            self.write_rows(&rows).await
+        } else {
+            Ok(Written::All)
+        };
+        drop(rows);
+        match written {
+            Err(why) => Err(weir::WriteError::fatal(items, why)),
+            Ok(Written::RefusedAt(i, why)) => {
+                self.rows += i as u64;
+                let rest = items.split_off(i);
+                let why = format!("record at {}: refused by the server: {why}", rest[0].pos);
+                Err(weir::WriteError::bad_item(rest, why))
+            }
+            Ok(Written::All) => {
+                self.rows += n as u64;
+                match local_bad {
+                    None => Ok(()),
+                    Some((i, why)) => Err(weir::WriteError::bad_item(items.split_off(i), why)),
+                }
+            }
+        }
+    }
+
+    /// Connects if no batch did (creating the table), then closes.
+    ///
+    /// # Errors
+    /// The server refuses the sink or cannot be reached.
+    pub async fn close(mut self) -> Result<u64, String> {
+        if self.conn.is_none() && !self.connected_once {
+            let empty = Encoded {
+                cols: Vec::new(),
+                cuts: Vec::new(),
+                len: 0,
+            };
+            // Connects and commits an empty transaction.
+            self.write_rows(&empty).await?;
+        }
+        self.conn = None;
+        Ok(self.rows)
+    }
+}
+
+impl weir::Sink<Record> for PostgresWriter {
+    type Output = u64;
+
+    async fn write(&mut self, items: Vec<Record>) -> Result<(), weir::WriteError<Record>> {
+        self.write_batch(items).await
+    }
+
+    async fn finish(self) -> Result<u64, weir::BoxError> {
+        Ok(self.close().await?)
+    }
+}
+
+impl crate::registry::Documented for PostgresSink {
+    const EXAMPLE: &'static str = PostgresSink::EXAMPLE;
+}
+
+impl crate::registry::SinkComponent for PostgresSink {
+    fn check(&self) -> Result<(), ConfigError> {
+        PostgresSink::check(self)
+    }
+
+    fn attach(
+        &self,
+        ctx: &BuildContext,
+        name: &str,
+        input: weir::Flow<Record>,
+        policy: weir::ErrorPolicy,
+    ) -> Result<(), ConfigError> {
+        input
+            .sink(name, PostgresSink::build(self, ctx)?)
+            .on_error(policy);
+        Ok(())
+    }
+
+    fn resume(&self) -> crate::registry::Resume {
+        if self.key.is_empty() {
+            crate::registry::Resume::MayDuplicate(
+                "has no `key`; rows written after the last checkpoint may be written twice",
+            )
+        } else {
+            crate::registry::Resume::Exact
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,355 @@
+//! The postgres sink against a real server ([`PgServer`]), plus the
+//! statements it sends and the values it refuses before sending.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir::Sink;
+use weir_testkit::PgServer;
+
+use super::*;
+use crate::record::Position;
+
+/// Every test that talks to a server finishes within this.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn config(url: &str, rest: &str) -> PostgresSink {
+    serde_saphyr::from_str(&format!("url: \"{url}\"\n{rest}")).unwrap()
+}
+
+const ORDERS: &str = "table: orders\ncolumns:\n  id: integer\n  user: text\n  amount: real\n  tags: json\n  paid: boolean\nkey: [id]\n";
+
+fn ctx() -> BuildContext {
+    BuildContext {
+        input: "pg".into(),
+        base_dir: std::env::temp_dir(),
+    }
+}
+
+fn rec(line: u64, v: serde_json::Value) -> Record {
+    Record::from_json(
+        &v,
+        Arc::new(Position {
+            input: "in".into(),
+            file: None,
+            line,
+        }),
+    )
+}
+
+fn order(id: i64, amount: f64) -> Record {
+    rec(
+        id as u64,
+        serde_json::json!({"id": id, "user": format!("u{id}"), "amount": amount, "tags": ["a", {"n": id}], "paid": id % 2 == 0}),
+    )
+}
+
+/// Runs `f` on a runtime, failing the test past [`DEADLINE`].
+fn within<F: std::future::Future>(f: F) -> F::Output {
+    rt().block_on(async {
+        tokio::time::timeout(DEADLINE, f)
+            .await
+            .expect("test deadline")
+    })
+}
+
+#[test]
+fn example_parses_and_checks() {
+    let cfg: PostgresSink = serde_saphyr::from_str(PostgresSink::EXAMPLE).unwrap();
+    assert_eq!(cfg.columns.0[3], ("tags".to_string(), PgType::Json));
+    assert_eq!(cfg.key, ["id"]);
+    // The example reads its connection string from DATABASE_URL.
+    let err = match std::env::var_os("DATABASE_URL") {
+        Some(_) => None,
+        None => Some(cfg.check().unwrap_err().message),
+    };
+    if let Some(msg) = err {
+        assert!(msg.contains("DATABASE_URL"), "{msg}");
+    }
+}
+
+#[test]
+fn sql_text() {
+    let cfg: PostgresSink = serde_saphyr::from_str(PostgresSink::EXAMPLE).unwrap();
+    assert_eq!(
+        cfg.create_sql(),
+        "CREATE TABLE IF NOT EXISTS \"orders\" (\"id\" BIGINT, \"user\" TEXT, \"amount\" DOUBLE PRECISION, \"tags\" JSONB, PRIMARY KEY (\"id\"))"
+    );
+    assert_eq!(
+        cfg.insert_sql(),
+        "INSERT INTO \"orders\" (\"id\", \"user\", \"amount\", \"tags\") SELECT u.c0, u.c1, u.c2, u.c3::jsonb \
+         FROM unnest($1::int8[], $2::text[], $3::float8[], $4::text[]) AS u(c0, c1, c2, c3) \
+         ON CONFLICT (\"id\") DO UPDATE SET \"user\" = excluded.\"user\", \
+         \"amount\" = excluded.\"amount\", \"tags\" = excluded.\"tags\""
+    );
+}
+
+#[test]
+fn check_refuses_what_cannot_work() {
+    let msg = |yaml: &str| {
+        serde_saphyr::from_str::<PostgresSink>(yaml)
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .message
+    };
+    let cols = "table: t\ncolumns: {id: integer}\n";
+    assert!(msg(cols).contains("`url` or `url_env`"));
+    assert!(msg(&format!("url: postgresql://h/d\nurl_env: X\n{cols}")).contains("not both"));
+    assert!(
+        msg(&format!("url_env: WEIR_TEST_SURELY_UNSET_VAR\n{cols}"))
+            .contains("WEIR_TEST_SURELY_UNSET_VAR")
+    );
+    assert!(
+        msg(&format!(
+            "url: \"postgresql://h/d?sslmode=require\"\n{cols}"
+        ))
+        .contains("TLS")
+    );
+    assert!(msg(&format!("url: \"postgresql://h:notaport/d\"\n{cols}")).contains("invalid"));
+    assert!(
+        msg("url: postgresql://h/d\ntable: t\ncolumns: {id: integer}\nkey: [x]\n")
+            .contains("not in 'columns'")
+    );
+    assert!(
+        msg("url: postgresql://h/d\ntable: t\ncolumns: {id: integer}\ntimeout_secs: 0\n")
+            .contains("timeout_secs")
+    );
+}
+
+#[test]
+fn values_that_do_not_fit_are_refused_before_sending() {
+    let cfg = config("postgresql://u:p@127.0.0.1:1/d", ORDERS);
+    let w = cfg.build(&ctx()).unwrap();
+    let items = vec![
+        order(1, 1.0),
+        rec(2, serde_json::json!({"id": 2, "user": "a\u{0}b"})),
+    ];
+    let (rows, bad) = w.encode(&items);
+    assert_eq!(rows.len, 1);
+    let (i, why) = bad.unwrap();
+    assert_eq!(i, 1);
+    assert!(why.contains("NUL"), "{why}");
+    for (v, want) in [
+        (serde_json::json!({"id": 1.5}), "64-bit integer"),
+        (serde_json::json!({"id": null}), "key column id is null"),
+        (serde_json::json!({"user": "x"}), "key column id is missing"),
+        (serde_json::json!({"id": 1, "amount": "3"}), "a number"),
+        (serde_json::json!({"id": 1, "paid": 1}), "true or false"),
+        (serde_json::json!({"id": 1, "tags": {"k\u{0}": 1}}), "NUL"),
+        (serde_json::json!([1]), "not an object"),
+    ] {
+        let items = [rec(7, v.clone())];
+        let (_, bad) = w.encode(&items);
+        let why = bad.unwrap_or_else(|| panic!("{v} accepted")).1;
+        assert!(why.contains(want), "{v}: {why}");
+        assert!(why.contains("in#7"), "{why}");
+    }
+    // Text columns take other values as JSON text; a repeated key cuts
+    // the statement.
+    let items = [
+        rec(1, serde_json::json!({"id": 1, "user": 5})),
+        rec(2, serde_json::json!({"id": 2})),
+        rec(3, serde_json::json!({"id": 1})),
+    ];
+    let (rows, bad) = w.encode(&items);
+    assert!(bad.is_none());
+    assert_eq!(rows.cuts, [2]);
+    match &rows.cols[1] {
+        Col::Text(v) => assert_eq!(v[0].as_deref(), Some("5")),
+        _ => panic!("text column"),
+    }
+}
+
+fn table(pg: &PgServer) -> String {
+    pg.psql("SELECT id, \"user\", amount, tags::text, paid FROM orders ORDER BY id")
+}
+
+#[test]
+fn upserts_are_exact_across_runs_and_repeated_keys() {
+    let pg = PgServer::start();
+    let cfg = config(&pg.url(), ORDERS);
+    within(async {
+        for _ in 0..2 {
+            let mut w = cfg.build(&ctx()).unwrap();
+            w.write(vec![order(1, 1.0), order(2, 2.0), order(3, 3.0)])
+                .await
+                .unwrap();
+            // Key 2 twice in one batch: the later one wins.
+            w.write(vec![order(4, 4.0), order(2, 20.0), order(2, 22.0)])
+                .await
+                .unwrap();
+            assert_eq!(w.finish().await.unwrap(), 6);
+        }
+    });
+    assert_eq!(
+        table(&pg),
+        "1|u1|1|[\"a\", {\"n\": 1}]|f\n2|u2|22|[\"a\", {\"n\": 2}]|t\n3|u3|3|[\"a\", {\"n\": 3}]|f\n4|u4|4|[\"a\", {\"n\": 4}]|t\n"
+    );
+}
+
+#[test]
+fn append_only_without_a_key_and_an_empty_run_creates_the_table() {
+    let pg = PgServer::start();
+    let cfg = config(
+        &pg.url(),
+        "table: events\ncolumns: {id: integer, kind: text}\n",
+    );
+    within(async {
+        let w = cfg.build(&ctx()).unwrap();
+        assert_eq!(w.finish().await.unwrap(), 0);
+    });
+    assert_eq!(pg.psql("SELECT count(*) FROM events").trim(), "0");
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let batch: Vec<Record> = (0..2000)
+            .map(|i| rec(i, serde_json::json!({"id": i % 10, "kind": "k"})))
+            .collect();
+        w.write(batch).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 2000);
+    });
+    assert_eq!(
+        pg.psql("SELECT count(*), sum(id) FROM events").trim(),
+        "2000|9000"
+    );
+}
+
+#[test]
+fn a_row_the_server_refuses_is_given_back_alone_and_the_rest_commits() {
+    let pg = PgServer::start();
+    pg.psql(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, \"user\" text, amount double precision \
+         CHECK (amount >= 0), tags jsonb, paid boolean)",
+    );
+    let cfg = config(&pg.url(), ORDERS);
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let batch: Vec<Record> = (1..=100)
+            .map(|i| order(i, if i == 37 || i == 80 { -1.0 } else { 1.0 }))
+            .collect();
+        let err = w.write(batch).await.unwrap_err();
+        assert!(err.first_is_bad && !err.fatal);
+        assert_eq!(err.unwritten.len(), 64);
+        assert_eq!(err.unwritten[0].pos.line, 37);
+        let msg = err.error.to_string();
+        assert!(msg.contains("SQLSTATE 23514"), "{msg}");
+        assert!(msg.contains("orders_amount_check"), "{msg}");
+        assert_eq!(w.rows(), 36);
+        // The engine writes the rest after the refused record.
+        let mut rest = err.unwritten;
+        rest.remove(0);
+        let err = w.write(rest).await.unwrap_err();
+        assert_eq!(err.unwritten[0].pos.line, 80);
+        let mut rest = err.unwritten;
+        rest.remove(0);
+        w.write(rest).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 98);
+    });
+    assert_eq!(
+        pg.psql("SELECT count(*), sum(id) FROM orders").trim(),
+        format!("98|{}", 5050 - 37 - 80)
+    );
+}
+
+#[test]
+fn wrong_password_and_no_server_fail_fast_and_for_good() {
+    let pg = PgServer::start();
+    for (url, want) in [
+        (
+            pg.url_with_password("wrong"),
+            "password authentication failed",
+        ),
+        (
+            format!(
+                "postgresql://weir:x@127.0.0.1:{}/postgres",
+                weir_testkit::free_port()
+            ),
+            "cannot connect to postgres 127.0.0.1",
+        ),
+    ] {
+        let cfg = config(&url, ORDERS);
+        let t0 = Instant::now();
+        within(async {
+            let mut w = cfg.build(&ctx()).unwrap();
+            let err = w.write(vec![order(1, 1.0)]).await.unwrap_err();
+            assert!(err.fatal, "{}", err.error);
+            assert_eq!(err.unwritten.len(), 1);
+            let msg = err.error.to_string();
+            assert!(msg.contains(want), "{msg}");
+            assert!(!msg.contains("wrong") && !msg.contains(":x@"), "{msg}");
+        });
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    }
+}
+
+#[test]
+fn a_table_that_does_not_fit_is_refused() {
+    let pg = PgServer::start();
+    // No unique index on the key column: ON CONFLICT cannot work.
+    pg.psql("CREATE TABLE orders (id bigint, \"user\" text, amount float8, tags jsonb, paid bool)");
+    let cfg = config(&pg.url(), ORDERS);
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let err = w.write(vec![order(1, 1.0)]).await.unwrap_err();
+        assert!(err.fatal);
+        let msg = err.error.to_string();
+        assert!(
+            msg.contains("table orders") && msg.contains("42P10"),
+            "{msg}"
+        );
+    });
+}
+
+#[test]
+fn a_server_restarted_mid_run_is_waited_for_and_nothing_is_lost() {
+    let mut pg = PgServer::start();
+    let cfg = config(&pg.url(), ORDERS);
+    let rt = rt();
+    let mut w = cfg.build(&ctx()).unwrap();
+    rt.block_on(w.write((1..=10).map(|i| order(i, 1.0)).collect()))
+        .unwrap();
+    pg.stop();
+    // The next batch waits for the server; it comes back 1.5 s later.
+    let write = rt.spawn(async move {
+        let r = w.write((11..=20).map(|i| order(i, 2.0)).collect()).await;
+        (w, r.map_err(|e| e.error.to_string()))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    pg.restart();
+    let (w, r) = rt
+        .block_on(async { tokio::time::timeout(DEADLINE, write).await })
+        .expect("test deadline")
+        .unwrap();
+    r.unwrap();
+    assert!(w.reconnects() > 0);
+    assert_eq!(rt.block_on(w.finish()).unwrap(), 20);
+    assert_eq!(
+        pg.psql("SELECT count(*), sum(amount) FROM orders").trim(),
+        "20|30"
+    );
+}
+
+#[test]
+fn a_server_away_longer_than_reconnect_for_fails_the_write() {
+    let mut pg = PgServer::start();
+    let cfg = config(&pg.url(), &format!("{ORDERS}reconnect_for_secs: 1\n"));
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        w.write(vec![order(1, 1.0)]).await.unwrap();
+        tokio::task::block_in_place(|| pg.stop());
+        let t0 = Instant::now();
+        let err = w.write(vec![order(2, 1.0)]).await.unwrap_err();
+        assert!(err.fatal);
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        let msg = err.error.to_string();
+        assert!(msg.contains("unreachable for 1 s"), "{msg}");
+    });
+}
