@@ -10,12 +10,14 @@
 //! # How a batch is written
 //! Each batch the engine hands over is one transaction: the rows go as one
 //! array per column, `INSERT ... SELECT ... FROM unnest($1, $2, ...)`, a
-//! statement prepared once per connection (one round trip for the rows
-//! and their parameters in binary). A batch holding one key twice is cut
-//! before the second occurrence into statements of distinct keys, so the
-//! later record wins as it would row by row. A write returns only after
-//! the commit, so records are acknowledged (and `--resume` checkpoints
-//! move) only once they are in the table.
+//! statement prepared once per connection, its parameters in binary. A
+//! batch holding one key twice is cut before the second occurrence into
+//! statements of distinct keys, so the later record wins as it would row
+//! by row (so is a batch over 16 MiB of values); such a batch is
+//! wrapped in `BEGIN`/`COMMIT`, while a batch of one statement is its own
+//! implicit transaction (one round trip). A write returns only after the
+//! commit, so records are acknowledged (and `--resume` checkpoints move)
+//! only once they are in the table.
 //!
 //! # What the server refuses, and what fails
 //! - **A record that cannot be a row** is dead-lettered with the reason,
@@ -35,7 +37,12 @@
 //!   and jitter and writes the whole batch again, for up to
 //!   `reconnect_for_secs`. A commit whose answer was lost may have
 //!   happened: with a `key` writing the batch again changes nothing;
-//!   without one its rows can be there twice.
+//!   without one its rows can be there twice. A drain (the first Ctrl-C)
+//!   waits for the server too; a second signal ends the process.
+//! - Keys that PostgreSQL finds equal but that differ here (`-0.0` and
+//!   `0.0`, JSON objects with keys in another order) are not cut apart:
+//!   the statement fails (SQLSTATE 21000) and the halving writes them in
+//!   separate statements, in order, so they are still written.
 //! - **A refused sink** fails the run whatever the output's `on_error`
 //!   ([`weir::WriteError::fatal`]; dead-lettering every record would not
 //!   help): wrong credentials, a database that does not exist, a server
@@ -62,7 +69,7 @@ use serde_saphyr::Spanned;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
 use crate::error::ConfigError;
 use crate::http_client;
@@ -427,10 +434,25 @@ fn shown(c: &tokio_postgres::Config) -> String {
 
 /// An open connection and its prepared statement.
 struct Conn {
-    client: Client,
+    /// Always there until [`Conn::close`] takes it.
+    client: Option<Client>,
     insert: Statement,
-    /// The task driving the connection's socket.
+    /// The task driving the connection's socket: aborted when the
+    /// connection is dropped (lost, timed out), so nothing lingers.
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Conn {
+    fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("open until closed")
+    }
+
+    /// Says goodbye to the server (a Terminate message, sent when the
+    /// client is dropped) and waits a moment for the socket to close.
+    async fn close(mut self) {
+        drop(self.client.take());
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.task).await;
+    }
 }
 
 impl Drop for Conn {
@@ -747,7 +769,7 @@ impl PostgresWriter {
         self.rows
     }
 
-    /// Times the sink reconnected after losing the server.
+    /// Times the sink tried to connect again after losing the server.
     pub fn reconnects(&self) -> u64 {
         self.reconnects
     }
@@ -755,40 +777,56 @@ impl PostgresWriter {
     /// Connects, creates the table and prepares the statement.
     async fn connect(&self) -> Result<Conn, Failure> {
         let setup = async {
-            let (client, connection) = self
-                .config
-                .connect(NoTls)
-                .await
-                .map_err(|e| (e.code().cloned(), db_text(&e)))?;
+            // The connect timeout bounds connecting and authenticating;
+            // `timeout` bounds creating the table and preparing.
+            let connecting = self.config.connect(NoTls);
+            let (client, connection) =
+                match tokio::time::timeout(self.connect_timeout, connecting).await {
+                    Ok(r) => r.map_err(|e| (e.code().cloned(), db_text(&e)))?,
+                    Err(_) => {
+                        return Err((
+                            None,
+                            format!(
+                                "no answer within {} s (connect_timeout_secs)",
+                                self.connect_timeout.as_secs_f64()
+                            ),
+                        ));
+                    }
+                };
             let task = tokio::spawn(async move {
                 // Its error shows on the client's next call.
                 let _ = connection.await;
             });
-            let prepared = async {
+            let prepare = async {
                 client.batch_execute(&self.create).await?;
                 let types: Vec<Type> = self.columns.iter().map(|(_, t)| t.array()).collect();
                 client.prepare_typed(&self.insert, &types).await
-            }
-            .await;
-            match prepared {
-                Ok(insert) => Ok(Conn {
-                    client,
+            };
+            match tokio::time::timeout(self.timeout, prepare).await {
+                Ok(Ok(insert)) => Ok(Conn {
+                    client: Some(client),
                     insert,
                     task,
                 }),
-                Err(e) => {
+                Ok(Err(e)) => {
                     task.abort();
                     Err((e.code().cloned(), db_text(&e)))
                 }
+                Err(_) => {
+                    task.abort();
+                    Err((
+                        None,
+                        format!(
+                            "no answer within {} s creating the table (timeout_secs)",
+                            self.timeout.as_secs_f64()
+                        ),
+                    ))
+                }
             }
         };
-        // The connect timeout bounds the TCP connection; this bounds the
-        // rest (authentication, creating the table) too.
-        let limit = self.connect_timeout + self.timeout;
-        let (code, why) = match tokio::time::timeout(limit, setup).await {
-            Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => e,
-            Err(_) => (None, format!("no answer within {} s", limit.as_secs())),
+        let (code, why) = match setup.await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => e,
         };
         let class = code.as_ref().map(|c| &c.code()[..2]);
         let starting = code == Some(SqlState::CANNOT_CONNECT_NOW)
@@ -818,7 +856,7 @@ impl PostgresWriter {
 
     /// Inserts `range` of the rows, a statement per piece between cuts.
     async fn insert(
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &impl GenericClient,
         stmt: &Statement,
         rows: &Encoded<'_>,
         range: Range<usize>,
@@ -862,8 +900,16 @@ impl PostgresWriter {
     /// and commits the rows before it.
     async fn transaction(conn: &mut Conn, rows: &Encoded<'_>) -> Result<Written, Failure> {
         let stmt = conn.insert.clone();
-        let first = {
-            let tx = conn.client.transaction().await.map_err(|e| classify(&e))?;
+        let first = if !rows.cuts.iter().any(|&c| c < rows.len) {
+            // One statement: its own implicit transaction, committed when
+            // it succeeds (one round trip instead of three).
+            Self::insert(conn.client(), &stmt, rows, 0..rows.len).await
+        } else {
+            let tx = conn
+                .client()
+                .transaction()
+                .await
+                .map_err(|e| classify(&e))?;
             match Self::insert(&tx, &stmt, rows, 0..rows.len).await {
                 Ok(()) => tx.commit().await,
                 Err(e) => {
@@ -883,7 +929,11 @@ impl PostgresWriter {
         // Ranges still to try, the next on top; a refused range is
         // replaced by its halves, so ranges are tried in row order and
         // everything before a range is written when it is tried.
-        let mut tx = conn.client.transaction().await.map_err(|e| classify(&e))?;
+        let mut tx = conn
+            .client()
+            .transaction()
+            .await
+            .map_err(|e| classify(&e))?;
         let mut todo: Vec<Range<usize>> = Vec::new();
         todo.push(0..rows.len);
         let mut refused = None;
@@ -1038,7 +1088,9 @@ impl PostgresWriter {
             // Connects and commits an empty transaction.
             self.write_rows(&empty).await?;
         }
-        self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
+        }
         Ok(self.rows)
     }
 }
