@@ -153,7 +153,14 @@ fn postgres_stopped_mid_run_and_restarted_ends_with_the_exact_table() {
     // ids 1..=100 again, which must not add rows).
     pg.stop();
     for i in (5001..=10_000).chain(1..=100) {
-        stdin.write_all(line(i).as_bytes()).unwrap();
+        if stdin.write_all(line(i).as_bytes()).is_err() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "weir stopped reading while the server was away ({}):\n{}",
+                out.status,
+                text(&out.stderr)
+            );
+        }
     }
     drop(stdin);
     std::thread::sleep(Duration::from_secs(2));
