@@ -188,3 +188,41 @@ fn postgres_stopped_mid_run_and_restarted_ends_with_the_exact_table() {
         "10000|50005000|10000"
     );
 }
+
+/// The example `weir explain postgres` prints runs as it is, with
+/// `DATABASE_URL` set.
+#[test]
+fn postgres_explain_example_runs() {
+    let pg = PgServer::start();
+    let d = Dir::new();
+    let out = d.weir(&["explain", "postgres"]).output().unwrap();
+    assert_eq!(code(&out), 0);
+    let explained = text(&out.stdout);
+    let example: String = explained
+        .split("example:\n")
+        .nth(1)
+        .expect("an example")
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    d.file(
+        "in.jsonl",
+        "{\"id\":1,\"user\":\"ann\",\"amount\":2.5,\"tags\":[\"a\"]}\n{\"id\":2,\"user\":\"bob\",\"amount\":3}\n",
+    )
+    .file(
+        "p.yaml",
+        format!(
+            "inputs:\n  - name: in\n    file: {{ path: in.jsonl }}\noutputs:\n  - name: db\n    postgres:\n{example}"
+        ),
+    );
+    let out = d
+        .weir(&["run", "p.yaml"])
+        .env("DATABASE_URL", pg.url())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(
+        pg.psql("SELECT id, \"user\", amount, tags::text FROM orders ORDER BY id"),
+        "1|ann|2.5|[\"a\"]\n2|bob|3|\n"
+    );
+}

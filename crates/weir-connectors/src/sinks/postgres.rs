@@ -173,8 +173,10 @@ pub struct PostgresSink {
     /// an existing table then needs no unique index).
     #[serde(default)]
     pub key: Vec<String>,
-    /// Seconds the first connection may take before the run fails (the
-    /// server is unreachable). Default: 5.
+    /// Seconds connecting and authenticating may take. At the start, a
+    /// server that does not answer within it fails the run; later, a
+    /// timed-out attempt is one more try within `reconnect_for_secs`.
+    /// Default: 5.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: f64,
     /// Seconds one batch's transaction may take before the connection is
