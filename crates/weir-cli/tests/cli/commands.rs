@@ -2,7 +2,7 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 19] = [
+const ALL: [(&str, &str); 20] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),

@@ -31,6 +31,7 @@ fn ctx() -> BuildContext {
     BuildContext {
         input: "pg".into(),
         base_dir: std::env::temp_dir(),
+        state: None,
     }
 }
 
