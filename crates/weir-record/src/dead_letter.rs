@@ -13,7 +13,9 @@ pub fn letter_json(d: &weir::DeadLetter) -> Value {
         (Some(&r.pos), r.json(), Value::Null)
     } else if let Some(raw) = d.item::<Raw>() {
         match raw {
-            Raw::Line { pos, text } | Raw::NotUtf8 { pos, text, .. } => {
+            Raw::Line { pos, text }
+            | Raw::NotUtf8 { pos, text, .. }
+            | Raw::Refused { pos, text, .. } => {
                 (Some(pos), Value::Null, Value::String(text.clone()))
             }
             Raw::Row { pos, fields, .. } => {

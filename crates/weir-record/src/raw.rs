@@ -37,13 +37,29 @@ pub enum Raw {
     },
     /// A record that needs no decoding (the `generate` source).
     Record(Record),
+    /// An item the source itself refuses (a broker message delivered too
+    /// many times): the decoder rejects it with `reason` and `detail`, so
+    /// it is dead-lettered with its position.
+    Refused {
+        /// Where it was read.
+        pos: Arc<Position>,
+        /// Its text (lossy UTF-8), for the dead-letter file.
+        text: String,
+        /// The dead letter's reason (`max_deliver`).
+        reason: &'static str,
+        /// The details for a human.
+        detail: String,
+    },
 }
 
 impl Raw {
     /// Where the item was read.
     pub fn pos(&self) -> &Arc<Position> {
         match self {
-            Raw::Line { pos, .. } | Raw::Row { pos, .. } | Raw::NotUtf8 { pos, .. } => pos,
+            Raw::Line { pos, .. }
+            | Raw::Row { pos, .. }
+            | Raw::NotUtf8 { pos, .. }
+            | Raw::Refused { pos, .. } => pos,
             Raw::Record(r) => &r.pos,
         }
     }

@@ -137,9 +137,10 @@ where
     }))
 }
 
-/// A source over a stream of results of items with their acks: what a
-/// checkpointing reader of a live input yields (an `Err` fails the
-/// pipeline).
+/// A source over a stream of results of items with their acks: a
+/// checkpointing reader of a live input, or a broker consumer that can
+/// fail for good (an unreachable server). An `Err` fails the pipeline,
+/// naming the source.
 pub fn from_try_acked_stream<S, T, E>(stream: S) -> Source<T>
 where
     S: Stream<Item = Result<(T, Ack), E>> + Send + 'static,

@@ -126,7 +126,8 @@ impl Decoder {
     /// A [`ProcessError`] with reason `parse_error`: invalid JSON (with the
     /// column in the line), a CSV field that does not fit its column type, a
     /// CSV row with the wrong number of fields; with reason `invalid_utf8`:
-    /// a line that is not UTF-8 (`Raw::NotUtf8`).
+    /// a line that is not UTF-8 (`Raw::NotUtf8`); with its own reason: an
+    /// item the source refused (`Raw::Refused`).
     pub fn decode(&self, raw: &Raw) -> Result<Record, ProcessError> {
         match raw {
             Raw::Line { pos, text } => {
@@ -142,6 +143,7 @@ impl Decoder {
                 fields,
             } => Ok(Record::new(self.decode_row(headers, fields)?, pos.clone())),
             Raw::NotUtf8 { detail, .. } => Err(ProcessError::new("invalid_utf8", detail.clone())),
+            Raw::Refused { reason, detail, .. } => Err(ProcessError::new(*reason, detail.clone())),
             Raw::Record(r) => Ok(r.clone()),
         }
     }
