@@ -24,8 +24,8 @@ use serde::de::MapAccess;
 use crate::processors::{
     aggregate, batch, dedupe, filter, html, http as http_call, jq, scatter, switch, validate,
 };
-use crate::sinks::{file as file_sink, http, postgres, sqlite, stdout};
-use crate::sources::{file, generate, http_server, schedule, stdin};
+use crate::sinks::{file as file_sink, http, nats as nats_sink, postgres, sqlite, stdout};
+use crate::sources::{file, generate, http_server, nats as nats_source, schedule, stdin};
 
 /// The three kinds of component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +124,7 @@ registry! {
     Source "generate" => generate::GenerateSource,
     Source "http_server" => http_server::HttpServerSource,
     Source "schedule" => schedule::ScheduleSource,
+    Source "nats" => nats_source::NatsSource,
     Processor "jq" => jq::JqConfig,
     Processor "filter" => filter::FilterConfig,
     Processor "validate" => validate::ValidateConfig,
@@ -139,6 +140,7 @@ registry! {
     Sink "file" => file_sink::FileSink,
     Sink "stdout" => stdout::StdoutSink,
     Sink "http" => http::HttpSink,
+    Sink "nats" => nats_sink::NatsSink,
 }
 
 /// The names of the components of `kind`, in registry order.

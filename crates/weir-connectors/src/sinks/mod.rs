@@ -6,5 +6,6 @@ pub mod dead_letter;
 pub mod file;
 pub mod http;
 pub mod postgres;
+pub mod nats;
 pub mod sqlite;
 pub mod stdout;

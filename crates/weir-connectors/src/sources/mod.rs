@@ -19,6 +19,7 @@ pub(crate) mod follow;
 pub mod generate;
 pub mod http_server;
 pub(crate) mod live;
+pub mod nats;
 pub mod orders;
 pub mod schedule;
 pub mod stdin;
