@@ -12,6 +12,8 @@
 //! * [`http`]: the `http` sink against a service on loopback;
 //! * [`http_server`]: clients POSTing into a running pipeline, and its drain;
 //! * [`schedule`]: ticks in real time, caught up after a restart, SIGINT;
+//! * [`nats`]: the `nats` source and sink against a real nats-server,
+//!   through a bad message, a `kill -9` and a broker restart;
 //! * [`options`]: numeric options out of range, reported at their line;
 //! * [`paths`]: outputs that would write over an input are refused;
 //! * [`postgres`]: the `postgres` sink against real PostgreSQL servers;
@@ -47,6 +49,8 @@ mod http_server;
 mod jq_limits;
 #[path = "cli/loops.rs"]
 mod loops;
+#[path = "cli/nats.rs"]
+mod nats;
 #[path = "cli/options.rs"]
 mod options;
 #[path = "cli/paths.rs"]

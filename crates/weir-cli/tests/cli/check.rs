@@ -60,7 +60,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `workers`, expected one of name, decode_workers, file, stdin, generate, http_server, schedule
+error: unknown field `workers`, expected one of name, decode_workers, file, stdin, generate, http_server, schedule, nats
   --> p.yaml:4:5
   |
 4 |     workers: 2
@@ -496,7 +496,7 @@ error: stage 's' must have exactly one of `jq`, `filter`, `validate`, `dedupe`, 
 5 |   - name: s
   |           ^
 
-error: output 'out' must have exactly one of `sqlite`, `postgres`, `file`, `stdout`, `http` (found 2)
+error: output 'out' must have exactly one of `sqlite`, `postgres`, `file`, `stdout`, `http`, `nats` (found 2)
   --> p.yaml:9:11
   |
 9 |   - name: out

@@ -2,12 +2,13 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 20] = [
+const ALL: [(&str, &str); 22] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),
     ("source", "http_server"),
     ("source", "schedule"),
+    ("source", "nats"),
     ("processor", "jq"),
     ("processor", "filter"),
     ("processor", "validate"),
@@ -23,6 +24,7 @@ const ALL: [(&str, &str); 20] = [
     ("sink", "file"),
     ("sink", "stdout"),
     ("sink", "http"),
+    ("sink", "nats"),
 ];
 
 /// One line per component: kind, name and a one-sentence summary.
@@ -49,7 +51,7 @@ fn list() {
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
         .collect();
-    assert_eq!(sinks, ["sqlite", "postgres", "file", "stdout", "http"]);
+    assert_eq!(sinks, ["sqlite", "postgres", "file", "stdout", "http", "nats"]);
 
     let out = d.weir(&["list", "bogus"]).output().unwrap();
     assert_eq!(code(&out), 1);
@@ -108,9 +110,9 @@ fn explain_unknown_lists_the_components() {
     assert_eq!(text(&out.stdout), "");
     assert_eq!(
         text(&out.stderr),
-        "error: unknown component 'nope'; sources: file, stdin, generate, http_server, schedule; \
+        "error: unknown component 'nope'; sources: file, stdin, generate, http_server, schedule, nats; \
          processors: jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter, html; \
-         sinks: sqlite, postgres, file, stdout, http\n"
+         sinks: sqlite, postgres, file, stdout, http, nats\n"
     );
 }
 
@@ -193,7 +195,7 @@ fn run_refuses_an_invalid_pipeline() {
     assert_eq!(code(&out), 2);
     assert_eq!(text(&out.stdout), "");
     assert!(
-        text(&out.stderr).starts_with("error: unknown field `stdot`, expected one of name, from, on_error, sqlite, postgres, file, stdout, http\n  --> p.yaml:6:5\n"),
+        text(&out.stderr).starts_with("error: unknown field `stdot`, expected one of name, from, on_error, sqlite, postgres, file, stdout, http, nats\n  --> p.yaml:6:5\n"),
         "{}",
         text(&out.stderr)
     );

@@ -312,20 +312,26 @@ impl NatsWriter {
                         .await;
                     sent.push((i, f));
                 }
-                for (i, f) in sent {
-                    let res = match f {
-                        Ok(f) => f.await.map(|_| ()),
-                        Err(e) => Err(e),
-                    };
-                    match res {
-                        Ok(()) => {}
-                        Err(e) => match classify(js, client, &msgs[i].subject, &e).await {
+                // Awaited together: each acknowledgement's timeout starts
+                // when it is awaited, so after a broker restart lost ones
+                // time out at once, not one after the other.
+                let results =
+                    futures::future::join_all(sent.into_iter().map(|(i, f)| async move {
+                        match f {
+                            Ok(f) => (i, f.await.map(|_| ())),
+                            Err(e) => (i, Err(e)),
+                        }
+                    }))
+                    .await;
+                for (i, res) in results {
+                    if let Err(e) = res {
+                        match classify(js, client, &msgs[i].subject, &e).await {
                             Outcome::Again(why) => {
                                 last = why;
                                 again.push(i);
                             }
                             Outcome::Refused(why) => refused[i] = Some(why),
-                        },
+                        }
                     }
                 }
             }
@@ -339,6 +345,11 @@ impl NatsWriter {
                     self.retry_for
                 ));
             }
+            tracing::warn!(
+                "nats sink '{}': {} messages unanswered ({last}); sending them again",
+                self.name,
+                again.len()
+            );
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
             todo = again;

@@ -84,9 +84,13 @@ const DEFAULT_BATCH: usize = 256;
 const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 /// How long a first connection may take before the run fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// With `until_drained`, how long the pull stream may stay quiet before
-/// the consumer is asked whether anything is left.
+/// How long the pull stream may stay quiet before the consumer is asked
+/// whether anything is left (`until_drained`) and whether the server still
+/// has this run's pull request (see [`idle`]).
 const IDLE_CHECK: Duration = Duration::from_millis(250);
+/// Quiet checks in a row that find no pull request waiting on the server
+/// before the pull stream is started again.
+const STALLED_AFTER: u32 = 4;
 
 /// Reads messages of a NATS JetStream stream through a durable pull
 /// consumer (at-least-once), or of a core NATS subject (at-most-once).
@@ -512,6 +516,8 @@ struct StreamState {
     messages: Option<pull::Stream>,
     held: Held,
     acks: Option<AckTx>,
+    /// Quiet checks in a row that found no pull request waiting.
+    stalls: u32,
 }
 
 /// JetStream: the consumer's messages with their acks.
@@ -531,6 +537,7 @@ fn stream_messages(
         messages: None,
         held: Arc::default(),
         acks: None,
+        stalls: 0,
     };
     futures::stream::unfold(Some(state), |state| async move {
         let mut st = state?;
@@ -634,14 +641,11 @@ async fn next_message(st: &mut StreamState) -> Next {
         }
     }
     let messages = st.messages.as_mut().expect("set above");
-    let next = if until_drained {
-        match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
-            Ok(n) => n,
-            Err(_) => return drained(st).await,
-        }
-    } else {
-        messages.next().await
+    let next = match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
+        Ok(n) => n,
+        Err(_) => return idle(st, until_drained).await,
     };
+    st.stalls = 0;
     let msg = match next {
         Some(Ok(m)) => m,
         Some(Err(e)) => {
@@ -713,20 +717,41 @@ async fn next_message(st: &mut StreamState) -> Next {
     Next::Item((raw, ack))
 }
 
-/// With `until_drained`, after a quiet spell: whether the consumer is
-/// drained (see the module docs).
-async fn drained(st: &mut StreamState) -> Next {
-    let held = st.held.lock().unwrap_or_else(|p| p.into_inner()).len();
-    if held > 0 {
-        return Next::Nothing;
-    }
+/// After a quiet spell: whether the consumer is drained (with
+/// `until_drained`, see the module docs), and whether the pull stream
+/// still works. After a broker restart the client's pull stream can stay
+/// registered on the client's side while the server holds no request from
+/// it (`num_waiting` 0): nothing would ever come again, so after
+/// [`STALLED_AFTER`] such checks in a row it is started again. (Another
+/// reader of the same consumer with a request waiting hides this; its
+/// deliveries then keep the consumer moving anyway.)
+async fn idle(st: &mut StreamState, until_drained: bool) -> Next {
+    tracing::debug!("nats source: quiet; asking the consumer");
     let Some(c) = st.consumer.as_mut() else {
         return Next::Nothing;
     };
-    match c.info().await {
-        Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 => Next::End,
-        _ => Next::Nothing,
+    let info = match tokio::time::timeout(Duration::from_secs(5), c.info()).await {
+        Ok(Ok(i)) => i.clone(),
+        _ => return Next::Nothing,
+    };
+    if info.num_waiting == 0 {
+        st.stalls += 1;
+        if st.stalls >= STALLED_AFTER {
+            tracing::info!(
+                "nats source: no pull request of this run waits on consumer {}; pulling again",
+                info.name
+            );
+            st.stalls = 0;
+            st.messages = None;
+        }
+    } else {
+        st.stalls = 0;
     }
+    let held = st.held.lock().unwrap_or_else(|p| p.into_inner()).len();
+    if until_drained && held == 0 && info.num_pending == 0 && info.num_ack_pending == 0 {
+        return Next::End;
+    }
+    Next::Nothing
 }
 
 /// The ack of one message: when its record settles, the message and any
