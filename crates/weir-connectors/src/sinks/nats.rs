@@ -47,6 +47,11 @@ use crate::sources::nats::resolve_url;
 use crate::value::{self, Json};
 
 const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// The client lets a JetStream context have 5,000 acknowledgements
+/// outstanding and makes a publish past that wait for one: a write sends a
+/// whole round before awaiting any, so a round larger than that would wait
+/// for itself.
+const MAX_IN_FLIGHT: usize = 4096;
 const DEFAULT_RETRY_SECS: u64 = 120;
 /// How long the first connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,7 +87,7 @@ pub struct NatsSink {
     pub subject_jq: Option<Spanned<String>>,
     /// Messages sent before their acknowledgements are awaited, at most.
     /// More keep the link busy on a distant server; each holds its body
-    /// until it is confirmed. Default: 1024.
+    /// until it is confirmed. At most 4096. Default: 1024.
     #[serde(default)]
     #[schemars(with = "Option<usize>")]
     pub max_in_flight: Option<Spanned<usize>>,
@@ -150,9 +155,9 @@ impl NatsSink {
         let url = resolve_url(self.url.as_ref(), self.url_env.as_ref(), "nats sink")?;
         let subject = self.subject()?;
         let max_in_flight = match &self.max_in_flight {
-            Some(v) if v.value == 0 => {
+            Some(v) if v.value == 0 || v.value > MAX_IN_FLIGHT => {
                 return Err(ConfigError::at(
-                    "nats sink: max_in_flight must be at least 1",
+                    format!("nats sink: max_in_flight must be 1 to {MAX_IN_FLIGHT}"),
                     v,
                 ));
             }
@@ -531,7 +536,8 @@ mod tests {
         assert!(err("subject: 'a.*'\n").contains("wildcard"));
         assert!(err("subject: 'a..b'\n").contains("empty token"));
         assert!(err("subject_jq: '.a +'\n").contains("subject_jq does not compile"));
-        assert!(err("subject: a\nmax_in_flight: 0\n").contains("at least 1"));
+        assert!(err("subject: a\nmax_in_flight: 0\n").contains("1 to 4096"));
+        assert!(err("subject: a\nmax_in_flight: 5000\n").contains("1 to 4096"));
         sink(NatsSink::EXAMPLE).check().unwrap();
     }
 

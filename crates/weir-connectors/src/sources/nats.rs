@@ -66,7 +66,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_saphyr::Spanned;
 use weir::{Ack, AckOutcome, BoxError};
 
@@ -508,6 +508,8 @@ type AckTx = tokio::sync::mpsc::UnboundedSender<AckCmd>;
 
 struct StreamState {
     input: Arc<str>,
+    /// The stream's name, as positions carry it.
+    file: Arc<str>,
     url: String,
     meta: Option<Arc<str>>,
     opts: StreamOpts,
@@ -529,6 +531,7 @@ fn stream_messages(
 ) -> impl futures::Stream<Item = Result<(Raw, Ack), BoxError>> + Send + 'static {
     let state = StreamState {
         input,
+        file: Arc::from(opts.stream.as_str()),
         url,
         meta,
         opts,
@@ -559,27 +562,20 @@ enum Next {
     Fail(BoxError),
 }
 
-async fn next_message(st: &mut StreamState) -> Next {
+/// Opens the consumer (created or updated) and its pull stream, when
+/// missing; `Some` when the caller should come back later (`Nothing`) or
+/// give up (`Fail`).
+async fn start_pulling(st: &mut StreamState, client: async_nats::Client) -> Option<Next> {
     let StreamOpts {
         stream,
         consumer: consumer_name,
         filter,
-        max_deliver,
         ack_wait,
         batch,
         max_in_flight,
-        until_drained,
+        ..
     } = st.opts.clone();
     let (stream, consumer_name) = (stream.as_str(), consumer_name.as_str());
-    if st.client.is_none() {
-        // Only the first connection must succeed: the client reconnects by
-        // itself afterwards.
-        match connect(&st.url).await {
-            Ok(c) => st.client = Some(c),
-            Err(e) => return Next::Fail(e),
-        }
-    }
-    let client = st.client.clone().expect("set above");
     if st.consumer.is_none() {
         let js = jetstream::new(client.clone());
         let s = match js.get_stream(stream).await {
@@ -587,12 +583,12 @@ async fn next_message(st: &mut StreamState) -> Next {
             Err(e) => {
                 use jetstream::context::GetStreamErrorKind;
                 if matches!(e.kind(), GetStreamErrorKind::JetStream(_)) {
-                    return Next::Fail(format!("nats: stream {stream}: {e}").into());
+                    return Some(Next::Fail(format!("nats: stream {stream}: {e}").into()));
                 }
                 // The broker restarting: try again.
                 tracing::warn!("nats source: stream {stream}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                return Next::Nothing;
+                return Some(Next::Nothing);
             }
         };
         let config = pull::Config {
@@ -610,14 +606,14 @@ async fn next_message(st: &mut StreamState) -> Next {
             Err(e) => {
                 use jetstream::stream::ConsumerErrorKind;
                 if matches!(e.kind(), ConsumerErrorKind::JetStream(_)) {
-                    return Next::Fail(
+                    return Some(Next::Fail(
                         format!("nats: cannot create consumer {consumer_name} on {stream}: {e}")
                             .into(),
-                    );
+                    ));
                 }
                 tracing::warn!("nats source: consumer {consumer_name}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                return Next::Nothing;
+                return Some(Next::Nothing);
             }
         }
     }
@@ -636,14 +632,38 @@ async fn next_message(st: &mut StreamState) -> Next {
                 tracing::warn!("nats source: pull from {consumer_name}: {e}; retrying");
                 st.consumer = None;
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                return Next::Nothing;
+                return Some(Next::Nothing);
             }
         }
     }
+    None
+}
+
+async fn next_message(st: &mut StreamState) -> Next {
+    let (max_deliver, until_drained) = (st.opts.max_deliver, st.opts.until_drained);
+    if st.client.is_none() {
+        // Only the first connection must succeed: the client reconnects by
+        // itself afterwards.
+        match connect(&st.url).await {
+            Ok(c) => st.client = Some(c),
+            Err(e) => return Next::Fail(e),
+        }
+    }
+    if st.consumer.is_none() || st.messages.is_none() {
+        let client = st.client.clone().expect("set above");
+        if let Some(wait) = start_pulling(st, client).await {
+            return wait;
+        }
+    }
     let messages = st.messages.as_mut().expect("set above");
-    let next = match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
-        Ok(n) => n,
-        Err(_) => return idle(st, until_drained).await,
+    // A message already buffered is taken without arming a timer; the
+    // stream's `next` is cancel-safe, so the poll can be dropped.
+    let next = match messages.next().now_or_never() {
+        Some(n) => n,
+        None => match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
+            Ok(n) => n,
+            Err(_) => return idle(st, until_drained).await,
+        },
     };
     st.stalls = 0;
     let msg = match next {
@@ -698,7 +718,7 @@ async fn next_message(st: &mut StreamState) -> Next {
     let ack = message_ack(reply, seq, st.held.clone(), tx);
     let pos = Arc::new(Position {
         input: st.input.clone(),
-        file: Some(Arc::from(stream)),
+        file: Some(st.file.clone()),
         line: seq,
     });
     let msg: async_nats::Message = msg.into();
@@ -828,11 +848,10 @@ async fn acknowledge(url: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<A
     };
     while let Some(cmd) = rx.recv().await {
         let payload = if cmd.ack { "+ACK" } else { "-NAK" };
+        // The connection's own task writes them out as they come (no flush
+        // per message); the end flushes what is left.
         for r in cmd.replies {
             let _ = client.publish(r, payload.into()).await;
-        }
-        if rx.is_empty() {
-            let _ = client.flush().await;
         }
     }
     let _ = tokio::time::timeout(FINAL_FLUSH, client.flush()).await;
