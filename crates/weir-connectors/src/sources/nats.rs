@@ -160,8 +160,8 @@ pub struct NatsSource {
     /// A field name: each record gets it as an object `{"subject", "seq",
     /// "headers"}`: the message's subject, its stream sequence (core
     /// messages: their number in the run) and its headers, each name to
-    /// its value as text (repeated headers joined with `, `; text that is
-    /// not UTF-8 repaired with U+FFFD). The message must then be a JSON
+    /// its value as text (repeated headers joined with `, `, names sorted).
+    /// The message must then be a JSON
     /// object (an existing field of that name is replaced); any other value
     /// is dead-lettered with reason `not_an_object`. Default: no meta
     /// field, the record is the payload as it is.
