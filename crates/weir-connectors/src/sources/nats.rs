@@ -975,6 +975,14 @@ mod tests {
     async fn a_stream_is_read_acknowledged_and_drained() {
         let server = weir_testkit::NatsServer::start();
         let js = fill(&server.url(), 50, 20).await;
+        // Seq 52: not an object (meta is set); seq 53: not UTF-8.
+        for body in [&b"[1,2]"[..], &b"{\"a\":\"\xff\"}"[..]] {
+            js.publish("orders.odd", bytes::Bytes::copy_from_slice(body))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
         let src = cfg(&format!(
             "url: {}\nstream: ORDERS\nconsumer: c1\nsubject: 'orders.>'\nmeta: _nats\nuntil_drained: true\nbatch: 7\n",
             server.url()
@@ -987,9 +995,15 @@ mod tests {
             serde_json::json!({"id": 1, "_nats": {"subject": "orders.1", "seq": 1, "headers": {"Trace": "t1"}}})
         );
         assert_eq!(first.pos.to_string(), "ORDERS:1");
-        assert_eq!(letters.len(), 1);
+        let mut letters = letters;
+        letters.sort();
+        assert_eq!(letters.len(), 3, "{letters:?}");
         assert_eq!(letters[0].0, "ORDERS:21");
         assert!(letters[0].1.contains("invalid JSON"), "{letters:?}");
+        assert_eq!(letters[1].0, "ORDERS:52");
+        assert!(letters[1].1.contains("not a JSON object"), "{letters:?}");
+        assert_eq!(letters[2].0, "ORDERS:53");
+        assert!(letters[2].1.contains("invalid UTF-8"), "{letters:?}");
         // Everything was acknowledged: a second run finds nothing.
         let mut c: jetstream::consumer::PullConsumer = js
             .get_stream("ORDERS")
@@ -1043,5 +1057,122 @@ mod tests {
             letters.iter().all(|(_, e)| e.contains("max_deliver")),
             "{letters:?}"
         );
+    }
+
+    /// A core subject: records as they are published, numbered in the
+    /// order they came, with their subject; no acks. Runs until stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_core_subject_is_read_until_the_run_stops() {
+        let server = weir_testkit::NatsServer::start();
+        let src = cfg(&format!(
+            "url: {}\nsubject: 'events.>'\nmeta: m\n",
+            server.url()
+        ));
+        let (source, decoder) = src.build(&ctx()).unwrap();
+        let p = Pipeline::new();
+        let stop = p.cancel_token();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink_got = got.clone();
+        p.source("in", source)
+            .try_map("in/decode", move |raw: &Raw| decoder.decode(raw))
+            .sink(
+                "out",
+                weir::for_each(move |r: Record| {
+                    let mut g = sink_got.lock().unwrap();
+                    g.push(r);
+                    if g.len() == 5 {
+                        stop.cancel();
+                    }
+                }),
+            );
+        // Published until the run stops: the subscription starts with the
+        // run, so the first few may be missed (at-most-once).
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let publisher = tokio::spawn(async move {
+            for i in 0.. {
+                let body = format!("{{\"i\":{i}}}");
+                if client.publish("events.a", body.into()).await.is_err() {
+                    return;
+                }
+                let _ = client.flush().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), p.run())
+            .await
+            .expect("stopped within 30 s")
+            .unwrap();
+        publisher.abort();
+        let got = got.lock().unwrap();
+        assert!(got.len() >= 5, "{got:?}");
+        for (k, r) in got.iter().enumerate() {
+            assert_eq!(r.pos.to_string(), format!("in#{}", k + 1));
+            assert_eq!(r.json()["m"]["subject"], "events.a");
+            assert_eq!(r.json()["m"]["seq"], k as u64 + 1);
+        }
+        // In order: each one published after the one before.
+        let is: Vec<u64> = got
+            .iter()
+            .map(|r| r.json()["i"].as_u64().unwrap())
+            .collect();
+        assert!(is.windows(2).all(|w| w[0] < w[1]), "{is:?}");
+    }
+
+    /// An output slower than `ack_wait_secs` once.
+    struct Slow(Arc<Mutex<Vec<Record>>>, bool);
+
+    impl weir::Sink<Record> for Slow {
+        type Output = ();
+        async fn write(&mut self, items: Vec<Record>) -> Result<(), weir::WriteError<Record>> {
+            if !self.1 {
+                self.1 = true;
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
+            self.0.lock().unwrap().extend(items);
+            Ok(())
+        }
+        async fn finish(self) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    /// Messages held longer than `ack_wait_secs` are delivered again while
+    /// the run still holds them: the copies are acknowledged with the
+    /// originals, not processed twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copies_of_held_messages_are_not_processed_twice() {
+        let server = weir_testkit::NatsServer::start();
+        let js = fill(&server.url(), 20, 0).await;
+        let src = cfg(&format!(
+            "url: {}\nstream: ORDERS\nconsumer: c3\nuntil_drained: true\nack_wait_secs: 1\n",
+            server.url()
+        ));
+        let (source, decoder) = src.build(&ctx()).unwrap();
+        let p = Pipeline::new();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        p.source("in", source)
+            .try_map("in/decode", move |raw: &Raw| decoder.decode(raw))
+            .sink("out", Slow(got.clone(), false));
+        tokio::time::timeout(Duration::from_secs(30), p.run())
+            .await
+            .expect("drained within 30 s")
+            .unwrap();
+        let mut lines: Vec<u64> = got.lock().unwrap().iter().map(|r| r.pos.line).collect();
+        lines.sort_unstable();
+        assert_eq!(lines, (1..=20).collect::<Vec<u64>>());
+        let mut c: jetstream::consumer::PullConsumer = js
+            .get_stream("ORDERS")
+            .await
+            .unwrap()
+            .get_consumer("c3")
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        // More deliveries than messages: copies came while they were held.
+        assert!(
+            info.delivered.consumer_sequence > 20,
+            "no copy was delivered: {info:?}"
+        );
+        assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
     }
 }
