@@ -838,24 +838,50 @@ async fn acknowledge(url: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<A
         match connect(&url).await {
             Ok(c) => break c,
             Err(e) => {
-                if rx.is_closed() && rx.is_empty() {
-                    tracing::warn!("{e}: messages will be delivered again");
+                // Once the run is over, a broker still unreachable must not
+                // hold the process: what is not acknowledged comes back.
+                if rx.is_closed() {
+                    tracing::warn!("{e}: {} messages will be delivered again", rx.len());
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     };
+    // While the broker is unreachable the client queues publishes, and a
+    // full queue makes a publish wait: acks given up on then are delivered
+    // again (after `ack_wait_secs`) instead of holding the process.
+    let mut given_up = 0u64;
+    let mut skip_until: Option<std::time::Instant> = None;
     while let Some(cmd) = rx.recv().await {
         let payload = if cmd.ack { "+ACK" } else { "-NAK" };
         // The connection's own task writes them out as they come (no flush
         // per message); the end flushes what is left.
         for r in cmd.replies {
-            let _ = client.publish(r, payload.into()).await;
+            // After a send that could not get in, the next second's acks
+            // are given up on at once: a stuck queue costs 200 ms once, not
+            // 200 ms per held message.
+            if skip_until.is_some_and(|t| std::time::Instant::now() < t) {
+                given_up += 1;
+                continue;
+            }
+            let sent = tokio::time::timeout(ACK_SEND, client.publish(r, payload.into())).await;
+            if sent.is_err() {
+                given_up += 1;
+                skip_until = Some(std::time::Instant::now() + Duration::from_secs(1));
+            }
         }
+    }
+    if given_up > 0 {
+        tracing::warn!(
+            "nats source: {given_up} acknowledgements could not be sent (the broker unreachable); those messages will be delivered again"
+        );
     }
     let _ = tokio::time::timeout(FINAL_FLUSH, client.flush()).await;
 }
+
+/// How long one acknowledgement may wait for room in the client's queue.
+const ACK_SEND: Duration = Duration::from_millis(200);
 
 impl crate::registry::Documented for NatsSource {
     const EXAMPLE: &'static str = NatsSource::EXAMPLE;
