@@ -156,6 +156,7 @@ async fn weir_drain(url: &str, n: u64, name: &str) -> (f64, f64) {
     let ctx = BuildContext {
         input: "b9".into(),
         base_dir: ".".into(),
+        state: None,
     };
     let started = Instant::now();
     let (source, decoder) = cfg.build(&ctx).expect("source");

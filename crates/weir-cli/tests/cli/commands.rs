@@ -51,7 +51,10 @@ fn list() {
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
         .collect();
-    assert_eq!(sinks, ["sqlite", "postgres", "file", "stdout", "http", "nats"]);
+    assert_eq!(
+        sinks,
+        ["sqlite", "postgres", "file", "stdout", "http", "nats"]
+    );
 
     let out = d.weir(&["list", "bogus"]).output().unwrap();
     assert_eq!(code(&out), 1);

@@ -5,7 +5,7 @@
 pub mod dead_letter;
 pub mod file;
 pub mod http;
-pub mod postgres;
 pub mod nats;
+pub mod postgres;
 pub mod sqlite;
 pub mod stdout;

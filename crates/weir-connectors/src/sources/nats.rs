@@ -911,6 +911,7 @@ mod tests {
         BuildContext {
             input: "in".into(),
             base_dir: ".".into(),
+            state: None,
         }
     }
 
