@@ -111,6 +111,23 @@ pub fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// `name` as a key token, one-to-one: `[A-Za-z0-9-]` is kept, every other
+/// byte (of its UTF-8) becomes `_` and two hex digits (`ticks.eu` is
+/// `ticks_2eeu`, `ticks_eu` is `ticks_5feu`), so that distinct names never
+/// share a key, and the token is valid in a key-value key.
+pub fn escape_key(name: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "_{b:02x}");
+        }
+    }
+    out
+}
+
 impl Names {
     /// Names for job `job`.
     pub fn new(job: &str) -> Self {
@@ -149,9 +166,10 @@ impl Names {
         format!("{}.w.{}", self.job, sanitize(worker))
     }
     /// The key of a number a source keeps between runs (a schedule's last
-    /// handled tick), named `key` by the source.
+    /// handled tick), named `key` by the source (escaped one-to-one, see
+    /// [`escape_key`]).
     pub fn source_state_key(&self, key: &str) -> String {
-        format!("{}.s.{}", self.job, sanitize(key))
+        format!("{}.s.{}", self.job, escape_key(key))
     }
 }
 
@@ -730,7 +748,7 @@ impl Job {
 
     /// The numbers sources kept between runs of the job
     /// ([`Names::source_state_key`]), by the key the source gave
-    /// (sanitized as in the bucket). Values that are not numbers are
+    /// (escaped as in the bucket, see [`escape_key`]). Values that are not numbers are
     /// left out.
     ///
     /// # Errors
@@ -876,5 +894,31 @@ impl InboxCounts {
     /// Messages committed so far (deleted from the work queue).
     pub fn done(&self) -> u64 {
         self.last_seq.saturating_sub(self.stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two inputs the pipeline accepts as distinct names get distinct
+    /// state keys, valid in a key-value key.
+    #[test]
+    fn source_state_keys_of_distinct_inputs_differ() {
+        let n = Names::new("job");
+        let a = n.source_state_key("schedule.ticks.eu");
+        let b = n.source_state_key("schedule.ticks_eu");
+        assert_ne!(a, b);
+        assert_eq!(a, "job.s.schedule_2eticks_2eeu");
+        assert_eq!(b, "job.s.schedule_2eticks_5feu");
+        for name in ["a b", "a*b", "a>b", "é", "a_2eb"] {
+            let k = escape_key(name);
+            assert!(
+                k.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'),
+                "{k}"
+            );
+        }
+        assert_ne!(escape_key("a.b"), escape_key("a_2eb"));
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use weir_connectors::sources::StateStore;
 use weir_nats::Job;
-use weir_nats::job::sanitize;
+use weir_nats::job::escape_key;
 
 /// How long the end of a run waits for the queued writes.
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
@@ -29,7 +29,7 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// A job's source state on the broker; see the module docs.
 #[derive(Debug)]
 pub struct KvState {
-    /// The values as read at the start, by (sanitized) key.
+    /// The values as read at the start, by (escaped) key.
     values: BTreeMap<String, i64>,
     /// Writes for the writer task. Unbounded on purpose: a source saves
     /// a few values a second at most (a schedule every 200 ms at most),
@@ -77,7 +77,7 @@ impl Writer {
 
 impl StateStore for KvState {
     fn get(&self, key: &str) -> Option<i64> {
-        self.values.get(&sanitize(key)).copied()
+        self.values.get(&escape_key(key)).copied()
     }
 
     fn put(&self, key: &str, value: i64) -> Result<(), String> {
