@@ -43,12 +43,13 @@
 //!   most `catch_up_limit`, the most recent).
 //! * **Memory** is a few bytes per tick in flight (emitted, not yet
 //!   handled), which the pipeline's bounded channels bound; a catch-up is
-//!   computed tick by tick, never as a list, and its work at start is
-//!   bounded by `catch_up_limit` (plus [`COUNT_CAP`] steps to count what
-//!   a cron schedule dropped). One exception: a tick whose records were
-//!   lost (an aborted stage; the run usually fails with it) holds the
-//!   saved tick back for the rest of the run, and the ticks handled after
-//!   it are remembered until the run ends.
+//!   never a list: an `every` schedule's is computed, a `cron` schedule's
+//!   is walked tick by tick, so its work at start is bounded by
+//!   `catch_up_limit` (at most [`MAX_CRON_CATCH_UP_LIMIT`]) plus
+//!   [`COUNT_CAP`] steps to count what it dropped. One exception: a tick
+//!   whose records were lost (an aborted stage; the run usually fails
+//!   with it) holds the saved tick back for the rest of the run, and the
+//!   ticks handled after it are remembered until the run ends.
 //! * **Stopping.** The source runs until the run stops (SIGINT or SIGTERM:
 //!   the engine drops its stream, so a tick due during the drain is not
 //!   emitted) or `count` ticks were emitted (then the run ends normally).
@@ -102,6 +103,12 @@ const MAX_NAP: Duration = Duration::from_secs(1);
 /// than". Counting walks the ticks one by one (interval schedules count
 /// by arithmetic), so this bounds the work at start after a long downtime.
 pub const COUNT_CAP: u64 = 100_000;
+
+/// The largest `catch_up_limit` of a `cron` schedule: its catch-up is
+/// found by walking the ticks one by one, at start, so this bounds that
+/// work (a fraction of a second). An `every` schedule computes its
+/// catch-up and takes any limit.
+pub const MAX_CRON_CATCH_UP_LIMIT: u64 = 100_000;
 
 /// What a restarted (or stalled) schedule does with the ticks it missed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
@@ -166,7 +173,7 @@ pub struct ScheduleSource {
     /// With `missed: catch_up`, the most missed ticks emitted at once (the
     /// most recent ones); how many were dropped beyond it is logged. It
     /// bounds what a long downtime makes the pipeline do at start.
-    /// Default: 1000.
+    /// Default: 1000; at most 100000 with `cron`.
     #[serde(default)]
     #[schemars(with = "Option<u64>")]
     pub catch_up_limit: Option<Spanned<u64>>,
@@ -239,6 +246,25 @@ impl ScheduleSource {
         }
     }
 
+    /// `catch_up_limit`, or its default.
+    ///
+    /// # Errors
+    /// At the option: above [`MAX_CRON_CATCH_UP_LIMIT`] with `cron`.
+    pub fn limit(&self, schedule: &Schedule) -> Result<u64, ConfigError> {
+        let Some(limit) = &self.catch_up_limit else {
+            return Ok(DEFAULT_CATCH_UP_LIMIT);
+        };
+        if matches!(schedule, Schedule::Cron { .. }) && limit.value > MAX_CRON_CATCH_UP_LIMIT {
+            return Err(ConfigError::at(
+                format!(
+                    "schedule source: catch_up_limit is at most {MAX_CRON_CATCH_UP_LIMIT} with 'cron' (its missed ticks are found one by one at start)"
+                ),
+                limit,
+            ));
+        }
+        Ok(limit.value)
+    }
+
     /// The source and its decoder (ticks are ready records).
     ///
     /// # Errors
@@ -246,10 +272,7 @@ impl ScheduleSource {
     /// that cannot be opened.
     pub fn build(&self, ctx: &BuildContext) -> Result<(weir::Source<Raw>, Decoder), ConfigError> {
         let schedule = self.schedule()?;
-        let limit = self
-            .catch_up_limit
-            .as_ref()
-            .map_or(DEFAULT_CATCH_UP_LIMIT, |l| l.value);
+        let limit = self.limit(&schedule)?;
         let store = match &ctx.state {
             Some(State::Dir(dir)) => Some(Store::Sqlite(TickStore::open(dir, &ctx.input)?)),
             Some(State::Shared(shared)) => Some(Store::Shared {
@@ -446,6 +469,9 @@ pub fn plan(
         (_, Some(last)) => return from_now(last.max(now)),
         (_, None) => return from_now(now),
     };
+    if let Schedule::Every { ms } = schedule {
+        return plan_every(*ms, last, now, limit);
+    }
     // Forward from `last`, `limit` ticks at most: when `now` is reached,
     // nothing is dropped.
     let mut t = last;
@@ -504,6 +530,35 @@ pub fn plan(
         first: Some(first),
         caught_up: limit,
         dropped: schedule.count_between(last, first, COUNT_CAP),
+    }
+}
+
+/// [`plan`]'s catch-up for `every: ms` (`last < now`), by arithmetic:
+/// its work does not depend on the downtime nor on `limit`.
+fn plan_every(ms: i64, last: Timestamp, now: Timestamp, limit: u64) -> Plan {
+    let tick = |k: i64| {
+        k.checked_mul(ms)
+            .and_then(|t| Timestamp::from_millisecond(t).ok())
+    };
+    // Ticks are the multiples of `ms`; `as_millisecond` truncates, and
+    // ticks are whole milliseconds, so a tick `k * ms` is after `last`
+    // when `k > last_k` and at or before `now` when `k <= now_k`.
+    let last_k = last.as_millisecond().div_euclid(ms);
+    let now_k = now.as_millisecond().div_euclid(ms);
+    let due = (now_k - last_k).unsigned_abs();
+    if due <= limit {
+        return Plan {
+            first: tick(last_k + 1),
+            caught_up: due,
+            dropped: Ok(0),
+        };
+    }
+    // `limit < due`, so it fits in an i64.
+    let kept = i64::try_from(limit).unwrap_or(i64::MAX);
+    Plan {
+        first: tick(now_k - kept + 1),
+        caught_up: limit,
+        dropped: Ok(due - limit),
     }
 }
 
@@ -987,6 +1042,32 @@ mod tests {
         assert!(serde_saphyr::from_str::<ScheduleSource>("every: 1s\nmissed: later\n").is_err());
     }
 
+    /// A cron schedule's catch-up is walked: its limit is bounded at
+    /// check time, at its line; an interval's is computed, so any goes.
+    #[test]
+    fn a_cron_catch_up_limit_is_bounded() {
+        let limit = |yaml: &str| {
+            let cfg: ScheduleSource = serde_saphyr::from_str(yaml).unwrap();
+            cfg.limit(&cfg.schedule().unwrap())
+        };
+        assert_eq!(
+            limit("cron: '* * * * * *'\nmissed: catch_up\ncatch_up_limit: 100000\n").unwrap(),
+            100_000
+        );
+        let e =
+            limit("cron: '* * * * * *'\nmissed: catch_up\ncatch_up_limit: 100001\n").unwrap_err();
+        assert_eq!(e.at, Some((3, 17)), "{e}");
+        assert!(e.message.contains("at most 100000"), "{e}");
+        assert_eq!(
+            limit("every: 1ms\nmissed: catch_up\ncatch_up_limit: 18446744073709551615\n").unwrap(),
+            u64::MAX
+        );
+        assert_eq!(
+            limit("every: 1ms\nmissed: catch_up\n").unwrap(),
+            DEFAULT_CATCH_UP_LIMIT
+        );
+    }
+
     #[test]
     fn the_example_describes_a_schedule() {
         let cfg: ScheduleSource = serde_saphyr::from_str(ScheduleSource::EXAMPLE).unwrap();
@@ -1201,6 +1282,41 @@ mod tests {
         );
         assert_eq!(p.first, Some(ts("2026-12-01T16:59:15Z")));
         assert_eq!(p.dropped, Err(COUNT_CAP));
+    }
+
+    /// An interval schedule's catch-up is arithmetic: a huge limit after
+    /// a long downtime costs nothing at start.
+    #[test]
+    fn interval_catch_up_is_computed_not_walked() {
+        let s = every(1);
+        let last = ts("2026-11-30T17:00:00Z");
+        let now = ts("2026-12-01T17:00:00Z");
+        let t0 = Instant::now();
+        let p = plan(&s, Missed::CatchUp, Some(last), now, u64::MAX);
+        assert!(
+            t0.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(p.first, Some(ts("2026-11-30T17:00:00.001Z")));
+        assert_eq!((p.caught_up, p.dropped), (86_400_000, Ok(0)));
+        let p = plan(&s, Missed::CatchUp, Some(last), now, 86_399_999);
+        assert_eq!(p.first, Some(ts("2026-11-30T17:00:00.002Z")));
+        assert_eq!((p.caught_up, p.dropped), (86_399_999, Ok(1)));
+        // A last tick between ticks (a burst: just before a tick).
+        let s = every(1000);
+        let before = ts("2026-12-01T16:59:58Z")
+            .checked_sub(jiff::SignedDuration::from_nanos(1))
+            .unwrap();
+        let p = plan(
+            &s,
+            Missed::CatchUp,
+            Some(before),
+            ts("2026-12-01T17:00:00.5Z"),
+            10,
+        );
+        assert_eq!(p.first, Some(ts("2026-12-01T16:59:58Z")));
+        assert_eq!((p.caught_up, p.dropped), (3, Ok(0)));
     }
 
     /// A clock set back does not bring handled ticks back: the schedule
