@@ -34,8 +34,12 @@
 //!   schedule goes on. With `catch_up`, a tick emitted but not handled
 //!   before a crash (or a `kill -9`) is emitted again: delivery is at
 //!   least once per tick (with `skip`, such a tick is not emitted again).
-//!   Ticks never go back: after the wall clock was set back, the first tick
-//!   is after the last handled one in both modes.
+//!   Ticks never go back when the wall clock was set back a little (at
+//!   most [`CLOCK_TOLERANCE`], or one interval if longer): the first tick
+//!   is after the last handled one in both modes. A last handled tick
+//!   further after now (saved while the clock was ahead) is ignored with
+//!   a warning: the schedule starts from now rather than fall silent
+//!   until the clock reaches it.
 //! * **Late ticks during a run.** A tick is emitted when its time comes,
 //!   or late when the pipeline was backed up (the source is not polled
 //!   while its output is full). When several ticks came due meanwhile,
@@ -109,6 +113,14 @@ pub const COUNT_CAP: u64 = 100_000;
 /// work (a fraction of a second). An `every` schedule computes its
 /// catch-up and takes any limit.
 pub const MAX_CRON_CATCH_UP_LIMIT: u64 = 100_000;
+
+/// How far after now a saved last handled tick may be and still hold the
+/// schedule back (a wall clock set back a little: the schedule waits for
+/// the tick after it). An `every` schedule allows one interval if longer.
+/// Further ahead, the saved tick is taken for the mark of a clock that
+/// was wrong: it is ignored (with a warning) and the schedule starts from
+/// now, as with no saved tick.
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(60);
 
 /// What a restarted (or stalled) schedule does with the ticks it missed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
@@ -442,16 +454,20 @@ pub struct Plan {
     pub caught_up: u64,
     /// Missed ticks not emitted: `Ok(n)`, or `Err(n)` for "more than n".
     pub dropped: Result<u64, u64>,
+    /// The last handled tick, when it was ignored for being after now by
+    /// more than [`CLOCK_TOLERANCE`].
+    pub ignored_last: Option<Timestamp>,
 }
 
 /// Where a schedule starts at `now` when the last handled tick is `last`
 /// (`None`: no run handled any): the start policy, as a pure function.
 ///
-/// Nothing at or before `last` is emitted again, whatever the clock says
-/// (after the clock was set back, the schedule waits). With `skip`, or
-/// nothing handled yet, the first tick is the next one after now. With
-/// `catch_up`, the ticks in `(last, now]` come first, at most `limit`,
-/// the most recent ones.
+/// Nothing at or before `last` is emitted again when the clock was set
+/// back by at most [`CLOCK_TOLERANCE`] (the schedule waits); a `last`
+/// further after `now` is ignored (see [`Plan::ignored_last`]). With
+/// `skip`, or nothing handled yet, the first tick is the next one after
+/// now. With `catch_up`, the ticks in `(last, now]` come first, at most
+/// `limit`, the most recent ones.
 pub fn plan(
     schedule: &Schedule,
     missed: Missed,
@@ -463,7 +479,21 @@ pub fn plan(
         first: schedule.next_after(after),
         caught_up: 0,
         dropped: Ok(0),
+        ignored_last: None,
     };
+    let tolerance = match schedule {
+        Schedule::Every { ms } => jiff::SignedDuration::from_millis(*ms)
+            .max(CLOCK_TOLERANCE.try_into().unwrap_or_default()),
+        Schedule::Cron { .. } => CLOCK_TOLERANCE.try_into().unwrap_or_default(),
+    };
+    if let Some(l) = last
+        && now.checked_add(tolerance).is_ok_and(|limit| l > limit)
+    {
+        return Plan {
+            ignored_last: Some(l),
+            ..from_now(now)
+        };
+    }
     let last = match (missed, last) {
         (Missed::CatchUp, Some(last)) if last < now => last,
         (_, Some(last)) => return from_now(last.max(now)),
@@ -492,6 +522,7 @@ pub fn plan(
                     first: first.or_else(|| schedule.next_after(last)),
                     caught_up,
                     dropped: Ok(0),
+                    ignored_last: None,
                 };
             }
             None => {
@@ -499,6 +530,7 @@ pub fn plan(
                     first,
                     caught_up,
                     dropped: Ok(0),
+                    ignored_last: None,
                 };
             }
         }
@@ -515,6 +547,7 @@ pub fn plan(
                 schedule.next_after(now).unwrap_or(Timestamp::MAX),
                 COUNT_CAP,
             ),
+            ignored_last: None,
         };
     }
     let mut first = schedule
@@ -530,6 +563,7 @@ pub fn plan(
         first: Some(first),
         caught_up: limit,
         dropped: schedule.count_between(last, first, COUNT_CAP),
+        ignored_last: None,
     }
 }
 
@@ -551,6 +585,7 @@ fn plan_every(ms: i64, last: Timestamp, now: Timestamp, limit: u64) -> Plan {
             first: tick(last_k + 1),
             caught_up: due,
             dropped: Ok(0),
+            ignored_last: None,
         };
     }
     // `limit < due`, so it fits in an i64.
@@ -559,6 +594,7 @@ fn plan_every(ms: i64, last: Timestamp, now: Timestamp, limit: u64) -> Plan {
         first: tick(now_k - kept + 1),
         caught_up: limit,
         dropped: Ok(due - limit),
+        ignored_last: None,
     }
 }
 
@@ -633,6 +669,15 @@ impl Ticker {
         let now = Timestamp::now();
         let p = plan(&self.schedule, self.missed, last, now, self.limit);
         self.bounded_through = Some(now);
+        if let Some(last) = p.ignored_last {
+            self.progress.forget_saved();
+            tracing::warn!(
+                "schedule '{}': the last handled tick saved, {}, is after now ({}): the clock was ahead when it was saved, or is behind now; ignoring it and starting from now",
+                self.input,
+                rfc3339(last),
+                rfc3339(now)
+            );
+        }
         if p.caught_up > 0 {
             tracing::info!(
                 "schedule '{}': catching up {} missed tick(s) from {}",
@@ -734,6 +779,9 @@ struct Track {
     /// Every emitted tick up to this one is handled.
     water: Option<i64>,
     saved: Option<i64>,
+    /// The saved tick was ignored (far in the future): the next save
+    /// replaces it instead of keeping the later of the two.
+    overwrite: bool,
     last_save: Option<Instant>,
 }
 
@@ -784,6 +832,13 @@ impl Progress {
         }
     }
 
+    /// The saved tick was ignored: the next save replaces it.
+    fn forget_saved(&self) {
+        let mut t = self.lock();
+        t.saved = None;
+        t.overwrite = true;
+    }
+
     fn emitted(&self, tick: i64) {
         if self.store.is_some() {
             self.lock().pending.insert(tick);
@@ -819,8 +874,9 @@ impl Progress {
         let Some(water) = t.water.filter(|w| Some(*w) > t.saved) else {
             return;
         };
-        match store.save(water) {
+        match store.save(water, t.overwrite) {
             Ok(()) => {
+                t.overwrite = false;
                 t.saved = Some(water);
                 t.last_save = Some(Instant::now());
             }
@@ -862,9 +918,10 @@ impl Store {
         }
     }
 
-    fn save(&self, ms: i64) -> Result<(), String> {
+    /// Saves `ms`; without `overwrite`, a later tick saved stays.
+    fn save(&self, ms: i64, overwrite: bool) -> Result<(), String> {
         match self {
-            Store::Sqlite(s) => s.save(ms).map_err(|e| e.to_string()),
+            Store::Sqlite(s) => s.save(ms, overwrite).map_err(|e| e.to_string()),
             Store::Shared { store, key, .. } => store.put(key, ms),
         }
     }
@@ -930,14 +987,16 @@ impl TickStore {
         .optional()
     }
 
-    /// Records `ms` as handled; never moves the record back.
-    fn save(&self, ms: i64) -> rusqlite::Result<()> {
+    /// Records `ms` as handled; never moves the record back, unless
+    /// `overwrite` (the record was ignored, being far in the future).
+    fn save(&self, ms: i64, overwrite: bool) -> rusqlite::Result<()> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute(
             "INSERT INTO schedule_ticks (pipeline, input, last_handled_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (pipeline, input) DO UPDATE
-             SET last_handled_ms = MAX(last_handled_ms, excluded.last_handled_ms)",
-            (&self.pipeline, &*self.input, ms),
+             SET last_handled_ms = CASE WHEN ?4 THEN excluded.last_handled_ms
+                                   ELSE MAX(last_handled_ms, excluded.last_handled_ms) END",
+            (&self.pipeline, &*self.input, ms, overwrite),
         )
         .map(|_| ())
     }
@@ -1319,18 +1378,59 @@ mod tests {
         assert_eq!((p.caught_up, p.dropped), (3, Ok(0)));
     }
 
-    /// A clock set back does not bring handled ticks back: the schedule
-    /// waits for the first tick after the last handled one.
+    /// A clock set back a little does not bring handled ticks back: the
+    /// schedule waits for the first tick after the last handled one.
     #[test]
     fn ticks_never_go_back() {
         let s = every(1000);
         let last = ts("2026-12-01T17:00:00Z");
-        let now = ts("2026-12-01T16:00:00Z");
+        let now = ts("2026-12-01T16:59:00Z");
         for missed in [Missed::Skip, Missed::CatchUp] {
             let p = plan(&s, missed, Some(last), now, 10);
             assert_eq!(p.first, Some(ts("2026-12-01T17:00:01Z")));
-            assert_eq!(p.caught_up, 0);
+            assert_eq!((p.caught_up, p.ignored_last), (0, None));
         }
+        // An interval allows one interval if longer.
+        let s = every(3_600_000);
+        let p = plan(
+            &s,
+            Missed::CatchUp,
+            Some(last),
+            ts("2026-12-01T16:00:00Z"),
+            10,
+        );
+        assert_eq!(p.first, Some(ts("2026-12-01T18:00:00Z")));
+        assert_eq!(p.ignored_last, None);
+    }
+
+    /// A saved tick far after now (saved while the clock was ahead, then
+    /// corrected) is ignored: the schedule starts from now instead of
+    /// waiting for the clock to reach it.
+    #[test]
+    fn a_saved_tick_far_in_the_future_is_ignored() {
+        let now = ts("2026-12-01T17:00:00Z");
+        let future = ts("2030-01-01T00:00:00Z");
+        let s = every(60_000);
+        for m in [Missed::Skip, Missed::CatchUp] {
+            let p = plan(&s, m, Some(future), now, 1000);
+            assert_eq!(p.first, Some(ts("2026-12-01T17:01:00Z")), "{m:?}");
+            assert_eq!((p.caught_up, p.ignored_last), (0, Some(future)));
+        }
+        // Just past the tolerance: a minute and a millisecond ahead.
+        let s = cron("0 * * * * *", "UTC");
+        let ahead = ts("2026-12-01T17:01:00.001Z");
+        let p = plan(&s, Missed::CatchUp, Some(ahead), now, 1000);
+        assert_eq!(p.first, Some(ts("2026-12-01T17:01:00Z")));
+        assert_eq!(p.ignored_last, Some(ahead));
+        let p = plan(
+            &s,
+            Missed::CatchUp,
+            Some(ts("2026-12-01T17:01:00Z")),
+            now,
+            1000,
+        );
+        assert_eq!(p.first, Some(ts("2026-12-01T17:02:00Z")));
+        assert_eq!(p.ignored_last, None);
     }
 
     #[test]
@@ -1420,9 +1520,11 @@ mod tests {
         };
         let a = TickStore::open(&state("p"), &"a".into()).unwrap();
         assert_eq!(a.load().unwrap(), None);
-        a.save(2000).unwrap();
-        a.save(1000).unwrap();
+        a.save(2000, false).unwrap();
+        a.save(1000, false).unwrap();
         assert_eq!(a.load().unwrap(), Some(2000));
+        a.save(1500, true).unwrap();
+        assert_eq!(a.load().unwrap(), Some(1500));
         let b = TickStore::open(&state("p"), &"b".into()).unwrap();
         assert_eq!(b.load().unwrap(), None);
         let other = TickStore::open(&state("q"), &"a".into()).unwrap();
@@ -1551,6 +1653,27 @@ mod tests {
         let third = run(dir.path(), "every: 100ms\ncount: 2\n").await;
         let c = scheduled_ms(&third);
         assert!(c[0] > before, "{c:?} starts after {before}");
+    }
+
+    /// A saved tick far in the future is ignored, and replaced by the
+    /// ticks this run handles: the next run catches up from them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_saved_tick_far_in_the_future_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(State::Dir(state)) = ctx(dir.path()).state else {
+            unreachable!()
+        };
+        let future = ts("2030-01-01T00:00:00Z").as_millisecond();
+        TickStore::open(&state, &"ticks".into())
+            .unwrap()
+            .save(future, false)
+            .unwrap();
+        let before = Timestamp::now().as_millisecond();
+        let got = scheduled_ms(&run(dir.path(), "every: 50ms\ncount: 3\nmissed: catch_up\n").await);
+        assert_eq!(got.len(), 3);
+        assert!(got[0] > before, "{got:?} starts from now ({before})");
+        let store = TickStore::open(&state, &"ticks".into()).unwrap();
+        assert_eq!(store.load().unwrap(), Some(got[2]));
     }
 
     /// Without state (a check, `--no-checkpoint`), nothing is read or
