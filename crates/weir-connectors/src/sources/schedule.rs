@@ -637,23 +637,36 @@ impl Ticker {
         loop {
             let tick = self.next?;
             let now = Timestamp::now();
-            if tick > now {
-                // Handled ticks not yet saved (a burst handled within
-                // SAVE_EVERY of the last save) are saved while waiting.
-                let nap = if self.progress.flush_due() {
-                    SAVE_EVERY
-                } else {
-                    MAX_NAP
-                };
-                let wait = now.duration_until(tick).unsigned_abs();
-                tokio::time::sleep(wait.min(nap)).await;
-                continue;
+            if let Some(tick) = self.due(now) {
+                self.emitted += 1;
+                return Some(self.record(tick));
             }
-            let tick = self.bound_burst(tick, now);
-            self.next = self.schedule.next_after(tick);
-            self.emitted += 1;
-            return Some(self.record(tick));
+            let tick = self.next.unwrap_or(tick);
+            // Handled ticks not yet saved (a burst handled within
+            // SAVE_EVERY of the last save) are saved while waiting.
+            let nap = if self.progress.flush_due() {
+                SAVE_EVERY
+            } else {
+                MAX_NAP
+            };
+            let wait = now.duration_until(tick).unsigned_abs();
+            tokio::time::sleep(wait.min(nap)).await;
         }
+    }
+
+    /// The tick to emit at `now`, if one is due (under the policy, when
+    /// several are); then `next` is the one after it. Never a tick after
+    /// `now`: when the policy drops every due tick (`catch_up_limit: 0`),
+    /// `next` is the first tick after now, to wait for.
+    fn due(&mut self, now: Timestamp) -> Option<Timestamp> {
+        let tick = self.next.filter(|t| *t <= now)?;
+        let tick = self.bound_burst(tick, now);
+        if tick > now {
+            self.next = Some(tick);
+            return None;
+        }
+        self.next = self.schedule.next_after(tick);
+        Some(tick)
     }
 
     /// Reads the last handled tick and plans the start.
@@ -706,7 +719,8 @@ impl Ticker {
     }
 
     /// `tick` is due at `now`: when more ticks came due after it (the
-    /// pipeline was backed up), the one to emit under the policy.
+    /// pipeline was backed up), the one to emit under the policy: after
+    /// `now` when the policy drops every due tick (`catch_up_limit: 0`).
     fn bound_burst(&mut self, tick: Timestamp, now: Timestamp) -> Timestamp {
         if self.bounded_through.is_some_and(|b| tick <= b) {
             return tick;
@@ -1490,6 +1504,30 @@ mod tests {
             t.bound_burst(ts("2026-12-01T17:00:10Z"), now),
             ts("2026-12-01T17:00:10Z")
         );
+    }
+
+    /// `catch_up_limit: 0` during a backed-up run drops the due ticks;
+    /// the next one is emitted at its time, never before.
+    #[test]
+    fn a_burst_with_limit_zero_never_emits_a_future_tick() {
+        let now = ts("2026-12-01T17:00:10.500Z");
+        let mut t = ticker(every(1000), Missed::CatchUp, 0);
+        t.next = Some(ts("2026-12-01T17:00:01Z"));
+        assert_eq!(t.due(now), None);
+        assert_eq!(t.next, Some(ts("2026-12-01T17:00:11Z")));
+        assert_eq!(t.due(ts("2026-12-01T17:00:10.999Z")), None);
+        let at = ts("2026-12-01T17:00:11Z");
+        assert_eq!(t.due(at), Some(at));
+        assert_eq!(t.next, Some(ts("2026-12-01T17:00:12Z")));
+        // Other policies emit a due tick at once.
+        for (missed, limit, got) in [
+            (Missed::Skip, 0, "2026-12-01T17:00:10Z"),
+            (Missed::CatchUp, 3, "2026-12-01T17:00:08Z"),
+        ] {
+            let mut t = ticker(every(1000), missed, limit);
+            t.next = Some(ts("2026-12-01T17:00:01Z"));
+            assert_eq!(t.due(now), Some(ts(got)), "{missed:?}");
+        }
     }
 
     /// The watermark passes a tick only when it and every tick before it
