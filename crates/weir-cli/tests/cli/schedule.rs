@@ -262,6 +262,34 @@ outputs:
     assert_eq!(status, 2, "{stderr}");
     assert!(stderr.contains("cron '61 * * * *'"), "{stderr}");
     assert!(stderr.contains("p.yaml:3:23"), "{stderr}");
+
+    // A schedule that never fires, a limit that would do nothing or cost
+    // too much at start.
+    for (schedule, message, at) in [
+        ("{ cron: '0 0 30 2 *' }", "would never fire", "p.yaml:3:23"),
+        ("{ every: 100000000d }", "would never fire", "p.yaml:3:24"),
+        (
+            "{ every: 1s, catch_up_limit: 5 }",
+            "'missed: catch_up' only",
+            "p.yaml:3:44",
+        ),
+        (
+            "{ cron: '* * * * * *', missed: catch_up, catch_up_limit: 100001 }",
+            "at most 100000",
+            "p.yaml:3:72",
+        ),
+    ] {
+        d.file(
+            "p.yaml",
+            format!(
+                "inputs:\n  - name: ticks\n    schedule: {schedule}\noutputs:\n  - name: out\n    stdout: {{}}\n"
+            ),
+        );
+        let (status, _, stderr) = d.check("p.yaml");
+        assert_eq!(status, 2, "{schedule}: {stderr}");
+        assert!(stderr.contains(message), "{schedule}: {stderr}");
+        assert!(stderr.contains(at), "{schedule}: {stderr}");
+    }
     // A check keeps no state.
     assert!(!d.join(".weir").exists());
 }

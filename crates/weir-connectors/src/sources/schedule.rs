@@ -122,6 +122,10 @@ pub const MAX_CRON_CATCH_UP_LIMIT: u64 = 100_000;
 /// now, as with no saved tick.
 pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(60);
 
+/// A schedule must have a tick within this many years from now (at check
+/// time and at start): one that never fires is a configuration error.
+pub const HORIZON_YEARS: i64 = 100;
+
 /// What a restarted (or stalled) schedule does with the ticks it missed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -153,7 +157,7 @@ pub struct ScheduleSource {
     /// `@daily`, ...). As in Vixie cron, a day matches when it matches the
     /// day of the month or the day of the week (when both are restricted).
     /// Evaluated in `timezone`. Exactly one of `cron` and `every` is
-    /// required.
+    /// required, with a tick in the next 100 years.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub cron: Option<Spanned<String>>,
@@ -185,7 +189,7 @@ pub struct ScheduleSource {
     /// With `missed: catch_up`, the most missed ticks emitted at once (the
     /// most recent ones); how many were dropped beyond it is logged. It
     /// bounds what a long downtime makes the pipeline do at start.
-    /// Default: 1000; at most 100000 with `cron`.
+    /// Default: 1000; at most 100000 with `cron`; an error with `skip`.
     #[serde(default)]
     #[schemars(with = "Option<u64>")]
     pub catch_up_limit: Option<Spanned<u64>>,
@@ -206,8 +210,33 @@ impl ScheduleSource {
     /// # Errors
     /// At the option: neither or both of `cron` and `every`, an expression
     /// or interval that does not parse, an unknown time zone, `timezone`
-    /// with `every`.
+    /// with `every`, a schedule with no tick within [`HORIZON_YEARS`]
+    /// from now (`0 0 30 2 *`, `every: 100000000d`).
     pub fn schedule(&self) -> Result<Schedule, ConfigError> {
+        let schedule = self.parse()?;
+        let now = Timestamp::now();
+        let horizon = jiff::SignedDuration::from_hours(HORIZON_YEARS * 8766);
+        let fires = schedule
+            .next_after(now)
+            .is_some_and(|next| now.checked_add(horizon).is_ok_and(|h| next <= h));
+        if fires {
+            return Ok(schedule);
+        }
+        let (what, at) = match (&self.cron, &self.every) {
+            (Some(cron), _) => (format!("cron '{}'", cron.value), cron),
+            (_, Some(every)) => (format!("every '{}'", every.value), every),
+            (None, None) => unreachable!("parse requires one"),
+        };
+        Err(ConfigError::at(
+            format!(
+                "schedule source: {what} has no tick in the next {HORIZON_YEARS} years: it would never fire"
+            ),
+            at,
+        ))
+    }
+
+    /// [`schedule`](Self::schedule), whether it fires or not.
+    fn parse(&self) -> Result<Schedule, ConfigError> {
         match (&self.cron, &self.every) {
             (Some(_), Some(every)) => Err(ConfigError::at(
                 "schedule source: set either 'cron' or 'every', not both",
@@ -261,11 +290,18 @@ impl ScheduleSource {
     /// `catch_up_limit`, or its default.
     ///
     /// # Errors
-    /// At the option: above [`MAX_CRON_CATCH_UP_LIMIT`] with `cron`.
+    /// At the option: with `missed: skip` (it would do nothing), above
+    /// [`MAX_CRON_CATCH_UP_LIMIT`] with `cron`.
     pub fn limit(&self, schedule: &Schedule) -> Result<u64, ConfigError> {
         let Some(limit) = &self.catch_up_limit else {
             return Ok(DEFAULT_CATCH_UP_LIMIT);
         };
+        if self.missed == Missed::Skip {
+            return Err(ConfigError::at(
+                "schedule source: catch_up_limit applies to 'missed: catch_up' only ('skip' emits no missed tick)",
+                limit,
+            ));
+        }
         if matches!(schedule, Schedule::Cron { .. }) && limit.value > MAX_CRON_CATCH_UP_LIMIT {
             return Err(ConfigError::at(
                 format!(
@@ -1141,6 +1177,34 @@ mod tests {
         );
     }
 
+    /// A schedule that would never fire is an error at its line, and
+    /// found quickly; so is a catch_up_limit that would do nothing.
+    #[test]
+    fn a_schedule_that_never_fires_is_an_error() {
+        for (yaml, at) in [
+            ("cron: '0 0 30 2 *'\n", (1, 7)),
+            ("name: x\ncron: '0 0 0 1 1 * 2020'\n", (2, 7)),
+            ("every: 100000000d\n", (1, 8)),
+            ("every: 80000d\n", (1, 8)), // 2189: more than 100 years away
+        ] {
+            let t0 = Instant::now();
+            let e = config_error(yaml);
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "{yaml}: {:?}",
+                t0.elapsed()
+            );
+            assert_eq!(e.at, Some(at), "{e}");
+            assert!(e.message.contains("never fire"), "{e}");
+        }
+        // The 29th of February does come.
+        cron("0 0 29 2 *", "UTC");
+        let cfg: ScheduleSource = serde_saphyr::from_str("every: 1s\ncatch_up_limit: 5\n").unwrap();
+        let e = cfg.limit(&cfg.schedule().unwrap()).unwrap_err();
+        assert_eq!(e.at, Some((2, 17)), "{e}");
+        assert!(e.message.contains("'missed: catch_up' only"), "{e}");
+    }
+
     #[test]
     fn the_example_describes_a_schedule() {
         let cfg: ScheduleSource = serde_saphyr::from_str(ScheduleSource::EXAMPLE).unwrap();
@@ -1449,8 +1513,10 @@ mod tests {
 
     #[test]
     fn a_schedule_can_end() {
-        // 1 January 2020 is past: no more ticks.
-        let s = cron("0 0 0 1 1 * 2020", "UTC");
+        // 1 January 2020 is past: no more ticks (a configuration error
+        // at check time and at start, but an end the plan handles).
+        let cfg: ScheduleSource = serde_saphyr::from_str("cron: '0 0 0 1 1 * 2020'\n").unwrap();
+        let s = cfg.parse().unwrap();
         assert_eq!(s.next_after(ts("2026-12-01T00:00:00Z")), None);
         let p = plan(
             &s,
