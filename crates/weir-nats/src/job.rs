@@ -748,20 +748,32 @@ impl Job {
 
     /// The numbers sources kept between runs of the job
     /// ([`Names::source_state_key`]), by the key the source gave
-    /// (escaped as in the bucket, see [`escape_key`]). Values that are not numbers are
-    /// left out.
+    /// (escaped as in the bucket, see [`escape_key`]): `Err` for a value
+    /// that is not a number, for the source to decide about.
     ///
     /// # Errors
-    /// When the bucket cannot be listed.
-    pub async fn source_state(&self) -> Result<BTreeMap<String, i64>, BrokerError> {
+    /// When the bucket cannot be listed or a value read.
+    pub async fn source_state(&self) -> Result<BTreeMap<String, Result<i64, String>>, BrokerError> {
         let mut out = BTreeMap::new();
         for k in self.source_state_keys().await? {
-            if let Ok(Some(b)) = self.kv.get(&k).await
-                && let Some(n) = std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok())
-            {
-                let key = k.split_once(".s.").map_or(k.as_str(), |(_, key)| key);
-                out.insert(key.to_string(), n);
-            }
+            let got = self
+                .kv
+                .get(&k)
+                .await
+                .map_err(|e| BrokerError::request(format!("read source state '{k}'"), e))?;
+            // Deleted since it was listed: nothing saved.
+            let Some(b) = got else { continue };
+            let n = std::str::from_utf8(&b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "'{k}' on the broker is not a number: '{}'",
+                        String::from_utf8_lossy(&b[..b.len().min(40)])
+                    )
+                });
+            let key = k.split_once(".s.").map_or(k.as_str(), |(_, key)| key);
+            out.insert(key.to_string(), n);
         }
         Ok(out)
     }
@@ -798,9 +810,8 @@ impl Job {
             .map_err(|e| BrokerError::request("list source state", e))?;
         let mut out = Vec::new();
         while let Some(k) = keys.next().await {
-            if let Ok(k) = k
-                && k.starts_with(&prefix)
-            {
+            let k = k.map_err(|e| BrokerError::request("list source state", e))?;
+            if k.starts_with(&prefix) {
                 out.push(k);
             }
         }

@@ -29,8 +29,9 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// A job's source state on the broker; see the module docs.
 #[derive(Debug)]
 pub struct KvState {
-    /// The values as read at the start, by (escaped) key.
-    values: BTreeMap<String, i64>,
+    /// The values as read at the start, by (escaped) key; `Err` for one
+    /// that is not a number.
+    values: BTreeMap<String, Result<i64, String>>,
     /// Writes for the writer task. Unbounded on purpose: a source saves
     /// a few values a second at most (a schedule every 200 ms at most),
     /// and a bound would make an ack callback wait for the broker.
@@ -46,7 +47,7 @@ impl KvState {
     /// deleted instead.
     ///
     /// # Errors
-    /// When the bucket cannot be read.
+    /// When the bucket cannot be listed or a value read.
     pub async fn open(job: &Job, fresh: bool) -> anyhow::Result<(Arc<KvState>, Writer)> {
         let values = if fresh {
             job.purge_source_state().await?;
@@ -76,8 +77,8 @@ impl Writer {
 }
 
 impl StateStore for KvState {
-    fn get(&self, key: &str) -> Option<i64> {
-        self.values.get(&escape_key(key)).copied()
+    fn get(&self, key: &str) -> Result<Option<i64>, String> {
+        self.values.get(&escape_key(key)).cloned().transpose()
     }
 
     fn put(&self, key: &str, value: i64) -> Result<(), String> {

@@ -107,3 +107,57 @@ fn the_last_handled_tick_is_kept_on_the_broker() {
 
     drain(std::slice::from_mut(&mut worker), &deadline);
 }
+
+/// A last handled tick on the broker that cannot be read fails a
+/// `catch_up` run with a clear error, instead of starting from now and
+/// losing the ticks missed since. Its key names the input one-to-one.
+#[test]
+fn an_unreadable_tick_on_the_broker_fails_a_catch_up_run() {
+    let deadline = Deadline::new();
+    let server = NatsServer::start();
+    let url = server.url();
+    let d = Dir::new();
+    d.file("p.yaml", pipeline(2));
+    let mut worker = d.worker("w1", "p.yaml", &url, "sched-bad", 1);
+    let mut c = d.coordinator("p.yaml", &url, "sched-bad");
+    let report = report_of(&mut c, Duration::from_secs(60), &deadline);
+    assert_eq!(stage_counter(&report, "db", "ok"), 2, "{report}");
+
+    let key = "sched-bad.s.schedule_2eticks";
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let client = async_nats::connect(url.as_str()).await.unwrap();
+            let kv = async_nats::jetstream::new(client)
+                .get_key_value("weir_jobs")
+                .await
+                .unwrap();
+            assert!(kv.get(key).await.unwrap().is_some(), "{key} was saved");
+            kv.put(key, "garbage".into()).await.unwrap();
+        });
+
+    let r = d.run(
+        &[
+            "run",
+            "p.yaml",
+            "--broker",
+            &url,
+            "--job",
+            "sched-bad",
+            "--quiet",
+        ],
+        Duration::from_secs(60),
+        &deadline,
+    );
+    assert!(!r.status.success(), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot read the last handled tick")
+            && r.stderr.contains("is not a number"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(ticks(&d).len(), 2, "nothing emitted");
+    drain(std::slice::from_mut(&mut worker), &deadline);
+}

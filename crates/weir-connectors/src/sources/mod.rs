@@ -130,8 +130,12 @@ pub enum State {
 /// mode, the job's key-value bucket on the broker.
 pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// The number saved under `key` by an earlier run, as read when this
-    /// run started.
-    fn get(&self, key: &str) -> Option<i64>;
+    /// run started (`None`: nothing is saved).
+    ///
+    /// # Errors
+    /// When something is saved under `key` but cannot be read (not a
+    /// number).
+    fn get(&self, key: &str) -> Result<Option<i64>, String>;
 
     /// Saves `value` under `key`. The write happens in the background, in
     /// order (a later value replaces an earlier one); a value not yet

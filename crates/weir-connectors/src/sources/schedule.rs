@@ -26,7 +26,9 @@
 //!   the job next reads it; inputs run in the coordinator only, and one
 //!   coordinator holds the job's lease, so one process fires. A run
 //!   without state (`weir check`, `--no-checkpoint`) neither reads nor
-//!   writes it.
+//!   writes it. A saved tick that cannot be read fails a `catch_up` run
+//!   (starting from now would lose the missed ticks); `skip` logs it,
+//!   starts from now and replaces it.
 //! * **Restarts.** On start, with `missed: skip` the first tick is the next
 //!   one after now; with `missed: catch_up` every tick after the last
 //!   handled one up to now is emitted first, at most `catch_up_limit` of
@@ -347,7 +349,7 @@ impl ScheduleSource {
             let item = t.next_tick().await?;
             Some((item, t))
         });
-        Ok((weir::from_acked_stream(stream), Decoder::jsonl()))
+        Ok((weir::from_try_acked_stream(stream), Decoder::jsonl()))
     }
 }
 
@@ -658,24 +660,29 @@ struct Ticker {
 }
 
 impl Ticker {
-    /// The next tick's record, when its time comes; `None` at the end.
+    /// The next tick's record, when its time comes; `None` at the end;
+    /// an error (then the end) when the start cannot read its state.
     ///
     /// # Cancel safety
     /// Dropping the future while it waits emits nothing and loses nothing
     /// (the tick was not emitted: a later run's policy decides about it).
-    async fn next_tick(&mut self) -> Option<(Raw, Ack)> {
+    async fn next_tick(&mut self) -> Option<Result<(Raw, Ack), String>> {
         if self.count.is_some_and(|c| self.emitted >= c) {
             return None;
         }
-        if !self.started {
-            self.start();
+        if !self.started
+            && let Err(e) = self.start()
+        {
+            // The stream ends after the error.
+            self.next = None;
+            return Some(Err(e));
         }
         loop {
             let tick = self.next?;
             let now = Timestamp::now();
             if let Some(tick) = self.due(now) {
                 self.emitted += 1;
-                return Some(self.record(tick));
+                return Some(Ok(self.record(tick)));
             }
             let tick = self.next.unwrap_or(tick);
             // Handled ticks not yet saved (a burst handled within
@@ -706,7 +713,11 @@ impl Ticker {
     }
 
     /// Reads the last handled tick and plans the start.
-    fn start(&mut self) {
+    ///
+    /// # Errors
+    /// With `catch_up`, when a last handled tick was saved but cannot be
+    /// read: starting from now would lose the ticks missed since.
+    fn start(&mut self) -> Result<(), String> {
         self.started = true;
         if self.progress.store.is_none() && self.missed == Missed::CatchUp {
             tracing::warn!(
@@ -714,7 +725,27 @@ impl Ticker {
                 self.input
             );
         }
-        let last = self.progress.load(&self.input);
+        let last = match self.progress.load() {
+            Ok(last) => last,
+            Err(e) if self.missed == Missed::CatchUp => {
+                return Err(format!(
+                    "schedule '{}': cannot read the last handled tick ({e}); with 'missed: catch_up' the run stops rather than start from now and lose the ticks missed since (to start from now, {})",
+                    self.input,
+                    self.progress
+                        .store
+                        .as_ref()
+                        .map_or("", Store::how_to_forget)
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "schedule '{}': cannot read the last handled tick ({e}); starting from now ('missed: skip'), and replacing it",
+                    self.input
+                );
+                self.progress.forget_saved();
+                None
+            }
+        };
         let now = Timestamp::now();
         let p = plan(&self.schedule, self.missed, last, now, self.limit);
         self.bounded_through = Some(now);
@@ -752,6 +783,7 @@ impl Ticker {
             tracing::warn!("schedule '{}': the schedule has no more ticks", self.input);
         }
         self.next = p.first;
+        Ok(())
     }
 
     /// `tick` is due at `now`: when more ticks came due after it (the
@@ -865,21 +897,21 @@ impl Progress {
         self.track.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The last handled tick of earlier runs.
-    fn load(&self, input: &str) -> Option<Timestamp> {
-        let store = self.store.as_ref()?;
-        match store.load() {
-            Ok(ms) => {
-                self.lock().saved = ms;
-                ms.and_then(|ms| Timestamp::from_millisecond(ms).ok())
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "schedule '{input}': cannot read the last handled tick ({e}); starting as if none was"
-                );
-                None
-            }
-        }
+    /// The last handled tick of earlier runs (`None`: none was saved).
+    ///
+    /// # Errors
+    /// When one was saved but cannot be read.
+    fn load(&self) -> Result<Option<Timestamp>, String> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        let Some(ms) = store.load()? else {
+            return Ok(None);
+        };
+        let t = Timestamp::from_millisecond(ms)
+            .map_err(|e| format!("{ms} is not a time in milliseconds: {e}"))?;
+        self.lock().saved = Some(ms);
+        Ok(Some(t))
     }
 
     /// The saved tick was ignored: the next save replaces it.
@@ -964,7 +996,7 @@ impl Store {
     fn load(&self) -> Result<Option<i64>, String> {
         match self {
             Store::Sqlite(s) => s.load().map_err(|e| e.to_string()),
-            Store::Shared { store, key, .. } => Ok(store.get(key)),
+            Store::Shared { store, key, .. } => store.get(key),
         }
     }
 
@@ -973,6 +1005,16 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.save(ms, overwrite).map_err(|e| e.to_string()),
             Store::Shared { store, key, .. } => store.put(key, ms),
+        }
+    }
+
+    /// How to forget a saved tick that cannot be read.
+    fn how_to_forget(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => {
+                "run once with 'missed: skip', or delete schedule.db in the state directory"
+            }
+            Store::Shared { .. } => "run once with 'missed: skip', or with --fresh",
         }
     }
 
@@ -1778,6 +1820,49 @@ mod tests {
         assert!(got[0] > before, "{got:?} starts from now ({before})");
         let store = TickStore::open(&state, &"ticks".into()).unwrap();
         assert_eq!(store.load().unwrap(), Some(got[2]));
+    }
+
+    /// A saved tick that cannot be read fails a `catch_up` run (starting
+    /// from now would lose the missed ticks); `skip` starts from now.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_saved_tick_fails_a_catch_up_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(State::Dir(state)) = ctx(dir.path()).state else {
+            unreachable!()
+        };
+        drop(TickStore::open(&state, &"ticks".into()).unwrap());
+        let conn = Connection::open(dir.path().join(TickStore::FILE)).unwrap();
+        conn.execute(
+            "INSERT INTO schedule_ticks VALUES (?1, 'ticks', 'not a tick')",
+            [&state.pipeline],
+        )
+        .unwrap();
+        drop(conn);
+        let attempt = |yaml: &str| {
+            let cfg: ScheduleSource = serde_saphyr::from_str(yaml).unwrap();
+            let (source, decoder) = cfg.build(&ctx(dir.path())).unwrap();
+            let p = weir::Pipeline::new();
+            let out = p
+                .source("ticks", source)
+                .try_map("decode", move |r: &Raw| decoder.decode(r))
+                .sink("all", weir::collect());
+            async move { p.run().await.map(|_| out.take().unwrap().len()) }
+        };
+        let e = attempt("every: 50ms\ncount: 2\nmissed: catch_up\n")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the last handled tick"), "{e}");
+        assert!(e.contains("missed: catch_up"), "{e}");
+        assert!(e.contains("run once with 'missed: skip'"), "{e}");
+        // `skip` starts from now, and replaces what it could not read.
+        assert_eq!(attempt("every: 50ms\ncount: 2\n").await.unwrap(), 2);
+        assert_eq!(
+            attempt("every: 50ms\ncount: 2\nmissed: catch_up\n")
+                .await
+                .unwrap(),
+            2
+        );
     }
 
     /// Without state (a check, `--no-checkpoint`), nothing is read or
