@@ -47,7 +47,10 @@
 //!   ([`weir::WriteError::fatal`]; dead-lettering every record would not
 //!   help): wrong credentials, a database that does not exist, a server
 //!   unreachable when the sink first connects (within `connect_timeout_secs`),
-//!   a table whose columns do not fit the options, a server gone for longer
+//!   a table whose columns do not fit the options (checked on each new
+//!   connection: a configured column missing, or of a type other than the
+//!   one the sink creates or a wider one holding every value unchanged, so
+//!   no value is ever converted by an assignment cast), a server gone for longer
 //!   than `reconnect_for_secs`. The sink connects at its first batch (or at
 //!   the end of a run that had none), so such errors come within seconds of
 //!   the start, and `weir run` exits 1.
@@ -102,6 +105,32 @@ impl PgType {
             PgType::Text => "TEXT",
             PgType::Json => "JSONB",
             PgType::Boolean => "BOOLEAN",
+        }
+    }
+
+    /// Its name in `columns`.
+    fn name(self) -> &'static str {
+        match self {
+            PgType::Integer => "integer",
+            PgType::Real => "real",
+            PgType::Text => "text",
+            PgType::Json => "json",
+            PgType::Boolean => "boolean",
+        }
+    }
+
+    /// Whether a column of an existing table, its type as `format_type`
+    /// shows it, takes every value of this type unchanged: the type the
+    /// sink creates, or a wider one (`numeric` for integers, `varchar`
+    /// without a length for text, `json` for JSON, stored as `jsonb`
+    /// would store it).
+    fn stored_exactly_in(self, column: &str) -> bool {
+        match self {
+            PgType::Integer => matches!(column, "bigint" | "numeric"),
+            PgType::Real => column == "double precision",
+            PgType::Text => matches!(column, "text" | "character varying"),
+            PgType::Json => matches!(column, "jsonb" | "json"),
+            PgType::Boolean => column == "boolean",
         }
     }
 
@@ -778,82 +807,137 @@ impl PostgresWriter {
 
     /// Connects, creates the table and prepares the statement.
     async fn connect(&self) -> Result<Conn, Failure> {
-        let setup = async {
-            // The connect timeout bounds connecting and authenticating;
-            // `timeout` bounds creating the table and preparing.
-            let connecting = self.config.connect(NoTls);
-            let (client, connection) =
-                match tokio::time::timeout(self.connect_timeout, connecting).await {
-                    Ok(r) => r.map_err(|e| (e.code().cloned(), db_text(&e)))?,
-                    Err(_) => {
-                        return Err((
-                            None,
-                            format!(
-                                "no answer within {} s (connect_timeout_secs)",
-                                self.connect_timeout.as_secs_f64()
-                            ),
-                        ));
-                    }
-                };
-            let task = tokio::spawn(async move {
-                // Its error shows on the client's next call.
-                let _ = connection.await;
-            });
-            let prepare = async {
-                client.batch_execute(&self.create).await?;
-                let types: Vec<Type> = self.columns.iter().map(|(_, t)| t.array()).collect();
-                client.prepare_typed(&self.insert, &types).await
-            };
-            match tokio::time::timeout(self.timeout, prepare).await {
-                Ok(Ok(insert)) => Ok(Conn {
-                    client: Some(client),
-                    insert,
-                    task,
-                }),
-                Ok(Err(e)) => {
-                    task.abort();
-                    Err((e.code().cloned(), db_text(&e)))
-                }
+        // The connect timeout bounds connecting and authenticating;
+        // `timeout` bounds what follows (creating the table, preparing).
+        let connecting = self.config.connect(NoTls);
+        let (client, connection) =
+            match tokio::time::timeout(self.connect_timeout, connecting).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(self.not_connected(e.code(), db_text(&e))),
                 Err(_) => {
-                    task.abort();
-                    Err((
-                        None,
-                        format!(
-                            "no answer within {} s creating the table (timeout_secs)",
-                            self.timeout.as_secs_f64()
-                        ),
-                    ))
+                    let why = format!(
+                        "no answer within {} s (connect_timeout_secs)",
+                        self.connect_timeout.as_secs_f64()
+                    );
+                    return Err(self.not_connected(None, why));
                 }
+            };
+        let task = tokio::spawn(async move {
+            // Its error shows on the client's next call.
+            let _ = connection.await;
+        });
+        match tokio::time::timeout(self.timeout, self.prepare(&client)).await {
+            Ok(Ok(insert)) => Ok(Conn {
+                client: Some(client),
+                insert,
+                task,
+            }),
+            Ok(Err(f)) => {
+                task.abort();
+                Err(f)
             }
-        };
-        let (code, why) = match setup.await {
-            Ok(conn) => return Ok(conn),
-            Err(e) => e,
-        };
-        let class = code.as_ref().map(|c| &c.code()[..2]);
-        let starting = code == Some(SqlState::CANNOT_CONNECT_NOW)
-            || code == Some(SqlState::TOO_MANY_CONNECTIONS);
+            Err(_) => {
+                task.abort();
+                Err(Failure::Refused(format!(
+                    "no answer within {} s creating the table (timeout_secs)",
+                    self.timeout.as_secs_f64()
+                )))
+            }
+        }
+    }
+
+    /// Why connecting (before any statement) failed, and whether it is
+    /// worth waiting for.
+    fn not_connected(&self, code: Option<&SqlState>, why: String) -> Failure {
+        let class = code.map(|c| &c.code()[..2]);
+        let starting = code == Some(&SqlState::CANNOT_CONNECT_NOW)
+            || code == Some(&SqlState::TOO_MANY_CONNECTIONS);
+        let why = format!("cannot connect to {}: {why}", self.shown);
         match class {
             // Credentials, a missing database: never worth waiting for.
-            Some("28" | "3D") => Err(Failure::Refused(format!(
-                "cannot connect to {}: {why}",
-                self.shown
-            ))),
-            // The table does not fit (another column type, no unique
-            // index on the key, no privilege).
-            Some("42") => Err(Failure::Refused(format!(
+            Some("28" | "3D") => Failure::Refused(why),
+            _ if self.connected_once || starting => Failure::Lost(why),
+            _ => Failure::Refused(why),
+        }
+    }
+
+    /// On a new connection: creates the table if missing, checks that its
+    /// columns fit, prepares the insert.
+    async fn prepare(&self, client: &Client) -> Result<Statement, Failure> {
+        let fail = |e: tokio_postgres::Error| match classify(&e) {
+            Failure::Lost(why) => Failure::Lost(why),
+            // The table does not fit (no unique index on the key, no
+            // privilege).
+            Failure::Data(why) | Failure::Refused(why) => Failure::Refused(format!(
                 "table {} in {} does not fit the configuration: {why}",
                 self.table, self.shown
-            ))),
-            _ if self.connected_once || starting => Err(Failure::Lost(format!(
-                "cannot connect to {}: {why}",
-                self.shown
-            ))),
-            _ => Err(Failure::Refused(format!(
-                "cannot connect to {}: {why}",
-                self.shown
-            ))),
+            )),
+        };
+        client.batch_execute(&self.create).await.map_err(fail)?;
+        let found = self.table_columns(client).await.map_err(fail)?;
+        let Some(found) = found else {
+            return Err(Failure::Refused(format!(
+                "table {} in {}: not found after creating it",
+                self.table, self.shown
+            )));
+        };
+        self.check_columns(&found).map_err(|why| {
+            Failure::Refused(format!(
+                "table {} in {} does not fit the configuration: {why}",
+                self.table, self.shown
+            ))
+        })?;
+        let types: Vec<Type> = self.columns.iter().map(|(_, t)| t.array()).collect();
+        client
+            .prepare_typed(&self.insert, &types)
+            .await
+            .map_err(fail)
+    }
+
+    /// The table's columns and their types (`format_type`), or `None`
+    /// when there is no such table in the search path.
+    async fn table_columns(
+        &self,
+        client: &Client,
+    ) -> Result<Option<Vec<(String, String)>>, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "SELECT r.oid IS NOT NULL, a.attname::text, \
+                 pg_catalog.format_type(a.atttypid, a.atttypmod) \
+                 FROM (SELECT pg_catalog.to_regclass($1::text)::oid AS oid) r \
+                 LEFT JOIN pg_catalog.pg_attribute a \
+                 ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&quote(&self.table)],
+            )
+            .await?;
+        if !rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+            return Ok(None);
         }
+        Ok(Some(
+            rows.iter()
+                .filter_map(|r| Some((r.get::<_, Option<String>>(1)?, r.get(2))))
+                .collect(),
+        ))
+    }
+
+    /// Refuses a table lacking a configured column or holding it with a
+    /// type its values would be converted to (an assignment cast: a real
+    /// rounded into an integer column).
+    fn check_columns(&self, found: &[(String, String)]) -> Result<(), String> {
+        for (name, ty) in &self.columns {
+            let Some((_, has)) = found.iter().find(|(n, _)| n == name) else {
+                return Err(format!("column {name}: no such column in the table"));
+            };
+            if !ty.stored_exactly_in(has) {
+                return Err(format!(
+                    "column {name} is {has} in the table, but {} ({}) in `columns`; \
+                     its values would be converted: change the column or `columns`",
+                    ty.name(),
+                    ty.sql().to_lowercase()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Inserts `range` of the rows, a statement per piece between cuts.

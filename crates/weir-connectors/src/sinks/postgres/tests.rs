@@ -354,3 +354,56 @@ fn a_server_away_longer_than_reconnect_for_fails_the_write() {
         assert!(msg.contains("unreachable for 1 s"), "{msg}");
     });
 }
+
+/// An existing column of another type than configured would take the
+/// values through an assignment cast (a real rounded into an integer
+/// column): the sink refuses the table, naming the column and both types.
+#[test]
+fn an_existing_column_of_another_type_is_refused_by_name() {
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE orders (id bigint PRIMARY KEY, \"user\" text, amount integer, tags jsonb, paid bool)");
+    let cfg = config(&pg.url(), ORDERS);
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let err = w
+            .write(vec![order(1, 1.5), order(2, 2.5)])
+            .await
+            .unwrap_err();
+        assert!(err.fatal, "{}", err.error);
+        assert_eq!(err.unwritten.len(), 2);
+        let msg = err.error.to_string();
+        for want in ["table orders", "column amount", "integer", "real"] {
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+    });
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").trim(), "0");
+    // A configured column the table lacks is named too.
+    pg.psql("ALTER TABLE orders DROP COLUMN amount");
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let err = w.write(vec![order(1, 1.5)]).await.unwrap_err();
+        assert!(err.fatal);
+        let msg = err.error.to_string();
+        assert!(
+            msg.contains("column amount") && msg.contains("no such column"),
+            "{msg}"
+        );
+    });
+}
+
+/// Wider columns that hold every value exactly are taken as they are.
+#[test]
+fn an_existing_table_with_lossless_wider_columns_is_written() {
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE orders (id numeric PRIMARY KEY, \"user\" varchar, amount float8, tags json, paid bool, extra text)");
+    let cfg = config(&pg.url(), ORDERS);
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        w.write(vec![order(12345678901234, 1.5)]).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 1);
+    });
+    assert_eq!(
+        table(&pg),
+        "12345678901234|u12345678901234|1.5|[\"a\", {\"n\": 12345678901234}]|t\n"
+    );
+}
