@@ -407,3 +407,39 @@ fn an_existing_table_with_lossless_wider_columns_is_written() {
         "12345678901234|u12345678901234|1.5|[\"a\", {\"n\": 12345678901234}]|t\n"
     );
 }
+
+/// Several sinks (outputs, workers) creating the same new table at once:
+/// the ones that lose the race write into the winner's table.
+#[test]
+fn sinks_creating_the_same_table_at_once_all_write() {
+    let pg = PgServer::start();
+    for round in 0..6 {
+        let cfg = config(
+            &pg.url(),
+            &format!("table: t{round}\ncolumns: {{id: integer}}\nkey: [id]\n"),
+        );
+        let res: Vec<_> = within(async {
+            let hs: Vec<_> = (0..8)
+                .map(|j| {
+                    let mut w = cfg.build(&ctx()).unwrap();
+                    tokio::spawn(async move {
+                        w.write(vec![rec(j, serde_json::json!({"id": j}))])
+                            .await
+                            .map_err(|e| format!("fatal={} {}", e.fatal, e.error))
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for h in hs {
+                out.push(h.await.unwrap());
+            }
+            out
+        });
+        let failures: Vec<_> = res.into_iter().filter_map(Result::err).collect();
+        assert!(failures.is_empty(), "round {round}: {failures:#?}");
+        assert_eq!(
+            pg.psql(&format!("SELECT count(*) FROM t{round}")).trim(),
+            "8"
+        );
+    }
+}
