@@ -2,8 +2,10 @@
 //!
 //! Options follow the `sqlite` sink's: each record becomes one row whose
 //! columns are the record's top-level fields of the same name (a missing
-//! field is NULL); the table is created when missing (sinks creating it at
-//! the same moment all write to the one created); with a `key`, writes
+//! field is NULL); the table is created when missing (only then: a role
+//! that may write to an existing table but not create one in its schema
+//! writes; sinks creating it at the same moment all write to the one
+//! created); with a `key`, writes
 //! are upserts (`INSERT ... ON CONFLICT (key) DO UPDATE`), so running a
 //! pipeline twice over the same input leaves the same rows; without one
 //! they are plain inserts (append-only).
@@ -874,23 +876,29 @@ impl PostgresWriter {
                 self.table, self.shown
             )),
         };
+        let mut found = self.table_columns(client).await.map_err(fail)?;
         let mut raced = None;
-        if let Err(e) = client.batch_execute(&self.create).await {
-            // Two sessions creating the same table at once (outputs,
-            // workers, runs): `IF NOT EXISTS` does not cover the race, the
-            // later one fails on the catalog's unique indexes once the
-            // first commits. Its table is there then: write to it.
-            let code = e.code();
-            if code == Some(&SqlState::UNIQUE_VIOLATION)
-                || code == Some(&SqlState::DUPLICATE_TABLE)
-                || code == Some(&SqlState::DUPLICATE_OBJECT)
-            {
-                raced = Some(db_text(&e));
-            } else {
-                return Err(fail(e));
+        // Only a missing table is created: `CREATE TABLE IF NOT EXISTS`
+        // needs the CREATE privilege on the schema even when the table is
+        // there, which a role that may only write to it lacks.
+        if found.is_none() {
+            if let Err(e) = client.batch_execute(&self.create).await {
+                // Two sessions creating the same table at once (outputs,
+                // workers, runs): `IF NOT EXISTS` does not cover the race,
+                // the later one fails on the catalog's unique indexes once
+                // the first commits. Its table is there then: write to it.
+                let code = e.code();
+                if code == Some(&SqlState::UNIQUE_VIOLATION)
+                    || code == Some(&SqlState::DUPLICATE_TABLE)
+                    || code == Some(&SqlState::DUPLICATE_OBJECT)
+                {
+                    raced = Some(db_text(&e));
+                } else {
+                    return Err(fail(e));
+                }
             }
+            found = self.table_columns(client).await.map_err(fail)?;
         }
-        let found = self.table_columns(client).await.map_err(fail)?;
         let Some(found) = found else {
             return Err(Failure::Refused(format!(
                 "table {} in {}: not found after creating it{}",

@@ -443,3 +443,22 @@ fn sinks_creating_the_same_table_at_once_all_write() {
         );
     }
 }
+
+/// A role with SELECT, INSERT and UPDATE on an existing table but no
+/// CREATE on the schema (PostgreSQL 15's default for `public`) writes.
+#[test]
+fn a_role_without_create_writes_to_an_existing_table() {
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE orders (id bigint PRIMARY KEY, \"user\" text, amount float8, tags jsonb, paid bool)");
+    pg.psql("CREATE ROLE app LOGIN PASSWORD 'app'; GRANT SELECT, INSERT, UPDATE ON orders TO app");
+    let url = format!("postgresql://app:app@127.0.0.1:{}/postgres", pg.port());
+    within(async {
+        let mut w = config(&url, ORDERS).build(&ctx()).unwrap();
+        w.write(vec![order(1, 1.0)])
+            .await
+            .map_err(|e| format!("fatal={} {}", e.fatal, e.error))
+            .unwrap();
+        assert_eq!(w.finish().await.unwrap(), 1);
+    });
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").trim(), "1");
+}
