@@ -38,9 +38,14 @@
 //!   `timeout_secs`, a shutdown, too many connections, a serialization
 //!   failure) is waited for: the sink reconnects with exponential backoff
 //!   and jitter and writes the whole batch again, for up to
-//!   `reconnect_for_secs`. A commit whose answer was lost may have
-//!   happened: with a `key` writing the batch again changes nothing;
-//!   without one its rows can be there twice. A drain (the first Ctrl-C)
+//!   `reconnect_for_secs`. A batch slower than `timeout_secs` (waiting on
+//!   a lock) is not left running on the server to commit behind the
+//!   sink's back: each connection sets `statement_timeout` a little below
+//!   `timeout_secs`, and a batch still running when the sink gives up is
+//!   cancelled before the connection is dropped. A commit whose answer was
+//!   lost (or that a cancel came too late for) may have happened: with a
+//!   `key` writing the batch again changes nothing; without one its rows
+//!   can be there twice. A drain (the first Ctrl-C)
 //!   waits for the server too; a second signal ends the process.
 //! - Keys that PostgreSQL finds equal but that differ here (`-0.0` and
 //!   `0.0`, JSON objects with keys in another order) are not cut apart:
@@ -212,7 +217,11 @@ pub struct PostgresSink {
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: f64,
     /// Seconds one batch's transaction may take before the connection is
-    /// taken as lost (and the batch written again on a new one).
+    /// taken as lost (and the batch written again on a new one). The
+    /// server is told to give up a statement a little before (its
+    /// `statement_timeout`), and a batch still running then is cancelled,
+    /// so a batch written again was not committed by the first attempt
+    /// (unless the answer to its commit was lost on the way).
     /// Default: 60.
     #[serde(default = "default_timeout")]
     pub timeout_secs: f64,
@@ -442,6 +451,7 @@ impl PostgresSink {
                 .expect("checked: keys are columns"),
             connect_timeout,
             timeout: Duration::from_secs_f64(self.timeout_secs),
+            statement_timeout_ms: statement_timeout_ms(Duration::from_secs_f64(self.timeout_secs)),
             reconnect_for: Duration::from_secs_f64(self.reconnect_for_secs),
             conn: None,
             connected_once: false,
@@ -449,6 +459,17 @@ impl PostgresSink {
             reconnects: 0,
         })
     }
+}
+
+/// The server's `statement_timeout` for a client that waits `timeout`: a
+/// tenth less, at most a second less, so the server aborts a statement
+/// (a batch waiting on a lock) before the client gives up on it and
+/// writes the batch again.
+fn statement_timeout_ms(timeout: Duration) -> u64 {
+    let margin = (timeout / 10).min(Duration::from_secs(1));
+    u64::try_from((timeout - margin).as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, i32::MAX as u64)
 }
 
 /// `host:port/db` of a connection string, for messages (no password).
@@ -481,6 +502,14 @@ impl Conn {
         self.client.as_mut().expect("open until closed")
     }
 
+    /// Asks the server to cancel what this connection is running (a
+    /// separate connection, waited for at most `within`). Best effort: a
+    /// statement that already finished is not undone.
+    async fn cancel(&mut self, within: Duration) {
+        let token = self.client().cancel_token();
+        let _ = tokio::time::timeout(within, token.cancel_query(NoTls)).await;
+    }
+
     /// Says goodbye to the server (a Terminate message, sent when the
     /// client is dropped) and waits a moment for the socket to close.
     async fn close(mut self) {
@@ -509,6 +538,8 @@ pub struct PostgresWriter {
     key: Vec<usize>,
     connect_timeout: Duration,
     timeout: Duration,
+    /// Milliseconds, set on each connection (see [`statement_timeout_ms`]).
+    statement_timeout_ms: u64,
     reconnect_for: Duration,
     conn: Option<Conn>,
     /// Whether a connection ever succeeded: before, every failure to
@@ -840,6 +871,8 @@ impl PostgresWriter {
                 Err(f)
             }
             Err(_) => {
+                let token = client.cancel_token();
+                let _ = tokio::time::timeout(self.connect_timeout, token.cancel_query(NoTls)).await;
                 task.abort();
                 Err(Failure::Refused(format!(
                     "no answer within {} s creating the table (timeout_secs)",
@@ -876,6 +909,13 @@ impl PostgresWriter {
                 self.table, self.shown
             )),
         };
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                self.statement_timeout_ms
+            ))
+            .await
+            .map_err(fail)?;
         let mut found = self.table_columns(client).await.map_err(fail)?;
         let mut raced = None;
         // Only a missing table is created: `CREATE TABLE IF NOT EXISTS`
@@ -1100,16 +1140,25 @@ impl PostgresWriter {
                     self.connected_once = true;
                 }
                 let conn = self.conn.as_mut().expect("connected");
-                match tokio::time::timeout(self.timeout, Self::transaction(conn, rows)).await {
+                let r = tokio::time::timeout(self.timeout, Self::transaction(conn, rows)).await;
+                match r {
                     Ok(Err(Failure::Refused(why))) => Err(Failure::Refused(format!(
                         "writing to table {} in {}: {why}",
                         self.table, self.shown
                     ))),
                     Ok(r) => r,
-                    Err(_) => Err(Failure::Lost(format!(
-                        "no answer within {} s",
-                        self.timeout.as_secs_f64()
-                    ))),
+                    Err(_) => {
+                        // The server may still be running the batch (its
+                        // statement timeout covers one statement, and an
+                        // answer can be lost): cancel it before dropping
+                        // the connection, or it could commit after the
+                        // batch is written again, twice without a key.
+                        conn.cancel(self.connect_timeout).await;
+                        Err(Failure::Lost(format!(
+                            "no answer within {} s",
+                            self.timeout.as_secs_f64()
+                        )))
+                    }
                 }
             };
             let why = match attempt.await {

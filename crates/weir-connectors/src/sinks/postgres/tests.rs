@@ -355,6 +355,25 @@ fn a_server_away_longer_than_reconnect_for_fails_the_write() {
     });
 }
 
+/// Holds an ACCESS EXCLUSIVE lock on `table` for `secs` from another
+/// session (psql); returns once it is taken (give or take 500 ms).
+fn hold_lock(pg: &PgServer, table: &str, secs: f64) -> std::process::Child {
+    let c = std::process::Command::new(pg.bin_dir().join("psql"))
+        .args(["-X", "-q", "-d"])
+        .arg(pg.url())
+        .args([
+            "-c",
+            &format!(
+                "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({secs}); COMMIT;"
+            ),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    c
+}
+
 /// An existing column of another type than configured would take the
 /// values through an assignment cast (a real rounded into an integer
 /// column): the sink refuses the table, naming the column and both types.
@@ -461,4 +480,54 @@ fn a_role_without_create_writes_to_an_existing_table() {
         assert_eq!(w.finish().await.unwrap(), 1);
     });
     assert_eq!(pg.psql("SELECT count(*) FROM orders").trim(), "1");
+}
+
+/// Without a key, a batch slower than `timeout_secs` (waiting on a lock
+/// someone else holds) is aborted on the server before it is written
+/// again, so it is in the table once.
+#[test]
+fn a_batch_slower_than_the_timeout_is_not_committed_twice_without_a_key() {
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE ev (id bigint, kind text)");
+    let cfg = config(
+        &pg.url(),
+        "table: ev\ncolumns: {id: integer, kind: text}\ntimeout_secs: 1\nreconnect_for_secs: 30\n",
+    );
+    let mut w = cfg.build(&ctx()).unwrap();
+    let rt = rt();
+    rt.block_on(w.write(vec![rec(99, serde_json::json!({"id": 99}))]))
+        .unwrap();
+    let mut locker = hold_lock(&pg, "ev", 3.5);
+    rt.block_on(async {
+        tokio::time::timeout(DEADLINE, async {
+            w.write(
+                (0..10)
+                    .map(|i| rec(i, serde_json::json!({"id": i, "kind": "k"})))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+            w.finish().await.unwrap();
+        })
+        .await
+        .expect("test deadline")
+    });
+    locker.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM ev WHERE id < 99").trim(),
+        "10"
+    );
+}
+
+/// The server's statement timeout is a little below the client's.
+#[test]
+fn the_statement_timeout_is_a_little_below_timeout_secs() {
+    assert_eq!(statement_timeout_ms(Duration::from_secs(60)), 59_000);
+    assert_eq!(statement_timeout_ms(Duration::from_secs(1)), 900);
+    assert_eq!(statement_timeout_ms(Duration::from_micros(100)), 1);
+    assert_eq!(
+        statement_timeout_ms(Duration::from_secs(86_400)),
+        86_399_000
+    );
 }
