@@ -36,7 +36,8 @@
 //!   transaction).
 //! - **A lost server** (the connection closes or stops answering for
 //!   `timeout_secs`, a shutdown, too many connections, a serialization
-//!   failure) is waited for: the sink reconnects with exponential backoff
+//!   failure, a lock not granted within the role's `lock_timeout`, also
+//!   while the sink first connects, once it has authenticated) is waited for: the sink reconnects with exponential backoff
 //!   and jitter and writes the whole batch again, for up to
 //!   `reconnect_for_secs`. A batch slower than `timeout_secs` (waiting on
 //!   a lock) is not left running on the server to commit behind the
@@ -595,7 +596,12 @@ fn classify(e: &tokio_postgres::Error) -> Failure {
         return Failure::Lost(text);
     };
     let c = code.code();
-    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+    // A lock not granted within the role's `lock_timeout` (someone holds
+    // the table): transient, like a serialization failure.
+    if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+    {
         return Failure::Lost(text);
     }
     match &c[..2] {
@@ -874,9 +880,13 @@ impl PostgresWriter {
                 let token = client.cancel_token();
                 let _ = tokio::time::timeout(self.connect_timeout, token.cancel_query(NoTls)).await;
                 task.abort();
-                Err(Failure::Refused(format!(
-                    "no answer within {} s creating the table (timeout_secs)",
-                    self.timeout.as_secs_f64()
+                // Authenticated, then silent (a lock held, a busy server):
+                // waited for like a lost server.
+                Err(Failure::Lost(format!(
+                    "{}: no answer within {} s preparing table {} (timeout_secs)",
+                    self.shown,
+                    self.timeout.as_secs_f64(),
+                    self.table
                 )))
             }
         }

@@ -531,3 +531,34 @@ fn the_statement_timeout_is_a_little_below_timeout_secs() {
         86_399_000
     );
 }
+
+/// A lock timeout (SQLSTATE 55P03) while the sink first connects, after
+/// it authenticated, or while it writes, is waited for like a lost
+/// server, not fatal.
+#[test]
+fn a_lock_timeout_at_the_first_connect_is_waited_for() {
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE orders (id bigint PRIMARY KEY, \"user\" text, amount float8, tags jsonb, paid bool)");
+    pg.psql("ALTER ROLE weir SET lock_timeout = '200ms'");
+    let cfg = config(&pg.url(), ORDERS);
+    let mut locker = hold_lock(&pg, "orders", 2.0);
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        w.write(vec![order(1, 1.0)])
+            .await
+            .map_err(|e| format!("fatal={} {}", e.fatal, e.error))
+            .unwrap();
+        assert!(w.reconnects() > 0);
+        locker.wait().unwrap();
+        // And while writing.
+        let mut locker = tokio::task::block_in_place(|| hold_lock(&pg, "orders", 2.0));
+        let before = w.reconnects();
+        w.write(vec![order(2, 1.0)])
+            .await
+            .map_err(|e| format!("fatal={} {}", e.fatal, e.error))
+            .unwrap();
+        assert!(w.reconnects() > before);
+        locker.wait().unwrap();
+    });
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").trim(), "2");
+}
