@@ -27,8 +27,12 @@
 //!   the rest of its batch written: locally, a record that is not an
 //!   object, a key that is missing or null, a value its column's type
 //!   cannot take, text holding a NUL character (PostgreSQL's text cannot);
-//!   on the server, a data exception or constraint violation (SQLSTATE
-//!   classes 22, 23 and 54): the transaction is rolled back and the batch
+//!   on the server, any error that may be about one row: a data exception
+//!   or constraint violation (SQLSTATE classes 22, 23 and 54), a trigger
+//!   refusing it (P0001), anything but the classes of a lost server (08,
+//!   53, 57, 58, 40, a lock timeout) or of a statement or table that
+//!   cannot work (42, 28, 3D, 25, 0A, 26, 2D, 34, 55, F0): the
+//!   transaction is rolled back and the batch
 //!   written again, halving the rows under savepoints down to the first
 //!   record the server refuses, which is dead-lettered with the server's
 //!   SQLSTATE and message ([`weir::WriteError::bad_item`]; the engine
@@ -564,7 +568,8 @@ impl std::fmt::Debug for PostgresWriter {
 /// What went wrong with a statement, by who is to blame.
 #[derive(Debug)]
 enum Failure {
-    /// The rows: a data exception or constraint violation.
+    /// Maybe one row: a data exception, a constraint violation, a trigger
+    /// refusing it.
     Data(String),
     /// The connection: worth reconnecting and trying again.
     Lost(String),
@@ -605,14 +610,25 @@ fn classify(e: &tokio_postgres::Error) -> Failure {
         return Failure::Lost(text);
     }
     match &c[..2] {
-        // Data exception, integrity constraint violation, program limit
-        // exceeded (a value too large for an index row), cardinality (one
-        // key twice in a statement, when equal keys differ as JSON text).
-        "22" | "23" | "54" | "21" => Failure::Data(text),
         // Connection exception, insufficient resources, operator
-        // intervention (shutdown, cancel), system error.
-        "08" | "53" | "57" | "58" => Failure::Lost(text),
-        _ => Failure::Refused(text),
+        // intervention (shutdown, cancel), system error, transaction
+        // rollback (serialization, deadlock).
+        "08" | "53" | "57" | "58" | "40" => Failure::Lost(text),
+        // What cannot be about one row: the statement or the table
+        // (syntax, a missing column, no privilege), credentials, the
+        // database, a read-only transaction (a standby), a feature not
+        // supported, a prepared statement gone, an object in use.
+        "42" | "28" | "3D" | "25" | "0A" | "26" | "2D" | "34" | "55" | "F0" => {
+            Failure::Refused(text)
+        }
+        // Anything else may be one row's doing: a data exception, a
+        // constraint (22, 23), a value too large for an index row (54),
+        // one key twice in a statement (21, when equal keys differ as
+        // JSON text), a trigger or rule refusing it (P0001 from RAISE
+        // EXCEPTION, any SQLSTATE a function raises). The batch is halved
+        // down to the first row the server refuses; when every row is
+        // refused, each is dead-lettered with the server's message.
+        _ => Failure::Data(text),
     }
 }
 

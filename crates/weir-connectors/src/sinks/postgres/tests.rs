@@ -532,6 +532,39 @@ fn the_statement_timeout_is_a_little_below_timeout_secs() {
     );
 }
 
+/// A record a trigger refuses (RAISE EXCEPTION, SQLSTATE P0001) is
+/// dead-lettered with the server's message; the records before it commit.
+#[test]
+fn a_record_a_trigger_refuses_is_dead_lettered() {
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE orders (id bigint PRIMARY KEY, \"user\" text, amount float8, tags jsonb, paid bool)");
+    pg.psql(
+        "CREATE FUNCTION chk() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.amount < 0 THEN RAISE EXCEPTION 'negative amount'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER t BEFORE INSERT OR UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION chk()",
+    );
+    let cfg = config(&pg.url(), ORDERS);
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let e = w
+            .write(vec![order(1, 1.0), order(2, -1.0), order(3, 1.0)])
+            .await
+            .unwrap_err();
+        assert!(e.first_is_bad && !e.fatal, "fatal={} {}", e.fatal, e.error);
+        assert_eq!(e.unwritten[0].pos.line, 2);
+        let msg = e.error.to_string();
+        assert!(
+            msg.contains("SQLSTATE P0001") && msg.contains("negative amount"),
+            "{msg}"
+        );
+        let mut rest = e.unwritten;
+        rest.remove(0);
+        w.write(rest).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 2);
+    });
+    assert_eq!(pg.psql("SELECT id FROM orders ORDER BY id"), "1\n3\n");
+}
+
 /// A lock timeout (SQLSTATE 55P03) while the sink first connects, after
 /// it authenticated, or while it writes, is waited for like a lost
 /// server, not fatal.
