@@ -469,7 +469,8 @@ impl PostgresSink {
 /// The server's `statement_timeout` for a client that waits `timeout`: a
 /// tenth less, at most a second less, so the server aborts a statement
 /// (a batch waiting on a lock) before the client gives up on it and
-/// writes the batch again.
+/// writes the batch again. A shorter one set for the role or database is
+/// kept.
 fn statement_timeout_ms(timeout: Duration) -> u64 {
     let margin = (timeout / 10).min(Duration::from_secs(1));
     u64::try_from((timeout - margin).as_millis())
@@ -935,10 +936,14 @@ impl PostgresWriter {
                 self.table, self.shown
             )),
         };
+        // Ours, or a shorter one the role or database sets (0: none).
         client
             .batch_execute(&format!(
-                "SET statement_timeout = {}",
-                self.statement_timeout_ms
+                "SELECT pg_catalog.set_config('statement_timeout', \
+                 (SELECT CASE WHEN s.setting::bigint = 0 THEN {ms} \
+                 ELSE LEAST(s.setting::bigint, {ms}) END \
+                 FROM pg_catalog.pg_settings s WHERE s.name = 'statement_timeout')::text, false)",
+                ms = self.statement_timeout_ms
             ))
             .await
             .map_err(fail)?;

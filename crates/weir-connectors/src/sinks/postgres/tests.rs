@@ -595,3 +595,26 @@ fn a_lock_timeout_at_the_first_connect_is_waited_for() {
     });
     assert_eq!(pg.psql("SELECT count(*) FROM orders").trim(), "2");
 }
+
+/// A shorter `statement_timeout` set for the role is kept, not raised to
+/// the sink's: a statement slower than it fails.
+#[test]
+fn a_shorter_statement_timeout_of_the_role_is_kept() {
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE orders (id bigint PRIMARY KEY, \"user\" text, amount float8, tags jsonb, paid bool)");
+    pg.psql(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         PERFORM pg_sleep(0.6); RETURN NEW; END $$; \
+         CREATE TRIGGER t BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION slow()",
+    );
+    pg.psql("ALTER ROLE weir SET statement_timeout = '300ms'");
+    let cfg = config(&pg.url(), &format!("{ORDERS}reconnect_for_secs: 1\n"));
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let err = w.write(vec![order(1, 1.0)]).await.unwrap_err();
+        assert!(err.fatal);
+        let msg = err.error.to_string();
+        assert!(msg.contains("statement timeout"), "{msg}");
+    });
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").trim(), "0");
+}
