@@ -435,7 +435,11 @@ fn sinks_creating_the_same_table_at_once_all_write() {
     for round in 0..6 {
         let cfg = config(
             &pg.url(),
-            &format!("table: t{round}\ncolumns: {{id: integer}}\nkey: [id]\n"),
+            // Eight clients authenticating at once (SCRAM, in a debug
+            // build, on a busy machine): more time than the default 5 s.
+            &format!(
+                "table: t{round}\ncolumns: {{id: integer}}\nkey: [id]\nconnect_timeout_secs: 30\n"
+            ),
         );
         let res: Vec<_> = within(async {
             let hs: Vec<_> = (0..8)
