@@ -28,6 +28,12 @@
 //!   with the same id, with backoff, for up to `retry_secs`; then the
 //!   write fails and the output's `on_error` decides. The client
 //!   reconnects by itself; nothing is acknowledged before it is stored.
+//!   While the client is not connected (it then stops taking publishes
+//!   once its queue is full), a round sends nothing more after the first
+//!   publish that could not get in: the rest is counted as to send again,
+//!   and no send or acknowledgement waits past `retry_secs`, so a broker
+//!   gone for good fails the write after about `retry_secs`, whatever the
+//!   batch's size.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -305,27 +311,64 @@ impl NatsWriter {
         loop {
             let mut again = Vec::new();
             let mut last = String::new();
+            // The round may take what is left of `retry_for`, no more.
+            let deadline = started + self.retry_for;
+            // Once a send could not get in (the client not connected, its
+            // queue full: it reads it only when connected), the rest of
+            // the round is not sent, only counted as to send again: a
+            // broker gone for good costs one send timeout per round, not
+            // one per message.
+            let mut stuck: Option<String> = None;
             for chunk in todo.chunks(self.max_in_flight) {
-                let mut sent: Vec<(usize, Result<PublishAckFuture, PublishError>)> =
-                    Vec::with_capacity(chunk.len());
+                let mut sent: Vec<(usize, PublishAckFuture)> = Vec::with_capacity(chunk.len());
                 for &i in chunk {
+                    if stuck.is_none()
+                        && client.connection_state() != async_nats::connection::State::Connected
+                    {
+                        stuck = Some("not connected to the server".into());
+                    }
+                    if let Some(why) = &stuck {
+                        last.clone_from(why);
+                        again.push(i);
+                        continue;
+                    }
                     let m = &msgs[i];
                     let mut h = async_nats::HeaderMap::new();
                     h.insert(async_nats::header::NATS_MESSAGE_ID, m.id.as_str());
-                    let f = js
-                        .publish_with_headers(m.subject.clone(), h, m.body.clone())
-                        .await;
-                    sent.push((i, f));
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let f = tokio::time::timeout(
+                        left,
+                        js.publish_with_headers(m.subject.clone(), h, m.body.clone()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)));
+                    match f {
+                        Ok(f) => sent.push((i, f)),
+                        Err(e) if e.kind() == PublishErrorKind::TimedOut => {
+                            stuck = Some(format!("a publish could not be sent: {e}"));
+                            last = e.to_string();
+                            again.push(i);
+                        }
+                        Err(e) => match classify(js, client, &msgs[i].subject, &e).await {
+                            Outcome::Again(why) => {
+                                last = why;
+                                again.push(i);
+                            }
+                            Outcome::Refused(why) => refused[i] = Some(why),
+                        },
+                    }
                 }
                 // Awaited together: each acknowledgement's timeout starts
                 // when it is awaited, so after a broker restart lost ones
-                // time out at once, not one after the other.
+                // time out at once, not one after the other; none waits
+                // past the round's deadline.
+                let left = deadline.saturating_duration_since(Instant::now());
                 let results =
                     futures::future::join_all(sent.into_iter().map(|(i, f)| async move {
-                        match f {
-                            Ok(f) => (i, f.await.map(|_| ())),
-                            Err(e) => (i, Err(e)),
-                        }
+                        let r = tokio::time::timeout(left, f)
+                            .await
+                            .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)));
+                        (i, r.map(|_| ()))
                     }))
                     .await;
                 for (i, res) in results {
@@ -357,6 +400,8 @@ impl NatsWriter {
             );
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
+            // In the records' order again (skipped ones came first).
+            again.sort_unstable();
             todo = again;
         }
     }
@@ -658,5 +703,42 @@ mod tests {
             serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap(),
             serde_json::json!({"id": 19, "region": "r1"})
         );
+    }
+
+    /// The broker gone for good mid-run: the write fails after about
+    /// `retry_secs`, instead of waiting a send timeout per message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_gone_mid_run_fails_the_write_within_retry_secs() {
+        let mut server = weir_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        js.create_stream(jetstream::stream::Config {
+            name: "OUT".into(),
+            subjects: vec!["out.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let cfg = sink(&format!(
+            "url: {}\nsubject: out.a\nretry_secs: 3\n",
+            server.url()
+        ));
+        let mut w = cfg.build("out").unwrap();
+        use weir::Sink;
+        w.write(vec![rec(serde_json::json!({"id": 0}), 0)])
+            .await
+            .unwrap();
+        server.stop();
+        let items: Vec<Record> = (1..=3000)
+            .map(|i| rec(serde_json::json!({"id": i}), i))
+            .collect();
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(30), w.write(items)).await;
+        let r = r.unwrap_or_else(|_| panic!("write still waiting after {:?}", t.elapsed()));
+        let Err(e) = r else {
+            panic!("the broker is gone: the write must fail")
+        };
+        assert!(e.error.to_string().contains("unanswered"), "{}", e.error);
+        assert_eq!(e.unwritten.len(), 3000);
     }
 }
