@@ -8,8 +8,9 @@
 //!   acknowledged to the broker only when that ack settles as handled:
 //!   every record derived from it committed by the outputs, filtered out,
 //!   or dead-lettered. An ack that settles as failed (the run aborted, an
-//!   output failed for good) gives the message back (`-NAK`), so it is
-//!   delivered again.
+//!   output failed for good) gives the message back (`-NAK`, with a delay
+//!   of `ack_wait_secs`, 5 s at most, so that it does not go into the
+//!   failing run's pull request), so it is delivered again.
 //! * **Positions.** A record's position is the stream and the message's
 //!   stream sequence (`ORDERS:42`, like a file and a line), so a dead
 //!   letter names the message, and the `nats` sink derives the same
@@ -28,10 +29,17 @@
 //!   server delivers no more unacknowledged messages than that, so the
 //!   messages the run holds (in its channels, in an aggregate) are
 //!   bounded.
-//! * **Redelivered while held.** A message held longer than `ack_wait_secs`
-//!   is delivered again while the run still processes it. The copy is not
-//!   processed a second time: it is acknowledged together with the
-//!   original (messages held are remembered by stream sequence).
+//! * **In progress while held.** Every `ack_wait_secs / 2` the
+//!   acknowledging thread reports each message the run holds (taken, not
+//!   yet settled) in progress (`+WPI`), which restarts its `ack_wait` on
+//!   the server: a message held long (a slow output, an aggregate) is not
+//!   delivered again meanwhile, so its delivery count, which `max_deliver`
+//!   checks, counts the runs that held it, not the time they took. Only
+//!   held messages are reported (at most `max_in_flight`).
+//! * **Redelivered while held.** Should a copy still come (progress
+//!   reports lost to a broker restart), it is not processed a second time:
+//!   it is acknowledged together with the original (messages held are
+//!   remembered by stream sequence).
 //! * **Acknowledgements travel on a connection of their own**, served by a
 //!   thread of the run's blocking pool with its own small runtime: a
 //!   stopped run (Ctrl-C) settles the records it had taken before it
@@ -50,7 +58,8 @@
 //! * **The end.** The source runs until the run is stopped (SIGINT,
 //!   SIGTERM: the engine drops the stream; messages taken are processed
 //!   and acknowledged, messages still in the client's buffer were never
-//!   handed on and are delivered again after `ack_wait_secs`). With
+//!   handed on and are delivered again after `ack_wait_secs`; that
+//!   delivery still counts towards `max_deliver`). With
 //!   `until_drained: true` it ends by itself once the consumer has nothing
 //!   left: no message waiting, none delivered and unacknowledged (which
 //!   includes messages a killed run held: they are waited for until the
@@ -239,6 +248,7 @@ impl NatsSource {
                         DEFAULT_MAX_IN_FLIGHT,
                     )?,
                     until_drained: self.until_drained,
+                    progress: Some(Duration::from_secs(ack_wait) / 2),
                 })
             }
             (Some(stream), None) => {
@@ -365,6 +375,9 @@ struct StreamOpts {
     batch: usize,
     max_in_flight: usize,
     until_drained: bool,
+    /// How often the messages held are reported in progress (`+WPI`):
+    /// half of `ack_wait`. `None` in tests that need copies delivered.
+    progress: Option<Duration>,
 }
 
 impl Settings {
@@ -491,7 +504,8 @@ fn core_messages(
 }
 
 /// Messages held by the run, by stream sequence: the reply subjects of
-/// copies delivered meanwhile, to acknowledge with the original.
+/// the message and of copies delivered meanwhile (the latest last), to
+/// acknowledge together and to report in progress.
 type Held = Arc<Mutex<HashMap<u64, Vec<async_nats::Subject>>>>;
 
 /// What the acknowledging thread sends.
@@ -705,15 +719,18 @@ async fn next_message(st: &mut StreamState) -> Next {
     // A copy of a message still held: acknowledged with it.
     {
         let mut held = st.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(copies) = held.get_mut(&seq) {
-            copies.push(reply);
+        if let Some(replies) = held.get_mut(&seq) {
+            replies.push(reply);
             return Next::Nothing;
         }
-        held.insert(seq, Vec::new());
+        held.insert(seq, vec![reply.clone()]);
     }
     let tx = st
         .acks
-        .get_or_insert_with(|| start_acker(st.url.clone()))
+        .get_or_insert_with(|| {
+            let nak_delay = st.opts.ack_wait.min(NAK_DELAY);
+            start_acker(st.url.clone(), st.held.clone(), st.opts.progress, nak_delay)
+        })
         .clone();
     let ack = message_ack(reply, seq, st.held.clone(), tx);
     let pos = Arc::new(Position {
@@ -779,13 +796,11 @@ async fn idle(st: &mut StreamState, until_drained: bool) -> Next {
 /// acknowledging thread.
 fn message_ack(reply: async_nats::Subject, seq: u64, held: Held, tx: AckTx) -> Ack {
     Ack::new(move |outcome: AckOutcome| {
-        let copies = held
+        let replies = held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&seq)
-            .unwrap_or_default();
-        let mut replies = copies;
-        replies.push(reply);
+            .unwrap_or_else(|| vec![reply]);
         // The thread outlives every ack (each holds a sender).
         let _ = tx.send(AckCmd {
             replies,
@@ -798,7 +813,7 @@ fn message_ack(reply: async_nats::Subject, seq: u64, held: Held, tx: AckTx) -> A
 /// run's blocking pool when there is a runtime, with a runtime and a
 /// connection of its own, which ends once every ack is gone and what it
 /// sent is flushed.
-fn start_acker(url: String) -> AckTx {
+fn start_acker(url: String, held: Held, progress: Option<Duration>, nak_delay: Duration) -> AckTx {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let run = move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -806,7 +821,7 @@ fn start_acker(url: String) -> AckTx {
             .enable_time()
             .build();
         match rt {
-            Ok(rt) => rt.block_on(acknowledge(url, rx)),
+            Ok(rt) => rt.block_on(acknowledge(url, rx, held, progress, nak_delay)),
             Err(e) => tracing::warn!(
                 "nats source: cannot start the acknowledging runtime: {e}; messages will be delivered again"
             ),
@@ -833,7 +848,18 @@ fn start_acker(url: String) -> AckTx {
 /// delivered again).
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
 
-async fn acknowledge(url: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<AckCmd>) {
+async fn acknowledge(
+    url: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<AckCmd>,
+    held: Held,
+    progress: Option<Duration>,
+    nak_delay: Duration,
+) {
+    // Given back with a delay: redelivered at once, a message would go
+    // into the pull request still open of the run that failed, whose
+    // client buffers it without handing it on: one more delivery counted
+    // for nothing.
+    let nak = bytes::Bytes::from(format!("-NAK {{\"delay\":{}}}", nak_delay.as_nanos()));
     let client = loop {
         match connect(&url).await {
             Ok(c) => break c,
@@ -853,21 +879,63 @@ async fn acknowledge(url: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<A
     // again (after `ack_wait_secs`) instead of holding the process.
     let mut given_up = 0u64;
     let mut skip_until: Option<std::time::Instant> = None;
-    while let Some(cmd) = rx.recv().await {
-        let payload = if cmd.ack { "+ACK" } else { "-NAK" };
+    // Every message held is reported in progress (`+WPI`) each
+    // `ack_wait / 2`, which restarts its `ack_wait` on the server: a
+    // message held long (a slow output, a large aggregate) is not
+    // delivered again meanwhile, and its delivery count stays that of the
+    // runs that held it. The work is bounded by the messages held
+    // (`max_in_flight`).
+    let mut ticks = progress.map(|p| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    loop {
+        let verdict = |ack: bool| {
+            if ack {
+                bytes::Bytes::from_static(b"+ACK")
+            } else {
+                nak.clone()
+            }
+        };
+        let (replies, payload): (Vec<async_nats::Subject>, bytes::Bytes) = match &mut ticks {
+            Some(t) => tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => (cmd.replies, verdict(cmd.ack)),
+                    None => break,
+                },
+                _ = t.tick() => {
+                    // The latest delivery's reply of each message held. A
+                    // message acknowledged meanwhile left `held` before its
+                    // command was queued, so an in-progress never follows
+                    // its acknowledgement.
+                    let latest = held
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                        .filter_map(|r| r.last().cloned())
+                        .collect();
+                    (latest, bytes::Bytes::from_static(b"+WPI"))
+                }
+            },
+            None => match rx.recv().await {
+                Some(cmd) => (cmd.replies, verdict(cmd.ack)),
+                None => break,
+            },
+        };
         // The connection's own task writes them out as they come (no flush
         // per message); the end flushes what is left.
-        for r in cmd.replies {
+        for r in replies {
             // After a send that could not get in, the next second's acks
             // are given up on at once: a stuck queue costs 200 ms once, not
             // 200 ms per held message.
             if skip_until.is_some_and(|t| std::time::Instant::now() < t) {
-                given_up += 1;
+                given_up += u64::from(&payload[..] != b"+WPI");
                 continue;
             }
-            let sent = tokio::time::timeout(ACK_SEND, client.publish(r, payload.into())).await;
+            let sent = tokio::time::timeout(ACK_SEND, client.publish(r, payload.clone())).await;
             if sent.is_err() {
-                given_up += 1;
+                given_up += u64::from(&payload[..] != b"+WPI");
                 skip_until = Some(std::time::Instant::now() + Duration::from_secs(1));
             }
         }
@@ -879,6 +947,10 @@ async fn acknowledge(url: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<A
     }
     let _ = tokio::time::timeout(FINAL_FLUSH, client.flush()).await;
 }
+
+/// The longest delay before a message given back (`-NAK`) is delivered
+/// again (at most `ack_wait`).
+const NAK_DELAY: Duration = Duration::from_secs(5);
 
 /// How long one acknowledgement may wait for room in the client's queue.
 const ACK_SEND: Duration = Duration::from_millis(200);
@@ -1163,9 +1235,10 @@ mod tests {
         }
     }
 
-    /// Messages held longer than `ack_wait_secs` are delivered again while
-    /// the run still holds them: the copies are acknowledged with the
-    /// originals, not processed twice.
+    /// Messages held longer than `ack_wait_secs` and not reported in
+    /// progress (here turned off; in a run, progress reports lost to a
+    /// broker restart) are delivered again while the run still holds them:
+    /// the copies are acknowledged with the originals, not processed twice.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn copies_of_held_messages_are_not_processed_twice() {
         let server = weir_testkit::NatsServer::start();
@@ -1174,7 +1247,12 @@ mod tests {
             "url: {}\nstream: ORDERS\nconsumer: c3\nuntil_drained: true\nack_wait_secs: 1\n",
             server.url()
         ));
-        let (source, decoder) = src.build(&ctx()).unwrap();
+        let mut settings = src.settings(&ctx()).unwrap();
+        let Mode::Stream(opts) = &mut settings.mode else {
+            unreachable!("a stream")
+        };
+        opts.progress = None;
+        let (source, decoder) = (settings.into_source(), Decoder::jsonl());
         let p = Pipeline::new();
         let got = Arc::new(Mutex::new(Vec::new()));
         p.source("in", source)
@@ -1201,5 +1279,55 @@ mod tests {
             "no copy was delivered: {info:?}"
         );
         assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    }
+
+    /// An output slower than `ack_wait_secs`, then failing.
+    struct SlowThenDown;
+
+    impl weir::Sink<Record> for SlowThenDown {
+        type Output = ();
+        async fn write(&mut self, items: Vec<Record>) -> Result<(), weir::WriteError<Record>> {
+            tokio::time::sleep(Duration::from_millis(4500)).await;
+            Err(weir::WriteError::all(items, "the output is down"))
+        }
+        async fn finish(self) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    /// Messages held for several `ack_wait_secs` are reported in progress,
+    /// so they are not delivered again meanwhile: a run that held them
+    /// long and then failed counts one delivery, and with `max_deliver: 2`
+    /// the next run processes them instead of dead-lettering them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_hold_then_one_failure_is_not_max_deliver() {
+        let server = weir_testkit::NatsServer::start();
+        let js = fill(&server.url(), 3, 0).await;
+        let src = cfg(&format!(
+            "url: {}\nstream: ORDERS\nconsumer: c9\nuntil_drained: true\nmax_deliver: 2\nack_wait_secs: 1\n",
+            server.url()
+        ));
+        let (source, decoder) = src.build(&ctx()).unwrap();
+        let p = Pipeline::new();
+        p.source("in", source)
+            .try_map("in/decode", move |raw: &Raw| decoder.decode(raw))
+            .sink("out", SlowThenDown);
+        let run = tokio::time::timeout(Duration::from_secs(30), p.run()).await;
+        assert!(run.expect("ends").is_err());
+        let mut c: jetstream::consumer::PullConsumer = js
+            .get_stream("ORDERS")
+            .await
+            .unwrap()
+            .get_consumer("c9")
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        assert_eq!(
+            info.delivered.consumer_sequence, 3,
+            "delivered again while held, or into the failed run: {info:?}"
+        );
+        let (records, letters) = drain(&src).await;
+        assert!(letters.is_empty(), "{letters:?}");
+        assert_eq!(records.len(), 3);
     }
 }
