@@ -15,9 +15,17 @@
 //!   and its JSON text. A rerun after a crash, a `--resume`, or a retried
 //!   write publishes the same records with the same ids, and the server
 //!   drops them as duplicates within the stream's duplicate window
-//!   (`duplicate_window`, two minutes by default). Positions that differ
-//!   from run to run (`http_server`, a core `nats` subject) give ids that
-//!   differ too: replays of those are not deduplicated.
+//!   (`duplicate_window`, two minutes by default). Only positions with a
+//!   file or a stream (file inputs, a JetStream `nats` source) name the
+//!   same record in every run. The others (`stdin`, `http_server`, a core
+//!   `nats` subject, `generate`, `schedule`) are numbered afresh each run:
+//!   their ids also mix in a number drawn when the output is built, so the
+//!   record numbered 7 in this run is not taken for the one numbered 7 in
+//!   the last run (same body, within the window) and silently dropped;
+//!   a retried write within the run keeps its ids, replays across runs of
+//!   those inputs are not deduplicated. As the id includes the record's
+//!   JSON, a stage whose output differs per run (jq `now`, a random
+//!   value, a fetched time) defeats replay deduplication too.
 //! * **Refusals.** A record the server refuses (larger than its
 //!   `max_payload`, a subject no stream takes, a stream rule such as a
 //!   subject's message limit) is dead-lettered with the server's reason,
@@ -189,6 +197,7 @@ impl NatsSink {
             js: None,
             run: Run::default(),
             published: 0,
+            nonce: run_nonce(),
         })
     }
 }
@@ -229,6 +238,23 @@ pub struct NatsWriter {
     js: Option<(async_nats::Client, jetstream::Context)>,
     run: Run,
     published: u64,
+    /// Mixed into the ids of records whose position has no file (see the
+    /// module docs): drawn when the output is built.
+    nonce: u64,
+}
+
+/// A number unlikely to repeat between runs (no dependency on a random
+/// number crate: the standard library's randomly keyed hasher, the time
+/// and the process id).
+fn run_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// One record ready to go.
@@ -288,7 +314,7 @@ impl NatsWriter {
                 body.len()
             ));
         }
-        let id = message_id(&self.name, &subject, &r.pos, n, &body);
+        let id = message_id(&self.name, &subject, &r.pos, n, &body, self.nonce);
         Ok(Prepared {
             subject,
             id,
@@ -458,7 +484,15 @@ fn publishable(s: &str) -> bool {
 }
 
 /// The `Nats-Msg-Id` of a record (see the module docs): 32 hex digits.
-fn message_id(sink: &str, subject: &str, pos: &Position, n: u64, body: &[u8]) -> String {
+/// `nonce` counts only for a position without a file (not replayable).
+fn message_id(
+    sink: &str,
+    subject: &str,
+    pos: &Position,
+    n: u64,
+    body: &[u8],
+    nonce: u64,
+) -> String {
     let mut h = Sha256::new();
     for part in [sink.as_bytes(), subject.as_bytes(), pos.input.as_bytes()] {
         h.update((part.len() as u64).to_le_bytes());
@@ -470,6 +504,9 @@ fn message_id(sink: &str, subject: &str, pos: &Position, n: u64, body: &[u8]) ->
     h.update(u8::from(pos.file.is_some()).to_le_bytes());
     h.update(pos.line.to_le_bytes());
     h.update(n.to_le_bytes());
+    if pos.file.is_none() {
+        h.update(nonce.to_le_bytes());
+    }
     h.update(body);
     let digest = h.finalize();
     let mut id = String::with_capacity(32);
@@ -593,18 +630,69 @@ mod tests {
             file: Some("f".into()),
             line,
         };
-        let id = message_id("out", "s", &pos(1), 0, b"{}");
+        let id = message_id("out", "s", &pos(1), 0, b"{}", 1);
         assert_eq!(id.len(), 32);
-        assert_eq!(id, message_id("out", "s", &pos(1), 0, b"{}"));
+        // A position with a file: the same id in every run.
+        assert_eq!(id, message_id("out", "s", &pos(1), 0, b"{}", 2));
         for other in [
-            message_id("out2", "s", &pos(1), 0, b"{}"),
-            message_id("out", "t", &pos(1), 0, b"{}"),
-            message_id("out", "s", &pos(2), 0, b"{}"),
-            message_id("out", "s", &pos(1), 1, b"{}"),
-            message_id("out", "s", &pos(1), 0, b"[]"),
+            message_id("out2", "s", &pos(1), 0, b"{}", 1),
+            message_id("out", "t", &pos(1), 0, b"{}", 1),
+            message_id("out", "s", &pos(2), 0, b"{}", 1),
+            message_id("out", "s", &pos(1), 1, b"{}", 1),
+            message_id("out", "s", &pos(1), 0, b"[]", 1),
         ] {
             assert_ne!(id, other);
         }
+        // Without a file (numbered afresh each run): differs per run.
+        let bare = Position {
+            input: "in".into(),
+            file: None,
+            line: 1,
+        };
+        assert_eq!(
+            message_id("out", "s", &bare, 0, b"{}", 1),
+            message_id("out", "s", &bare, 0, b"{}", 1)
+        );
+        assert_ne!(
+            message_id("out", "s", &bare, 0, b"{}", 1),
+            message_id("out", "s", &bare, 0, b"{}", 2)
+        );
+        assert_ne!(run_nonce(), run_nonce());
+    }
+
+    /// Records of an input numbered afresh each run (a core subject, stdin,
+    /// `http_server`): the same body at the same number in the next run is
+    /// a new record, stored, not dropped as a duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_numbered_afresh_each_run_are_not_taken_for_duplicates() {
+        let server = weir_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        js.create_stream(jetstream::stream::Config {
+            name: "OUT".into(),
+            subjects: vec!["out.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let cfg = sink(&format!("url: {}\nsubject: out.a\n", server.url()));
+        let bare = || {
+            Record::from_json(
+                &serde_json::json!({"ping": 1}),
+                Arc::new(Position {
+                    input: "in".into(),
+                    file: None,
+                    line: 1,
+                }),
+            )
+        };
+        use weir::Sink;
+        for _ in 0..2 {
+            let mut w = cfg.build("out").unwrap();
+            w.write(vec![bare()]).await.unwrap();
+        }
+        let mut s = js.get_stream("OUT").await.unwrap();
+        assert_eq!(s.info().await.unwrap().state.messages, 2);
     }
 
     fn rec(v: serde_json::Value, line: u64) -> Record {
