@@ -30,7 +30,11 @@
 //!   `max_payload`, a subject no stream takes, a stream rule such as a
 //!   subject's message limit) is dead-lettered with the server's reason,
 //!   and the rest of the batch is written. A subject that does not compute
-//!   (a `subject_jq` error, no output, not a string) is dead-lettered too.
+//!   (a `subject_jq` error, no output, not a string) is dead-lettered too,
+//!   and so is one that starts with `$` or `_INBOX.` (the server's API,
+//!   such as `$JS.API.*`, and clients' replies: a record must not reach
+//!   them). A full stream with `discard: new` (maximum messages or bytes)
+//!   is backpressure, not a refusal: those publishes are sent again.
 //! * **Broker restarts.** A publish that is not answered (the connection
 //!   broke, the server is restarting, JetStream not back yet) is sent again
 //!   with the same id, with backoff, for up to `retry_secs`; then the
@@ -290,6 +294,13 @@ impl NatsWriter {
             Subject::Fixed(s) => s.clone(),
             Subject::Jq(p) => match p.first(&r.value) {
                 Ok(Some(v)) => match value::as_str(&v) {
+                    // A record must not reach the server's API ($JS.API.*,
+                    // $SYS...) or another client's replies.
+                    Some(s) if s.starts_with('$') || s.starts_with("_INBOX.") => {
+                        return Err(format!(
+                            "subject_jq gave {s:?}: subjects starting with '$' or '_INBOX.' are reserved"
+                        ));
+                    }
                     Some(s) if publishable(s) => s.to_string(),
                     Some(s) => {
                         return Err(format!(
@@ -465,8 +476,13 @@ async fn classify(
         }
         _ => {
             let text = e.to_string();
-            // A stream with `discard: new` that is full: backpressure.
-            if text.contains("maximum messages") || text.contains("maximum bytes") {
+            // A stream with `discard: new` that is full: backpressure. A
+            // subject's own limit ("maximum messages per subject
+            // exceeded", `discard_new_per_subject`) is a stream rule: the
+            // record is refused.
+            if text.contains("per subject") {
+                Outcome::Refused(format!("refused by the server: {text}"))
+            } else if text.contains("maximum messages") || text.contains("maximum bytes") {
                 Outcome::Again(text)
             } else {
                 Outcome::Refused(format!("refused by the server: {text}"))
@@ -828,5 +844,59 @@ mod tests {
         };
         assert!(e.error.to_string().contains("unanswered"), "{}", e.error);
         assert_eq!(e.unwritten.len(), 3000);
+    }
+
+    /// A subject's own message limit refuses the record (dead-lettered,
+    /// not sent again until `retry_secs`); subjects of the server's API or
+    /// of replies, computed by `subject_jq`, are refused before sending.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn per_subject_limits_and_reserved_subjects_are_dead_lettered() {
+        let server = weir_testkit::NatsServer::start();
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        js.create_stream(jetstream::stream::Config {
+            name: "OUT".into(),
+            subjects: vec!["out.>".into()],
+            max_messages_per_subject: 1,
+            discard: jetstream::stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let cfg = sink(&format!(
+            "url: {}\nsubject_jq: .to\nretry_secs: 30\n",
+            server.url()
+        ));
+        let records = vec![
+            rec(serde_json::json!({"to": "out.a"}), 1),
+            rec(serde_json::json!({"to": "out.a", "n": 2}), 2),
+            rec(serde_json::json!({"to": "$JS.API.STREAM.DELETE.OUT"}), 3),
+            rec(serde_json::json!({"to": "_INBOX.abc"}), 4),
+            rec(serde_json::json!({"to": "out.b"}), 5),
+        ];
+        let p = Pipeline::new();
+        let dead = p.dead_letter_sink(weir::collect());
+        let n = p
+            .source("in", weir::from_iter(records))
+            .sink("out", cfg.build("out").unwrap())
+            .on_error(ErrorPolicy::DeadLetter);
+        tokio::time::timeout(Duration::from_secs(20), p.run())
+            .await
+            .expect("refused at once, not sent again for retry_secs")
+            .unwrap();
+        assert_eq!(n.take(), Some(2));
+        let letters: Vec<(u64, String)> = dead
+            .take()
+            .unwrap()
+            .iter()
+            .map(|d: &weir::DeadLetter| (d.item::<Record>().unwrap().pos.line, d.error.clone()))
+            .collect();
+        assert_eq!(letters.len(), 3, "{letters:?}");
+        assert!(letters[0].1.contains("per subject"), "{letters:?}");
+        assert!(letters[1].1.contains("reserved"), "{letters:?}");
+        assert!(letters[2].1.contains("reserved"), "{letters:?}");
+        let mut s = js.get_stream("OUT").await.unwrap();
+        assert_eq!(s.info().await.unwrap().state.messages, 2);
     }
 }
