@@ -32,6 +32,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod http_client;
 pub mod limits;
+mod pg;
 pub mod processors;
 pub mod registry;
 pub mod sinks;

@@ -749,11 +749,13 @@ impl Job {
     /// The numbers sources kept between runs of the job
     /// ([`Names::source_state_key`]), by the key the source gave
     /// (escaped as in the bucket, see [`escape_key`]): `Err` for a value
-    /// that is not a number, for the source to decide about.
+    /// that is not text, for the source to decide about.
     ///
     /// # Errors
     /// When the bucket cannot be listed or a value read.
-    pub async fn source_state(&self) -> Result<BTreeMap<String, Result<i64, String>>, BrokerError> {
+    pub async fn source_state(
+        &self,
+    ) -> Result<BTreeMap<String, Result<String, String>>, BrokerError> {
         let mut out = BTreeMap::new();
         for k in self.source_state_keys().await? {
             let got = self
@@ -763,15 +765,12 @@ impl Job {
                 .map_err(|e| BrokerError::request(format!("read source state '{k}'"), e))?;
             // Deleted since it was listed: nothing saved.
             let Some(b) = got else { continue };
-            let n = std::str::from_utf8(&b)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "'{k}' on the broker is not a number: '{}'",
-                        String::from_utf8_lossy(&b[..b.len().min(40)])
-                    )
-                });
+            let n = std::str::from_utf8(&b).map(str::to_owned).map_err(|_| {
+                format!(
+                    "'{k}' on the broker is not text: '{}'",
+                    String::from_utf8_lossy(&b[..b.len().min(40)])
+                )
+            });
             let key = k.split_once(".s.").map_or(k.as_str(), |(_, key)| key);
             out.insert(key.to_string(), n);
         }
@@ -789,13 +788,16 @@ impl Job {
         Ok(())
     }
 
-    /// Saves a number a source keeps between runs.
+    /// Saves a value a source keeps between runs.
     ///
     /// # Errors
     /// When the bucket cannot be written.
-    pub async fn put_source_state(&self, key: &str, value: i64) -> Result<(), BrokerError> {
+    pub async fn put_source_state(&self, key: &str, value: &str) -> Result<(), BrokerError> {
         self.kv
-            .put(self.names.source_state_key(key), value.to_string().into())
+            .put(
+                self.names.source_state_key(key),
+                value.to_owned().into_bytes().into(),
+            )
             .await
             .map_err(|e| BrokerError::request("write source state", e))?;
         Ok(())

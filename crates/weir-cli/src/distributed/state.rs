@@ -1,4 +1,5 @@
-//! State that sources keep between runs (a schedule's last handled tick),
+//! State that sources keep between runs (a schedule's last handled tick,
+//! an `sql` source's cursor),
 //! in distributed mode: in the job's key-value bucket on the broker
 //! (`Job::source_state`), so that whichever coordinator holds the job
 //! next, on any machine, reads it.
@@ -30,12 +31,12 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct KvState {
     /// The values as read at the start, by (escaped) key; `Err` for one
-    /// that is not a number.
-    values: BTreeMap<String, Result<i64, String>>,
+    /// that is not text.
+    values: BTreeMap<String, Result<String, String>>,
     /// Writes for the writer task. Unbounded on purpose: a source saves
     /// a few values a second at most (a schedule every 200 ms at most),
     /// and a bound would make an ack callback wait for the broker.
-    tx: tokio::sync::mpsc::UnboundedSender<(String, i64)>,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
 }
 
 /// The writer task, to wait for at the end of the run.
@@ -55,11 +56,11 @@ impl KvState {
         } else {
             job.source_state().await?
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, i64)>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
         let job = job.clone();
         let writer = tokio::spawn(async move {
             while let Some((key, value)) = rx.recv().await {
-                if let Err(e) = job.put_source_state(&key, value).await {
+                if let Err(e) = job.put_source_state(&key, &value).await {
                     tracing::warn!("cannot save the state '{key}' on the broker: {e}");
                 }
             }
@@ -77,11 +78,11 @@ impl Writer {
 }
 
 impl StateStore for KvState {
-    fn get(&self, key: &str) -> Result<Option<i64>, String> {
+    fn get(&self, key: &str) -> Result<Option<String>, String> {
         self.values.get(&escape_key(key)).cloned().transpose()
     }
 
-    fn put(&self, key: &str, value: i64) -> Result<(), String> {
+    fn put(&self, key: &str, value: String) -> Result<(), String> {
         self.tx
             .send((key.to_string(), value))
             .map_err(|_| "the run is over".to_string())

@@ -60,7 +60,7 @@ outputs:
     stdout: {}
 ",
         "\
-error: unknown field `workers`, expected one of name, decode_workers, file, stdin, generate, http_server, schedule, nats
+error: unknown field `workers`, expected one of name, decode_workers, file, stdin, generate, http_server, schedule, nats, sql
   --> p.yaml:4:5
   |
 4 |     workers: 2

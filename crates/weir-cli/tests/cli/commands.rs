@@ -2,13 +2,14 @@
 
 use crate::util::{Dir, code, text};
 
-const ALL: [(&str, &str); 22] = [
+const ALL: [(&str, &str); 23] = [
     ("source", "file"),
     ("source", "stdin"),
     ("source", "generate"),
     ("source", "http_server"),
     ("source", "schedule"),
     ("source", "nats"),
+    ("source", "sql"),
     ("processor", "jq"),
     ("processor", "filter"),
     ("processor", "validate"),
@@ -113,7 +114,7 @@ fn explain_unknown_lists_the_components() {
     assert_eq!(text(&out.stdout), "");
     assert_eq!(
         text(&out.stderr),
-        "error: unknown component 'nope'; sources: file, stdin, generate, http_server, schedule, nats; \
+        "error: unknown component 'nope'; sources: file, stdin, generate, http_server, schedule, nats, sql; \
          processors: jq, filter, validate, dedupe, aggregate, batch, switch, http, scatter, html; \
          sinks: sqlite, postgres, file, stdout, http, nats\n"
     );

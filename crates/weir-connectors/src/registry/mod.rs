@@ -25,7 +25,7 @@ use crate::processors::{
     aggregate, batch, dedupe, filter, html, http as http_call, jq, scatter, switch, validate,
 };
 use crate::sinks::{file as file_sink, http, nats as nats_sink, postgres, sqlite, stdout};
-use crate::sources::{file, generate, http_server, nats as nats_source, schedule, stdin};
+use crate::sources::{file, generate, http_server, nats as nats_source, schedule, sql, stdin};
 
 /// The three kinds of component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +125,7 @@ registry! {
     Source "http_server" => http_server::HttpServerSource,
     Source "schedule" => schedule::ScheduleSource,
     Source "nats" => nats_source::NatsSource,
+    Source "sql" => sql::SqlSource,
     Processor "jq" => jq::JqConfig,
     Processor "filter" => filter::FilterConfig,
     Processor "validate" => validate::ValidateConfig,

@@ -77,18 +77,17 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::Range;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls, Statement};
 
 use crate::error::ConfigError;
 use crate::http_client;
+use crate::pg::{db_text, quote, shown};
 use crate::record::Record;
 use crate::sources::BuildContext;
 use crate::value::{self, Val as Value};
@@ -256,10 +255,6 @@ const STATEMENT_BYTES: usize = 16 << 20;
 /// header); longer values are refused before they are sent.
 const MAX_FIELD_BYTES: usize = (1 << 30) - 64;
 
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
 impl PostgresSink {
     /// A minimal configuration.
     pub const EXAMPLE: &str = "url_env: DATABASE_URL\ntable: orders\ncolumns:\n  id: integer\n  user: text\n  amount: real\n  tags: json\nkey: [id]\n";
@@ -338,53 +333,9 @@ impl PostgresSink {
         sql
     }
 
-    /// The connection string, from `url` or the variable `url_env` names.
-    fn connection_string(&self) -> Result<(String, Option<&Spanned<String>>), ConfigError> {
-        match (&self.url, &self.url_env) {
-            (Some(u), None) => Ok((u.value.clone(), Some(u))),
-            (None, Some(var)) => match std::env::var(&var.value) {
-                Ok(u) if !u.is_empty() => Ok((u, Some(var))),
-                _ => Err(ConfigError::at(
-                    format!(
-                        "postgres sink: environment variable `{}` (url_env) is not set",
-                        var.value
-                    ),
-                    var,
-                )),
-            },
-            (Some(u), Some(_)) => Err(ConfigError::at(
-                "postgres sink: set one of `url` and `url_env`, not both",
-                u,
-            )),
-            (None, None) => Err(ConfigError::new(
-                "postgres sink: `url` or `url_env` (the connection string) is required",
-            )),
-        }
-    }
-
     /// The parsed connection settings.
     fn config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        let (text, at) = self.connection_string()?;
-        let fail = |msg: String| match at {
-            Some(s) => ConfigError::at(msg, s),
-            None => ConfigError::new(msg),
-        };
-        // The parser's messages do not quote the string (no password).
-        let config = tokio_postgres::Config::from_str(&text)
-            .map_err(|e| fail(format!("postgres sink: invalid connection string: {e}")))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(fail(
-                "postgres sink: the connection string requires TLS (sslmode=require), which \
-                 this build does not include; use sslmode=disable or prefer over a trusted network"
-                    .into(),
-            ));
-        }
-        if config.get_hosts().is_empty() {
-            return Err(fail(
-                "postgres sink: the connection string names no host".into(),
-            ));
-        }
-        Ok(config)
+        crate::pg::config(self.url.as_ref(), self.url_env.as_ref(), "postgres sink")
     }
 
     /// Checks the options without connecting (`weir check`).
@@ -478,21 +429,6 @@ fn statement_timeout_ms(timeout: Duration) -> u64 {
         .clamp(1, i32::MAX as u64)
 }
 
-/// `host:port/db` of a connection string, for messages (no password).
-fn shown(c: &tokio_postgres::Config) -> String {
-    use tokio_postgres::config::Host;
-    let host = match c.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "?".into(),
-    };
-    let port = c.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "postgres {host}:{port}/{}",
-        c.get_dbname().or(c.get_user()).unwrap_or("?")
-    )
-}
-
 /// An open connection and its prepared statement.
 struct Conn {
     /// Always there until [`Conn::close`] takes it.
@@ -576,22 +512,6 @@ enum Failure {
     Lost(String),
     /// The destination: trying again will not help.
     Refused(String),
-}
-
-/// A server error in words: SQLSTATE, message, detail.
-fn db_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("SQLSTATE {}: {}", db.code().code(), db.message());
-            if let Some(d) = db.detail() {
-                s.push_str(" (");
-                s.push_str(d);
-                s.push(')');
-            }
-            s
-        }
-        None => weir::error_chain(e),
-    }
 }
 
 /// Sorts an error of a statement on an open connection.

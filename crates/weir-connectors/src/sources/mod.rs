@@ -22,6 +22,7 @@ pub(crate) mod live;
 pub mod nats;
 pub mod orders;
 pub mod schedule;
+pub mod sql;
 pub mod stdin;
 
 pub use weir_record::raw::Raw;
@@ -126,16 +127,16 @@ pub enum State {
     Shared(Arc<dyn StateStore>),
 }
 
-/// Numbers kept between runs by key, outside a directory: in distributed
-/// mode, the job's key-value bucket on the broker.
+/// Values kept between runs by key, outside a directory: in distributed
+/// mode, the job's key-value bucket on the broker. Values are text; each
+/// source reads back what it wrote (a number, a JSON value).
 pub trait StateStore: Send + Sync + std::fmt::Debug {
-    /// The number saved under `key` by an earlier run, as read when this
+    /// The value saved under `key` by an earlier run, as read when this
     /// run started (`None`: nothing is saved).
     ///
     /// # Errors
-    /// When something is saved under `key` but cannot be read (not a
-    /// number).
-    fn get(&self, key: &str) -> Result<Option<i64>, String>;
+    /// When something is saved under `key` but cannot be read (not UTF-8).
+    fn get(&self, key: &str) -> Result<Option<String>, String>;
 
     /// Saves `value` under `key`. The write happens in the background, in
     /// order (a later value replaces an earlier one); a value not yet
@@ -144,7 +145,7 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// When the value cannot be queued for writing (the store is closed).
-    fn put(&self, key: &str, value: i64) -> Result<(), String>;
+    fn put(&self, key: &str, value: String) -> Result<(), String>;
 }
 
 /// A directory for state kept between runs, and the pipeline it is kept

@@ -996,7 +996,15 @@ impl Store {
     fn load(&self) -> Result<Option<i64>, String> {
         match self {
             Store::Sqlite(s) => s.load().map_err(|e| e.to_string()),
-            Store::Shared { store, key, .. } => store.get(key),
+            Store::Shared { store, key, .. } => store
+                .get(key)?
+                .map(|text| {
+                    text.parse().map_err(|_| {
+                        let shown: String = text.chars().take(40).collect();
+                        format!("'{key}' on the broker is not a number: '{shown}'")
+                    })
+                })
+                .transpose(),
         }
     }
 
@@ -1004,7 +1012,7 @@ impl Store {
     fn save(&self, ms: i64, overwrite: bool) -> Result<(), String> {
         match self {
             Store::Sqlite(s) => s.save(ms, overwrite).map_err(|e| e.to_string()),
-            Store::Shared { store, key, .. } => store.put(key, ms),
+            Store::Shared { store, key, .. } => store.put(key, ms.to_string()),
         }
     }
 

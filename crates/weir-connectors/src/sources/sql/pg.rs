@@ -1,0 +1,383 @@
+//! Reading a pass from PostgreSQL.
+//!
+//! The server turns each row into JSON (`row_to_json`), so every type it
+//! has (numeric, timestamps, arrays, json) arrives as the JSON PostgreSQL
+//! itself gives, with no conversion table here. Cursor values travel as the
+//! server's own text forms and go back cast to the column's type, so a
+//! `numeric` or a `timestamptz` cursor compares exactly. Each connection
+//! sets `TimeZone` to UTC (times read the same whatever the server's
+//! setting) and makes its transactions read-only (a source never writes).
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, IsolationLevel, NoTls, Row as PgRow};
+
+use super::{Emitter, Ended, Pass, Row};
+use crate::pg::{db_text, quote, shown};
+use crate::value;
+
+/// A connection to the server, and what is needed to make another.
+pub(super) struct Reader {
+    config: tokio_postgres::Config,
+    shown: String,
+    connect_timeout: Duration,
+    reconnect_for: Duration,
+    conn: Option<Conn>,
+    /// Before the first connection, every failure is final (a wrong
+    /// password, no server); after, a lost server is waited for.
+    connected_once: bool,
+    /// The cursor columns' types, as casts (`"pg_catalog"."int8"`), once
+    /// known.
+    casts: Option<Vec<String>>,
+}
+
+struct Conn {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why a statement failed.
+enum Failure {
+    /// The connection: worth reconnecting (with a cursor).
+    Lost(String),
+    /// Anything else: the run fails.
+    Fatal(String),
+}
+
+/// What a page held.
+struct Page {
+    rows: u64,
+    last: Option<String>,
+    stopped: bool,
+}
+
+impl Reader {
+    pub(super) fn new(
+        config: tokio_postgres::Config,
+        connect_timeout: Duration,
+        reconnect_for: Duration,
+    ) -> Self {
+        Reader {
+            shown: shown(&config),
+            config,
+            connect_timeout,
+            reconnect_for,
+            conn: None,
+            connected_once: false,
+            casts: None,
+        }
+    }
+
+    fn classify(&self, e: &tokio_postgres::Error) -> Failure {
+        let text = format!("{}: {}", self.shown, db_text(e));
+        match e.code() {
+            None => Failure::Lost(text),
+            Some(c)
+                if c.code().starts_with("08")
+                    || *c == SqlState::ADMIN_SHUTDOWN
+                    || *c == SqlState::CRASH_SHUTDOWN
+                    || *c == SqlState::CANNOT_CONNECT_NOW =>
+            {
+                Failure::Lost(text)
+            }
+            Some(_) => Failure::Fatal(text),
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, Failure> {
+        if self.conn.is_none() {
+            let connecting = self.config.connect(NoTls);
+            let (client, connection) =
+                match tokio::time::timeout(self.connect_timeout, connecting).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        let why = format!("cannot connect to {}: {}", self.shown, db_text(&e));
+                        let final_ = matches!(e.code().map(|c| &c.code()[..2]), Some("28" | "3D"));
+                        return Err(if self.connected_once && !final_ {
+                            Failure::Lost(why)
+                        } else {
+                            Failure::Fatal(why)
+                        });
+                    }
+                    Err(_) => {
+                        let why = format!(
+                            "cannot connect to {}: no answer within {} s (connect_timeout_secs)",
+                            self.shown,
+                            self.connect_timeout.as_secs_f64()
+                        );
+                        return Err(if self.connected_once {
+                            Failure::Lost(why)
+                        } else {
+                            Failure::Fatal(why)
+                        });
+                    }
+                };
+            let task = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let conn = Conn { client, task };
+            conn.client
+                .batch_execute("SET TimeZone = 'UTC'; SET default_transaction_read_only = on")
+                .await
+                .map_err(|e| self.classify(&e))?;
+            self.connected_once = true;
+            self.conn = Some(conn);
+        }
+        Ok(&mut self.conn.as_mut().expect("connected").client)
+    }
+
+    /// Reads one pass, sending its rows.
+    ///
+    /// # Errors
+    /// What stops the run: a server that cannot be reached at the start
+    /// or refuses the login, a query it refuses, a cursor column the query
+    /// lacks, a server gone for longer than `reconnect_for_secs` (with a
+    /// cursor) or at all (without one: a snapshot is not read twice).
+    pub(super) async fn pass(
+        &mut self,
+        p: Pass<'_>,
+        first: bool,
+        e: &mut Emitter,
+    ) -> Result<Ended, String> {
+        if p.cursor.is_empty() {
+            return match self.snapshot(&p, e).await {
+                Ok(ended) => Ok(ended),
+                Err(Failure::Lost(why) | Failure::Fatal(why)) => {
+                    self.conn = None;
+                    Err(why)
+                }
+            };
+        }
+        let mut after = p.after.clone();
+        let mut last = None;
+        let mut warn_nulls = first;
+        let mut lost_since: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.page(&p, after.as_deref(), warn_nulls, e).await {
+                Ok(page) => {
+                    lost_since = None;
+                    backoff = Duration::from_millis(100);
+                    warn_nulls = false;
+                    if page.stopped {
+                        return Ok(Ended::Stopped);
+                    }
+                    if page.last.is_some() {
+                        after.clone_from(&page.last);
+                        last = page.last;
+                    }
+                    if page.rows < p.page_size {
+                        return Ok(Ended::Done(last));
+                    }
+                }
+                Err(Failure::Fatal(why)) => return Err(why),
+                Err(Failure::Lost(why)) => {
+                    self.conn = None;
+                    let since = *lost_since.get_or_insert_with(|| {
+                        tracing::warn!("sql input '{}': {why}; reconnecting", e.input);
+                        Instant::now()
+                    });
+                    if since.elapsed() >= self.reconnect_for {
+                        return Err(format!(
+                            "{why} (gave up after {} s, reconnect_for_secs)",
+                            self.reconnect_for.as_secs_f64()
+                        ));
+                    }
+                    // Jitter from the clock: reconnecting readers spread.
+                    let jitter = Duration::from_millis(u64::from(
+                        Instant::now().elapsed().subsec_nanos() % 100,
+                    ));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff + jitter) => {}
+                        () = e.tx.closed() => return Ok(Ended::Stopped),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The cast of each cursor column's type, from the query's columns.
+    async fn casts(&mut self, p: &Pass<'_>) -> Result<Vec<String>, Failure> {
+        if let Some(c) = &self.casts {
+            return Ok(c.clone());
+        }
+        let sql = format!("SELECT * FROM ({}) AS weir_q LIMIT 0", p.query);
+        let client = self.client().await?;
+        let stmt = match client.prepare(&sql).await {
+            Ok(s) => s,
+            Err(err) => return Err(self.classify(&err)),
+        };
+        let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+        let mut casts = Vec::new();
+        for c in p.cursor {
+            let Some(col) = stmt.columns().iter().find(|col| col.name() == c) else {
+                return Err(Failure::Fatal(format!(
+                    "cursor column '{c}' is not a column of the query (it has: {})",
+                    names.join(", ")
+                )));
+            };
+            let ty = col.type_();
+            casts.push(format!("{}.{}", quote(ty.schema()), quote(ty.name())));
+        }
+        self.casts = Some(casts.clone());
+        Ok(casts)
+    }
+
+    async fn page(
+        &mut self,
+        p: &Pass<'_>,
+        after: Option<&str>,
+        warn_nulls: bool,
+        e: &mut Emitter,
+    ) -> Result<Page, Failure> {
+        let casts = self.casts(p).await?;
+        let cols: Vec<String> = p
+            .cursor
+            .iter()
+            .map(|c| format!("weir_q.{}", quote(c)))
+            .collect();
+        let list = cols.join(", ");
+        if warn_nulls {
+            let nulls: Vec<String> = cols.iter().map(|c| format!("{c} IS NULL")).collect();
+            let sql = format!(
+                "SELECT count(*) FROM ({}) AS weir_q WHERE {}",
+                p.query,
+                nulls.join(" OR ")
+            );
+            let client = self.client().await?;
+            let n: i64 = match client.query_one(&sql, &[]).await {
+                Ok(r) => r.get(0),
+                Err(err) => return Err(self.classify(&err)),
+            };
+            if n > 0 {
+                tracing::warn!(
+                    "sql input '{}': {n} rows have a NULL cursor column ({}) and are not read",
+                    e.input,
+                    p.cursor.join(", ")
+                );
+            }
+        }
+        let texts: Vec<String> = cols.iter().map(|c| format!(", {c}::text")).collect();
+        let not_null: Vec<String> = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+        let mut sql = format!(
+            "SELECT row_to_json(weir_q)::text{} FROM ({}) AS weir_q WHERE {}",
+            texts.concat(),
+            p.query,
+            not_null.join(" AND ")
+        );
+        let values: Vec<Option<String>> = match after {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str::<Vec<Option<String>>>(text)
+                .ok()
+                .filter(|v| v.len() == p.cursor.len())
+                .ok_or_else(|| {
+                    Failure::Fatal(format!(
+                        "the saved cursor {text} does not fit {} cursor column(s)",
+                        p.cursor.len()
+                    ))
+                })?,
+        };
+        if !values.is_empty() {
+            let params: Vec<String> = casts
+                .iter()
+                .enumerate()
+                .map(|(i, ty)| format!("CAST(${}::text AS {ty})", i + 1))
+                .collect();
+            sql.push_str(&format!(" AND ({list}) > ({})", params.join(", ")));
+        }
+        sql.push_str(&format!(" ORDER BY {list} LIMIT {}", p.page_size));
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let client = self.client().await?;
+        let rows = match client.query(&sql, &params).await {
+            Ok(r) => r,
+            Err(err) => return Err(self.classify(&err)),
+        };
+        let n = rows.len() as u64;
+        let mut last = None;
+        for row in rows {
+            let cursor: Vec<Option<String>> = (1..=p.cursor.len()).map(|i| row.get(i)).collect();
+            let cursor = serde_json::to_string(&cursor).expect("strings serialize");
+            if !e
+                .send(Row {
+                    value: record(&row),
+                    cursor: Some(cursor.clone()),
+                })
+                .await
+            {
+                return Ok(Page {
+                    rows: n,
+                    last,
+                    stopped: true,
+                });
+            }
+            last = Some(cursor);
+        }
+        Ok(Page {
+            rows: n,
+            last,
+            stopped: false,
+        })
+    }
+
+    /// The whole query, in pages of one portal, in one read-only
+    /// repeatable-read transaction.
+    async fn snapshot(&mut self, p: &Pass<'_>, e: &mut Emitter) -> Result<Ended, Failure> {
+        let shown = self.shown.clone();
+        let fail =
+            |err: tokio_postgres::Error| Failure::Fatal(format!("{shown}: {}", db_text(&err)));
+        let page = i32::try_from(p.page_size).unwrap_or(i32::MAX);
+        let sql = format!(
+            "SELECT row_to_json(weir_q)::text FROM ({}) AS weir_q",
+            p.query
+        );
+        let client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .map_err(fail)?;
+        let stmt = tx.prepare(&sql).await.map_err(fail)?;
+        let portal = tx.bind(&stmt, &[]).await.map_err(fail)?;
+        loop {
+            let rows = tx.query_portal(&portal, page).await.map_err(fail)?;
+            let n = rows.len();
+            for row in rows {
+                if !e
+                    .send(Row {
+                        value: record(&row),
+                        cursor: None,
+                    })
+                    .await
+                {
+                    return Ok(Ended::Stopped);
+                }
+            }
+            if n < page as usize {
+                break;
+            }
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(Ended::Done(None))
+    }
+}
+
+/// A row's record, from the JSON the server made of it.
+fn record(row: &PgRow) -> Result<value::Val, (&'static str, String)> {
+    let text: Option<&str> = row.get(0);
+    let text = text.unwrap_or("null");
+    value::parse(text.as_bytes())
+        .map_err(|err| ("sql_value", format!("the row's JSON does not parse: {err}")))
+}
