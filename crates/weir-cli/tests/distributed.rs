@@ -23,6 +23,8 @@
 //! * [`trust`]: issue 8's defects: records too large for a message, a
 //!   worker on another pipeline version, a coordinator killed in a merging
 //!   job, two coordinators on one job, dead letters after a restart;
+//! * [`jobs`]: the background-jobs example (a `nats` stream, a remote jq
+//!   pool, PostgreSQL) through a worker killed with SIGKILL and a replay;
 //! * [`versions`]: an unfinished job resumed with changed inputs or another
 //!   pipeline file is refused; names that would share an inbox too.
 
@@ -37,6 +39,8 @@ mod dead_letters;
 mod errors;
 #[path = "distributed/faults.rs"]
 mod faults;
+#[path = "distributed/jobs.rs"]
+mod jobs;
 #[path = "distributed/orders.rs"]
 mod orders;
 #[path = "distributed/pool.rs"]

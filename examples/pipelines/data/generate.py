@@ -5,7 +5,8 @@ orders-eu.jsonl and orders-us.jsonl.gz: orders from two regions, messy on
 purpose (amounts as strings with decimal commas, statuses in mixed case,
 customer ids as strings, ~2% duplicates) and ~1% malformed (truncated
 lines, a missing customer, a negative amount). customers.csv: the
-customers, with a few bad rows.
+customers, with a few bad rows. jobs.jsonl: 3,000 background jobs for
+jobs.yaml (sum, words, collatz; seed 11), 29 of them malformed.
 
 Run from this directory: python3 generate.py
 """
@@ -73,3 +74,29 @@ with open("customers.csv", "w") as f:
             f.write(f"{i},Customer {i},{rnd.choice(countries)},not-a-year\n")  # bad type
         else:
             f.write(f"{i},Customer {i},{rnd.choice(countries)},{rnd.randrange(2010, 2026)}\n")
+
+
+# Background jobs (jobs.yaml): every 101st is malformed (an unknown kind,
+# a number that is text, a negative n, text that is a number).
+jrnd = random.Random(11)
+WORDS = ("the quick brown fox jumps over lazy dog queue worker job result "
+         "stream broker table replay").split()
+with open("jobs.jsonl", "w") as f:
+    for i in range(1, 3001):
+        kind = ("sum", "words", "collatz")[i % 3]
+        if i % 101 == 0:
+            j = [
+                {"id": i, "kind": "resize", "image": "cat.png"},
+                {"id": i, "kind": "sum", "numbers": [1, "two", 3]},
+                {"id": i, "kind": "collatz", "n": -4},
+                {"id": i, "kind": "words", "text": 42},
+            ][(i // 101) % 4]
+        elif kind == "sum":
+            j = {"id": i, "kind": kind,
+                 "numbers": [jrnd.randint(-1000, 1000) for _ in range(jrnd.randint(0, 12))]}
+        elif kind == "words":
+            j = {"id": i, "kind": kind,
+                 "text": " ".join(jrnd.choice(WORDS) for _ in range(jrnd.randint(0, 15)))}
+        else:
+            j = {"id": i, "kind": kind, "n": jrnd.randint(1, 100000)}
+        f.write(json.dumps(j, separators=(",", ":")) + "\n")

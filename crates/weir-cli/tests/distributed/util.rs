@@ -59,8 +59,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `weir ARGS` in `dir`; its output goes to `dir/logs/NAME.*`.
-    pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    /// Starts `weir ARGS` in `dir` with the environment variables `env`
+    /// added; its output goes to `dir/logs/NAME.*`.
+    pub fn spawn(dir: &Path, name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).expect("logs dir");
         let out = logs.join(format!("{name}.out"));
@@ -68,6 +69,7 @@ impl Proc {
         let child = Command::new(weir_bin())
             .current_dir(dir)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(File::create(&out).expect("stdout file"))
             .stderr(File::create(&err).expect("stderr file"))
@@ -205,10 +207,12 @@ impl Ran {
 }
 
 /// A job's temporary directory: the pipeline files, their data, `out/`,
-/// and `logs/` with every process's output.
+/// and `logs/` with every process's output; and the environment variables
+/// every process started here gets ([`Dir::set_env`]).
 pub struct Dir {
     tmp: tempfile::TempDir,
     n: std::cell::Cell<usize>,
+    env: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Dir {
@@ -219,7 +223,16 @@ impl Dir {
                 .tempdir()
                 .expect("temp dir"),
             n: std::cell::Cell::new(0),
+            env: std::cell::RefCell::new(Vec::new()),
         }
+    }
+
+    /// Sets environment variable `key` for every process started here from
+    /// now on.
+    pub fn set_env(&self, key: &str, value: &str) {
+        let mut env = self.env.borrow_mut();
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
     }
 
     pub fn path(&self) -> &Path {
@@ -240,7 +253,7 @@ impl Dir {
 
     /// Starts `weir ARGS` here.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
-        Proc::spawn(self.path(), name, args)
+        Proc::spawn(self.path(), name, args, &self.env.borrow())
     }
 
     /// Runs `weir ARGS` here to the end, bounded by `limit`.
