@@ -65,3 +65,5 @@ mod run;
 mod schedule;
 #[path = "cli/service_examples.rs"]
 mod service_examples;
+#[path = "cli/sql.rs"]
+mod sql;

@@ -77,9 +77,10 @@ pub struct SqlSource {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub table: Option<Spanned<String>>,
-    /// A `SELECT` query. With `cursor`, it is read as a subquery
-    /// (`SELECT * FROM (query) AS weir_q WHERE ...`), so it must not end
-    /// with `;`, and its own `ORDER BY` and `LIMIT` are ignored.
+    /// A `SELECT` query (a trailing `;` is dropped). It is read as a
+    /// subquery (`SELECT * FROM (query) AS weir_q ...`; SQLite snapshots
+    /// run it as it is), so with `cursor` its own `ORDER BY` gives way to
+    /// the cursor's, and a `LIMIT` in it limits every page's source.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub query: Option<Spanned<String>>,
@@ -213,7 +214,9 @@ impl SqlSource {
                         self.query.as_ref().expect("some"),
                     ));
                 }
-                q.to_string()
+                // On a line of its own in the statements that wrap it, so a
+                // trailing `-- comment` does not swallow their clauses.
+                format!("{q}\n")
             }
             (Some(t), Some(_)) => {
                 return Err(ConfigError::at(

@@ -156,7 +156,7 @@ async fn polling_picks_up_rows_inserted_between_passes() {
     });
     let got = run(
         dir.path(),
-        "sqlite: shop.db\nquery: SELECT id, name FROM orders\ncursor: [id]\nevery: 100ms\nruns: 8\nmeta: _sql\n",
+        "sqlite: shop.db\nquery: SELECT id, name FROM orders -- a comment\ncursor: [id]\nevery: 100ms\nruns: 8\nmeta: _sql\n",
     )
     .await
     .unwrap();
@@ -360,7 +360,7 @@ async fn postgres_cursor_by_time_compares_exactly() {
     );
     let yaml = pg_yaml(
         &pg,
-        "query: SELECT at, n AS v, id FROM ev\ncursor: [at, v]\npage_size: 1\n",
+        "query: SELECT at, n AS v, id FROM ev -- and a comment\ncursor: [at, v]\npage_size: 1\n",
     );
     let got = run(dir.path(), &yaml).await.unwrap();
     assert_eq!(ids(&got), vec![1, 2, 3], "a NULL cursor is not read");
