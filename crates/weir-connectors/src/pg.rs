@@ -1,15 +1,141 @@
 //! What the `postgres` sink and the `sql` source share about reaching a
 //! PostgreSQL server: the connection string (from the pipeline file or an
-//! environment variable, TLS refused since this build has none), how a
-//! server is named in messages (never with its password), and a server
-//! error in words.
+//! environment variable), TLS, how a server is named in messages (never
+//! with its password), and a server error in words.
+//!
+//! TLS follows the connection string's `sslmode`: `require` connects
+//! through rustls (with ring, like the HTTP client), verifying the server's
+//! certificate against the system's roots and the component's `ca_file`,
+//! and its name against the host, which is stricter than libpq's `require`
+//! (libpq's `verify-full`, which tokio-postgres does not parse); `disable`
+//! and the default `prefer` connect without TLS. A certificate that cannot
+//! be verified fails the connection, never falls back to plain text.
 
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::ConfigError;
+
+/// How to talk to a server: in plain text, or through TLS.
+#[derive(Clone)]
+pub(crate) enum Tls {
+    /// `sslmode=disable` or `prefer`.
+    Off,
+    /// `sslmode=require`.
+    Rustls(MakeRustlsConnect),
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tls::Off => "Tls::Off",
+            Tls::Rustls(_) => "Tls::Rustls",
+        })
+    }
+}
+
+/// The TLS a connection string asks for; `ca_file` (PEM, relative to
+/// `base_dir`) adds certificates to trust; `what` names the component.
+///
+/// # Errors
+/// A `ca_file` without `sslmode=require` (it would do nothing), one that
+/// cannot be read or holds no certificate, no root to trust at all.
+pub(crate) fn tls(
+    config: &tokio_postgres::Config,
+    ca_file: Option<&Spanned<String>>,
+    base_dir: &Path,
+    what: &str,
+) -> Result<Tls, ConfigError> {
+    if config.get_ssl_mode() != SslMode::Require {
+        if let Some(ca) = ca_file {
+            return Err(ConfigError::at(
+                format!("{what}: ca_file needs sslmode=require in the connection string"),
+                ca,
+            ));
+        }
+        return Ok(Tls::Off);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped; what could be read is
+    // trusted (as the HTTP client does).
+    let native = rustls_native_certs::load_native_certs();
+    let _ = roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = ca_file {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let path = base_dir.join(&ca.value);
+        let certs = CertificateDer::pem_file_iter(&path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ConfigError::at(format!("{what}: ca_file {}: {e}", path.display()), ca))?;
+        if certs.is_empty() {
+            return Err(ConfigError::at(
+                format!("{what}: ca_file {} holds no certificate", path.display()),
+                ca,
+            ));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| {
+                ConfigError::at(format!("{what}: ca_file {}: {e}", path.display()), ca)
+            })?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(ConfigError::new(format!(
+            "{what}: sslmode=require, but there is no certificate to trust: the system has \
+             none and no ca_file is given"
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new(format!("{what}: TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Tls::Rustls(MakeRustlsConnect::new(client)))
+}
+
+/// Connects and authenticates, and starts the task driving the
+/// connection's socket (aborting it closes the connection).
+///
+/// # Errors
+/// The server's or the network's.
+pub(crate) async fn connect(
+    config: &tokio_postgres::Config,
+    tls: &Tls,
+) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    // Its error shows on the client's next call.
+    Ok(match tls {
+        Tls::Off => {
+            let (client, connection) = config.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            (client, task)
+        }
+        Tls::Rustls(make) => {
+            let (client, connection) = config.connect(make.clone()).await?;
+            let task = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            (client, task)
+        }
+    })
+}
+
+/// Asks the server to cancel what a connection runs (a connection of its
+/// own, over the same TLS). Best effort.
+pub(crate) async fn cancel(token: tokio_postgres::CancelToken, tls: &Tls) {
+    let _ = match tls {
+        Tls::Off => token.cancel_query(NoTls).await,
+        Tls::Rustls(make) => token.cancel_query(make.clone()).await,
+    };
+}
 
 /// The parsed connection settings from `url` or the variable `url_env`
 /// names; `what` names the component in errors ("postgres sink").
@@ -51,15 +177,6 @@ pub(crate) fn config(
     // The parser's messages do not quote the string (no password).
     let config = tokio_postgres::Config::from_str(&text)
         .map_err(|e| ConfigError::at(format!("{what}: invalid connection string: {e}"), at))?;
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(ConfigError::at(
-            format!(
-                "{what}: the connection string requires TLS (sslmode=require), which \
-                 this build does not include; use sslmode=disable or prefer over a trusted network"
-            ),
-            at,
-        ));
-    }
     if config.get_hosts().is_empty() {
         return Err(ConfigError::at(
             format!("{what}: the connection string names no host"),

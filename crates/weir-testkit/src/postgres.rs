@@ -119,6 +119,142 @@ impl PgServer {
     /// When there is no PostgreSQL, or `initdb` fails, or the server does
     /// not come up within 30 s (its log is printed).
     pub fn start() -> PgServer {
+        let mut s = Self::init();
+        s.spawn();
+        s
+    }
+
+    /// Like [`start`](Self::start), with TLS required: a certificate for
+    /// `127.0.0.1` and `localhost` signed by a throwaway CA
+    /// ([`ca_file`](Self::ca_file)), made with the `openssl` command (which
+    /// the PostgreSQL package depends on), and plain-text connections
+    /// over TCP refused (`hostnossl ... reject`).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start), and when `openssl` fails.
+    pub fn start_tls() -> PgServer {
+        let mut s = Self::init();
+        let data = s.data_dir();
+        let dir = s.dir.path().to_path_buf();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl (the PostgreSQL package depends on it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=weir test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("extensions file");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        for f in ["server.crt", "server.key"] {
+            let to = data.join(f);
+            std::fs::copy(dir.join(f), &to).expect("copy the certificate into the cluster");
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("key permissions");
+            if let Some((uid, gid)) = s.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown to postgres");
+            }
+        }
+        let append = |name: &str, text: &str| {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join(name))
+                .expect("cluster configuration");
+            f.write_all(text.as_bytes()).expect("write configuration");
+        };
+        append(
+            "postgresql.conf",
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        );
+        // pg_hba is read top down: plain text over TCP is refused first.
+        let hba = std::fs::read_to_string(data.join("pg_hba.conf")).expect("pg_hba.conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n{hba}"),
+        )
+        .expect("write pg_hba.conf");
+        s.spawn();
+        s
+    }
+
+    /// The CA that signed the certificate of a [`start_tls`](Self::start_tls)
+    /// server (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A new cluster, not started.
+    fn init() -> PgServer {
         let bin = pg_bin_dir();
         let run_as = if is_root() {
             Some(postgres_user().expect(
@@ -136,7 +272,7 @@ impl PgServer {
                 std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown to postgres");
             }
         }
-        let mut s = PgServer {
+        let s = PgServer {
             child: None,
             port: free_port(),
             bin,
@@ -159,7 +295,6 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        s.spawn();
         s
     }
 

@@ -69,9 +69,9 @@
 //!   the start, and `weir run` exits 1.
 //!
 //! Connection strings in messages show host, port and database, never the
-//! password. TLS is not built in: a connection string that requires it
-//! (`sslmode=require`) is refused by `weir check`; the default
-//! (`sslmode=prefer`) connects without TLS.
+//! password. `sslmode=require` connects through TLS, verifying the
+//! server's certificate (see [`crate::pg`]); the default (`sslmode=prefer`)
+//! connects without TLS.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -83,11 +83,11 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, GenericClient, NoTls, Statement};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use crate::error::ConfigError;
 use crate::http_client;
-use crate::pg::{db_text, quote, shown};
+use crate::pg::{Tls, db_text, quote, shown};
 use crate::record::Record;
 use crate::sources::BuildContext;
 use crate::value::{self, Val as Value};
@@ -200,6 +200,14 @@ pub struct PostgresSink {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub url_env: Option<Spanned<String>>,
+    /// With `sslmode=require` in the connection string: a PEM file of
+    /// certificates to trust besides the system's (a private CA), relative
+    /// to the pipeline file. TLS verifies the server's certificate and
+    /// name; `sslmode=prefer` (the default) and `disable` connect without
+    /// TLS.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
     /// The table to write to (one name, in the connection's search path:
     /// `public` by default); created when missing.
     pub table: String,
@@ -345,7 +353,15 @@ impl PostgresSink {
     /// not parse or asks for TLS, an empty table name or column list, a key
     /// that is not a column, timeouts out of range.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.config()?;
+        let config = self.config()?;
+        if let Some(ca) = &self.ca_file
+            && config.get_ssl_mode() != tokio_postgres::config::SslMode::Require
+        {
+            return Err(ConfigError::at(
+                "postgres sink: ca_file needs sslmode=require in the connection string",
+                ca,
+            ));
+        }
         if self.table.is_empty() {
             return Err(ConfigError::new("postgres sink: 'table' is empty"));
         }
@@ -382,9 +398,15 @@ impl PostgresSink {
     ///
     /// # Errors
     /// As [`check`](Self::check).
-    pub fn build(&self, _ctx: &BuildContext) -> Result<PostgresWriter, ConfigError> {
+    pub fn build(&self, ctx: &BuildContext) -> Result<PostgresWriter, ConfigError> {
         self.check()?;
         let mut config = self.config()?;
+        let tls = crate::pg::tls(
+            &config,
+            self.ca_file.as_ref(),
+            &ctx.base_dir,
+            "postgres sink",
+        )?;
         let connect_timeout = Duration::from_secs_f64(self.connect_timeout_secs);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(connect_timeout);
@@ -395,6 +417,7 @@ impl PostgresSink {
         Ok(PostgresWriter {
             shown: shown(&config),
             config,
+            tls,
             create: self.create_sql(),
             insert: self.insert_sql(),
             table: self.table.clone(),
@@ -437,6 +460,7 @@ struct Conn {
     /// The task driving the connection's socket: aborted when the
     /// connection is dropped (lost, timed out), so nothing lingers.
     task: tokio::task::JoinHandle<()>,
+    tls: Tls,
 }
 
 impl Conn {
@@ -449,7 +473,7 @@ impl Conn {
     /// statement that already finished is not undone.
     async fn cancel(&mut self, within: Duration) {
         let token = self.client().cancel_token();
-        let _ = tokio::time::timeout(within, token.cancel_query(NoTls)).await;
+        let _ = tokio::time::timeout(within, crate::pg::cancel(token, &self.tls)).await;
     }
 
     /// Says goodbye to the server (a Terminate message, sent when the
@@ -470,6 +494,7 @@ impl Drop for Conn {
 /// is the number of records written (inserted or updated).
 pub struct PostgresWriter {
     config: tokio_postgres::Config,
+    tls: Tls,
     /// The server, for messages.
     shown: String,
     create: String,
@@ -786,28 +811,24 @@ impl PostgresWriter {
     async fn connect(&self) -> Result<Conn, Failure> {
         // The connect timeout bounds connecting and authenticating;
         // `timeout` bounds what follows (creating the table, preparing).
-        let connecting = self.config.connect(NoTls);
-        let (client, connection) =
-            match tokio::time::timeout(self.connect_timeout, connecting).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(self.not_connected(e.code(), db_text(&e))),
-                Err(_) => {
-                    let why = format!(
-                        "no answer within {} s (connect_timeout_secs)",
-                        self.connect_timeout.as_secs_f64()
-                    );
-                    return Err(self.not_connected(None, why));
-                }
-            };
-        let task = tokio::spawn(async move {
-            // Its error shows on the client's next call.
-            let _ = connection.await;
-        });
+        let connecting = crate::pg::connect(&self.config, &self.tls);
+        let (client, task) = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(self.not_connected(e.code(), db_text(&e))),
+            Err(_) => {
+                let why = format!(
+                    "no answer within {} s (connect_timeout_secs)",
+                    self.connect_timeout.as_secs_f64()
+                );
+                return Err(self.not_connected(None, why));
+            }
+        };
         match tokio::time::timeout(self.timeout, self.prepare(&client)).await {
             Ok(Ok(insert)) => Ok(Conn {
                 client: Some(client),
                 insert,
                 task,
+                tls: self.tls.clone(),
             }),
             Ok(Err(f)) => {
                 task.abort();
@@ -815,7 +836,9 @@ impl PostgresWriter {
             }
             Err(_) => {
                 let token = client.cancel_token();
-                let _ = tokio::time::timeout(self.connect_timeout, token.cancel_query(NoTls)).await;
+                let _ =
+                    tokio::time::timeout(self.connect_timeout, crate::pg::cancel(token, &self.tls))
+                        .await;
                 task.abort();
                 // Authenticated, then silent (a lock held, a busy server):
                 // waited for like a lost server.

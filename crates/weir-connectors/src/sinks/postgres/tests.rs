@@ -111,9 +111,9 @@ fn check_refuses_what_cannot_work() {
     );
     assert!(
         msg(&format!(
-            "url: \"postgresql://h/d?sslmode=require\"\n{cols}"
+            "url: \"postgresql://h/d\"\nca_file: ca.pem\n{cols}"
         ))
-        .contains("TLS")
+        .contains("ca_file needs sslmode=require")
     );
     assert!(msg(&format!("url: \"postgresql://h:notaport/d\"\n{cols}")).contains("invalid"));
     assert!(
@@ -621,4 +621,42 @@ fn a_shorter_statement_timeout_of_the_role_is_kept() {
         assert!(msg.contains("statement timeout"), "{msg}");
     });
     assert_eq!(pg.psql("SELECT count(*) FROM orders").trim(), "0");
+}
+
+/// `sslmode=require`: TLS through rustls against a server that refuses
+/// plain text, its certificate verified against `ca_file`; without the CA
+/// (an unknown issuer) or without TLS, the sink fails at once, never
+/// waiting as for a lost server.
+#[test]
+fn tls_when_asked_verified_against_ca_file() {
+    let pg = PgServer::start_tls();
+    let tls_url = |host: &str| pg.url().replace("127.0.0.1", host) + "?sslmode=require";
+    let ca = pg.ca_file().display().to_string();
+    for host in ["127.0.0.1", "localhost"] {
+        let cfg = config(&tls_url(host), &format!("{ORDERS}ca_file: \"{ca}\"\n"));
+        within(async {
+            let mut w = cfg.build(&ctx()).unwrap();
+            w.write((1..=10).map(|i| order(i, 1.5)).collect())
+                .await
+                .unwrap();
+            assert_eq!(w.finish().await.unwrap(), 10);
+        });
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM orders").trim(), "10");
+    let started = Instant::now();
+    for (url, rest, expect) in [
+        (tls_url("127.0.0.1"), String::new(), "certificate"),
+        (pg.url(), String::new(), "no encryption"),
+    ] {
+        let cfg = config(&url, &format!("{ORDERS}{rest}"));
+        let err = within(async {
+            let mut w = cfg.build(&ctx()).unwrap();
+            w.write(vec![order(11, 1.0)]).await.unwrap_err()
+        });
+        let msg = err.error.to_string();
+        assert!(err.fatal, "{msg}");
+        assert!(msg.to_lowercase().contains(expect), "{msg}");
+        assert!(!msg.contains(PgServer::PASSWORD), "{msg}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
 }

@@ -59,7 +59,7 @@ const MAX_PAGE_SIZE: u64 = 1_000_000;
 pub struct SqlSource {
     /// A PostgreSQL connection string
     /// (`postgresql://user:pass@host:5432/db`); best in an environment
-    /// variable instead (`url_env`). TLS is not built in.
+    /// variable instead (`url_env`).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub url: Option<Spanned<String>>,
@@ -67,6 +67,14 @@ pub struct SqlSource {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub url_env: Option<Spanned<String>>,
+    /// With `sslmode=require` in the connection string: a PEM file of
+    /// certificates to trust besides the system's (a private CA), relative
+    /// to the pipeline file. TLS verifies the server's certificate and
+    /// name; `sslmode=prefer` (the default) and `disable` connect without
+    /// TLS.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
     /// A SQLite database file (relative paths from the pipeline file's
     /// directory), opened read-only.
     #[serde(default)]
@@ -190,7 +198,10 @@ impl SqlSource {
                 if config.get_application_name().is_none() {
                     config.application_name("weir");
                 }
+                let tls =
+                    crate::pg::tls(&config, self.ca_file.as_ref(), &ctx.base_dir, "sql source")?;
                 Db::Postgres {
+                    tls,
                     config: Box::new(config),
                     connect_timeout: connect,
                     reconnect_for: seconds(
@@ -333,6 +344,7 @@ fn seconds(v: Option<&Spanned<f64>>, default: f64, name: &str) -> Result<Duratio
 enum Db {
     Postgres {
         config: Box<tokio_postgres::Config>,
+        tls: crate::pg::Tls,
         connect_timeout: Duration,
         reconnect_for: Duration,
     },
@@ -522,10 +534,12 @@ async fn passes(
     let mut backend = match &settings.db {
         Db::Postgres {
             config,
+            tls,
             connect_timeout,
             reconnect_for,
         } => Backend::Pg(Box::new(pg::Reader::new(
             (**config).clone(),
+            tls.clone(),
             *connect_timeout,
             *reconnect_for,
         ))),

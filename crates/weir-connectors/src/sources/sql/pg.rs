@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, IsolationLevel, NoTls, Row as PgRow};
+use tokio_postgres::{Client, IsolationLevel, Row as PgRow};
 
 use super::{Emitter, Ended, Pass, Row};
 use crate::pg::{db_text, quote, shown};
@@ -20,6 +20,7 @@ use crate::value;
 /// A connection to the server, and what is needed to make another.
 pub(super) struct Reader {
     config: tokio_postgres::Config,
+    tls: crate::pg::Tls,
     shown: String,
     connect_timeout: Duration,
     reconnect_for: Duration,
@@ -61,12 +62,14 @@ struct Page {
 impl Reader {
     pub(super) fn new(
         config: tokio_postgres::Config,
+        tls: crate::pg::Tls,
         connect_timeout: Duration,
         reconnect_for: Duration,
     ) -> Self {
         Reader {
             shown: shown(&config),
             config,
+            tls,
             connect_timeout,
             reconnect_for,
             conn: None,
@@ -93,35 +96,32 @@ impl Reader {
 
     async fn client(&mut self) -> Result<&mut Client, Failure> {
         if self.conn.is_none() {
-            let connecting = self.config.connect(NoTls);
-            let (client, connection) =
-                match tokio::time::timeout(self.connect_timeout, connecting).await {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        let why = format!("cannot connect to {}: {}", self.shown, db_text(&e));
-                        let final_ = matches!(e.code().map(|c| &c.code()[..2]), Some("28" | "3D"));
-                        return Err(if self.connected_once && !final_ {
-                            Failure::Lost(why)
-                        } else {
-                            Failure::Fatal(why)
-                        });
-                    }
-                    Err(_) => {
-                        let why = format!(
-                            "cannot connect to {}: no answer within {} s (connect_timeout_secs)",
-                            self.shown,
-                            self.connect_timeout.as_secs_f64()
-                        );
-                        return Err(if self.connected_once {
-                            Failure::Lost(why)
-                        } else {
-                            Failure::Fatal(why)
-                        });
-                    }
-                };
-            let task = tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let connecting = crate::pg::connect(&self.config, &self.tls);
+            let (client, task) = match tokio::time::timeout(self.connect_timeout, connecting).await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    let why = format!("cannot connect to {}: {}", self.shown, db_text(&e));
+                    let final_ = matches!(e.code().map(|c| &c.code()[..2]), Some("28" | "3D"));
+                    return Err(if self.connected_once && !final_ {
+                        Failure::Lost(why)
+                    } else {
+                        Failure::Fatal(why)
+                    });
+                }
+                Err(_) => {
+                    let why = format!(
+                        "cannot connect to {}: no answer within {} s (connect_timeout_secs)",
+                        self.shown,
+                        self.connect_timeout.as_secs_f64()
+                    );
+                    return Err(if self.connected_once {
+                        Failure::Lost(why)
+                    } else {
+                        Failure::Fatal(why)
+                    });
+                }
+            };
             let conn = Conn { client, task };
             conn.client
                 .batch_execute("SET TimeZone = 'UTC'; SET default_transaction_read_only = on")

@@ -311,7 +311,14 @@ fn bad_options_are_errors_at_their_line() {
     assert!(err("sqlite: a.db\ntable: t\npage_size: 0\n").contains("page_size"));
     assert!(err("sqlite: a.db\ntable: t\nevery: soon\n").contains("every"));
     assert!(err("sqlite: a.db\ntable: t\nruns: 2\n").contains("runs needs every"));
-    assert!(err("url: postgresql://h/db?sslmode=require\ntable: t\n").contains("requires TLS"));
+    assert!(
+        err("url: postgresql://h/db\nca_file: ca.pem\ntable: t\n")
+            .contains("ca_file needs sslmode=require")
+    );
+    assert!(
+        err("url: postgresql://h/db?sslmode=require\nca_file: none.pem\ntable: t\n")
+            .contains("none.pem")
+    );
     assert!(err("url_env: WEIR_SQL_TEST_UNSET\ntable: t\n").contains("WEIR_SQL_TEST_UNSET"));
     let e = err("sqlite: a.db\ntable: t\n\npage_size: 0\n");
     assert!(e.contains("line 4") || e.contains("4:"), "{e}");
@@ -456,4 +463,23 @@ async fn postgres_restarted_mid_run_is_waited_for_and_nothing_is_lost() {
     .unwrap();
     let got = reader.await.unwrap().unwrap();
     assert_eq!(ids(&got), (1..=3000).collect::<Vec<_>>(), "every row once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_when_asked() {
+    let pg = tokio::task::spawn_blocking(PgServer::start_tls)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    pg.psql("CREATE TABLE t AS SELECT i AS id FROM generate_series(1, 100) AS i");
+    std::fs::copy(pg.ca_file(), dir.path().join("ca.pem")).unwrap();
+    let yaml = format!(
+        "url: \"{}?sslmode=require\"\nca_file: ca.pem\ntable: t\ncursor: id\n",
+        pg.url().replace("127.0.0.1", "localhost")
+    );
+    assert_eq!(run(dir.path(), &yaml).await.unwrap().records.len(), 100);
+    let e = run(dir.path(), &pg_yaml(&pg, "table: t\n"))
+        .await
+        .unwrap_err();
+    assert!(e.contains("no encryption"), "{e}");
 }
