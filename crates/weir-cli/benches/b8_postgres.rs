@@ -18,7 +18,10 @@
 //!   `key: [id]` (an upsert per row, one transaction per batch of 1,024,
 //!   checkpoints on as in any `weir run`), timed from start to exit;
 //! * **weir again**, on the full table: every row now conflicts and is
-//!   updated (shown, not compared: COPY cannot update).
+//!   updated (shown, not compared: COPY cannot update);
+//! * **weir append**, on a fresh table: the same pipeline without `key`
+//!   (append-only, so the sink writes each batch with one `COPY ... FROM
+//!   STDIN`), compared with copy as well.
 //!
 //! Rows/s of wall time; the ratio is weir's over copy's in the same round
 //! (target >= 0.5). Each run's table is checked (row count, sum of ids);
@@ -126,11 +129,11 @@ fn copy(pg: &PgServer, dir: &Path) -> f64 {
 }
 
 /// Seconds `weir run` takes.
-fn weir(weir: &Path, pg: &PgServer, dir: &Path, rows: u64) -> f64 {
+fn weir(weir: &Path, pg: &PgServer, dir: &Path, rows: u64, pipeline: &str) -> f64 {
     let t0 = Instant::now();
     let out = Command::new(weir)
         .current_dir(dir)
-        .args(["run", "b8.yaml", "--quiet", "--report", "json"])
+        .args(["run", pipeline, "--quiet", "--report", "json"])
         .env("B8_PG_URL", pg.url())
         .stdin(Stdio::null())
         .output()
@@ -179,27 +182,50 @@ outputs:
 ",
     )
     .unwrap();
+    std::fs::write(
+        dir.join("b8-append.yaml"),
+        "\
+inputs:
+  - name: events
+    file: { path: events.jsonl }
+outputs:
+  - name: db
+    postgres:
+      url_env: B8_PG_URL
+      table: events
+      columns: { id: integer, user: text, ts: integer, kind: text, amount: real, tags: json }
+",
+    )
+    .unwrap();
     let _ = std::fs::remove_dir_all(dir.join(".weir"));
     let pg = PgServer::start();
     println!(
         "B8: {rows} events (of {lines} B4 lines) into PostgreSQL, upsert on id, vs psql \\copy"
     );
     let (mut copies, mut weirs, mut agains, mut ratios) = (vec![], vec![], vec![], vec![]);
+    let (mut appends, mut append_ratios) = (vec![], vec![]);
     for round in 1..=rounds {
         fresh_table(&pg);
         let c = rows as f64 / copy(&pg, &dir);
         check_table(&pg, rows, ids);
         fresh_table(&pg);
         let _ = std::fs::remove_dir_all(dir.join(".weir"));
-        let w = rows as f64 / weir(&weir_bin, &pg, &dir, rows);
+        let w = rows as f64 / weir(&weir_bin, &pg, &dir, rows, "b8.yaml");
         check_table(&pg, rows, ids);
         let _ = std::fs::remove_dir_all(dir.join(".weir"));
-        let a = rows as f64 / weir(&weir_bin, &pg, &dir, rows);
+        let a = rows as f64 / weir(&weir_bin, &pg, &dir, rows, "b8.yaml");
+        check_table(&pg, rows, ids);
+        fresh_table(&pg);
+        let _ = std::fs::remove_dir_all(dir.join(".weir"));
+        let ap = rows as f64 / weir(&weir_bin, &pg, &dir, rows, "b8-append.yaml");
         check_table(&pg, rows, ids);
         println!(
-            "  round {round}: copy {c:.0} rows/s; weir {w:.0} rows/s (ratio {:.2}); weir again (all updates) {a:.0} rows/s",
-            w / c
+            "  round {round}: copy {c:.0} rows/s; weir {w:.0} rows/s (ratio {:.2}); weir again (all updates) {a:.0} rows/s; weir append (COPY) {ap:.0} rows/s (ratio {:.2})",
+            w / c,
+            ap / c
         );
+        appends.push(ap);
+        append_ratios.push(ap / c);
         copies.push(c);
         weirs.push(w);
         agains.push(a);
@@ -212,5 +238,10 @@ outputs:
         median(agains),
         median(copies),
         if ratio >= TARGET { "met" } else { "missed" }
+    );
+    println!(
+        "postgres sink append-only (COPY) {:.0} rows/s; ratio {:.2}",
+        median(appends),
+        median(append_ratios)
     );
 }

@@ -267,6 +267,18 @@ impl PostgresSink {
     /// A minimal configuration.
     pub const EXAMPLE: &str = "url_env: DATABASE_URL\ntable: orders\ncolumns:\n  id: integer\n  user: text\n  amount: real\n  tags: json\nkey: [id]\n";
 
+    /// The `COPY` statement of an append-only sink (text format: the
+    /// server parses each value into the column's type, so a wider
+    /// existing column takes it as an insert would).
+    pub fn copy_sql(&self) -> String {
+        let names: Vec<String> = self.columns.0.iter().map(|(n, _)| quote(n)).collect();
+        format!(
+            "COPY {} ({}) FROM STDIN",
+            quote(&self.table),
+            names.join(", ")
+        )
+    }
+
     /// The `CREATE TABLE IF NOT EXISTS` statement.
     pub fn create_sql(&self) -> String {
         let mut cols: Vec<String> = self
@@ -420,6 +432,7 @@ impl PostgresSink {
             tls,
             create: self.create_sql(),
             insert: self.insert_sql(),
+            copy: self.key.is_empty().then(|| self.copy_sql()),
             table: self.table.clone(),
             columns: self.columns.0.clone(),
             key: self
@@ -499,6 +512,8 @@ pub struct PostgresWriter {
     shown: String,
     create: String,
     insert: String,
+    /// Without a key: the `COPY ... FROM STDIN` each batch tries first.
+    copy: Option<String>,
     table: String,
     columns: Vec<(String, PgType)>,
     /// Indexes of the key columns in `columns`.
@@ -679,6 +694,45 @@ fn cell<'a>(v: &'a Value, ty: PgType) -> Result<Cell<'a>, String> {
         (_, PgType::Boolean) => Err(want("true or false")),
         (Value::TStr(s) | Value::BStr(s), PgType::Text) => text(value::text(s)),
         (other, PgType::Text | PgType::Json) => text(Cow::Owned(value::to_text(other))),
+    }
+}
+
+/// Row `i` of a column in COPY's text format: `\N` for NULL, text with
+/// backslash, tab, newline and carriage return escaped.
+fn copy_text(c: &Col<'_>, i: usize, out: &mut String) {
+    use std::fmt::Write as _;
+    match c {
+        Col::Int(v) => match v[i] {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => out.push_str("\\N"),
+        },
+        // Debug: the shortest text that reads back as the same double.
+        Col::Real(v) => match v[i] {
+            Some(f) => {
+                let _ = write!(out, "{f:?}");
+            }
+            None => out.push_str("\\N"),
+        },
+        Col::Bool(v) => match v[i] {
+            Some(b) => out.push(if b { 't' } else { 'f' }),
+            None => out.push_str("\\N"),
+        },
+        Col::Text(v) => match &v[i] {
+            Some(t) => {
+                for ch in t.chars() {
+                    match ch {
+                        '\\' => out.push_str("\\\\"),
+                        '\t' => out.push_str("\\t"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        c => out.push(c),
+                    }
+                }
+            }
+            None => out.push_str("\\N"),
+        },
     }
 }
 
@@ -1021,12 +1075,52 @@ impl PostgresWriter {
         Ok(())
     }
 
+    /// The rows through `COPY ... FROM STDIN` in text format, sent in
+    /// chunks of about 64 KiB.
+    async fn copy(
+        client: &Client,
+        sql: &str,
+        rows: &Encoded<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        use futures::SinkExt as _;
+        const CHUNK: usize = 64 * 1024;
+        let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
+        futures::pin_mut!(sink);
+        let mut buf = String::with_capacity(CHUNK + 1024);
+        for i in 0..rows.len {
+            for (j, c) in rows.cols.iter().enumerate() {
+                if j > 0 {
+                    buf.push('\t');
+                }
+                copy_text(c, i, &mut buf);
+            }
+            buf.push('\n');
+            if buf.len() >= CHUNK {
+                let chunk = std::mem::replace(&mut buf, String::with_capacity(CHUNK + 1024));
+                sink.send(bytes::Bytes::from(chunk)).await?;
+            }
+        }
+        if !buf.is_empty() {
+            sink.send(bytes::Bytes::from(buf)).await?;
+        }
+        sink.finish().await.map(|_| ())
+    }
+
     /// One transaction for the rows; on a data error, a second one that
     /// finds (halving under savepoints) the first row the server refuses
     /// and commits the rows before it.
-    async fn transaction(conn: &mut Conn, rows: &Encoded<'_>) -> Result<Written, Failure> {
+    async fn transaction(
+        conn: &mut Conn,
+        rows: &Encoded<'_>,
+        copy: Option<&str>,
+    ) -> Result<Written, Failure> {
         let stmt = conn.insert.clone();
-        let first = if !rows.cuts.iter().any(|&c| c < rows.len) {
+        let first = if let Some(copy) = copy {
+            // Append-only: one COPY, its own transaction (multi-row heap
+            // inserts, no statement size limit); a refused row fails it
+            // whole, and the search below finds it with inserts.
+            Self::copy(conn.client(), copy, rows).await
+        } else if !rows.cuts.iter().any(|&c| c < rows.len) {
             // One statement: its own implicit transaction, committed when
             // it succeeds (one round trip instead of three).
             Self::insert(conn.client(), &stmt, rows, 0..rows.len).await
@@ -1114,7 +1208,11 @@ impl PostgresWriter {
                     self.connected_once = true;
                 }
                 let conn = self.conn.as_mut().expect("connected");
-                let r = tokio::time::timeout(self.timeout, Self::transaction(conn, rows)).await;
+                let r = tokio::time::timeout(
+                    self.timeout,
+                    Self::transaction(conn, rows, self.copy.as_deref()),
+                )
+                .await;
                 match r {
                     Ok(Err(Failure::Refused(why))) => Err(Failure::Refused(format!(
                         "writing to table {} in {}: {why}",

@@ -660,3 +660,73 @@ fn tls_when_asked_verified_against_ca_file() {
     }
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// Append-only batches go through COPY (text format): values that need
+/// escaping arrive as they were, a wider existing column (numeric, json)
+/// takes them, and a row the server refuses fails the COPY whole, then is
+/// found by the inserts and given back alone while the rest commits.
+#[test]
+fn append_only_copies_values_exactly_and_isolates_a_refused_row() {
+    let pg = PgServer::start();
+    pg.psql(
+        "CREATE TABLE ev (id numeric CHECK (id <> 13), note text, x double precision, \
+         ok boolean, doc json)",
+    );
+    let cfg = config(
+        &pg.url(),
+        "table: ev\ncolumns: {id: integer, note: text, x: real, ok: boolean, doc: json}\n",
+    );
+    let odd = "tab\there\nnew line\\back\\\\slash\r\\N \\. é 😀";
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let batch: Vec<Record> = (1..=20)
+            .map(|i| {
+                rec(
+                    i as u64,
+                    serde_json::json!({"id": i, "note": if i == 2 { serde_json::Value::Null } else { odd.into() },
+                        "x": if i == 3 { 1e300 } else { 0.1 * i as f64 }, "ok": i % 2 == 0,
+                        "doc": {"k": odd, "n": [i]}}),
+                )
+            })
+            .collect();
+        let err = w.write(batch).await.unwrap_err();
+        assert!(err.first_is_bad && !err.fatal);
+        assert_eq!(err.unwritten[0].pos.line, 13);
+        assert!(
+            err.error.to_string().contains("SQLSTATE 23514"),
+            "{}",
+            err.error
+        );
+        let mut rest = err.unwritten;
+        rest.remove(0);
+        w.write(rest).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 19);
+    });
+    assert_eq!(pg.psql("SELECT count(*) FROM ev").trim(), "19");
+    let same = pg.psql(&format!(
+        "SELECT count(*) FROM ev WHERE note = {} AND doc->>'k' = note",
+        quote_literal(odd)
+    ));
+    assert_eq!(same.trim(), "18", "every note but the NULL one, exactly");
+    assert_eq!(
+        pg.psql("SELECT note IS NULL FROM ev WHERE id = 2").trim(),
+        "t"
+    );
+    assert_eq!(pg.psql("SELECT x = 1e300 FROM ev WHERE id = 3").trim(), "t");
+    assert_eq!(
+        pg.psql("SELECT x = 0.7000000000000001 FROM ev WHERE id = 7")
+            .trim(),
+        "t"
+    );
+}
+
+fn quote_literal(s: &str) -> String {
+    format!(
+        "E'{}'",
+        s.replace('\\', "\\\\")
+            .replace('\'', "\\'")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r")
+    )
+}
