@@ -63,7 +63,7 @@ fn open_checkpoint(
             {
                 diags.push(Diagnostic::at(
                     format!(
-                        "--resume: input '{}' is not a file input; only file inputs (and schedules, which resume by themselves) can be resumed",
+                        "--resume: input '{}' is not a file input; only file inputs (and schedules and sql inputs with a cursor, which resume by themselves) can be resumed",
                         i.value.name.value
                     ),
                     &i.value.name,

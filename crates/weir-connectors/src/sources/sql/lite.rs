@@ -1,13 +1,109 @@
 //! Reading a pass from SQLite, on a blocking thread.
+//!
+//! An incremental page is read whole before its rows are sent, so the read
+//! transaction (and the lock that keeps the application owning the file
+//! from writing, in rollback-journal mode) lasts one page, not as long as
+//! a slow pipeline takes. A snapshot steps one statement and so holds its
+//! read transaction until its last row is sent: that is what makes it one
+//! consistent snapshot.
+//!
+//! Cursor values are kept with their SQLite type, so a row is found again
+//! whatever it holds: integers and finite reals as JSON numbers (a real
+//! keeps its fraction, `3.0`), text as strings, and what JSON cannot hold
+//! as tagged objects: `{"real": "inf"}`, `{"text_hex": ...}` for text that
+//! is not UTF-8, `{"blob_hex": ...}`. Such a row is dead-lettered, and the
+//! cursor passes it.
 
 use std::path::Path;
 
-use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
 use super::{Emitter, Ended, Pass, Row};
 use crate::pg::quote;
 use crate::value::{self, Val};
+
+/// A cursor value, as SQLite compares it.
+#[derive(Debug, Clone, PartialEq)]
+enum Key {
+    Int(i64),
+    Real(f64),
+    /// Text, as its bytes (not always UTF-8).
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl ToSql for Key {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Key::Int(i) => ValueRef::Integer(*i),
+            Key::Real(f) => ValueRef::Real(*f),
+            Key::Text(t) => ValueRef::Text(t),
+            Key::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+impl Key {
+    fn of(v: ValueRef<'_>) -> Option<Key> {
+        match v {
+            ValueRef::Null => None,
+            ValueRef::Integer(i) => Some(Key::Int(i)),
+            ValueRef::Real(f) => Some(Key::Real(f)),
+            ValueRef::Text(t) => Some(Key::Text(t.to_vec())),
+            ValueRef::Blob(b) => Some(Key::Blob(b.to_vec())),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        use serde_json::{Value, json};
+        match self {
+            Key::Int(i) => Value::from(*i),
+            Key::Real(f) if f.is_finite() => Value::from(*f),
+            Key::Real(f) => json!({"real": if *f > 0.0 { "inf" } else { "-inf" }}),
+            Key::Text(t) => match std::str::from_utf8(t) {
+                Ok(s) => Value::from(s),
+                Err(_) => json!({"text_hex": hex(t)}),
+            },
+            Key::Blob(b) => json!({"blob_hex": hex(b)}),
+        }
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<Key> {
+        use serde_json::Value;
+        match v {
+            Value::Number(n) if n.is_i64() => n.as_i64().map(Key::Int),
+            Value::Number(n) => n.as_f64().map(Key::Real),
+            Value::String(s) => Some(Key::Text(s.as_bytes().to_vec())),
+            Value::Object(o) if o.len() == 1 => {
+                let (k, v) = o.iter().next()?;
+                let v = v.as_str()?;
+                match k.as_str() {
+                    "real" if v == "inf" => Some(Key::Real(f64::INFINITY)),
+                    "real" if v == "-inf" => Some(Key::Real(f64::NEG_INFINITY)),
+                    "text_hex" => unhex(v).map(Key::Text),
+                    "blob_hex" => unhex(v).map(Key::Blob),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
 
 /// Reads one pass, sending its rows.
 ///
@@ -46,6 +142,12 @@ pub(super) fn pass(
         }
         return Ok(Ended::Done(None));
     }
+    let idx = {
+        let probe = conn
+            .prepare(&format!("SELECT * FROM ({}) AS weir_q LIMIT 0", p.query))
+            .map_err(at)?;
+        cursor_columns(p.cursor, &names(&probe))?
+    };
     let cols: Vec<String> = p
         .cursor
         .iter()
@@ -58,12 +160,6 @@ pub(super) fn pass(
         p.query,
         not_null.join(" AND ")
     );
-    let idx = {
-        let probe = conn
-            .prepare(&format!("SELECT * FROM ({}) AS weir_q LIMIT 0", p.query))
-            .map_err(at)?;
-        cursor_columns(p.cursor, &names(&probe))?
-    };
     if first {
         let nulls: Vec<String> = cols.iter().map(|c| format!("{c} IS NULL")).collect();
         let sql = format!(
@@ -80,7 +176,7 @@ pub(super) fn pass(
             );
         }
     }
-    let mut after: Option<Vec<SqlValue>> = match &p.after {
+    let mut after: Option<Vec<Key>> = match &p.after {
         Some(text) => Some(parse_cursor(text, p.cursor.len())?),
         None => None,
     };
@@ -97,46 +193,39 @@ pub(super) fn pass(
                 )
             }
         };
-        let mut stmt = conn.prepare(&sql).map_err(at)?;
-        let names = names(&stmt);
-        let params = after.clone().unwrap_or_default();
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(params.iter()))
-            .map_err(at)?;
-        let mut n = 0u64;
-        let mut page_last = None;
-        while let Some(row) = rows.next().map_err(at)? {
-            n += 1;
-            let mut values = Vec::with_capacity(idx.len());
-            let mut json = Vec::with_capacity(idx.len());
-            for &i in &idx {
-                let v: SqlValue = row.get(i).map_err(at)?;
-                json.push(match &v {
-                    SqlValue::Integer(i) => serde_json::Value::from(*i),
-                    SqlValue::Real(f) => serde_json::Value::from(*f),
-                    SqlValue::Text(s) => serde_json::Value::from(s.as_str()),
-                    SqlValue::Null => serde_json::Value::Null,
-                    SqlValue::Blob(_) => {
-                        return Err(format!(
-                            "cursor column '{}' holds a BLOB, which cannot order rows here",
-                            names[i]
-                        ));
-                    }
-                });
-                values.push(v);
+        // The page, read whole: the statement (and its read lock) ends
+        // before the first row waits on the pipeline.
+        let page = {
+            let mut stmt = conn.prepare(&sql).map_err(at)?;
+            let names = names(&stmt);
+            let params = after.clone().unwrap_or_default();
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params.iter()))
+                .map_err(at)?;
+            let mut page = Vec::new();
+            while let Some(row) = rows.next().map_err(at)? {
+                let mut keys = Vec::with_capacity(idx.len());
+                for &i in &idx {
+                    let v = row.get_ref(i).map_err(at)?;
+                    keys.push(Key::of(v).ok_or_else(|| {
+                        format!("cursor column '{}' is NULL where it cannot be", names[i])
+                    })?);
+                }
+                page.push((object(row, &names), keys));
             }
-            let cursor = serde_json::Value::Array(json).to_string();
-            let value = object(row, &names);
+            page
+        };
+        let n = page.len() as u64;
+        for (value, keys) in page {
+            let cursor =
+                serde_json::Value::Array(keys.iter().map(Key::to_json).collect()).to_string();
             if !e.send_blocking(Row {
                 value,
                 cursor: Some(cursor.clone()),
             }) {
                 return Ok(Ended::Stopped);
             }
-            page_last = Some((values, cursor));
-        }
-        if let Some((values, cursor)) = page_last {
-            after = Some(values);
+            after = Some(keys);
             last = Some(cursor);
         }
         if n < p.page_size {
@@ -161,7 +250,7 @@ fn cursor_columns(cursor: &[String], names: &[String]) -> Result<Vec<usize>, Str
 }
 
 /// A saved cursor's values.
-fn parse_cursor(text: &str, columns: usize) -> Result<Vec<SqlValue>, String> {
+fn parse_cursor(text: &str, columns: usize) -> Result<Vec<Key>, String> {
     let bad = || format!("the saved cursor {text} does not fit {columns} cursor column(s)");
     let v: serde_json::Value = serde_json::from_str(text).map_err(|_| bad())?;
     let serde_json::Value::Array(items) = v else {
@@ -171,15 +260,8 @@ fn parse_cursor(text: &str, columns: usize) -> Result<Vec<SqlValue>, String> {
         return Err(bad());
     }
     items
-        .into_iter()
-        .map(|v| match v {
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(i) => Ok(SqlValue::Integer(i)),
-                None => n.as_f64().map(SqlValue::Real).ok_or_else(bad),
-            },
-            serde_json::Value::String(s) => Ok(SqlValue::Text(s)),
-            _ => Err(bad()),
-        })
+        .iter()
+        .map(|v| Key::from_json(v).ok_or_else(bad))
         .collect()
 }
 
@@ -187,45 +269,57 @@ fn names(stmt: &rusqlite::Statement<'_>) -> Vec<String> {
     stmt.column_names().map(str::to_owned).collect()
 }
 
-/// A row as an object, or why it cannot be one.
-fn object(row: &rusqlite::Row<'_>, names: &[String]) -> Result<Val, (&'static str, String)> {
+/// A row as an object, or why it cannot be one: (reason, detail, the row
+/// as JSON text with a description in place of each value that has no
+/// JSON form).
+fn object(
+    row: &rusqlite::Row<'_>,
+    names: &[String],
+) -> Result<Val, (&'static str, String, String)> {
     let mut pairs = Vec::with_capacity(names.len());
+    let mut bad: Option<String> = None;
     for (i, name) in names.iter().enumerate() {
-        let v = row
-            .get_ref(i)
-            .map_err(|e| ("sql_value", format!("column '{name}': {e}")))?;
-        let v = match v {
-            ValueRef::Null => Val::Null,
-            ValueRef::Integer(i) => value::int(i),
-            ValueRef::Real(f) if f.is_finite() => value::float(f),
-            ValueRef::Real(f) => {
-                return Err((
-                    "sql_value",
-                    format!("column '{name}': {f} has no JSON form"),
-                ));
-            }
-            ValueRef::Text(t) => match std::str::from_utf8(t) {
-                Ok(s) => value::string(s),
-                Err(err) => {
-                    return Err((
-                        "sql_value",
-                        format!(
-                            "column '{name}': text that is not UTF-8 (at byte {})",
-                            err.valid_up_to()
-                        ),
-                    ));
-                }
-            },
-            ValueRef::Blob(_) => {
-                return Err((
-                    "sql_value",
-                    format!(
-                        "column '{name}' is a BLOB: select hex({name}) or CAST({name} AS TEXT)"
-                    ),
-                ));
+        let v = match row.get_ref(i) {
+            Ok(v) => v,
+            Err(e) => {
+                bad.get_or_insert(format!("column '{name}': {e}"));
+                pairs.push((name.clone(), value::string("<unreadable>")));
+                continue;
             }
         };
+        let (v, why) = match v {
+            ValueRef::Null => (Val::Null, None),
+            ValueRef::Integer(i) => (value::int(i), None),
+            ValueRef::Real(f) if f.is_finite() => (value::float(f), None),
+            ValueRef::Real(f) => (
+                value::string(format!("<real {f}>")),
+                Some(format!("column '{name}': {f} has no JSON form")),
+            ),
+            ValueRef::Text(t) => match std::str::from_utf8(t) {
+                Ok(s) => (value::string(s), None),
+                Err(err) => (
+                    value::string(String::from_utf8_lossy(t)),
+                    Some(format!(
+                        "column '{name}': text that is not UTF-8 (at byte {})",
+                        err.valid_up_to()
+                    )),
+                ),
+            },
+            ValueRef::Blob(b) => (
+                value::string(format!("<BLOB of {} bytes>", b.len())),
+                Some(format!(
+                    "column '{name}' is a BLOB: select hex({name}) or CAST({name} AS TEXT)"
+                )),
+            ),
+        };
+        if let Some(why) = why {
+            bad.get_or_insert(why);
+        }
         pairs.push((name.clone(), v));
     }
-    Ok(value::object(pairs))
+    let obj = value::object(pairs);
+    match bad {
+        None => Ok(obj),
+        Some(detail) => Err(("sql_value", detail, value::to_text(&obj))),
+    }
 }

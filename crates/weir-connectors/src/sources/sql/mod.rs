@@ -23,7 +23,6 @@ mod cursor;
 mod lite;
 mod pg;
 
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,15 +79,16 @@ pub struct SqlSource {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub sqlite: Option<Spanned<String>>,
-    /// A table or view to read whole (`SELECT * FROM table`). Give this or
-    /// `query`.
+    /// A table or view to read whole (`SELECT * FROM table`; `schema.table`
+    /// in a schema). Give this or `query`.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub table: Option<Spanned<String>>,
     /// A `SELECT` query (a trailing `;` is dropped). It is read as a
     /// subquery (`SELECT * FROM (query) AS weir_q ...`; SQLite snapshots
     /// run it as it is), so with `cursor` its own `ORDER BY` gives way to
-    /// the cursor's, and a `LIMIT` in it limits every page's source.
+    /// the cursor's, and a `LIMIT` in it caps what is ever read: leave it
+    /// out (`page_size` pages the reads).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub query: Option<Spanned<String>>,
@@ -98,8 +98,12 @@ pub struct SqlSource {
     /// pass with `every`) reads only rows after them. Together they must
     /// identify a row (a unique key): rows that tie with the last one read
     /// are not read again. Rows with a NULL cursor column are not read (a
-    /// warning counts them). Default: no cursor, every pass reads the whole
-    /// query.
+    /// warning counts them). A row that becomes visible after rows with a
+    /// later cursor were read (a sequence value taken by a transaction that
+    /// commits late) is not read either: use a cursor set at commit, or
+    /// leave recent rows out of the query (`WHERE created_at < now() -
+    /// interval '1 minute'`). Default: no cursor, every pass reads the
+    /// whole query.
     #[serde(default, deserialize_with = "one_or_many")]
     #[schemars(with = "Option<Vec<String>>")]
     pub cursor: Option<Spanned<Vec<String>>>,
@@ -130,8 +134,15 @@ pub struct SqlSource {
     #[serde(default)]
     #[schemars(with = "Option<f64>")]
     pub connect_timeout_secs: Option<Spanned<f64>>,
-    /// PostgreSQL with `cursor`: how long to wait for a server that went
-    /// away mid-run, reconnecting with backoff, before the run fails.
+    /// PostgreSQL: seconds a statement (a page) may take before the
+    /// connection counts as lost (a server that stopped answering).
+    /// Default: 60.
+    #[serde(default)]
+    #[schemars(with = "Option<f64>")]
+    pub timeout_secs: Option<Spanned<f64>>,
+    /// PostgreSQL: how long to wait for a server that went away mid-run,
+    /// reconnecting with backoff, before the run fails. A snapshot that
+    /// already sent rows fails at once instead (they would come twice).
     /// Default: 300.
     #[serde(default)]
     #[schemars(with = "Option<f64>")]
@@ -204,6 +215,7 @@ impl SqlSource {
                     tls,
                     config: Box::new(config),
                     connect_timeout: connect,
+                    timeout: seconds(self.timeout_secs.as_ref(), 60.0, "timeout_secs")?,
                     reconnect_for: seconds(
                         self.reconnect_for_secs.as_ref(),
                         300.0,
@@ -216,7 +228,11 @@ impl SqlSource {
             (Some(t), None) if t.value.trim().is_empty() => {
                 return Err(ConfigError::at("sql source: table is empty", t));
             }
-            (Some(t), None) => format!("SELECT * FROM {}", crate::pg::quote(&t.value)),
+            (Some(t), None) => {
+                // `schema.table` names a table in a schema.
+                let parts: Vec<String> = t.value.split('.').map(crate::pg::quote).collect();
+                format!("SELECT * FROM {}", parts.join("."))
+            }
             (None, Some(q)) => {
                 let q = q.value.trim().trim_end_matches(';').trim_end();
                 if q.is_empty() {
@@ -346,6 +362,7 @@ enum Db {
         config: Box<tokio_postgres::Config>,
         tls: crate::pg::Tls,
         connect_timeout: Duration,
+        timeout: Duration,
         reconnect_for: Duration,
     },
     Sqlite(PathBuf),
@@ -369,29 +386,32 @@ pub struct Settings {
 
 impl Settings {
     /// What is read, as a short hash: the key the cursor is kept under.
+    /// SHA-256 of length-prefixed fields, so it is the same on every
+    /// platform and build.
     fn source_id(&self) -> String {
-        // FNV-1a: stable across builds and platforms, unlike std's hasher.
-        struct Fnv(u64);
-        impl Hasher for Fnv {
-            fn finish(&self) -> u64 {
-                self.0
-            }
-            fn write(&mut self, bytes: &[u8]) {
-                for b in bytes {
-                    self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-                }
-            }
-        }
-        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
         match &self.db {
-            Db::Postgres { config, .. } => crate::pg::shown(config).hash(&mut h),
-            Db::Sqlite(path) => std::fs::canonicalize(path)
-                .unwrap_or_else(|_| path.clone())
-                .hash(&mut h),
+            Db::Postgres { config, .. } => field(crate::pg::shown(config).as_bytes()),
+            Db::Sqlite(path) => field(
+                std::fs::canonicalize(path)
+                    .unwrap_or_else(|_| path.clone())
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            ),
         }
-        self.query.hash(&mut h);
-        self.cursor.hash(&mut h);
-        format!("{:016x}", h.finish())
+        field(self.query.as_bytes());
+        for c in &self.cursor {
+            field(c.as_bytes());
+        }
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The engine source: the reader starts at its first poll.
@@ -422,8 +442,8 @@ type Item = Result<(Raw, Ack), BoxError>;
 /// A row as a backend read it.
 pub(super) struct Row {
     /// The record's value (an object), or why the row cannot be one:
-    /// (reason, detail).
-    value: Result<Val, (&'static str, String)>,
+    /// (reason, detail, what could be read of it as text).
+    value: Result<Val, (&'static str, String, String)>,
     /// The cursor columns' values, as a JSON array (incremental reads).
     cursor: Option<cursor::Cursor>,
 }
@@ -474,9 +494,9 @@ impl Emitter {
                 reason: "sql_value",
                 detail: "the row is not an object".into(),
             },
-            Err((reason, detail)) => Raw::Refused {
+            Err((reason, detail, text)) => Raw::Refused {
                 pos,
-                text: String::new(),
+                text,
                 reason,
                 detail: match cursor {
                     Some(c) => format!("{detail} (row with cursor {c})"),
@@ -536,12 +556,16 @@ async fn passes(
             config,
             tls,
             connect_timeout,
+            timeout,
             reconnect_for,
         } => Backend::Pg(Box::new(pg::Reader::new(
             (**config).clone(),
             tls.clone(),
-            *connect_timeout,
-            *reconnect_for,
+            pg::Limits {
+                connect_timeout: *connect_timeout,
+                timeout: *timeout,
+                reconnect_for: *reconnect_for,
+            },
         ))),
         Db::Sqlite(path) => Backend::Lite(path.clone()),
     };

@@ -4,10 +4,17 @@
 //! has (numeric, timestamps, arrays, json) arrives as the JSON PostgreSQL
 //! itself gives, with no conversion table here. Cursor values travel as the
 //! server's own text forms and go back cast to the column's type, so a
-//! `numeric` or a `timestamptz` cursor compares exactly. Each connection
-//! sets `TimeZone` to UTC (times read the same whatever the server's
-//! setting) and makes its transactions read-only (a source never writes).
+//! `numeric` or a `timestamptz` cursor compares exactly; each connection
+//! pins the settings those text forms depend on (`TimeZone` UTC,
+//! `extra_float_digits` 3, `DateStyle` ISO, `IntervalStyle` postgres), so
+//! a role's or database's own settings cannot round a saved cursor, and
+//! makes its transactions read-only (a source never writes).
+//!
+//! Every statement is bounded by `timeout`: a server that stops answering
+//! (a frozen host, a network that drops packets) counts as lost, like one
+//! that closed the connection.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
@@ -17,13 +24,24 @@ use super::{Emitter, Ended, Pass, Row};
 use crate::pg::{db_text, quote, shown};
 use crate::value;
 
+/// What each new connection sets first.
+const SESSION: &str = "SET TimeZone = 'UTC'; SET extra_float_digits = 3; \
+    SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
+    SET default_transaction_read_only = on";
+
+/// How to reach the server and how long to wait for it.
+pub(super) struct Limits {
+    pub(super) connect_timeout: Duration,
+    pub(super) timeout: Duration,
+    pub(super) reconnect_for: Duration,
+}
+
 /// A connection to the server, and what is needed to make another.
 pub(super) struct Reader {
     config: tokio_postgres::Config,
     tls: crate::pg::Tls,
     shown: String,
-    connect_timeout: Duration,
-    reconnect_for: Duration,
+    limits: Limits,
     conn: Option<Conn>,
     /// Before the first connection, every failure is final (a wrong
     /// password, no server); after, a lost server is waited for.
@@ -46,7 +64,7 @@ impl Drop for Conn {
 
 /// Why a statement failed.
 enum Failure {
-    /// The connection: worth reconnecting (with a cursor).
+    /// The connection: worth reconnecting.
     Lost(String),
     /// Anything else: the run fails.
     Fatal(String),
@@ -59,46 +77,73 @@ struct Page {
     stopped: bool,
 }
 
+/// Sorts a statement's error.
+fn classify(shown: &str, e: &tokio_postgres::Error) -> Failure {
+    let text = format!("{shown}: {}", db_text(e));
+    match e.code() {
+        None => Failure::Lost(text),
+        Some(c)
+            if c.code().starts_with("08")
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW =>
+        {
+            Failure::Lost(text)
+        }
+        Some(_) => Failure::Fatal(text),
+    }
+}
+
+/// Waits for `f` at most `limit`; a statement without an answer by then
+/// counts as a lost connection.
+async fn timed<T>(
+    shown: &str,
+    limit: Duration,
+    f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(shown, &e)),
+        Err(_) => Err(Failure::Lost(format!(
+            "{shown}: no answer within {} s (timeout_secs)",
+            limit.as_secs_f64()
+        ))),
+    }
+}
+
+/// Backoff between reconnections, with the time the server has been gone.
+struct Retry {
+    since: Option<Instant>,
+    delay: Duration,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Retry {
+            since: None,
+            delay: Duration::from_millis(100),
+        }
+    }
+}
+
 impl Reader {
-    pub(super) fn new(
-        config: tokio_postgres::Config,
-        tls: crate::pg::Tls,
-        connect_timeout: Duration,
-        reconnect_for: Duration,
-    ) -> Self {
+    pub(super) fn new(config: tokio_postgres::Config, tls: crate::pg::Tls, limits: Limits) -> Self {
         Reader {
             shown: shown(&config),
             config,
             tls,
-            connect_timeout,
-            reconnect_for,
+            limits,
             conn: None,
             connected_once: false,
             casts: None,
         }
     }
 
-    fn classify(&self, e: &tokio_postgres::Error) -> Failure {
-        let text = format!("{}: {}", self.shown, db_text(e));
-        match e.code() {
-            None => Failure::Lost(text),
-            Some(c)
-                if c.code().starts_with("08")
-                    || *c == SqlState::ADMIN_SHUTDOWN
-                    || *c == SqlState::CRASH_SHUTDOWN
-                    || *c == SqlState::CANNOT_CONNECT_NOW =>
-            {
-                Failure::Lost(text)
-            }
-            Some(_) => Failure::Fatal(text),
-        }
-    }
-
     async fn client(&mut self) -> Result<&mut Client, Failure> {
         if self.conn.is_none() {
             let connecting = crate::pg::connect(&self.config, &self.tls);
-            let (client, task) = match tokio::time::timeout(self.connect_timeout, connecting).await
-            {
+            let limit = self.limits.connect_timeout;
+            let (client, task) = match tokio::time::timeout(limit, connecting).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     let why = format!("cannot connect to {}: {}", self.shown, db_text(&e));
@@ -113,7 +158,7 @@ impl Reader {
                     let why = format!(
                         "cannot connect to {}: no answer within {} s (connect_timeout_secs)",
                         self.shown,
-                        self.connect_timeout.as_secs_f64()
+                        limit.as_secs_f64()
                     );
                     return Err(if self.connected_once {
                         Failure::Lost(why)
@@ -123,14 +168,39 @@ impl Reader {
                 }
             };
             let conn = Conn { client, task };
-            conn.client
-                .batch_execute("SET TimeZone = 'UTC'; SET default_transaction_read_only = on")
-                .await
-                .map_err(|e| self.classify(&e))?;
+            timed(
+                &self.shown,
+                self.limits.timeout,
+                conn.client.batch_execute(SESSION),
+            )
+            .await?;
             self.connected_once = true;
             self.conn = Some(conn);
         }
         Ok(&mut self.conn.as_mut().expect("connected").client)
+    }
+
+    /// After a lost connection: waits before the next try, or says why
+    /// not to try again (`Err`), or that nobody reads any more (`Ok(true)`).
+    async fn lost(&mut self, why: String, retry: &mut Retry, e: &Emitter) -> Result<bool, String> {
+        self.conn = None;
+        let since = *retry.since.get_or_insert_with(|| {
+            tracing::warn!("sql input '{}': {why}; reconnecting", e.input);
+            Instant::now()
+        });
+        if since.elapsed() >= self.limits.reconnect_for {
+            return Err(format!(
+                "{why} (gave up after {} s, reconnect_for_secs)",
+                self.limits.reconnect_for.as_secs_f64()
+            ));
+        }
+        // Equal jitter: reconnecting readers do not retry in lockstep.
+        let wait = retry.delay / 2 + (retry.delay / 2).mul_f64(crate::http_client::jitter());
+        retry.delay = (retry.delay * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(false),
+            () = e.tx.closed() => Ok(true),
+        }
     }
 
     /// Reads one pass, sending its rows.
@@ -138,33 +208,47 @@ impl Reader {
     /// # Errors
     /// What stops the run: a server that cannot be reached at the start
     /// or refuses the login, a query it refuses, a cursor column the query
-    /// lacks, a server gone for longer than `reconnect_for_secs` (with a
-    /// cursor) or at all (without one: a snapshot is not read twice).
+    /// lacks, a server gone for longer than `reconnect_for_secs`, or lost
+    /// in the middle of a snapshot (its rows would come twice).
     pub(super) async fn pass(
         &mut self,
         p: Pass<'_>,
         first: bool,
         e: &mut Emitter,
     ) -> Result<Ended, String> {
+        let mut retry = Retry::new();
         if p.cursor.is_empty() {
-            return match self.snapshot(&p, e).await {
-                Ok(ended) => Ok(ended),
-                Err(Failure::Lost(why) | Failure::Fatal(why)) => {
-                    self.conn = None;
-                    Err(why)
+            loop {
+                let before = e.row;
+                match self.snapshot(&p, e).await {
+                    Ok(ended) => return Ok(ended),
+                    // Nothing of this pass was sent: it can start over.
+                    Err(Failure::Lost(why)) if e.row == before => {
+                        if self.lost(why, &mut retry, e).await? {
+                            return Ok(Ended::Stopped);
+                        }
+                    }
+                    Err(Failure::Lost(why)) => {
+                        self.conn = None;
+                        return Err(format!(
+                            "{why}: the connection was lost in the middle of a snapshot, which is \
+                             not read twice"
+                        ));
+                    }
+                    Err(Failure::Fatal(why)) => {
+                        self.conn = None;
+                        return Err(why);
+                    }
                 }
-            };
+            }
         }
         let mut after = p.after.clone();
         let mut last = None;
         let mut warn_nulls = first;
-        let mut lost_since: Option<Instant> = None;
-        let mut backoff = Duration::from_millis(100);
         loop {
             match self.page(&p, after.as_deref(), warn_nulls, e).await {
                 Ok(page) => {
-                    lost_since = None;
-                    backoff = Duration::from_millis(100);
+                    retry = Retry::new();
                     warn_nulls = false;
                     if page.stopped {
                         return Ok(Ended::Stopped);
@@ -179,26 +263,9 @@ impl Reader {
                 }
                 Err(Failure::Fatal(why)) => return Err(why),
                 Err(Failure::Lost(why)) => {
-                    self.conn = None;
-                    let since = *lost_since.get_or_insert_with(|| {
-                        tracing::warn!("sql input '{}': {why}; reconnecting", e.input);
-                        Instant::now()
-                    });
-                    if since.elapsed() >= self.reconnect_for {
-                        return Err(format!(
-                            "{why} (gave up after {} s, reconnect_for_secs)",
-                            self.reconnect_for.as_secs_f64()
-                        ));
+                    if self.lost(why, &mut retry, e).await? {
+                        return Ok(Ended::Stopped);
                     }
-                    // Jitter from the clock: reconnecting readers spread.
-                    let jitter = Duration::from_millis(u64::from(
-                        Instant::now().elapsed().subsec_nanos() % 100,
-                    ));
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff + jitter) => {}
-                        () = e.tx.closed() => return Ok(Ended::Stopped),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -210,11 +277,9 @@ impl Reader {
             return Ok(c.clone());
         }
         let sql = format!("SELECT * FROM ({}) AS weir_q LIMIT 0", p.query);
+        let (shown, limit) = (self.shown.clone(), self.limits.timeout);
         let client = self.client().await?;
-        let stmt = match client.prepare(&sql).await {
-            Ok(s) => s,
-            Err(err) => return Err(self.classify(&err)),
-        };
+        let stmt = timed(&shown, limit, client.prepare(&sql)).await?;
         let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
         let mut casts = Vec::new();
         for c in p.cursor {
@@ -239,6 +304,7 @@ impl Reader {
         e: &mut Emitter,
     ) -> Result<Page, Failure> {
         let casts = self.casts(p).await?;
+        let (shown, limit) = (self.shown.clone(), self.limits.timeout);
         let cols: Vec<String> = p
             .cursor
             .iter()
@@ -253,10 +319,9 @@ impl Reader {
                 nulls.join(" OR ")
             );
             let client = self.client().await?;
-            let n: i64 = match client.query_one(&sql, &[]).await {
-                Ok(r) => r.get(0),
-                Err(err) => return Err(self.classify(&err)),
-            };
+            let n: i64 = timed(&shown, limit, client.query_one(&sql, &[]))
+                .await?
+                .get(0);
             if n > 0 {
                 tracing::warn!(
                     "sql input '{}': {n} rows have a NULL cursor column ({}) and are not read",
@@ -299,22 +364,19 @@ impl Reader {
             .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
         let client = self.client().await?;
-        let rows = match client.query(&sql, &params).await {
-            Ok(r) => r,
-            Err(err) => return Err(self.classify(&err)),
-        };
+        let rows = timed(&shown, limit, client.query(&sql, &params)).await?;
         let n = rows.len() as u64;
         let mut last = None;
         for row in rows {
             let cursor: Vec<Option<String>> = (1..=p.cursor.len()).map(|i| row.get(i)).collect();
             let cursor = serde_json::to_string(&cursor).expect("strings serialize");
-            if !e
+            let sent = e
                 .send(Row {
                     value: record(&row),
                     cursor: Some(cursor.clone()),
                 })
-                .await
-            {
+                .await;
+            if !sent {
                 return Ok(Page {
                     rows: n,
                     last,
@@ -333,35 +395,32 @@ impl Reader {
     /// The whole query, in pages of one portal, in one read-only
     /// repeatable-read transaction.
     async fn snapshot(&mut self, p: &Pass<'_>, e: &mut Emitter) -> Result<Ended, Failure> {
-        let shown = self.shown.clone();
-        let fail =
-            |err: tokio_postgres::Error| Failure::Fatal(format!("{shown}: {}", db_text(&err)));
+        let (shown, limit) = (self.shown.clone(), self.limits.timeout);
         let page = i32::try_from(p.page_size).unwrap_or(i32::MAX);
         let sql = format!(
             "SELECT row_to_json(weir_q)::text FROM ({}) AS weir_q",
             p.query
         );
         let client = self.client().await?;
-        let tx = client
+        let start = client
             .build_transaction()
             .read_only(true)
             .isolation_level(IsolationLevel::RepeatableRead)
-            .start()
-            .await
-            .map_err(fail)?;
-        let stmt = tx.prepare(&sql).await.map_err(fail)?;
-        let portal = tx.bind(&stmt, &[]).await.map_err(fail)?;
+            .start();
+        let tx = timed(&shown, limit, start).await?;
+        let stmt = timed(&shown, limit, tx.prepare(&sql)).await?;
+        let portal = timed(&shown, limit, tx.bind(&stmt, &[])).await?;
         loop {
-            let rows = tx.query_portal(&portal, page).await.map_err(fail)?;
+            let rows = timed(&shown, limit, tx.query_portal(&portal, page)).await?;
             let n = rows.len();
             for row in rows {
-                if !e
+                let sent = e
                     .send(Row {
                         value: record(&row),
                         cursor: None,
                     })
-                    .await
-                {
+                    .await;
+                if !sent {
                     return Ok(Ended::Stopped);
                 }
             }
@@ -369,15 +428,20 @@ impl Reader {
                 break;
             }
         }
-        tx.commit().await.map_err(fail)?;
+        timed(&shown, limit, tx.commit()).await?;
         Ok(Ended::Done(None))
     }
 }
 
 /// A row's record, from the JSON the server made of it.
-fn record(row: &PgRow) -> Result<value::Val, (&'static str, String)> {
+fn record(row: &PgRow) -> Result<value::Val, (&'static str, String, String)> {
     let text: Option<&str> = row.get(0);
     let text = text.unwrap_or("null");
-    value::parse(text.as_bytes())
-        .map_err(|err| ("sql_value", format!("the row's JSON does not parse: {err}")))
+    value::parse(text.as_bytes()).map_err(|err| {
+        (
+            "sql_value",
+            format!("the row's JSON does not parse: {err}"),
+            text.to_string(),
+        )
+    })
 }

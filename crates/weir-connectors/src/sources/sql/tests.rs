@@ -483,3 +483,169 @@ async fn postgres_over_tls_when_asked() {
         .unwrap_err();
     assert!(e.contains("no encryption"), "{e}");
 }
+
+// Found by review: each of these failed before its fix.
+
+fn lite_exec(dir: &Path, sql: &str) {
+    rusqlite::Connection::open(dir.join("shop.db"))
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+/// A cursor value JSON cannot hold (an infinite real, text that is not
+/// UTF-8, a BLOB) is kept with its type: its row is dead-lettered with
+/// what could be read of it, the cursor passes it, and later runs go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_values_without_a_json_form_are_kept_and_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    lite_exec(
+        dir.path(),
+        "CREATE TABLE m (k REAL, id INTEGER); INSERT INTO m VALUES (1.5, 1), (9e999, 2);
+         CREATE TABLE u (k TEXT, id INTEGER);
+         INSERT INTO u VALUES ('a', 1), (CAST(x'ff' AS TEXT), 2), ('b', 3);
+         CREATE TABLE b (k, id INTEGER); INSERT INTO b VALUES (1, 1), (x'00', 2), ('t', 3);",
+    );
+    for (table, good) in [("m", vec![1]), ("u", vec![1, 3]), ("b", vec![1, 3])] {
+        let yaml = format!("sqlite: shop.db\ntable: {table}\ncursor: k\n");
+        let got = run(dir.path(), &yaml).await.unwrap();
+        assert_eq!(ids(&got), good, "{table}");
+        assert_eq!(got.dead.len(), 1, "{table}: {:?}", got.dead);
+        let again = run(dir.path(), &yaml).await.unwrap();
+        assert!(
+            again.records.is_empty() && again.dead.is_empty(),
+            "{table}: {again:?}"
+        );
+    }
+    // Text compares byte by byte, and text sorts before BLOBs: after 0xff
+    // comes only more non-UTF-8 text, after a BLOB only BLOBs.
+    lite_exec(
+        dir.path(),
+        "INSERT INTO u VALUES ('c', 4), (CAST(x'fff0' AS TEXT), 5);
+         INSERT INTO b VALUES (x'01', 5), ('u', 6);",
+    );
+    for table in ["u", "b"] {
+        let yaml = format!("sqlite: shop.db\ntable: {table}\ncursor: k\n");
+        let got = run(dir.path(), &yaml).await.unwrap();
+        assert!(got.records.is_empty(), "{table}: {got:?}");
+        assert_eq!(
+            got.dead.len(),
+            1,
+            "{table}: the row after the cursor is read: {got:?}"
+        );
+    }
+}
+
+/// The application owning the file can write while a slow pipeline reads
+/// it: a page's statement ends before its rows wait on the pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_pipeline_does_not_lock_out_the_databases_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = sqlite_db(dir.path(), 1..=3000);
+    let d = dir.path().to_path_buf();
+    let reader = tokio::spawn(async move {
+        run_with(&d, "sqlite: shop.db\ntable: orders\ncursor: id\n", |_| {
+            std::thread::sleep(Duration::from_millis(1));
+            false
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    conn.busy_timeout(Duration::from_millis(200)).unwrap();
+    for i in 0..10 {
+        conn.execute("INSERT INTO orders VALUES (?1, 'x', 1.0)", [100_000 + i])
+            .expect("the application writes while weir reads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reader.await.unwrap().unwrap().records.len() >= 3000);
+}
+
+/// Between the passes of a snapshot with `every`, the idle connection is
+/// closed by the server: the next pass reconnects (it sent nothing yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_pass_reconnects_when_nothing_was_sent_yet() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    pg.psql("CREATE TABLE t AS SELECT i AS id FROM generate_series(1, 3) AS i");
+    let yaml = pg_yaml(&pg, "table: t\nevery: 2s\nruns: 2\n");
+    let d = dir.path().to_path_buf();
+    let reader = tokio::spawn(async move { run(&d, &yaml).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'weir'",
+    );
+    let got = reader.await.unwrap().unwrap();
+    assert_eq!(ids(&got), vec![1, 2, 3, 1, 2, 3]);
+}
+
+/// A role's `extra_float_digits = 0` would round a float cursor's text;
+/// the reader pins it, so no row is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_cannot_round_a_saved_cursor() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    pg.psql(
+        "ALTER ROLE weir SET extra_float_digits = 0; ALTER ROLE weir SET DateStyle = 'SQL, DMY'",
+    );
+    pg.psql(
+        "CREATE TABLE f (k float8, at timestamp, id int);
+         INSERT INTO f VALUES (0.1234567890123456, '2026-01-02 03:04:05.000001', 1),
+                              (0.1234567890123458, '2026-01-02 03:04:05.000002', 2), (0.2, '2026-02-01', 3);",
+    );
+    let got = run(
+        dir.path(),
+        &pg_yaml(&pg, "table: f\ncursor: k\npage_size: 1\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&got), vec![1, 2, 3]);
+    let got = run(
+        dir.path(),
+        &pg_yaml(&pg, "table: f\ncursor: at\npage_size: 1\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&got), vec![1, 2, 3]);
+}
+
+/// A server that stops answering (its backend stopped, the connection
+/// open) counts as lost after `timeout_secs`, and the reader gives up
+/// after `reconnect_for_secs` when it does not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_does_not_hang_the_run() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    pg.psql("CREATE TABLE t AS SELECT i AS id FROM generate_series(1, 3) AS i");
+    // The backend stops answering, and so does the postmaster, so new
+    // connections time out too.
+    let yaml = pg_yaml(
+        &pg,
+        "table: t\ncursor: id\nevery: 200ms\nruns: 1000\ntimeout_secs: 1\nreconnect_for_secs: 2\nconnect_timeout_secs: 1\n",
+    );
+    let d = dir.path().to_path_buf();
+    let reader = tokio::spawn(async move { run(&d, &yaml).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pids = pg.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'weir'");
+    let backend = pids.lines().next().unwrap().trim().to_string();
+    let postmaster = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    for pid in [&backend, &postmaster] {
+        std::process::Command::new("kill")
+            .args(["-STOP", pid])
+            .status()
+            .unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_secs(20), reader).await;
+    for pid in [&postmaster, &backend] {
+        std::process::Command::new("kill")
+            .args(["-CONT", pid])
+            .status()
+            .unwrap();
+    }
+    let err = got.expect("the run ends").unwrap().unwrap_err();
+    assert!(err.contains("reconnect_for_secs"), "{err}");
+}
