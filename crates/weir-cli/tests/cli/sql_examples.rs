@@ -366,11 +366,11 @@ fn snapshot_every_second_stores_the_table_state_of_each_pass() {
     let times: Vec<i64> = snaps.iter().map(|s| s.0).collect();
     assert!(times[1] % 1000 == 0 && times[2] % 1000 == 0, "{times:?}");
     assert_eq!(times[2] - times[1], 1000, "{times:?}");
-    // The first pass runs at the start; the second at the next whole
-    // second after it ended (a first pass that straddles a second skips
-    // that second's tick).
-    assert!(
-        times[0] < times[1] && times[1] - times[0] <= 2000,
+    // The first pass runs at the start, the second at the next whole
+    // second (at once if the first pass ended after it).
+    assert_eq!(
+        times[1],
+        (times[0].div_euclid(1000) + 1) * 1000,
         "{times:?}"
     );
     let mut prefixes = Vec::new();
