@@ -17,6 +17,8 @@
 //! * [`options`]: numeric options out of range, reported at their line;
 //! * [`paths`]: outputs that would write over an input are refused;
 //! * [`postgres`]: the `postgres` sink against real PostgreSQL servers;
+//! * [`sql_examples`]: the `sql` source examples (database to database,
+//!   scheduled snapshots) against real PostgreSQL servers;
 //! * [`records`]: hostile records (no key, invalid UTF-8) are dead-lettered;
 //! * [`jq_limits`]: records that drive jq into deep recursion, huge
 //!   outputs or endless loops, and jq reading the environment.
@@ -67,3 +69,5 @@ mod schedule;
 mod service_examples;
 #[path = "cli/sql.rs"]
 mod sql;
+#[path = "cli/sql_examples.rs"]
+mod sql_examples;

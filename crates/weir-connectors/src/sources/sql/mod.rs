@@ -631,9 +631,17 @@ async fn passes(
         if settings.runs.is_some_and(|r| pass >= r) {
             return Ok(());
         }
-        // The next multiple of the interval since the epoch.
+        // The next multiple of the interval since the epoch after this
+        // pass's time: a pass shorter than the interval that ended after
+        // it (the first, which starts between ticks) runs it at once; a
+        // pass that took longer skips the ticks it overran.
         let now = Timestamp::now().as_millisecond();
-        let next = (now.div_euclid(every) + 1) * every;
+        let started = at.as_millisecond();
+        let next = if now - started < every {
+            (started.div_euclid(every) + 1) * every
+        } else {
+            (now.div_euclid(every) + 1) * every
+        };
         at = Timestamp::from_millisecond(next).map_err(|e| e.to_string())?;
         loop {
             let left = next - Timestamp::now().as_millisecond();

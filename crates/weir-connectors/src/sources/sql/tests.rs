@@ -649,3 +649,40 @@ async fn a_server_that_stops_answering_does_not_hang_the_run() {
     let err = got.expect("the run ends").unwrap().unwrap_err();
     assert!(err.contains("reconnect_for_secs"), "{err}");
 }
+
+/// A first pass that starts just before a tick and ends after it (it
+/// takes 400 ms of a 1 s interval) skips no tick: the second pass is that
+/// tick, run as soon as the first ends, not the one after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_pass_straddling_a_tick_does_not_skip_it() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = pg_yaml(
+        &pg,
+        "query: SELECT n FROM (SELECT 1 AS n, pg_sleep(0.4)) AS s\nevery: 1s\nruns: 2\nmeta: m\n",
+    );
+    // Start 200 to 250 ms before a whole second.
+    while !(750..800).contains(&Timestamp::now().as_millisecond().rem_euclid(1000)) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = run(dir.path(), &yaml).await.unwrap();
+    let ats: Vec<i64> = got
+        .records
+        .iter()
+        .map(|r| {
+            r["m"]["at"]
+                .as_str()
+                .unwrap()
+                .parse::<Timestamp>()
+                .unwrap()
+                .as_millisecond()
+        })
+        .collect();
+    assert_eq!(ats.len(), 2, "{:?}", got.records);
+    assert_eq!(ats[1] % 1000, 0, "{ats:?}");
+    assert_eq!(
+        ats[1],
+        (ats[0].div_euclid(1000) + 1) * 1000,
+        "the second pass is the first tick after the first pass started: {ats:?}"
+    );
+}
