@@ -448,7 +448,7 @@ pub fn build(
         let Some(input) = input.filter(|_| !matches!(mode, Mode::Check)) else {
             // Checking (or an upstream failed): check the options, create
             // nothing (a check must not truncate an output file).
-            if let Err(err) = sink.check() {
+            if let Err(err) = sink.check(&ctx) {
                 diags.push(located(err, &e.name));
             }
             continue;

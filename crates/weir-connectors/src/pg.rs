@@ -5,11 +5,14 @@
 //!
 //! TLS follows the connection string's `sslmode`: `require` connects
 //! through rustls (with ring, like the HTTP client), verifying the server's
-//! certificate against the system's roots and the component's `ca_file`,
-//! and its name against the host, which is stricter than libpq's `require`
-//! (libpq's `verify-full`, which tokio-postgres does not parse); `disable`
-//! and the default `prefer` connect without TLS. A certificate that cannot
-//! be verified fails the connection, never falls back to plain text.
+//! certificate against the component's `ca_file` (or, without one, the
+//! system's roots) and its name against the host's subjectAltName, which
+//! is stricter than libpq's `require` (close to its `verify-full`, which
+//! tokio-postgres does not parse; unlike libpq, a certificate's CN alone
+//! does not name the host, and a self-signed CA certificate cannot be the
+//! server's own); `disable` and the default `prefer` connect without TLS.
+//! A certificate that cannot be verified fails the connection, never
+//! falls back to plain text.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -61,28 +64,44 @@ pub(crate) fn tls(
         }
         return Ok(Tls::Off);
     }
+    if config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+    {
+        return Err(ConfigError::new(format!(
+            "{what}: sslmode=require with a Unix socket host: PostgreSQL has no TLS on \
+             sockets; connect over TCP, or use sslmode=disable for the socket"
+        )));
+    }
+    // Like libpq's `sslrootcert`: a `ca_file` is what is trusted;
+    // without one, the system's roots (unreadable ones skipped).
     let mut roots = rustls::RootCertStore::empty();
-    // Unreadable system certificates are skipped; what could be read is
-    // trusted (as the HTTP client does).
-    let native = rustls_native_certs::load_native_certs();
-    let _ = roots.add_parsable_certificates(native.certs);
-    if let Some(ca) = ca_file {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject as _;
-        let path = base_dir.join(&ca.value);
-        let certs = CertificateDer::pem_file_iter(&path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| ConfigError::at(format!("{what}: ca_file {}: {e}", path.display()), ca))?;
-        if certs.is_empty() {
-            return Err(ConfigError::at(
-                format!("{what}: ca_file {} holds no certificate", path.display()),
-                ca,
-            ));
+    match ca_file {
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let _ = roots.add_parsable_certificates(native.certs);
         }
-        for c in certs {
-            roots.add(c).map_err(|e| {
-                ConfigError::at(format!("{what}: ca_file {}: {e}", path.display()), ca)
-            })?;
+        Some(ca) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject as _;
+            let path = base_dir.join(&ca.value);
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    ConfigError::at(format!("{what}: ca_file {}: {e}", path.display()), ca)
+                })?;
+            if certs.is_empty() {
+                return Err(ConfigError::at(
+                    format!("{what}: ca_file {} holds no certificate", path.display()),
+                    ca,
+                ));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| {
+                    ConfigError::at(format!("{what}: ca_file {}: {e}", path.display()), ca)
+                })?;
+            }
         }
     }
     if roots.is_empty() {
@@ -142,7 +161,7 @@ pub(crate) async fn cancel(token: tokio_postgres::CancelToken, tls: &Tls) {
 ///
 /// # Errors
 /// No or two connection strings, an unset variable, a string that does not
-/// parse, asks for TLS or names no host.
+/// parse or names no host.
 pub(crate) fn config(
     url: Option<&Spanned<String>>,
     url_env: Option<&Spanned<String>>,

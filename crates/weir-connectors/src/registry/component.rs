@@ -139,11 +139,13 @@ pub struct Written<'a> {
 /// A sink: one entry of `outputs:`.
 pub trait SinkComponent: Debug + Send + Sync {
     /// Checks the options without creating anything (`weir check` must not
-    /// truncate an output file).
+    /// truncate an output file); `ctx` resolves relative paths (a
+    /// certificate file to read).
     ///
     /// # Errors
     /// What is wrong with the options.
-    fn check(&self) -> Result<(), ConfigError> {
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigError> {
+        let _ = ctx;
         Ok(())
     }
 

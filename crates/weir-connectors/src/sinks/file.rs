@@ -253,7 +253,7 @@ impl crate::registry::Documented for FileSink {
 }
 
 impl crate::registry::SinkComponent for FileSink {
-    fn check(&self) -> Result<(), ConfigError> {
+    fn check(&self, _ctx: &BuildContext) -> Result<(), ConfigError> {
         FileSink::check(self).map(|_| ())
     }
 

@@ -493,7 +493,7 @@ impl crate::registry::Documented for HttpSink {
 }
 
 impl crate::registry::SinkComponent for HttpSink {
-    fn check(&self) -> Result<(), ConfigError> {
+    fn check(&self, _ctx: &BuildContext) -> Result<(), ConfigError> {
         HttpSink::check(self).map(|_| ())
     }
 

@@ -595,7 +595,7 @@ impl crate::registry::Documented for NatsSink {
 }
 
 impl crate::registry::SinkComponent for NatsSink {
-    fn check(&self) -> Result<(), ConfigError> {
+    fn check(&self, _ctx: &BuildContext) -> Result<(), ConfigError> {
         NatsSink::check(self)
     }
 

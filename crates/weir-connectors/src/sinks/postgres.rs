@@ -8,7 +8,9 @@
 //! created); with a `key`, writes
 //! are upserts (`INSERT ... ON CONFLICT (key) DO UPDATE`), so running a
 //! pipeline twice over the same input leaves the same rows; without one
-//! they are plain inserts (append-only).
+//! they are appended: one `COPY ... FROM STDIN` per batch when the table
+//! takes COPY as it would take inserts (a plain table without row-level
+//! security or INSERT rules; see `copy_fits`), plain inserts otherwise.
 //!
 //! # How a batch is written
 //! Each batch the engine hands over is one transaction: the rows go as one
@@ -362,7 +364,7 @@ impl PostgresSink {
     ///
     /// # Errors
     /// No or two connection strings, an unset variable, a string that does
-    /// not parse or asks for TLS, an empty table name or column list, a key
+    /// not parse, a `ca_file` without `sslmode=require`, an empty table name or column list, a key
     /// that is not a column, timeouts out of range.
     pub fn check(&self) -> Result<(), ConfigError> {
         let config = self.config()?;
@@ -470,6 +472,9 @@ struct Conn {
     /// Always there until [`Conn::close`] takes it.
     client: Option<Client>,
     insert: Statement,
+    /// Whether this append-only sink's table takes COPY like an insert
+    /// (see `copy_fits`).
+    copy: bool,
     /// The task driving the connection's socket: aborted when the
     /// connection is dropped (lost, timed out), so nothing lingers.
     task: tokio::task::JoinHandle<()>,
@@ -878,9 +883,10 @@ impl PostgresWriter {
             }
         };
         match tokio::time::timeout(self.timeout, self.prepare(&client)).await {
-            Ok(Ok(insert)) => Ok(Conn {
+            Ok(Ok((insert, copy))) => Ok(Conn {
                 client: Some(client),
                 insert,
+                copy,
                 task,
                 tls: self.tls.clone(),
             }),
@@ -923,7 +929,7 @@ impl PostgresWriter {
 
     /// On a new connection: creates the table if missing, checks that its
     /// columns fit, prepares the insert.
-    async fn prepare(&self, client: &Client) -> Result<Statement, Failure> {
+    async fn prepare(&self, client: &Client) -> Result<(Statement, bool), Failure> {
         let fail = |e: tokio_postgres::Error| match classify(&e) {
             Failure::Lost(why) => Failure::Lost(why),
             // The table does not fit (no unique index on the key, no
@@ -982,10 +988,37 @@ impl PostgresWriter {
             ))
         })?;
         let types: Vec<Type> = self.columns.iter().map(|(_, t)| t.array()).collect();
-        client
+        let insert = client
             .prepare_typed(&self.insert, &types)
             .await
-            .map_err(fail)
+            .map_err(fail)?;
+        let copy = self.copy.is_some() && self.copy_fits(client, &found).await.map_err(fail)?;
+        Ok((insert, copy))
+    }
+
+    /// Whether COPY writes what an INSERT would: a plain or partitioned
+    /// table (not a view), without row-level security (COPY FROM refuses
+    /// it) or INSERT rules (COPY ignores them), and no configured `json`
+    /// column stored as `json` (an insert goes through jsonb and
+    /// normalises the text; COPY would keep it as sent).
+    async fn copy_fits(
+        &self,
+        client: &Client,
+        found: &[(String, String)],
+    ) -> Result<bool, tokio_postgres::Error> {
+        let json_as_sent = self.columns.iter().any(|(name, ty)| {
+            *ty == PgType::Json && found.iter().any(|(n, t)| n == name && t == "json")
+        });
+        if json_as_sent {
+            return Ok(false);
+        }
+        let row = client
+            .query_one(
+                "SELECT c.relkind IN ('r', 'p') AND NOT c.relrowsecurity                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w                                  WHERE w.ev_class = c.oid AND w.ev_type = '3')                  FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1::text)::oid",
+                &[&quote(&self.table)],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// The table's columns and their types (`format_type`), or `None`
@@ -1093,12 +1126,22 @@ impl PostgresWriter {
                     buf.push('\t');
                 }
                 copy_text(c, i, &mut buf);
+                if buf.len() >= CHUNK {
+                    // Messages of at most CHUNK bytes, cut anywhere (a row
+                    // may span several): a huge value never makes one
+                    // message over the server's limit; its row is then
+                    // refused as a row, not as a broken connection.
+                    let mut data = bytes::Bytes::from(std::mem::replace(
+                        &mut buf,
+                        String::with_capacity(CHUNK + 1024),
+                    ));
+                    while !data.is_empty() {
+                        let part = data.split_to(data.len().min(CHUNK));
+                        sink.send(part).await?;
+                    }
+                }
             }
             buf.push('\n');
-            if buf.len() >= CHUNK {
-                let chunk = std::mem::replace(&mut buf, String::with_capacity(CHUNK + 1024));
-                sink.send(bytes::Bytes::from(chunk)).await?;
-            }
         }
         if !buf.is_empty() {
             sink.send(bytes::Bytes::from(buf)).await?;
@@ -1210,7 +1253,7 @@ impl PostgresWriter {
                 let conn = self.conn.as_mut().expect("connected");
                 let r = tokio::time::timeout(
                     self.timeout,
-                    Self::transaction(conn, rows, self.copy.as_deref()),
+                    Self::transaction(conn, rows, self.copy.as_deref().filter(|_| conn.copy)),
                 )
                 .await;
                 match r {
@@ -1345,8 +1388,16 @@ impl crate::registry::Documented for PostgresSink {
 }
 
 impl crate::registry::SinkComponent for PostgresSink {
-    fn check(&self) -> Result<(), ConfigError> {
-        PostgresSink::check(self)
+    fn check(&self, ctx: &BuildContext) -> Result<(), ConfigError> {
+        PostgresSink::check(self)?;
+        // The certificate file too, read where the run would read it.
+        crate::pg::tls(
+            &self.config()?,
+            self.ca_file.as_ref(),
+            &ctx.base_dir,
+            "postgres sink",
+        )
+        .map(|_| ())
     }
 
     fn attach(

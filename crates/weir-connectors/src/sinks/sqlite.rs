@@ -496,7 +496,7 @@ impl crate::registry::Documented for SqliteSink {
 }
 
 impl crate::registry::SinkComponent for SqliteSink {
-    fn check(&self) -> Result<(), ConfigError> {
+    fn check(&self, _ctx: &BuildContext) -> Result<(), ConfigError> {
         SqliteSink::check(self)
     }
 

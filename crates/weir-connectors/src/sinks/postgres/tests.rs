@@ -730,3 +730,128 @@ fn quote_literal(s: &str) -> String {
             .replace('\r', "\\r")
     )
 }
+
+/// Which path wrote: a trigger records whether the statement was a COPY.
+const PATH_LOG: &str = "CREATE TABLE path_log (copy boolean);
+     CREATE FUNCTION log_path() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN INSERT INTO path_log VALUES (current_query() ILIKE 'COPY%'); RETURN NEW; END $$;";
+
+/// A clean append-only batch goes through COPY, with float values at the
+/// edges of what text can carry, exactly.
+#[test]
+fn a_clean_append_only_batch_is_one_copy_and_exact() {
+    let pg = PgServer::start();
+    pg.psql(PATH_LOG);
+    pg.psql(
+        "CREATE TABLE f (id bigint, x double precision);
+         CREATE TRIGGER t AFTER INSERT ON f FOR EACH ROW EXECUTE FUNCTION log_path();",
+    );
+    let xs = [
+        1e300,
+        5e-324,
+        -0.0,
+        1e-7,
+        f64::MAX,
+        0.30000000000000004,
+        -2.5e-308,
+    ];
+    let cfg = config(&pg.url(), "table: f\ncolumns: {id: integer, x: real}\n");
+    within(async {
+        let mut w = cfg.build(&ctx()).unwrap();
+        let batch: Vec<Record> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| rec(i as u64, serde_json::json!({"id": i, "x": x})))
+            .collect();
+        w.write(batch).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), xs.len() as u64);
+    });
+    assert_eq!(
+        pg.psql("SELECT bool_and(copy), count(*) FROM path_log")
+            .trim(),
+        "t|7"
+    );
+    for (i, x) in xs.iter().enumerate() {
+        let got: f64 = pg
+            .psql(&format!("SELECT x::text FROM f WHERE id = {i}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(got.to_bits(), x.to_bits(), "row {i}: {x:e}");
+    }
+}
+
+/// Tables COPY would refuse or write otherwise than an insert get
+/// inserts: a view, row-level security, an INSERT rule, a `json` column.
+#[test]
+fn tables_copy_does_not_fit_get_inserts() {
+    let pg = PgServer::start();
+    pg.psql(PATH_LOG);
+    pg.psql(
+        "CREATE TABLE base (id bigint, doc json);
+         CREATE TRIGGER t AFTER INSERT ON base FOR EACH ROW EXECUTE FUNCTION log_path();
+         CREATE VIEW v AS SELECT id, doc FROM base;
+         CREATE TABLE routed (id bigint, doc jsonb); CREATE TABLE other (id bigint, doc jsonb);
+         CREATE RULE r AS ON INSERT TO routed DO INSTEAD INSERT INTO other VALUES (NEW.id, NEW.doc);
+         CREATE ROLE writer LOGIN PASSWORD 'w';
+         CREATE TABLE secured (id bigint, doc jsonb); ALTER TABLE secured ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY p ON secured FOR ALL TO writer USING (true) WITH CHECK (true);
+         GRANT INSERT, SELECT ON secured TO writer;",
+    );
+    let write = |url: String, table: &str, first: i64| {
+        let cfg = config(
+            &url,
+            &format!("table: {table}\ncolumns: {{id: integer, doc: json}}\n"),
+        );
+        within(async {
+            let mut w = cfg.build(&ctx()).unwrap();
+            let batch: Vec<Record> = (first..first + 3)
+                .map(|i| {
+                    rec(
+                        i as u64,
+                        serde_json::json!({"id": i, "doc": {"b": 1, "a": i}}),
+                    )
+                })
+                .collect();
+            w.write(batch).await.unwrap();
+            assert_eq!(w.finish().await.unwrap(), 3);
+        });
+    };
+    write(pg.url(), "base", 0);
+    write(pg.url(), "v", 10);
+    write(pg.url(), "routed", 20);
+    let writer = pg.url().replace(
+        &format!("{}:{}", PgServer::USER, PgServer::PASSWORD),
+        "writer:w",
+    );
+    write(writer, "secured", 30);
+    assert_eq!(
+        pg.psql("SELECT count(*), bool_or(copy) FROM path_log")
+            .trim(),
+        "6|f",
+        "base and the view took inserts"
+    );
+    assert_eq!(
+        pg.psql("SELECT doc::text FROM base WHERE id = 1").trim(),
+        "{\"a\": 1, \"b\": 1}",
+        "json text as an insert through jsonb gives"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM routed").trim(), "0");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM other").trim(),
+        "3",
+        "the rule routed them"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM secured").trim(), "3");
+}
+
+/// `weir check` reads the certificate file where a run would.
+#[test]
+fn check_reads_the_ca_file() {
+    let cfg = config(
+        "postgresql://u@127.0.0.1:1/d?sslmode=require",
+        &format!("{ORDERS}ca_file: no-such-ca.pem\n"),
+    );
+    let err = crate::registry::SinkComponent::check(&cfg, &ctx()).unwrap_err();
+    assert!(err.message.contains("no-such-ca.pem"), "{}", err.message);
+}
