@@ -313,12 +313,19 @@ fn prepare(
             ctx,
         });
     }
-    // Abort stops the sources too.
+    // Abort stops the sources too. First, before any edge closes: a sink
+    // whose input edge closes sees the run as ending, and must already
+    // know it is stopping (a broker edge then leaves its partial last
+    // messages unsent; told after, it published them, and a resumed run
+    // sent those records again under other ids).
     let stop2 = stop.clone();
     let abort2 = abort.clone();
-    closers.push(Box::new(move || {
-        abort2.cancel();
-        stop2.cancel();
-    }));
+    closers.insert(
+        0,
+        Box::new(move || {
+            abort2.cancel();
+            stop2.cancel();
+        }),
+    );
     (stages, closers, metrics, g.cancel.clone(), problems)
 }
