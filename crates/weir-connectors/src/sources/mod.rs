@@ -159,6 +159,26 @@ pub struct StateDir {
     pub pipeline: String,
 }
 
+impl StateDir {
+    /// Opens (creating it and the directory when missing) the database
+    /// `file` of this directory, in WAL mode with a busy timeout, and runs
+    /// `schema` (its `CREATE TABLE IF NOT EXISTS`).
+    ///
+    /// # Errors
+    /// The directory or database cannot be created or opened, as text.
+    pub(crate) fn open_db(&self, file: &str, schema: &str) -> Result<rusqlite::Connection, String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        let conn = rusqlite::Connection::open(self.dir.join(file)).map_err(|e| e.to_string())?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; {schema}"
+        ))
+        .map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,7 +70,6 @@
 //!   jobs run in both passes (their `scheduled_at`s, in UTC, differ).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1046,35 +1045,25 @@ impl TickStore {
     const FILE: &'static str = "schedule.db";
 
     fn open(state: &StateDir, input: &Arc<str>) -> Result<Self, ConfigError> {
-        let db = state.dir.join(Self::FILE);
-        let conn = Self::connect(&db).map_err(|e| {
-            ConfigError::new(format!("schedule state database {}: {e}", db.display()))
-        })?;
+        let conn = state
+            .open_db(
+                Self::FILE,
+                "CREATE TABLE IF NOT EXISTS schedule_ticks (
+                   pipeline TEXT NOT NULL, input TEXT NOT NULL,
+                   last_handled_ms INTEGER NOT NULL,
+                   PRIMARY KEY (pipeline, input))",
+            )
+            .map_err(|e| {
+                ConfigError::new(format!(
+                    "schedule state database {}: {e}",
+                    state.dir.join(Self::FILE).display()
+                ))
+            })?;
         Ok(TickStore {
             conn: Mutex::new(conn),
             pipeline: state.pipeline.clone(),
             input: input.clone(),
         })
-    }
-
-    fn connect(db: &Path) -> Result<Connection, String> {
-        if let Some(dir) = db.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        }
-        let conn = Connection::open(db).map_err(|e| e.to_string())?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS schedule_ticks (
-               pipeline TEXT NOT NULL, input TEXT NOT NULL,
-               last_handled_ms INTEGER NOT NULL,
-               PRIMARY KEY (pipeline, input))",
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(conn)
     }
 
     fn load(&self) -> rusqlite::Result<Option<i64>> {
@@ -1129,6 +1118,7 @@ impl crate::registry::SourceComponent for ScheduleSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()

@@ -60,21 +60,20 @@ impl Store {
     }
 
     fn open_dir(state: &StateDir, input: &str, source: &str) -> Result<Store, ConfigError> {
-        let db = state.dir.join(Self::FILE);
-        let fail =
-            |e: String| ConfigError::new(format!("sql state database {}: {e}", db.display()));
-        std::fs::create_dir_all(&state.dir).map_err(|e| fail(e.to_string()))?;
-        let conn = Connection::open(&db).map_err(|e| fail(e.to_string()))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| fail(e.to_string()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS sql_cursors (
-               pipeline TEXT NOT NULL, input TEXT NOT NULL, source TEXT NOT NULL,
-               cursor TEXT NOT NULL,
-               PRIMARY KEY (pipeline, input, source))",
-        )
-        .map_err(|e| fail(e.to_string()))?;
+        let conn = state
+            .open_db(
+                Self::FILE,
+                "CREATE TABLE IF NOT EXISTS sql_cursors (
+                   pipeline TEXT NOT NULL, input TEXT NOT NULL, source TEXT NOT NULL,
+                   cursor TEXT NOT NULL,
+                   PRIMARY KEY (pipeline, input, source))",
+            )
+            .map_err(|e| {
+                ConfigError::new(format!(
+                    "sql state database {}: {e}",
+                    state.dir.join(Self::FILE).display()
+                ))
+            })?;
         Ok(Store::Sqlite {
             conn: Mutex::new(conn),
             pipeline: state.pipeline.clone(),
