@@ -150,25 +150,29 @@ fn postgres_stopped_mid_run_and_restarted_ends_with_the_exact_table() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The server goes away; the second half comes while it is away (and
-    // ids 1..=100 again, which must not add rows).
+    // ids 1..=100 again, which must not add rows). Written from a thread:
+    // weir's bounded queues fill while the server is away (backpressure),
+    // so the writes may wait for the restart.
     pg.stop();
-    for i in (5001..=10_000).chain(1..=100) {
-        if stdin.write_all(line(i).as_bytes()).is_err() {
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "weir stopped reading while the server was away ({}):\n{}",
-                out.status,
-                text(&out.stderr)
-            );
+    let writer = std::thread::spawn(move || {
+        for i in (5001..=10_000).chain(1..=100) {
+            if stdin.write_all(line(i).as_bytes()).is_err() {
+                return false;
+            }
         }
-    }
-    drop(stdin);
+        drop(stdin);
+        true
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         child.try_wait().unwrap().is_none(),
         "the run ended while the server was away"
     );
     pg.restart();
+    assert!(
+        writer.join().unwrap(),
+        "weir stopped reading its input after the server came back"
+    );
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the run did not finish");
         std::thread::sleep(Duration::from_millis(100));
